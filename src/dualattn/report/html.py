@@ -1,0 +1,424 @@
+"""One self-contained HTML report from a results dict (``results.json``).
+
+The page needs nothing but itself: CSS is inline, figures are base64 PNGs, there is no script. It is
+laid out for a laptop screen (a centred column at most ~1100 px wide; wide figures are split and
+scaled, wide tables wrap their header text) so nobody has to scroll sideways.
+
+Results layout read here (the one :mod:`dualattn.evaluate` writes; missing sections are skipped)::
+
+    {
+      "meta": {"dataset": ..., "model": ..., "seeds": [...], "versions": {...}, "wall_time_s": ...},
+      "segmentation": {"columns": [...], "higher_is_better": {col: bool},
+                       "rows": {method: {col: {"mean": m, "std": s, "n": k} | number}}},
+      "perturbation": {"columns": [...], "rows": {...},
+                       "curves": {method: {"fractions": [...], "mean": [...], "std": [...]}}},
+      "classification": {"columns": [...], "rows": {variant: {"params": n, "balanced_accuracy": {...}}}},
+      "notes": ["free text", ...]
+    }
+
+A cell is a number or ``{"mean", "std"}``; ``None``/NaN prints as an em dash. Each table marks the best
+value per column (higher is better unless ``higher_is_better`` says otherwise; ``params`` is not ranked).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["render_report", "write_report", "paper_ordering_notes", "cell_value", "best_per_column"]
+
+#: Columns that are descriptive, never ranked.
+UNRANKED_COLUMNS = frozenset({"params", "parameters", "n", "n_images", "count", "seeds"})
+#: Columns where lower is better unless the results say otherwise.
+LOWER_IS_BETTER = frozenset({"loss", "ece", "penalty", "consistency_kl", "kl", "time_s", "wall_time_s"})
+
+#: The methods the paper proposes (consistent attention), used for the honest-ordering note.
+PROPOSED_METHODS = ("dual", "exact", "multilevel", "cvx")
+#: Post-hoc explainers the paper compares against.
+POSTHOC_METHODS = ("gradcam", "ixg", "input_x_gradient", "deeplift", "lrp", "ig", "integrated_gradients")
+
+_CSS = """
+:root { --fg:#1d2330; --muted:#5b6474; --line:#d8dde6; --best:#e3f4e1; --bestfg:#125d12; --accent:#1f5fa8; }
+* { box-sizing: border-box; }
+body { margin:0; font: 15px/1.5 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       color: var(--fg); background:#f6f7f9; }
+main { max-width: 1100px; margin: 0 auto; padding: 18px 22px 60px; background:#fff; }
+h1 { font-size: 1.6em; margin: .2em 0 .1em; }
+h2 { font-size: 1.2em; margin: 1.6em 0 .4em; border-bottom: 2px solid var(--line); padding-bottom: .2em; }
+p.lead { color: var(--muted); margin-top: 0; }
+.note { background:#fff6e0; border-left: 4px solid #e0a100; padding: .6em .9em; margin: .8em 0; }
+.ok { background:#e9f6ec; border-left: 4px solid #2e9d47; padding: .6em .9em; margin: .8em 0; }
+.note ul, .ok ul { margin: .3em 0; padding-left: 1.3em; }
+table { border-collapse: collapse; width: 100%; table-layout: auto; margin: .4em 0 1em; font-size: .9em; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: right; overflow-wrap: anywhere; }
+th { background:#eef1f5; font-weight: 600; }
+th:first-child, td:first-child { text-align: left; }
+td.best { background: var(--best); color: var(--bestfg); font-weight: 700; }
+td .sd { color: var(--muted); font-weight: 400; font-size: .85em; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: .5em 0; }
+dl.meta dt { font-weight: 600; color: var(--muted); }
+dl.meta dd { margin: 0; overflow-wrap: anywhere; }
+figure { margin: .6em 0 1.2em; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption { color: var(--muted); font-size: .85em; margin-top: .3em; }
+.legend { color: var(--muted); font-size: .85em; }
+footer { color: var(--muted); font-size: .8em; margin-top: 3em; }
+"""
+
+
+def cell_value(cell: Any) -> tuple[float, float | None]:
+    """Split a table cell into ``(mean, std)``; missing or non-numeric -> ``(nan, None)``.
+
+    Example:
+        >>> cell_value({"mean": 61.5, "std": 2.0})
+        (61.5, 2.0)
+        >>> cell_value(3)
+        (3.0, None)
+    """
+    if isinstance(cell, Mapping):
+        mean = cell.get("mean", cell.get("value"))
+        std = cell.get("std")
+    else:
+        mean, std = cell, None
+    try:
+        m = float(mean) if mean is not None else math.nan
+    except (TypeError, ValueError):
+        m = math.nan
+    try:
+        s = float(std) if std is not None else None
+    except (TypeError, ValueError):
+        s = None
+    if s is not None and not math.isfinite(s):
+        s = None
+    return m, s
+
+
+def _higher_is_better(column: str, overrides: Mapping[str, Any] | None) -> bool | None:
+    """True/False for ranked columns, None for descriptive ones."""
+    if overrides and column in overrides:
+        value = overrides[column]
+        return None if value is None else bool(value)
+    key = column.lower()
+    if key in UNRANKED_COLUMNS:
+        return None
+    if key in LOWER_IS_BETTER:
+        return False
+    return True
+
+
+def best_per_column(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str],
+                    *, higher_is_better: Mapping[str, Any] | None = None,
+                    tol: float = 1e-9) -> dict[str, set[str]]:
+    """Row names holding the best mean of each ranked column (ties all marked; NaN never best).
+
+    Args:
+        rows: row -> column -> cell.
+        columns: the columns to rank.
+        higher_is_better: column -> bool (or None: not ranked); defaults by column name.
+        tol: absolute tolerance for ties.
+
+    Returns:
+        column -> set of best row names (empty for unranked columns or all-NaN columns).
+
+    Example:
+        >>> best_per_column({"a": {"x": 1}, "b": {"x": 2}}, ["x"])
+        {'x': {'b'}}
+    """
+    out: dict[str, set[str]] = {}
+    for col in columns:
+        hib = _higher_is_better(col, higher_is_better)
+        values = {name: cell_value(r.get(col))[0] for name, r in rows.items()}
+        finite = {k: v for k, v in values.items() if math.isfinite(v)}
+        if hib is None or not finite:
+            out[col] = set()
+            continue
+        target = max(finite.values()) if hib else min(finite.values())
+        out[col] = {k for k, v in finite.items() if abs(v - target) <= tol}
+    return out
+
+
+def _fmt_number(value: float, *, column: str) -> str:
+    if not math.isfinite(value):
+        return "—"
+    if column.lower() in UNRANKED_COLUMNS or (float(value).is_integer() and abs(value) >= 1000):
+        if abs(value) >= 1e6:
+            return f"{value / 1e6:.2f} M"
+        if abs(value) >= 1e4:
+            return f"{value / 1e3:.1f} k"
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def _columns_of(section: Mapping[str, Any]) -> list[str]:
+    cols = section.get("columns")
+    if cols:
+        return [str(c) for c in cols]
+    seen: dict[str, None] = {}
+    for row in (section.get("rows") or {}).values():
+        for key in row:
+            seen.setdefault(str(key), None)
+    return list(seen)
+
+
+def _table_html(section: Mapping[str, Any], *, row_header: str, caption: str | None = None) -> str:
+    rows: Mapping[str, Mapping[str, Any]] = section.get("rows") or {}
+    if not rows:
+        return '<p class="legend">No rows.</p>'
+    columns = _columns_of(section)
+    labels: Mapping[str, str] = section.get("column_labels") or {}
+    hib = section.get("higher_is_better") or {}
+    best = best_per_column(rows, columns, higher_is_better=hib)
+    parts = ["<table>"]
+    if caption:
+        parts.append(f"<caption class=\"legend\" style=\"caption-side:bottom;text-align:left\">{html.escape(caption)}</caption>")
+    head = "".join(
+        f"<th>{html.escape(str(labels.get(c, c)))}"
+        f"{'' if _higher_is_better(c, hib) is None else (' ↑' if _higher_is_better(c, hib) else ' ↓')}</th>"
+        for c in columns
+    )
+    parts.append(f"<thead><tr><th>{html.escape(row_header)}</th>{head}</tr></thead><tbody>")
+    for name, row in rows.items():
+        cells = []
+        for col in columns:
+            mean, std = cell_value(row.get(col))
+            text = html.escape(_fmt_number(mean, column=col))
+            if std is not None and math.isfinite(mean):
+                text += f' <span class="sd">± {html.escape(_fmt_number(std, column=col))}</span>'
+            cls = ' class="best"' if name in best.get(col, set()) else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        parts.append(f"<tr><td>{html.escape(str(name))}</td>{''.join(cells)}</tr>")
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _img_tag(png: bytes, *, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _meta_html(meta: Mapping[str, Any]) -> str:
+    items = []
+    for key, value in meta.items():
+        if isinstance(value, Mapping):
+            text = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            text = ", ".join(str(v) for v in value)
+        elif key.endswith("wall_time_s") and isinstance(value, (int, float)):
+            text = f"{float(value):.0f} s ({float(value) / 60:.1f} min)"
+        else:
+            text = str(value)
+        label = str(key).removesuffix("_s").replace("_", " ")
+        items.append(f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>")
+    return f'<dl class="meta">{"".join(items)}</dl>'
+
+
+def _rank(rows: Mapping[str, Mapping[str, Any]], column: str, *, higher: bool = True) -> list[str]:
+    scored = [(cell_value(r.get(column))[0], name) for name, r in rows.items()]
+    scored = [(v, n) for v, n in scored if math.isfinite(v)]
+    scored.sort(key=lambda t: -t[0] if higher else t[0])
+    return [n for _, n in scored]
+
+
+def _family(name: str) -> str:
+    key = name.lower()
+    base = key.split("/")[0].split("@")[0].split(":")[0].strip()
+    if any(base.startswith(p) for p in PROPOSED_METHODS):
+        return "proposed"
+    if any(base.startswith(p) for p in POSTHOC_METHODS):
+        return "posthoc"
+    return "other"
+
+
+def paper_ordering_notes(results: Mapping[str, Any]) -> list[tuple[bool, str]]:
+    """Check the paper's headline ordering on these results; return ``(holds, sentence)`` pairs.
+
+    The paper's claim: consistent attention (its dual method; here also ``exact``) localizes the lesion
+    better than post-hoc explainers (Table 2) and is more faithful under input perturbation (Table 1).
+    For each ranked column of both tables this says which method is best and whether a consistent-
+    attention method is first.
+    """
+    notes: list[tuple[bool, str]] = []
+    for key, label in (("segmentation", "implicit segmentation"), ("perturbation", "perturbation")):
+        section = results.get(key) or {}
+        rows = section.get("rows") or {}
+        if not rows:
+            continue
+        if not any(_family(n) == "proposed" for n in rows):
+            continue
+        hib = section.get("higher_is_better") or {}
+        for col in _columns_of(section):
+            direction = _higher_is_better(col, hib)
+            if direction is None:
+                continue
+            order = _rank(rows, col, higher=direction)
+            if not order:
+                continue
+            first = order[0]
+            holds = _family(first) == "proposed"
+            best_prop = next((n for n in order if _family(n) == "proposed"), None)
+            if holds:
+                notes.append((True, f"{label}, {col}: a consistent-attention method ({first}) is best, as in the paper."))
+            else:
+                pos = order.index(best_prop) + 1 if best_prop else None
+                notes.append((False, f"{label}, {col}: {first} is best; the best consistent-attention method "
+                                     f"({best_prop}) ranks {pos} of {len(order)}. The paper's ordering does not "
+                                     f"reproduce here."))
+    return notes
+
+
+def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str, Any]] | None = None,
+                  title: str = "dualattn report") -> str:
+    """Render the report as one HTML string (see the module docstring for the results layout).
+
+    Args:
+        results: the results dict.
+        examples: optional example scans for the overlay grid; each ``{"image": (C, H, W), "mask":
+            (1, H, W), "maps": {method: (h, w)}, "id": str, "label": int, "pred": int}``.
+        title: page title.
+
+    Returns:
+        The HTML document.
+
+    Raises:
+        ValueError: if ``results`` is not a mapping.
+    """
+    if not isinstance(results, Mapping):
+        raise ValueError(f"results must be a mapping (the parsed results.json), got {type(results).__name__}")
+    from . import figures
+
+    meta = dict(results.get("meta") or {})
+    body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+    dataset = meta.get("dataset", "")
+    model = meta.get("model", "")
+    body.append(
+        '<p class="lead">Attention maps of classifiers whose decisions can only use what their attention '
+        "gates let through, next to post-hoc explainers: how well each map outlines the lesion "
+        "(implicit segmentation) and how faithful it is (input perturbation)."
+        + (f" Data: <b>{html.escape(str(dataset))}</b>." if dataset else "")
+        + (f" Model: <b>{html.escape(str(model))}</b>." if model else "")
+        + "</p>"
+    )
+
+    body.append("<h2>What was run</h2>")
+    body.append(_meta_html(meta) if meta else '<p class="legend">No run information recorded.</p>')
+
+    notes = paper_ordering_notes(results)
+    free_notes = [str(n) for n in results.get("notes") or []]
+    if notes or free_notes:
+        body.append("<h2>Does the paper's ordering reproduce?</h2>")
+        failing = [s for ok, s in notes if not ok]
+        holding = [s for ok, s in notes if ok]
+        if failing:
+            body.append('<div class="note"><b>Honest note: not everywhere.</b><ul>' + "".join(
+                f"<li>{html.escape(s)}</li>" for s in failing)
+                + "</ul>Small data, short training and few seeds (see above) can change rankings; "
+                  "differences within one standard deviation are not meaningful.</div>")
+        if holding:
+            body.append('<div class="ok"><ul>' + "".join(f"<li>{html.escape(s)}</li>" for s in holding)
+                        + "</ul></div>")
+        for note in free_notes:
+            body.append(f'<p class="legend">{html.escape(note)}</p>')
+
+    seg = results.get("segmentation") or {}
+    if seg.get("rows"):
+        body.append("<h2>Implicit segmentation (paper Table 2 layout)</h2>")
+        body.append('<p class="legend">Positive test scans only. Each map is compared with the lesion mask: '
+                    "IoU of the top 2.5 / 5 / 10 % of the map's pixels with the mask, and average precision; "
+                    "mean ± std over seeds, ×100. Best per column highlighted.</p>")
+        body.append(_table_html(seg, row_header="method"))
+
+    pert = results.get("perturbation") or {}
+    if pert.get("rows"):
+        body.append("<h2>Input perturbation (paper Table 1 layout)</h2>")
+        body.append('<p class="legend">Pixels are removed from the least to the most important according to '
+                    "each map; the baseline classifier's balanced accuracy is measured at each fraction. The "
+                    "area under that curve (×100) is higher when the map keeps what the classifier needs. "
+                    "Best per column highlighted.</p>")
+        body.append(_table_html(pert, row_header="method"))
+    curves = pert.get("curves") or {}
+    if curves:
+        try:
+            png = figures.curves_png(curves)
+            body.append(f"<figure>{_img_tag(png, alt='perturbation curves')}<figcaption>Perturbation curves "
+                        "(paper Figure 3): balanced accuracy against the fraction of least-important pixels "
+                        "removed; band: ± one std over seeds.</figcaption></figure>")
+        except ValueError as exc:
+            logger.warning("perturbation curves not drawn: %s", exc)
+            body.append(f'<p class="note">Perturbation curves not drawn: {html.escape(str(exc))}</p>')
+
+    if examples:
+        body.append("<h2>Example scans (paper Figures 4-5)</h2>")
+        body.append('<p class="legend">Each row is one test scan; the first column shows the scan with the '
+                    "ground-truth lesion contour (cyan), the others each method's heatmap (bright = important) "
+                    "over the scan.</p>")
+        for k, png in enumerate(figures.example_grid_png(examples)):
+            body.append(f"<figure>{_img_tag(png, alt=f'example heatmaps {k + 1}')}</figure>")
+
+    cls = results.get("classification") or {}
+    if cls.get("rows"):
+        body.append("<h2>Classifiers (paper Table 3 layout)</h2>")
+        body.append('<p class="legend">Parameters and balanced accuracy on the test split, per variant. '
+                    "Attention must not cost accuracy.</p>")
+        body.append(_table_html(cls, row_header="variant"))
+
+    extra = [k for k in results if k not in {"meta", "segmentation", "perturbation", "classification", "notes",
+                                              "examples", "schema", "schema_version"}]
+    for key in extra:
+        section = results[key]
+        if isinstance(section, Mapping) and isinstance(section.get("rows"), Mapping) and section["rows"]:
+            body.append(f"<h2>{html.escape(str(key).replace('_', ' ').capitalize())}</h2>")
+            body.append(_table_html(section, row_header="name"))
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body.append(f"<footer>Written by dualattn on {stamp}. Self-contained: no network access needed.</footer>")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+def write_report(results: Mapping[str, Any], out_html: str | os.PathLike[str], *,
+                 examples: Sequence[Mapping[str, Any]] | None = None, title: str = "dualattn report") -> Path:
+    """Write the self-contained HTML report atomically.
+
+    Args:
+        results: the results dict (parsed ``results.json``).
+        out_html: destination file.
+        examples: optional example scans (see :func:`render_report`).
+        title: page title.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> write_report({"meta": {"dataset": "synthetic-brain"}}, "report.html")  # doctest: +SKIP
+    """
+    from .._io import atomic_write_text
+
+    out = Path(out_html)
+    atomic_write_text(out, render_report(results, examples=examples, title=title))
+    logger.info("wrote %s", out)
+    return out
+
+
+def _iter_numbers(obj: Any) -> Iterable[float]:  # used by tests and the demo's finiteness check
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield float(obj)
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from _iter_numbers(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _iter_numbers(v)
