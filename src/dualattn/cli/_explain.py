@@ -1,9 +1,47 @@
-"""CLI commands: explain (see dualattn.cli)."""
+"""CLI commands: explain (see dualattn.cli).
+
+``dualattn explain SCAN --run RUN [--method exact] [--block block3] --out OUT`` explains one image or
+volume with a trained run and writes the prediction JSON, the heatmap (NPY; NIfTI in the scan's
+geometry) and an overlay PNG.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
+
+    @app.command("explain")
+    def explain_cmd(
+        scan: Path = typer.Argument(..., help="Image or volume: PNG/JPG, NPY, NIfTI (.nii/.nii.gz), DICOM, NRRD."),
+        run: Path = typer.Option(..., "--run", help="Run folder written by `dualattn train` (or one inside a demo "
+                                 "folder, e.g. DEMO/runs/exact/seed0)."),
+        method: str = typer.Option("exact", "--method", "-m", help="Explanation method (`attention`, `exact`, "
+                                   "`gradcam`, `ig`, ...; see dualattn.explain.list_methods)."),
+        block: str = typer.Option(None, "--block", help="Block to explain (default block3, the fine gate)."),
+        which: str = typer.Option("best", "--which", help="Checkpoint: best or last."),
+        target: int = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    ) -> None:
+        """Predict and explain one scan: class + probability (JSON), heatmap overlay PNG, NPY and NIfTI."""
+        from rich.console import Console
+
+        from ..scan import explain_scan, write_scan_explanation
+
+        console = Console(stderr=True)
+        try:
+            result = explain_scan(scan, run=run, method=method, block=block, which=which, target=target)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+        files = write_scan_explanation(result, out)
+        for note in result.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        summary = result.summary()
+        summary["files"] = {k: str(p) for k, p in files.items()}
+        typer.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,453 @@
+"""Explain one scan with a trained run: the predicted class, its probability, and the heatmap written
+back in the scan's own geometry (what a clinician opens next to the original file).
+
+Pipeline for one file (PNG/JPG, NPY, NIfTI, DICOM, NRRD — whatever :func:`dualattn.data.read_volume`
+reads):
+
+1. read the scan ``(C, *S)`` and its geometry (e.g. the NIfTI affine);
+2. bring it to the model: channels averaged or repeated to ``in_channels``; resized (trilinear/bilinear)
+   to the run's training size when it differs, with a note; normalized per sample like the training data;
+   a 3-D volume given to a 2-D model is explained slice by slice along its last axis;
+3. ``forward`` -> softmax -> predicted class and probability;
+4. ``dualattn.explain.explain(model, x, method=..., block=..., target=predicted)`` -> map ``(1, 1, *grid)``;
+5. the map is resized to the scan's grid (linear interpolation, scaled by ``cells(map) / voxels(scan)``
+   so the total mass is kept up to interpolation) and written as NPY, as NIfTI with the scan's affine
+   (for NIfTI inputs, or whenever the geometry has an affine), and as an overlay PNG with the prediction.
+
+Example:
+    >>> from dualattn.scan import explain_scan, write_scan_explanation  # doctest: +SKIP
+    >>> result = explain_scan("case.nii.gz", run="runs/exact/seed0", method="exact")  # doctest: +SKIP
+    >>> write_scan_explanation(result, "out/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ScanExplanation", "explain_scan", "write_scan_explanation", "run_input_size", "scan_to_model_input",
+           "map_to_scan_grid"]
+
+
+@dataclasses.dataclass
+class ScanExplanation:
+    """Everything known about one explained scan.
+
+    Attributes:
+        scan_path: the input file.
+        run: the run folder of the model used.
+        method: the explanation method.
+        block: the block whose map was explained.
+        predicted_class: argmax of the model's probabilities.
+        class_name: the class's name when the run records names, else ``str(predicted_class)``.
+        probability: softmax probability of the predicted class (for volumes explained slice by slice:
+            of the slice with the highest positive-class probability; see ``notes``).
+        probabilities: all class probabilities.
+        scan: the scan as read, ``(C, *S)`` float32.
+        heatmap: the map on the scan's grid, ``S`` float32.
+        heatmap_model: the map on the model's grid, ``grid`` (or ``(slices, *grid)`` slice-wise).
+        model_input_shape: spatial shape the model saw.
+        geometry: the reader's geometry (affine etc.), passed through to the writer.
+        notes: human-readable remarks (resizing, channel conversion, slice-wise processing).
+    """
+
+    scan_path: Path
+    run: Path
+    method: str
+    block: str
+    predicted_class: int
+    class_name: str
+    probability: float
+    probabilities: list[float]
+    scan: np.ndarray
+    heatmap: np.ndarray
+    heatmap_model: np.ndarray
+    model_input_shape: tuple[int, ...]
+    geometry: Any = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serializable summary (no arrays)."""
+        return {
+            "scan": str(self.scan_path),
+            "run": str(self.run),
+            "method": self.method,
+            "block": self.block,
+            "predicted_class": int(self.predicted_class),
+            "class_name": self.class_name,
+            "probability": float(self.probability),
+            "probabilities": [float(p) for p in self.probabilities],
+            "scan_shape": list(self.scan.shape),
+            "model_input_shape": list(self.model_input_shape),
+            "heatmap_shape": list(self.heatmap.shape),
+            "heatmap_model_shape": list(self.heatmap_model.shape),
+            "notes": list(self.notes),
+        }
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return data if isinstance(data, dict) else {}
+
+
+def _find_key(cfg: Mapping[str, Any], names: Sequence[str]) -> Any:
+    """First value found under any of ``names``, searched at the top level then one level down."""
+    for name in names:
+        if name in cfg and cfg[name] is not None:
+            return cfg[name]
+    for value in cfg.values():
+        if isinstance(value, Mapping):
+            for name in names:
+                if name in value and value[name] is not None:
+                    return value[name]
+    return None
+
+
+def run_input_size(run: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """The spatial input size a run was trained at (from its ``config.yaml``), or ``None`` if not recorded.
+
+    Args:
+        run: run folder (``config.yaml``, ``best.safetensors`` ...).
+
+    Returns:
+        A tuple of ints, e.g. ``(64, 64)``, or ``None``.
+    """
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return None
+    size = _find_key(_read_yaml(path), ("size", "image_size", "input_size", "img_size"))
+    if size is None:
+        return None
+    if isinstance(size, (int, float)):
+        return (int(size),)
+    try:
+        return tuple(int(s) for s in size)
+    except (TypeError, ValueError):
+        return None
+
+
+def run_class_names(run: str | os.PathLike[str]) -> list[str] | None:
+    """Class names recorded in a run's ``summary.json``/``config.yaml``, or ``None``."""
+    import json
+
+    run = Path(run)
+    for name in ("summary.json",):
+        p = run / name
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = {}
+            names = _find_key(data, ("class_names",)) if isinstance(data, dict) else None
+            if names:
+                return [str(n) for n in names]
+    p = run / "config.yaml"
+    if p.is_file():
+        names = _find_key(_read_yaml(p), ("class_names",))
+        if names:
+            return [str(n) for n in names]
+    return None
+
+
+def _normalize_per_sample(x: Any) -> Any:
+    """Per-sample, per-channel min-max to [0, 1] (what the folder datasets feed the models)."""
+    try:
+        from .data import normalize_intensity  # type: ignore[attr-defined]
+    except ImportError:
+        normalize_intensity = None
+    if normalize_intensity is not None:
+        return normalize_intensity(x)
+    flat = x.flatten(2)
+    lo = flat.min(dim=2, keepdim=True).values
+    hi = flat.max(dim=2, keepdim=True).values
+    scale = (hi - lo).clamp_min(1e-8)
+    return ((flat - lo) / scale).view_as(x)
+
+
+def scan_to_model_input(scan: np.ndarray, *, in_channels: int, size: Sequence[int] | None,
+                        notes: list[str] | None = None) -> Any:
+    """Turn a scan ``(C, *S)`` into a model batch ``(1, in_channels, *size)`` float32 tensor.
+
+    Channels are averaged (scan has more) or repeated (scan has one); the grid is resized with
+    (bi/tri)linear interpolation when ``size`` differs from ``S``; intensities are normalized per sample.
+
+    Args:
+        scan: array ``(C, *S)``.
+        in_channels: the model's input channels.
+        size: the training grid, or ``None`` to keep ``S``.
+        notes: list that receives a sentence per conversion.
+
+    Returns:
+        Tensor ``(1, in_channels, *size)``.
+
+    Raises:
+        ValueError: on a channel count that cannot be converted or a size of the wrong dimensionality.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    notes = notes if notes is not None else []
+    arr = np.asarray(scan, dtype=np.float32)
+    if arr.ndim < 3:
+        raise ValueError(f"scan must be channels-first (C, *spatial), got shape {arr.shape}")
+    x = torch.from_numpy(np.nan_to_num(arr)).unsqueeze(0)
+    c = x.shape[1]
+    if c != in_channels:
+        if in_channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+            notes.append(f"the scan's {c} channels were averaged into the model's single channel")
+        elif c == 1:
+            x = x.expand(-1, in_channels, *x.shape[2:]).contiguous()
+            notes.append(f"the scan's single channel was repeated to the model's {in_channels} channels")
+        else:
+            raise ValueError(f"scan has {c} channels but the model expects {in_channels}")
+    spatial = tuple(x.shape[2:])
+    if size is not None:
+        size = tuple(int(s) for s in size)
+        if len(size) == 1:
+            size = size * len(spatial)
+        if len(size) != len(spatial):
+            raise ValueError(f"model input size {size} does not match the scan's {len(spatial)}-D grid {spatial}")
+        if size != spatial:
+            mode = "bilinear" if len(size) == 2 else "trilinear"
+            x = F.interpolate(x, size=size, mode=mode, align_corners=False)
+            direction = "larger" if np.prod(spatial) > np.prod(size) else "smaller"
+            notes.append(f"the scan ({'x'.join(map(str, spatial))}) is {direction} than the model input; it was "
+                         f"resized to {'x'.join(map(str, size))} and the heatmap resized back to the scan grid")
+    return _normalize_per_sample(x)
+
+
+def map_to_scan_grid(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize a map ``grid`` to the scan grid ``shape`` keeping its total mass (up to interpolation).
+
+    Linear interpolation (``align_corners=False``), then scaled by ``prod(grid) / prod(shape)`` so that a
+    constant map keeps its sum exactly.
+
+    Args:
+        heatmap: array ``grid`` (2-D or 3-D).
+        shape: the scan's spatial shape, same dimensionality.
+
+    Returns:
+        float32 array of ``shape``.
+
+    Raises:
+        ValueError: if the dimensionalities differ.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    hm = np.asarray(heatmap, dtype=np.float32)
+    shape = tuple(int(s) for s in shape)
+    if hm.ndim != len(shape):
+        raise ValueError(f"map of shape {hm.shape} cannot be resized to a {len(shape)}-D grid {shape}")
+    if hm.shape == shape:
+        return hm.copy()
+    t = torch.from_numpy(np.ascontiguousarray(hm))[None, None]
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(shape))
+    if mode is None:
+        raise ValueError(f"maps must be 1-, 2- or 3-D, got {hm.ndim}-D")
+    out = F.interpolate(t, size=shape, mode=mode, align_corners=False)[0, 0].numpy()
+    return (out * (hm.size / out.size)).astype(np.float32)
+
+
+def _read_scan(path: Path) -> tuple[np.ndarray, Any]:
+    from .data import read_volume
+
+    return read_volume(path)
+
+
+def _model_meta(model: Any) -> tuple[int, int]:
+    cfg = getattr(model, "config", {}) or {}
+    return int(cfg.get("in_channels", 1)), int(cfg.get("spatial_dims", 2))
+
+
+def _default_block(model: Any, block: str | None) -> str:
+    if block is not None:
+        return block
+    blocks = tuple(getattr(model, "map_blocks", ()) or getattr(model, "attention_blocks", ()) or ())
+    return "block3" if not blocks or "block3" in blocks else blocks[0]
+
+
+def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], method: str = "exact",
+                 block: str | None = None, which: str = "best", target: int | None = None,
+                 size: Sequence[int] | None = None) -> ScanExplanation:
+    """Predict and explain one scan with a trained run.
+
+    Args:
+        scan: image or volume file (PNG/JPG/NPY/NIfTI/DICOM/NRRD).
+        run: a run folder written by :func:`dualattn.train.fit`.
+        method: explanation method (see :func:`dualattn.explain.list_methods`), e.g. ``"exact"``,
+            ``"attention"``, ``"gradcam"``, ``"ig"``.
+        block: block to explain; default ``"block3"`` (the paper's fine gate) when the model has it.
+        which: ``"best"`` or ``"last"`` checkpoint.
+        target: class to explain; default the predicted class.
+        size: model input size; default the run's training size (``config.yaml``), else the scan's own.
+
+    Returns:
+        A :class:`ScanExplanation`.
+
+    Raises:
+        ValueError: on an unknown method, a missing run or an unreadable scan (``DataError``).
+    """
+    import torch
+
+    from .explain import explain, list_methods
+    from .train import load_run
+
+    scan_path = Path(scan)
+    run_dir = Path(run)
+    if not scan_path.exists():
+        raise ValueError(f"scan {scan_path} does not exist")
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} does not exist")
+    methods = list(list_methods())
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
+
+    model = load_run(run_dir, which=which)
+    model.eval()
+    in_channels, model_dims = _model_meta(model)
+    array, geometry = _read_scan(scan_path)
+    array = np.asarray(array, dtype=np.float32)
+    notes: list[str] = []
+    if size is None:
+        size = run_input_size(run_dir)
+    spatial = tuple(array.shape[1:])
+    if len(spatial) == model_dims:
+        x = scan_to_model_input(array, in_channels=in_channels, size=size, notes=notes)
+        with torch.no_grad():
+            probs = torch.softmax(model(x).float(), dim=1)[0]
+        pred = int(probs.argmax())
+        tgt = pred if target is None else int(target)
+        blk = _default_block(model, block)
+        hm = explain(model, x, method=method, block=blk, target=torch.tensor([tgt]))
+        hm_model = hm.detach().float().cpu().numpy()[0, 0]
+        heatmap = map_to_scan_grid(hm_model, spatial)
+    elif len(spatial) == 3 and model_dims == 2:
+        notes.append(f"a {spatial[0]}x{spatial[1]}x{spatial[2]} volume given to a 2-D model: each slice along the "
+                     "last axis was classified and explained separately; the reported class is that of the "
+                     "slice most confidently positive")
+        blk = _default_block(model, block)
+        slice_probs, slice_maps = [], []
+        for k in range(spatial[2]):
+            sl = array[..., k]
+            x = scan_to_model_input(sl, in_channels=in_channels, size=size, notes=[] if k else notes)
+            with torch.no_grad():
+                p = torch.softmax(model(x).float(), dim=1)[0]
+            slice_probs.append(p)
+            tgt = int(p.argmax()) if target is None else int(target)
+            m = explain(model, x, method=method, block=blk, target=torch.tensor([tgt]))
+            slice_maps.append(m.detach().float().cpu().numpy()[0, 0])
+        all_probs = torch.stack(slice_probs)
+        pos = all_probs[:, -1] if all_probs.shape[1] > 1 else all_probs[:, 0]
+        best = int(pos.argmax())
+        probs = all_probs[best]
+        pred = int(probs.argmax())
+        hm_model = np.stack(slice_maps)
+        heatmap = np.stack([map_to_scan_grid(m, spatial[:2]) for m in slice_maps], axis=-1)
+    else:
+        raise ValueError(f"scan {scan_path} has a {len(spatial)}-D grid {spatial} but the model is {model_dims}-D")
+    names = run_class_names(run_dir)
+    class_name = names[pred] if names and pred < len(names) else str(pred)
+    return ScanExplanation(
+        scan_path=scan_path, run=run_dir, method=method, block=blk, predicted_class=pred, class_name=class_name,
+        probability=float(probs[pred]), probabilities=[float(p) for p in probs], scan=array,
+        heatmap=heatmap.astype(np.float32), heatmap_model=np.asarray(hm_model, dtype=np.float32),
+        model_input_shape=tuple(int(s) for s in x.shape[2:]), geometry=geometry, notes=notes,
+    )
+
+
+def _affine_of(geometry: Any) -> np.ndarray | None:
+    if geometry is None:
+        return None
+    aff = geometry.get("affine") if isinstance(geometry, Mapping) else getattr(geometry, "affine", None)
+    if aff is None:
+        return None
+    aff = np.asarray(aff, dtype=np.float64)
+    return aff if aff.shape == (4, 4) else None
+
+
+def _is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str], *,
+                           stem: str | None = None) -> dict[str, Path]:
+    """Write the prediction JSON, the heatmap (NPY, NIfTI in the scan's geometry) and an overlay PNG.
+
+    Files (``stem`` defaults to the scan's name without extension):
+        ``{stem}.prediction.json``  class, probability, shapes, notes, file names;
+        ``{stem}.heatmap.npy``      the map on the scan grid ``S``;
+        ``{stem}.heatmap.nii.gz``   the same map with the scan's affine (when the geometry has one);
+        ``{stem}.overlay.png``      the scan (middle slice of the map's peak for volumes) with the heatmap.
+
+    Args:
+        result: from :func:`explain_scan`.
+        out: output folder (created).
+        stem: file-name stem.
+
+    Returns:
+        Kind -> path written.
+    """
+    from ._io import atomic_path, atomic_write_bytes, atomic_write_json
+    from .report.figures import overlay_png
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if stem is None:
+        name = result.scan_path.name
+        for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".npy", ".dcm", ".nrrd"):
+            if name.lower().endswith(ext):
+                name = name[: -len(ext)]
+                break
+        stem = name or "scan"
+    written: dict[str, Path] = {}
+
+    npy = out_dir / f"{stem}.heatmap.npy"
+    with atomic_path(npy) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, result.heatmap)
+    written["heatmap_npy"] = npy
+
+    affine = _affine_of(result.geometry)
+    if affine is not None or _is_nifti(result.scan_path):
+        import nibabel as nib
+
+        img = nib.Nifti1Image(result.heatmap.astype(np.float32), affine if affine is not None else np.eye(4))
+        nii = out_dir / f"{stem}.heatmap.nii.gz"
+        with atomic_path(nii) as tmp:
+            target = tmp.with_name(tmp.name + ".nii.gz")
+            nib.save(img, str(target))
+            os.replace(target, tmp)
+        written["heatmap_nifti"] = nii
+        if affine is None:
+            result.notes.append("the scan had no affine; the NIfTI heatmap uses the identity")
+
+    scan2d, map2d = result.scan, result.heatmap
+    if result.heatmap.ndim == 3:
+        k = int(np.argmax(np.abs(result.heatmap).reshape(-1, result.heatmap.shape[-1]).sum(axis=0)))
+        scan2d, map2d = result.scan[..., k], result.heatmap[..., k]
+    title = f"{result.class_name} (p={result.probability:.2f}) · {result.method}"
+    png = out_dir / f"{stem}.overlay.png"
+    atomic_write_bytes(png, overlay_png(scan2d, map2d, title=title, size_inches=4.0))
+    written["overlay_png"] = png
+
+    summary = result.summary()
+    summary["files"] = {k: p.name for k, p in written.items()}
+    js = out_dir / f"{stem}.prediction.json"
+    atomic_write_json(js, summary)
+    written["prediction_json"] = js
+    logger.info("explained %s: class %s p=%.3f -> %s", result.scan_path, result.class_name, result.probability,
+                out_dir)
+    return written
