@@ -1,0 +1,410 @@
+"""Pure metric functions over batch-first tensors; each returns one value per sample.
+
+Every function here is side-effect free and reads nothing but its arguments. Shapes:
+
+* ``maps``: attribution or attention maps ``(B, 1, *grid)`` (as returned by
+  :func:`dualattn.explain.explain`) or ``(B, *grid)``;
+* ``masks``: ground-truth masks ``(B, 1, *S)`` or ``(B, *S)`` on the image grid (``S`` may be
+  finer than ``grid``); a pixel is foreground when its value is ``> 0.5``.
+
+Maps on a coarser grid than the mask are brought to the mask grid *mass-preservingly*
+(:func:`resize_mass`: nearest upsampling divided by the block area), so a map's total mass is
+unchanged and the ranking of pixels is that of the cells containing them.
+
+NaN policy: a per-sample value that is undefined returns ``NaN`` for that sample (never an
+exception): the segmentation metrics (:func:`iou_at_quantile`, :func:`average_precision`,
+:func:`pointing_game`) are NaN for an empty mask; :func:`spearman_rank_correlation` is NaN when
+either map is constant. Aggregate with ``torch.nanmean``.
+
+Each metric's better direction is in :data:`METRIC_DIRECTIONS`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Direction",
+    "METRIC_DIRECTIONS",
+    "resize_mass",
+    "match_mask_grid",
+    "iou_at_quantile",
+    "average_precision",
+    "pointing_game",
+    "balanced_accuracy",
+    "curve_auc",
+    "consistency_kl",
+    "spearman_rank_correlation",
+    "sharpness",
+]
+
+
+class Direction(str, enum.Enum):
+    """Which way a metric is better."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+    NONE = "none"  # descriptive only (e.g. sharpness)
+
+
+#: Better direction of every metric this package reports (key = results.json metric name).
+METRIC_DIRECTIONS: dict[str, Direction] = {
+    "iou@97.5": Direction.HIGHER,
+    "iou@95": Direction.HIGHER,
+    "iou@90": Direction.HIGHER,
+    "ap": Direction.HIGHER,
+    "pointing_game": Direction.HIGHER,
+    "auc_least_first": Direction.HIGHER,
+    "auc_most_first": Direction.LOWER,
+    "consistency_kl": Direction.LOWER,
+    "randomization_spearman": Direction.LOWER,
+    "sharpness": Direction.NONE,
+    "cost_ms": Direction.LOWER,
+    "balanced_accuracy": Direction.HIGHER,
+    "params": Direction.NONE,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# shape helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_batch_grid(x: Tensor, spatial_dims: int, *, name: str) -> Tensor:
+    """Return ``x`` as ``(B, *grid)`` given ``(B, 1, *grid)`` or ``(B, *grid)``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == spatial_dims + 2:
+        if x.shape[1] != 1:
+            raise ValueError(f"{name} must have one channel, got shape {tuple(x.shape)}")
+        return x[:, 0]
+    if x.dim() == spatial_dims + 1:
+        return x
+    raise ValueError(
+        f"{name} must be (B, 1, *grid) or (B, *grid) with {spatial_dims} spatial dims, "
+        f"got shape {tuple(x.shape)}"
+    )
+
+
+def _mask_spatial_dims(masks: Tensor) -> int:
+    # masks are (B, 1, *S) with 2 or 3 spatial dims, or (B, *S)
+    if masks.dim() in (4, 5) and masks.shape[1] == 1:
+        return masks.dim() - 2
+    if masks.dim() in (3, 4):
+        return masks.dim() - 1
+    raise ValueError(f"masks must be (B, 1, *S) or (B, *S) in 2D/3D, got shape {tuple(masks.shape)}")
+
+
+def _resize_matrix(n_in: int, n_out: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(n_out, n_in) matrix whose columns sum to 1: mass-preserving 1-D resize."""
+    mat = torch.zeros(n_out, n_in, dtype=dtype, device=device)
+    if n_out >= n_in:
+        # nearest upsampling (PyTorch's 'nearest': src = floor(dst * n_in / n_out)),
+        # each source cell's mass split evenly over the output cells it feeds
+        src = torch.div(torch.arange(n_out, device=device) * n_in, n_out, rounding_mode="floor")
+        counts = torch.bincount(src, minlength=n_in).to(dtype)
+        mat[torch.arange(n_out, device=device), src] = 1.0 / counts[src]
+    else:
+        # sum pooling into bins: dst = floor(src * n_out / n_in)
+        dst = torch.div(torch.arange(n_in, device=device) * n_out, n_in, rounding_mode="floor")
+        mat[dst, torch.arange(n_in, device=device)] = 1.0
+    return mat
+
+
+def resize_mass(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Resize maps to ``size`` preserving each sample's total mass.
+
+    Along each axis independently: upsampling is nearest-neighbour with each value divided by
+    the number of output cells it is copied to (the block area when the factor is an integer);
+    downsampling sums the input cells falling into each output cell (sum-pooling). The total
+    of every sample is unchanged (exactly, up to float rounding).
+
+    Args:
+        maps: ``(B, C, *grid)`` tensor (``C`` channels kept, e.g. ``C = 1``).
+        size: target spatial size, one integer per spatial axis.
+
+    Returns:
+        ``(B, C, *size)`` tensor in the dtype of ``maps`` (float).
+
+    Example:
+        >>> import torch
+        >>> resize_mass(torch.ones(1, 1, 2, 2), (4, 4)).sum().item()
+        4.0
+    """
+    size = tuple(int(s) for s in size)
+    spatial = maps.dim() - 2
+    if spatial < 1 or len(size) != spatial:
+        raise ValueError(f"size {size} does not match the {spatial} spatial dims of maps {tuple(maps.shape)}")
+    if any(s < 1 for s in size):
+        raise ValueError(f"size must be positive, got {size}")
+    out = maps if maps.is_floating_point() else maps.float()
+    for axis, n_out in enumerate(size):
+        dim = 2 + axis
+        n_in = out.shape[dim]
+        if n_in == n_out:
+            continue
+        mat = _resize_matrix(n_in, n_out, dtype=out.dtype, device=out.device)
+        out = torch.movedim(torch.movedim(out, dim, -1) @ mat.T, -1, dim)
+    return out
+
+
+def match_mask_grid(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Bring ``maps`` to the grid of ``masks`` (mass-preserving) and flatten both.
+
+    Args:
+        maps: ``(B, 1, *grid)`` or ``(B, *grid)``.
+        masks: ``(B, 1, *S)`` or ``(B, *S)``.
+
+    Returns:
+        ``(maps_flat, masks_flat)``, both ``(B, prod(S))``; the mask is boolean (``> 0.5``).
+    """
+    sd = _mask_spatial_dims(masks)
+    m = _as_batch_grid(masks, sd, name="masks")
+    a = _as_batch_grid(maps, sd, name="maps")
+    if a.shape[0] != m.shape[0]:
+        raise ValueError(f"maps batch {a.shape[0]} != masks batch {m.shape[0]}")
+    a = a.detach()
+    if not a.is_floating_point():
+        a = a.float()
+    if tuple(a.shape[1:]) != tuple(m.shape[1:]):
+        a = resize_mass(a[:, None], m.shape[1:])[:, 0]
+    return a.reshape(a.shape[0], -1), (m.detach() > 0.5).reshape(m.shape[0], -1)
+
+
+# --------------------------------------------------------------------------------------------
+# implicit segmentation
+# --------------------------------------------------------------------------------------------
+
+
+def iou_at_quantile(maps: Tensor, masks: Tensor, q: float) -> Tensor:
+    """IoU between the map's top ``1 - q`` fraction of pixels and the mask (higher is better).
+
+    The map is brought to the mask grid (:func:`match_mask_grid`); per sample the threshold is
+    the ``q`` quantile of the map's values (linear interpolation, ``torch.quantile``) and the
+    prediction is ``map >= threshold`` (pixels tied with the threshold are all selected, so a
+    binary map equal to the mask scores 1 whenever the mask covers more than ``1 - q``).
+
+    Args:
+        maps: ``(B, 1, *grid)`` or ``(B, *grid)``.
+        masks: ``(B, 1, *S)`` or ``(B, *S)``.
+        q: quantile in ``[0, 1)``; the paper uses 0.975, 0.95 and 0.90.
+
+    Returns:
+        ``(B,)`` IoU in ``[0, 1]``; NaN for samples whose mask is empty.
+
+    Example:
+        >>> import torch
+        >>> m = torch.zeros(1, 1, 4, 4); m[0, 0, :2, :2] = 1
+        >>> iou_at_quantile(m, m, 0.75).item()
+        1.0
+    """
+    if not (0.0 <= float(q) < 1.0):
+        raise ValueError(f"q must be in [0, 1), got {q}")
+    a, m = match_mask_grid(maps, masks)
+    thr = torch.quantile(a.double(), float(q), dim=1, keepdim=True).to(a.dtype)
+    pred = a >= thr
+    inter = (pred & m).sum(1).double()
+    union = (pred | m).sum(1).double()
+    iou = inter / union.clamp_min(1)
+    return torch.where(m.any(1), iou, torch.full_like(iou, math.nan))
+
+
+def average_precision(maps: Tensor, masks: Tensor) -> Tensor:
+    """Average precision of the map's pixel scores against the mask (higher is better).
+
+    Equal to ``sklearn.metrics.average_precision_score(mask.ravel(), map.ravel())`` per
+    sample: ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds (tied scores
+    form one threshold).
+
+    Args:
+        maps: ``(B, 1, *grid)`` or ``(B, *grid)`` (brought to the mask grid first).
+        masks: ``(B, 1, *S)`` or ``(B, *S)``.
+
+    Returns:
+        ``(B,)`` AP in ``[0, 1]``; NaN for samples whose mask is empty.
+    """
+    a, m = match_mask_grid(maps, masks)
+    a = a.double()
+    out = torch.full((a.shape[0],), math.nan, dtype=torch.float64)
+    for i in range(a.shape[0]):
+        pos = int(m[i].sum())
+        if pos == 0:
+            continue
+        scores, order = torch.sort(a[i], descending=True, stable=True)
+        tp = torch.cumsum(m[i][order].double(), 0)
+        # last index of every group of tied scores
+        last = torch.ones_like(scores, dtype=torch.bool)
+        last[:-1] = scores[1:] != scores[:-1]
+        tp = tp[last]
+        n_pred = (torch.nonzero(last).flatten() + 1).double()
+        precision = tp / n_pred
+        recall = tp / pos
+        d_recall = torch.diff(recall, prepend=recall.new_zeros(1))
+        out[i] = (d_recall * precision).sum()
+    return out
+
+
+def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """1 when the map's maximum falls inside the mask, else 0 (higher is better).
+
+    The map is brought to the mask grid first; for a coarse map the maximum is a whole cell,
+    and the sample scores 1 when any pixel of that cell (with the maximal value) is foreground.
+
+    Returns:
+        ``(B,)`` in ``{0, 1}``; NaN for samples whose mask is empty.
+    """
+    a, m = match_mask_grid(maps, masks)
+    top = a == a.max(dim=1, keepdim=True).values
+    hit = (top & m).any(1).double()
+    return torch.where(m.any(1), hit, torch.full_like(hit, math.nan))
+
+
+# --------------------------------------------------------------------------------------------
+# classification and curves
+# --------------------------------------------------------------------------------------------
+
+
+def balanced_accuracy(y_true: Tensor, y_pred: Tensor) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (sklearn's definition).
+
+    Args:
+        y_true: ``(N,)`` integer labels.
+        y_pred: ``(N,)`` integer predictions.
+
+    Returns:
+        Balanced accuracy in ``[0, 1]``; NaN when ``y_true`` is empty.
+    """
+    y_true = torch.as_tensor(y_true).flatten().long()
+    y_pred = torch.as_tensor(y_pred).flatten().long()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true shape {tuple(y_true.shape)} != y_pred shape {tuple(y_pred.shape)}")
+    if y_true.numel() == 0:
+        return math.nan
+    recalls = [((y_pred == c) & (y_true == c)).sum().item() / (y_true == c).sum().item() for c in torch.unique(y_true)]
+    return float(sum(recalls) / len(recalls))
+
+
+def curve_auc(fractions: Sequence[float] | Tensor, values: Sequence[float] | Tensor) -> float:
+    """Area under a curve by the trapezoid rule, divided by the fraction range, times 100.
+
+    A constant curve at accuracy ``a`` over ``[0, 1]`` scores ``100 a``.
+
+    Args:
+        fractions: increasing x values, e.g. ``0, 0.1, ..., 1``.
+        values: y values, same length.
+    """
+    x = torch.as_tensor(fractions, dtype=torch.float64).flatten()
+    y = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if x.numel() != y.numel() or x.numel() < 2:
+        raise ValueError(f"need >= 2 matching points, got {x.numel()} fractions and {y.numel()} values")
+    if not bool((torch.diff(x) > 0).all()):
+        raise ValueError(f"fractions must be strictly increasing, got {x.tolist()}")
+    return float(100.0 * torch.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# map properties
+# --------------------------------------------------------------------------------------------
+
+
+def _to_distribution(x: Tensor) -> Tensor:
+    """(B, N) -> per-sample distribution: shift negative maps to min 0, normalize; all-zero -> uniform."""
+    x = x.double()
+    x = x - torch.clamp(x.min(dim=1, keepdim=True).values, max=0.0)
+    s = x.sum(1, keepdim=True)
+    uniform = torch.full_like(x, 1.0 / x.shape[1])
+    return torch.where(s > 0, x / s.clamp_min(1e-300), uniform)
+
+
+def consistency_kl(fine: Tensor, coarse: Tensor, *, eps: float = 1e-12) -> Tensor:
+    """KL(marginalize(fine) || coarse) per sample (lower is better; 0 = consistent).
+
+    ``fine`` is sum-pooled to the grid of ``coarse`` (:func:`resize_mass`), both are
+    normalized per sample to distributions (negative maps shifted to min 0), and
+    ``sum p log(p / q)`` is returned with ``q`` clamped at ``eps``.
+
+    Args:
+        fine: ``(B, *fine_grid)`` or ``(B, 1, *fine_grid)``.
+        coarse: ``(B, *coarse_grid)`` or ``(B, 1, *coarse_grid)``, same number of dims as ``fine``.
+
+    Returns:
+        ``(B,)`` float64.
+    """
+    if fine.dim() != coarse.dim() or fine.shape[0] != coarse.shape[0]:
+        raise ValueError(f"fine {tuple(fine.shape)} and coarse {tuple(coarse.shape)} must have matching batch and rank")
+    if fine.dim() in (4, 5) and fine.shape[1] == 1 and coarse.shape[1] == 1:
+        fine, coarse = fine[:, 0], coarse[:, 0]
+    marg = resize_mass(fine.detach().double()[:, None], coarse.shape[1:])[:, 0]
+    p = _to_distribution(marg.reshape(marg.shape[0], -1))
+    qd = _to_distribution(coarse.detach().reshape(coarse.shape[0], -1)).clamp_min(eps)
+    terms = torch.where(p > 0, p * (torch.log(p.clamp_min(1e-300)) - torch.log(qd)), torch.zeros_like(p))
+    return terms.sum(1)
+
+
+def _rank(x: Tensor) -> Tensor:
+    """Ranks (1..N) along dim 1 with ties given their average rank, float64."""
+    b, n = x.shape
+    order = torch.argsort(x, dim=1, stable=True)
+    sorted_x = torch.gather(x, 1, order)
+    ranks = torch.empty(b, n, dtype=torch.float64)
+    for i in range(b):
+        s = sorted_x[i]
+        new_group = torch.ones(n, dtype=torch.bool)
+        new_group[1:] = s[1:] != s[:-1]
+        group = torch.cumsum(new_group.long(), 0) - 1
+        pos = torch.arange(1, n + 1, dtype=torch.float64)
+        n_groups = int(group[-1]) + 1
+        sums = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, pos)
+        counts = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, torch.ones(n, dtype=torch.float64))
+        ranks[i, order[i]] = (sums / counts)[group]
+    return ranks
+
+
+def spearman_rank_correlation(maps_a: Tensor, maps_b: Tensor) -> Tensor:
+    """Spearman rank correlation between two maps of each sample (ties: average ranks).
+
+    Used for the model-randomization sanity check (Adebayo et al., 2018): a map that barely
+    changes when the model's weights are randomized (high correlation) does not explain the
+    model; lower is better there.
+
+    Args:
+        maps_a: ``(B, ...)``.
+        maps_b: ``(B, ...)`` with the same number of elements per sample.
+
+    Returns:
+        ``(B,)`` in ``[-1, 1]``; NaN when either map of a sample is constant.
+    """
+    a = maps_a.detach().reshape(maps_a.shape[0], -1).double()
+    b = maps_b.detach().reshape(maps_b.shape[0], -1).double()
+    if a.shape != b.shape:
+        raise ValueError(f"maps_a {tuple(maps_a.shape)} and maps_b {tuple(maps_b.shape)} differ in size")
+    ra, rb = _rank(a), _rank(b)
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    den = torch.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+    num = (ra * rb).sum(1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, math.nan))
+
+
+def sharpness(maps: Tensor) -> Tensor:
+    """exp(entropy) / N of each map: 1 for a uniform map, 1/N for a single spike.
+
+    The effective fraction of the grid a map spreads over, so a collapsed attention map shows
+    at a glance. Maps are made distributions per sample first (negative maps shifted to min 0;
+    an all-zero map counts as uniform). Descriptive: neither direction is better.
+
+    Args:
+        maps: ``(B, ...)``, e.g. ``(B, 1, *grid)``.
+
+    Returns:
+        ``(B,)`` float64 in ``[1/N, 1]``.
+    """
+    x = maps.detach().reshape(maps.shape[0], -1)
+    p = _to_distribution(x)
+    ent = -torch.where(p > 0, p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p)).sum(1)
+    return torch.exp(ent) / p.shape[1]

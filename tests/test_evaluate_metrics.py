@@ -1,0 +1,220 @@
+"""Metrics against hand-computed cases and independent references (sklearn, scipy, naive loops)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dualattn.evaluate import metrics as M
+from dualattn.evaluate.perturbation import make_perturbation, perturbation_curve, perturbation_predictions
+
+
+# ------------------------------------------------------------------ resize_mass
+@pytest.mark.parametrize("grid,size", [((2, 2), (4, 4)), ((3, 5), (7, 10)), ((8, 8), (4, 4)), ((6, 4), (4, 9))])
+def test_resize_mass_preserves_mass(grid, size):
+    x = torch.rand(3, 1, *grid, dtype=torch.float64)
+    y = M.resize_mass(x, size)
+    assert y.shape == (3, 1, *size)
+    torch.testing.assert_close(y.sum((1, 2, 3)), x.sum((1, 2, 3)))
+
+
+def test_resize_mass_integer_factor_is_nearest_over_area():
+    x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    y = M.resize_mass(x, (4, 6))
+    ref = torch.nn.functional.interpolate(x, size=(4, 6), mode="nearest") / 6.0
+    torch.testing.assert_close(y, ref)
+    # downsampling is sum pooling
+    z = torch.rand(2, 1, 4, 4, 4)
+    torch.testing.assert_close(M.resize_mass(z, (2, 2, 2)), torch.nn.functional.avg_pool3d(z, 2) * 8)
+
+
+# ------------------------------------------------------------------ IoU
+def test_iou_hand_computed():
+    # 4x4 map with values 0..15; q = 0.75 -> threshold at the 0.75 quantile = 11.25 -> top 4 pixels {12..15}
+    a = torch.arange(16.0).reshape(1, 1, 4, 4)
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 3, :2] = 1  # pixels 12, 13
+    m[0, 0, 0, 0] = 1  # pixel 0
+    # pred = {12,13,14,15}; mask = {0,12,13}; inter=2, union=5
+    assert M.iou_at_quantile(a, m, 0.75).item() == pytest.approx(2 / 5)
+
+
+def test_iou_coarse_map_on_fine_mask():
+    # 2x2 map on a 4x4 mask: top cell (1,1) covers pixels rows 2-3, cols 2-3
+    a = torch.tensor([[[[0.1, 0.2], [0.3, 0.4]]]])
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 2:, 2:] = 1
+    assert M.iou_at_quantile(a, m, 0.75).item() == pytest.approx(1.0)
+    m2 = torch.zeros(1, 1, 4, 4)
+    m2[0, 0, 3, 3] = 1
+    assert M.iou_at_quantile(a, m2, 0.75).item() == pytest.approx(1 / 4)
+
+
+def test_iou_mask_as_explainer_is_one_and_random_is_chance():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(16, 1, 32, 32)
+    for i in range(16):
+        r, c = torch.randint(0, 20, (2,), generator=g)
+        masks[i, 0, r : r + 12, c : c + 12] = 1  # 14 % of the image
+    for q in (0.975, 0.95, 0.90):
+        assert torch.allclose(M.iou_at_quantile(masks, masks, q), torch.ones(16, dtype=torch.float64))
+    rand = torch.rand(16, 1, 32, 32, generator=g)
+    iou = M.iou_at_quantile(rand, masks, 0.90).mean().item()
+    # chance: top 10 % random vs a 14 % mask -> E[inter]/E[union] = 0.014 / (0.1 + 0.14 - 0.014)
+    assert iou == pytest.approx(0.014 / 0.226, abs=0.02)
+
+
+def test_iou_empty_mask_is_nan():
+    out = M.iou_at_quantile(torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4), 0.9)
+    assert torch.isnan(out).all()
+
+
+def test_iou_rejects_bad_q():
+    with pytest.raises(ValueError, match="1.5"):
+        M.iou_at_quantile(torch.rand(1, 1, 4, 4), torch.ones(1, 1, 4, 4), 1.5)
+
+
+# ------------------------------------------------------------------ AP
+def test_ap_hand_computed():
+    # scores 0.9(pos) 0.8(neg) 0.7(pos) 0.1(neg): AP = 0.5*1 + 0.5*(2/3)
+    a = torch.tensor([[[[0.9, 0.8], [0.7, 0.1]]]])
+    m = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    assert M.average_precision(a, m).item() == pytest.approx(0.5 + 1 / 3)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_ap_equals_sklearn(ties):
+    from sklearn.metrics import average_precision_score
+
+    g = torch.Generator().manual_seed(1)
+    maps = torch.rand(6, 1, 4, 4, generator=g)
+    if ties:
+        maps = (maps * 4).floor()  # many tied scores; also coarse map
+    masks = (torch.rand(6, 1, 8, 8, generator=g) > 0.7).float()
+    ours = M.average_precision(maps, masks)
+    up = M.resize_mass(maps.double(), (8, 8))
+    for i in range(6):
+        ref = average_precision_score(masks[i].flatten().numpy(), up[i].flatten().numpy())
+        assert ours[i].item() == pytest.approx(ref, abs=1e-12)
+
+
+def test_pointing_game():
+    a = torch.zeros(2, 1, 4, 4)
+    a[0, 0, 1, 1] = 1
+    a[1, 0, 3, 3] = 1
+    m = torch.zeros(2, 1, 4, 4)
+    m[:, 0, :2, :2] = 1
+    assert M.pointing_game(a, m).tolist() == [1.0, 0.0]
+    assert math.isnan(M.pointing_game(a, torch.zeros(2, 1, 4, 4))[0].item())
+
+
+# ------------------------------------------------------------------ classification / curves
+def test_balanced_accuracy_equals_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 3, (50,), generator=g)
+    p = torch.randint(0, 3, (50,), generator=g)
+    assert M.balanced_accuracy(y, p) == pytest.approx(balanced_accuracy_score(y.numpy(), p.numpy()))
+
+
+def test_curve_auc():
+    assert M.curve_auc([0, 0.5, 1], [1, 1, 1]) == pytest.approx(100)
+    assert M.curve_auc([0, 0.5, 1], [1, 0.5, 0]) == pytest.approx(50)
+    with pytest.raises(ValueError):
+        M.curve_auc([0, 0, 1], [1, 1, 1])
+
+
+def _naive_curve(clf, images, labels, maps, fractions, order, value):
+    """Slow reference: for every fraction and image, remove pixels one by one in rank order."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    b, c, h, w = images.shape
+    up = M.resize_mass(maps.double(), (h, w))
+    accs = []
+    for f in fractions:
+        preds = []
+        for i in range(b):
+            img = images[i].clone()
+            vals = up[i, 0].flatten().tolist()
+            idx = sorted(range(h * w), key=lambda j: (vals[j], j) if order == "least_first" else (-vals[j], j))
+            for j in idx[: int(round(f * h * w))]:
+                img[:, j // w, j % w] = value(images[i : i + 1])[0][:, j // w, j % w]
+            preds.append(int(clf(img[None]).argmax(1)))
+        accs.append(balanced_accuracy_score(labels.numpy(), np.array(preds)))
+    return accs
+
+
+@pytest.mark.parametrize("order", ["least_first", "most_first"])
+@pytest.mark.parametrize("kind", ["zero", "mean", "blur"])
+def test_perturbation_curve_equals_naive_loop(order, kind):
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 2, 6, 6, generator=g)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    maps = torch.rand(6, 1, 3, 3, generator=g)
+    lin = torch.nn.Linear(72, 2)
+    torch.nn.init.normal_(lin.weight, generator=g)
+
+    def clf(x):
+        return lin(x.flatten(1))
+
+    fr = (0.0, 0.25, 0.5, 0.75, 1.0)
+    curve = perturbation_curve(clf, images, labels, maps, fractions=fr, order=order, perturbation=kind)
+    ref = _naive_curve(clf, images, labels, maps, fr, order, make_perturbation(kind))
+    assert curve.balanced_accuracy == pytest.approx(tuple(ref))
+    assert curve.auc == pytest.approx(M.curve_auc(fr, ref))
+
+
+def test_perturbation_all_channels_and_orders():
+    # a classifier that sums all channels; removing everything yields the zero image in every channel
+    images = torch.rand(3, 3, 4, 4) + 1
+    maps = torch.rand(3, 1, 4, 4)
+    seen = []
+
+    def clf(x):
+        seen.append(x.clone())
+        return torch.zeros(x.shape[0], 2)
+
+    perturbation_predictions(clf, images, maps, fractions=(0.0, 1.0))
+    assert torch.equal(seen[0], images) and torch.equal(seen[1], torch.zeros_like(images))
+
+
+def test_blur_of_constant_is_constant_3d():
+    x = torch.full((2, 1, 5, 6, 7), 3.0)
+    torch.testing.assert_close(make_perturbation("blur", sigma=1.5)(x), x)
+
+
+# ------------------------------------------------------------------ consistency / sanity / sharpness
+def test_consistency_kl_hand_computed():
+    fine = torch.zeros(1, 4, 4)
+    fine[0, :2, :2] = 0.25  # all mass in coarse cell (0,0)
+    coarse = torch.tensor([[[0.5, 0.5], [0.0, 0.0]]])
+    assert M.consistency_kl(fine, coarse).item() == pytest.approx(math.log(2))
+    coarse2 = M.resize_mass(fine[:, None], (2, 2))[:, 0]
+    assert M.consistency_kl(fine, coarse2).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_spearman_equals_scipy():
+    from scipy.stats import spearmanr
+
+    g = torch.Generator().manual_seed(4)
+    a = (torch.rand(5, 1, 6, 6, generator=g) * 5).floor()  # ties
+    b = torch.rand(5, 1, 6, 6, generator=g)
+    ours = M.spearman_rank_correlation(a, b)
+    for i in range(5):
+        assert ours[i].item() == pytest.approx(spearmanr(a[i].flatten(), b[i].flatten()).statistic, abs=1e-12)
+    assert math.isnan(M.spearman_rank_correlation(torch.ones(1, 9), torch.rand(1, 9))[0].item())
+
+
+def test_sharpness():
+    u = torch.ones(1, 1, 4, 4)
+    spike = torch.zeros(1, 1, 4, 4)
+    spike[0, 0, 0, 0] = 1
+    half = torch.zeros(1, 1, 4, 4)
+    half[0, 0, :2] = 1
+    assert M.sharpness(u).item() == pytest.approx(1.0)
+    assert M.sharpness(spike).item() == pytest.approx(1 / 16)
+    assert M.sharpness(half).item() == pytest.approx(0.5)
