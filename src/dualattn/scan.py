@@ -159,33 +159,27 @@ def run_class_names(run: str | os.PathLike[str]) -> list[str] | None:
     return None
 
 
-def _normalize_per_sample(x: Any) -> Any:
-    """Per-sample, per-channel min-max to [0, 1] (what the folder datasets feed the models)."""
-    try:
-        from .data import normalize_intensity  # type: ignore[attr-defined]
-    except ImportError:
-        normalize_intensity = None
-    if normalize_intensity is not None:
-        return normalize_intensity(x)
-    flat = x.flatten(2)
-    lo = flat.min(dim=2, keepdim=True).values
-    hi = flat.max(dim=2, keepdim=True).values
-    scale = (hi - lo).clamp_min(1e-8)
-    return ((flat - lo) / scale).view_as(x)
+def _normalize_per_sample(x: Any, *, method: str = "zscore") -> Any:
+    """Per-sample, per-channel normalization of a batch ``(1, C, *S)`` like the folder datasets'."""
+    from .data.transforms import normalize
+
+    return normalize(x[0], method=method)[None]
 
 
 def scan_to_model_input(scan: np.ndarray, *, in_channels: int, size: Sequence[int] | None,
-                        notes: list[str] | None = None) -> Any:
+                        notes: list[str] | None = None, normalization: str = "zscore") -> Any:
     """Turn a scan ``(C, *S)`` into a model batch ``(1, in_channels, *size)`` float32 tensor.
 
     Channels are averaged (scan has more) or repeated (scan has one); the grid is resized with
-    (bi/tri)linear interpolation when ``size`` differs from ``S``; intensities are normalized per sample.
+    (bi/tri)linear interpolation (antialiased when shrinking 2-D) when ``size`` differs from ``S``, exactly
+    as :mod:`dualattn.data.transforms` does for training; intensities are normalized per sample and channel.
 
     Args:
         scan: array ``(C, *S)``.
         in_channels: the model's input channels.
         size: the training grid, or ``None`` to keep ``S``.
         notes: list that receives a sentence per conversion.
+        normalization: ``"zscore"`` (the datasets' default), ``"minmax"`` or ``"none"``.
 
     Returns:
         Tensor ``(1, in_channels, *size)``.
@@ -194,7 +188,6 @@ def scan_to_model_input(scan: np.ndarray, *, in_channels: int, size: Sequence[in
         ValueError: on a channel count that cannot be converted or a size of the wrong dimensionality.
     """
     import torch
-    import torch.nn.functional as F
 
     notes = notes if notes is not None else []
     arr = np.asarray(scan, dtype=np.float32)
@@ -219,12 +212,13 @@ def scan_to_model_input(scan: np.ndarray, *, in_channels: int, size: Sequence[in
         if len(size) != len(spatial):
             raise ValueError(f"model input size {size} does not match the scan's {len(spatial)}-D grid {spatial}")
         if size != spatial:
-            mode = "bilinear" if len(size) == 2 else "trilinear"
-            x = F.interpolate(x, size=size, mode=mode, align_corners=False)
+            from .data.transforms import resize
+
+            x = resize(x[0], size)[None]
             direction = "larger" if np.prod(spatial) > np.prod(size) else "smaller"
             notes.append(f"the scan ({'x'.join(map(str, spatial))}) is {direction} than the model input; it was "
                          f"resized to {'x'.join(map(str, size))} and the heatmap resized back to the scan grid")
-    return _normalize_per_sample(x)
+    return _normalize_per_sample(x, method=normalization)
 
 
 def map_to_scan_grid(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -367,14 +361,14 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     )
 
 
-def _affine_of(geometry: Any) -> np.ndarray | None:
-    if geometry is None:
-        return None
-    aff = geometry.get("affine") if isinstance(geometry, Mapping) else getattr(geometry, "affine", None)
-    if aff is None:
-        return None
-    aff = np.asarray(aff, dtype=np.float64)
-    return aff if aff.shape == (4, 4) else None
+def _wants_nifti(result: ScanExplanation) -> bool:
+    """A NIfTI heatmap is written for volumetric formats, or any scan whose affine is not the identity."""
+    geo = result.geometry
+    fmt = str(getattr(geo, "format", "")).lower()
+    if fmt in {"nifti", "dicom", "nrrd"} or _is_nifti(result.scan_path):
+        return True
+    affine = getattr(geo, "affine", None)
+    return affine is not None and not np.allclose(np.asarray(affine, dtype=np.float64), np.eye(4))
 
 
 def _is_nifti(path: Path) -> bool:
@@ -389,7 +383,8 @@ def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str],
     Files (``stem`` defaults to the scan's name without extension):
         ``{stem}.prediction.json``  class, probability, shapes, notes, file names;
         ``{stem}.heatmap.npy``      the map on the scan grid ``S``;
-        ``{stem}.heatmap.nii.gz``   the same map with the scan's affine (when the geometry has one);
+        ``{stem}.heatmap.nii.gz``   the same map with the scan's affine (NIfTI/DICOM/NRRD scans, or any
+                                    scan whose affine is not the identity);
         ``{stem}.overlay.png``      the scan (middle slice of the map's peak for volumes) with the heatmap.
 
     Args:
@@ -420,19 +415,12 @@ def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str],
             np.save(fh, result.heatmap)
     written["heatmap_npy"] = npy
 
-    affine = _affine_of(result.geometry)
-    if affine is not None or _is_nifti(result.scan_path):
-        import nibabel as nib
+    if _wants_nifti(result):
+        from .data.readers import write_nifti
 
-        img = nib.Nifti1Image(result.heatmap.astype(np.float32), affine if affine is not None else np.eye(4))
         nii = out_dir / f"{stem}.heatmap.nii.gz"
-        with atomic_path(nii) as tmp:
-            target = tmp.with_name(tmp.name + ".nii.gz")
-            nib.save(img, str(target))
-            os.replace(target, tmp)
+        write_nifti(nii, result.heatmap.astype(np.float32), geometry=result.geometry)
         written["heatmap_nifti"] = nii
-        if affine is None:
-            result.notes.append("the scan had no affine; the NIfTI heatmap uses the identity")
 
     scan2d, map2d = result.scan, result.heatmap
     if result.heatmap.ndim == 3:
