@@ -1,0 +1,105 @@
+"""cvxpy reference solver for the consistency problems (private; see ``dualattn.consistency.solve_cvx``).
+
+One exponential-cone program per shape is built once (DPP: the log-maps are parameters) and re-solved
+for every sample. Variables: the finest map ``x`` (its coarser levels are ``A_m x`` with ``A_m`` the
+sparse block-sum matrices), objective ``sum_m w_m (sum(-entr(A_m x)) - <log tau_m, A_m x>)``
+``= sum_m w_m KL(A_m x || tau_m)`` for ``sum x = 1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dualattn._optional import optional_import
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_SOLVER: dict[str, Any] = {
+    "solver": "CLARABEL",
+    "tol_gap_abs": 1e-10,
+    "tol_gap_rel": 1e-10,
+    "tol_feas": 1e-10,
+    "max_iter": 500,
+}
+
+
+def _cvxpy() -> Any:
+    return optional_import("cvxpy", extra="cvx", purpose="The conic-solver reference (solve_cvx)")
+
+
+def _block_sum_matrix(fine: tuple[int, ...], coarse: tuple[int, ...]) -> Any:
+    """Sparse ``(prod(coarse), prod(fine))`` matrix summing each block (C-order flattening)."""
+    import scipy.sparse as sp
+
+    factors = [f // c for f, c in zip(fine, coarse)]
+    idx = np.indices(fine).reshape(len(fine), -1)
+    parent_coords = [idx[a] // factors[a] for a in range(len(fine))]
+    parent = np.ravel_multi_index(parent_coords, coarse)
+    n_f = int(np.prod(fine))
+    return sp.csr_matrix((np.ones(n_f), (parent, np.arange(n_f))), shape=(int(np.prod(coarse)), n_f))
+
+
+@functools.lru_cache(maxsize=16)
+def _problem(shapes: tuple[tuple[int, ...], ...], weights: tuple[float, ...]) -> tuple[Any, Any, list[Any]]:
+    cp = _cvxpy()
+    n0 = int(np.prod(shapes[0]))
+    x = cp.Variable(n0, nonneg=True)
+    params = []
+    objective = 0
+    a_total = None
+    for m, (shape, w) in enumerate(zip(shapes, weights)):
+        param = cp.Parameter(int(np.prod(shape)))
+        params.append(param)
+        if m == 0:
+            y = x
+        else:
+            a = _block_sum_matrix(shapes[m - 1], shape)
+            a_total = a if a_total is None else a @ a_total
+            y = a_total @ x
+        objective = objective + w * (cp.sum(-cp.entr(y)) - param @ y)
+    problem = cp.Problem(cp.Minimize(objective), [cp.sum(x) == 1])
+    return problem, x, params
+
+
+def solve_chain_numpy(
+    taus: Sequence[Tensor], weights: Sequence[float] | None, solver_kwargs: dict[str, Any]
+) -> list[Tensor]:
+    """Solve the chain problem sample by sample; returns maps in the inputs' dtypes and devices."""
+    cp = _cvxpy()
+    shapes = tuple(tuple(int(s) for s in t.shape[1:]) for t in taus)
+    w = tuple(float(v) for v in weights) if weights is not None else (1.0,) * len(taus)
+    problem, x, params = _problem(shapes, w)
+    kwargs = dict(_DEFAULT_SOLVER) if not solver_kwargs else dict(solver_kwargs)
+    logs = []
+    for t in taus:
+        arr = t.detach().to("cpu", torch.float64).numpy().reshape(t.shape[0], -1)
+        arr = arr / arr.sum(axis=1, keepdims=True)
+        logs.append(np.log(np.maximum(arr, np.finfo(np.float64).tiny)))
+    batch = taus[0].shape[0]
+    out = np.empty((batch, int(np.prod(shapes[0]))))
+    for b in range(batch):
+        for param, lg in zip(params, logs):
+            param.value = lg[b]
+        problem.solve(**kwargs)
+        if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+            raise RuntimeError(f"cvxpy failed on sample {b}: status {problem.status}")
+        if problem.status == cp.OPTIMAL_INACCURATE:
+            logger.warning("cvxpy solution of sample %d is inaccurate", b)
+        out[b] = np.maximum(x.value, 0.0)
+    results = []
+    level = out.reshape((batch,) + shapes[0])
+    results.append(level)
+    for m in range(1, len(shapes)):
+        prev = results[-1]
+        view_shape: list[int] = [batch]
+        for c, f in zip(shapes[m], shapes[m - 1]):
+            view_shape += [c, f // c]
+        level = prev.reshape(view_shape).sum(axis=tuple(2 + 2 * a for a in range(len(shapes[m]))))
+        results.append(level)
+    return [torch.from_numpy(np.ascontiguousarray(r)).to(device=t.device, dtype=t.dtype) for r, t in zip(results, taus)]

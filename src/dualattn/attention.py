@@ -1,0 +1,123 @@
+r"""Attention gates (paper Eq. 1-3) for 2D and 3D convolutional feature maps.
+
+For a feature map ``v`` of shape ``(B, C, *grid)`` an :class:`AttentionGate` computes one potential per
+position
+
+.. math::
+
+    \phi_i = \langle u, \mathrm{ReLU}(\mathrm{normalize}(U v_i)) \rangle,
+
+where ``U`` is a 1x1 conv ``C -> E``, ``normalize`` is the L2 normalization over the ``E`` channels at each
+position (``x / max(||x||_2, eps)``, our reading of the paper's Eq. 2 "normalize"), and ``u`` a 1x1 conv
+``E -> 1`` (no bias: the softmax is shift-invariant). The attention map is the softmax of ``phi`` over
+**all** positions of each sample, ``tau = softmax(phi)`` (sums to 1 per image), and the gate returns
+``v * tau`` (broadcast over channels): the layers after it only see attended positions.
+
+Example:
+    >>> import torch
+    >>> gate = AttentionGate(8, 4)
+    >>> v_hat, tau = gate(torch.randn(2, 8, 6, 5))
+    >>> tuple(v_hat.shape), tuple(tau.shape), [round(s, 5) for s in tau.sum((1, 2)).tolist()]
+    ((2, 8, 6, 5), (2, 6, 5), [1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AttentionGate", "log_softmax_grid"]
+
+
+def log_softmax_grid(phi: Tensor) -> Tensor:
+    """Log-softmax over all grid positions per sample: ``(B, *grid) -> (B, *grid)``.
+
+    Computed in float32 for float16/bfloat16 inputs and returned in the input dtype.
+
+    Example:
+        >>> log_softmax_grid(torch.zeros(1, 2, 2)).exp().tolist()
+        [[[0.25, 0.25], [0.25, 0.25]]]
+    """
+    if phi.ndim < 2:
+        raise ValueError(f"phi must be (B, *grid), got shape {tuple(phi.shape)}")
+    work = phi.float() if phi.dtype in (torch.float16, torch.bfloat16) else phi
+    out = torch.log_softmax(work.flatten(1), dim=1).reshape(phi.shape)
+    return out.to(phi.dtype)
+
+
+class AttentionGate(nn.Module):
+    """Soft attention gate over all positions of a 2D or 3D feature map (paper Eq. 1-3).
+
+    Args:
+        in_channels: channels ``C`` of the gated feature map.
+        embed_channels: embedding width ``E`` of the 1x1 conv ``U``.
+        spatial_dims: 2 (maps ``(B, H, W)``) or 3 (maps ``(B, D, H, W)``).
+        eps: floor of the L2 norm in the channel normalization.
+
+    Shapes:
+        ``v``: ``(B, C, *grid)``; ``tau``: ``(B, *grid)`` with ``tau.sum() == 1`` per sample.
+
+    Half-precision inputs run the convs in the module's dtype, the normalization and softmax in float32,
+    and return the input dtype.
+    """
+
+    def __init__(self, in_channels: int, embed_channels: int, *, spatial_dims: int = 2, eps: float = 1e-6) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("embed_channels", embed_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.in_channels = in_channels
+        self.embed_channels = embed_channels
+        self.spatial_dims = spatial_dims
+        self.eps = float(eps)
+        self.U = conv(in_channels, embed_channels, kernel_size=1, bias=False)
+        self.u = conv(embed_channels, 1, kernel_size=1, bias=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, embed_channels={self.embed_channels}, "
+            f"spatial_dims={self.spatial_dims}"
+        )
+
+    def _check(self, v: Tensor) -> None:
+        if not isinstance(v, Tensor) or v.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"v must be (B, C, *grid) with {self.spatial_dims} spatial dims, "
+                f"got shape {tuple(getattr(v, 'shape', ()))}"
+            )
+        if v.shape[1] != self.in_channels:
+            raise ValueError(f"v has {v.shape[1]} channels (shape {tuple(v.shape)}), expected {self.in_channels}")
+
+    def potentials(self, v: Tensor) -> Tensor:
+        """Unnormalized log-attention ``phi``: ``(B, C, *grid) -> (B, *grid)`` (float32 for half inputs)."""
+        self._check(v)
+        z = self.U(v)
+        if z.dtype in (torch.float16, torch.bfloat16):
+            z = z.float()
+        z = F.relu(F.normalize(z, p=2.0, dim=1, eps=self.eps))
+        w = self.u.weight
+        # the last 1x1 conv as a channel contraction, in the (float32) dtype of z
+        phi = torch.einsum("bc...,c->b...", z, w.reshape(-1).to(z.dtype))
+        return phi
+
+    def log_attention(self, v: Tensor) -> Tensor:
+        """Log-softmax of the potentials over all positions per sample: ``(B, C, *grid) -> (B, *grid)``."""
+        phi = self.potentials(v)
+        return torch.log_softmax(phi.flatten(1), dim=1).reshape(phi.shape).to(v.dtype)
+
+    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Gate ``v``: returns ``(v * tau[:, None], tau)``, shapes ``(B, C, *grid)`` and ``(B, *grid)``."""
+        phi = self.potentials(v)
+        tau32 = torch.softmax(phi.flatten(1), dim=1).reshape(phi.shape)
+        tau = tau32.to(v.dtype)
+        return v * tau.unsqueeze(1), tau
