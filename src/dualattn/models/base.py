@@ -1,0 +1,501 @@
+"""The gated classifier shared by every CNN backbone, and its typed attention output.
+
+A CNN backbone (:mod:`.unet`, :mod:`.resnet`) is a :class:`CNNBackbone`: an optional stem and
+stages ``"block1" .. "blockK"``. :class:`GatedClassifier` runs the stages, puts attention gates
+(:class:`dualattn.attention.AttentionGate`) after some of them according to the *variant*, and ends
+with global average pooling and a linear layer.
+
+Feature weighting. A gate gives a distribution ``tau`` over the ``N`` positions of its stage's grid.
+Multiplying the features by ``tau`` shrinks them by about ``1/N`` (a prototype measured BatchNorm
+inputs collapsing), so every variant multiplies by ``N * tau`` (or ``N * mu``): a uniform map is the
+identity, and a gated model initialised from a baseline starts close to it.
+
+Variants (DESIGN.md section 1):
+
+==============  ==========================  ==================================================
+variant         gated blocks                what weights the features / extra loss
+==============  ==========================  ==================================================
+baseline        none                        --
+tau_k           block3                      N*tau_k
+tau_l           block4                      N*tau_l
+unconstrained   block3, block4              N*tau (no consistency term)
+dual            block3, block4              N*mu from the witness lambda (Thm. 3.1); penalty
+                                            alpha * KL(mu_l || marg(mu_k)) (Eq. 6)
+kl, kl_reverse  block3, block4              N*tau; penalty alpha * KL(tau_l || marg(tau_k))
+                                            (reverse: KL(marg(tau_k) || tau_l))
+exact           block3, block4              N*mu with mu the exact solution of Eq. 4
+multilevel      block2, block3, block4      N*mu, exact consistency over the 3-level chain
+==============  ==========================  ==================================================
+
+Why ``dual`` has no circularity: with a witness lambda that does not depend on the coarse map, the
+reparameterised fine map ``mu_k[j] ∝ tau_k[j] exp(-lambda_i)`` needs only ``tau_k`` and lambda, and the
+coarse one ``mu_l[i] ∝ tau_l[i] exp(lambda_i)`` only ``tau_l`` and lambda. The global witness is one
+learned lambda per coarse cell; the amortized witness predicts lambda from the fine block's features
+average-pooled to the coarse grid (available before the fine weighting).
+
+The ``exact`` circularity (the fine weighting feeds the layers that produce the coarse map, but
+``mu_k`` needs the coarse map) is resolved by one of two designs, ``exact_mode``:
+
+* ``"two_pass"`` (default): pass 1 runs the stages up to the coarsest gated block *unweighted* and
+  computes every gate's ``tau``; ``mu`` is the exact projection; pass 2 restarts from the finest
+  gated block's features weighted by ``N*mu`` and runs the rest of the network with every gated
+  block weighted by its ``N*mu``. The decision depends only on attended features (every path to the
+  logits passes through all the weightings); the extra cost is re-running the stages between the
+  finest and the coarsest gate (block4 for ``exact``; block3 and block4 for ``multilevel``).
+* ``"pool"``: attention pooling after Jetley et al. ("Learn to Pay Attention", ICLR 2018): the
+  stages run unweighted; each gated stage contributes ``g = sum_i mu_i v_i`` (a ``mu``-weighted
+  average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
+  after the coarsest gate are dropped.
+
+Both designs are measured in ``docs/models.md`` (``benchmarks/recipe_study.py``); see there for the
+numbers behind the default.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AttentionOutput",
+    "CNNBackbone",
+    "GatedClassifier",
+    "GATED_BLOCKS",
+    "weight_features",
+]
+
+
+class AttentionOutput(NamedTuple):
+    """What :meth:`GatedClassifier.forward_with_attention` returns.
+
+    Attributes:
+        logits: ``(B, num_classes)``.
+        tau: gate maps, block name -> ``(B, *grid)``, each sample a distribution.
+        mu: consistent maps (``dual``, ``exact``, ``multilevel``), block name -> ``(B, *grid)``;
+            empty when the variant has none.
+        penalty: scalar, the consistency term already multiplied by ``alpha`` (zero when none).
+    """
+
+    logits: Tensor
+    tau: dict[str, Tensor]
+    mu: dict[str, Tensor]
+    penalty: Tensor
+
+
+#: Gated blocks of every variant, finest first.
+GATED_BLOCKS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    "tau_k": ("block3",),
+    "tau_l": ("block4",),
+    "unconstrained": ("block3", "block4"),
+    "dual": ("block3", "block4"),
+    "kl": ("block3", "block4"),
+    "kl_reverse": ("block3", "block4"),
+    "exact": ("block3", "block4"),
+    "multilevel": ("block2", "block3", "block4"),
+}
+
+_WITNESSES = ("global", "amortized")
+_EXACT_MODES = ("two_pass", "pool")
+_BACKBONE_PREFIXES = ("backbone.", "fc.")
+
+
+def weight_features(features: Tensor, log_weights: Tensor) -> Tensor:
+    """Multiply features by ``N * w`` where ``w = exp(log_weights)`` is a per-sample distribution.
+
+    Args:
+        features: ``(B, C, *grid)``.
+        log_weights: ``(B, *grid)``, log of a distribution over the ``N`` grid positions.
+
+    Returns:
+        ``(B, C, *grid)``: ``features * N * w`` (broadcast over channels); a uniform ``w`` is the identity.
+    """
+    n = math.prod(log_weights.shape[1:])
+    return features * (log_weights + math.log(n)).exp().unsqueeze(1)
+
+
+def _log_normalize(logits: Tensor) -> Tensor:
+    """Per-sample log-softmax over all positions of ``(B, *grid)``."""
+    return logits.flatten(1).log_softmax(dim=1).view_as(logits)
+
+
+def _block_factors(fine: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...]:
+    if len(fine) != len(coarse) or any(c <= 0 or f % c for f, c in zip(fine, coarse)):
+        raise ValueError(
+            f"the fine attention grid {tuple(fine)} is not an integer multiple of the coarse grid "
+            f"{tuple(coarse)}; choose an input size divisible by the backbone's total downsampling"
+        )
+    return tuple(f // c for f, c in zip(fine, coarse))
+
+
+def _expand(coarse_values: Tensor, fine_shape: Sequence[int]) -> Tensor:
+    """Copy every coarse cell's value onto its block of fine cells: ``(B, *coarse) -> (B, *fine)``."""
+    factors = _block_factors(tuple(fine_shape), tuple(coarse_values.shape[1:]))
+    out = coarse_values
+    for dim, f in enumerate(factors, start=1):
+        if f > 1:
+            out = out.repeat_interleave(f, dim=dim)
+    return out
+
+
+class CNNBackbone(nn.Module):
+    """A convolutional feature extractor split into named stages.
+
+    Subclasses set ``stem`` (an ``nn.Module`` run before the stages, or ``None``), ``stages``
+    (``nn.ModuleDict`` ``"block1" .. "blockK"`` in order), ``channels`` (block -> output channels)
+    and implement :meth:`grid_shapes`.
+    """
+
+    stem: nn.Module | None
+    stages: nn.ModuleDict
+    channels: dict[str, int]
+    spatial_dims: int
+
+    def grid_shapes(self, spatial: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """Spatial shape of every stage's output for an input of spatial shape ``spatial``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - the classifier drives the stages
+        h = self.stem(x) if self.stem is not None else x
+        for stage in self.stages.values():
+            h = stage(h)
+        return h
+
+
+class GatedClassifier(nn.Module):
+    """A CNN backbone with attention gates, global average pooling and a linear head.
+
+    Args:
+        backbone: the :class:`CNNBackbone`.
+        variant: one of :data:`GATED_BLOCKS`.
+        num_classes: number of output logits.
+        alpha: weight of the consistency penalty (``dual``, ``kl``, ``kl_reverse``); the paper's 10.
+        witness: ``"global"`` (one learned lambda per coarse cell; needs ``img_size``) or
+            ``"amortized"`` (lambda predicted from the fine block's features), for ``dual``.
+        exact_mode: ``"two_pass"`` or ``"pool"``, how ``exact``/``multilevel`` break the circularity
+            (module docstring).
+        gate_embed: embedding channels ``E`` of every gate (default: the gated block's channels).
+        img_size: input spatial size (int or one per dim); needed by the global witness.
+        config: the ``create_model`` arguments that rebuild this model (``model.config``).
+
+    Example:
+        >>> from dualattn.models import create_model
+        >>> m = create_model("unet_encoder", variant="exact", features=4)
+        >>> out = m.forward_with_attention(torch.randn(2, 1, 32, 32))
+        >>> out.logits.shape, out.mu["block3"].shape
+        (torch.Size([2, 2]), torch.Size([2, 8, 8]))
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: CNNBackbone,
+        variant: str,
+        num_classes: int,
+        alpha: float = 10.0,
+        witness: str = "global",
+        exact_mode: str = "two_pass",
+        gate_embed: int | None = None,
+        img_size: int | Sequence[int] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if variant not in GATED_BLOCKS:
+            raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(GATED_BLOCKS)}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        if witness not in _WITNESSES:
+            raise ValueError(f"unknown witness {witness!r}; valid: {', '.join(_WITNESSES)}")
+        if exact_mode not in _EXACT_MODES:
+            raise ValueError(f"unknown exact_mode {exact_mode!r}; valid: {', '.join(_EXACT_MODES)}")
+        if gate_embed is not None and (not isinstance(gate_embed, int) or gate_embed < 1):
+            raise ValueError(f"gate_embed must be a positive int or None, got {gate_embed!r}")
+        from ..attention import AttentionGate
+
+        self.variant = variant
+        self.num_classes = num_classes
+        self.alpha = float(alpha)
+        self.witness_kind = witness
+        self.exact_mode = exact_mode
+        self.spatial_dims = backbone.spatial_dims
+        self._config = copy.deepcopy(config or {})
+        self._backbone_frozen = False
+        self.img_size = _normalize_size(img_size, backbone.spatial_dims)
+
+        blocks = GATED_BLOCKS[variant]
+        missing = [b for b in blocks if b not in backbone.stages]
+        if missing:
+            raise ValueError(f"variant {variant!r} gates {missing} but the backbone has only {list(backbone.stages)}")
+        self.attention_blocks: tuple[str, ...] = blocks
+        self._pooled = variant in ("exact", "multilevel") and exact_mode == "pool"
+        if self._pooled:
+            # attention pooling: the stages after the coarsest gate are never used.
+            names = list(backbone.stages)
+            for name in names[names.index(blocks[-1]) + 1 :]:
+                del backbone.stages[name]
+        self.backbone = backbone
+        self.gates = nn.ModuleDict(
+            {
+                b: AttentionGate(
+                    backbone.channels[b],
+                    gate_embed or backbone.channels[b],
+                    spatial_dims=backbone.spatial_dims,
+                )
+                for b in blocks
+            }
+        )
+        self.witness: nn.Module | None = None
+        if variant == "dual":
+            from ..consistency import AmortizedWitness, GlobalWitness
+
+            fine, coarse = blocks
+            if witness == "global":
+                if self.img_size is None:
+                    raise ValueError(
+                        "variant 'dual' with witness='global' needs img_size (the input spatial size) to "
+                        "size its one-lambda-per-coarse-cell witness; pass img_size=... or witness='amortized'"
+                    )
+                grids = backbone.grid_shapes(self.img_size)
+                _block_factors(grids[fine], grids[coarse])
+                self.witness = GlobalWitness(tuple(grids[coarse]))
+            else:
+                self.witness = AmortizedWitness(backbone.channels[fine], spatial_dims=backbone.spatial_dims)
+        pool_cls = nn.AdaptiveAvgPool2d if backbone.spatial_dims == 2 else nn.AdaptiveAvgPool3d
+        if self._pooled:
+            self.attn_fc = nn.Linear(sum(backbone.channels[b] for b in blocks), num_classes)
+        else:
+            self.pool = pool_cls(1)
+            last = list(backbone.stages)[-1]
+            self.fc = nn.Linear(backbone.channels[last], num_classes)
+        stage_order = list(backbone.stages)
+        wanted = set(blocks) | {b for b in ("block3", "block4") if b in backbone.stages}
+        self.map_blocks: tuple[str, ...] = tuple(b for b in stage_order if b in wanted)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable ``create_model`` arguments rebuilding this architecture."""
+        return copy.deepcopy(self._config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` for input ``(B, C, *spatial)``."""
+        if not self.attention_blocks:
+            return self._head(self._run_stages(self._stem(x)))
+        return self.forward_with_attention(x).logits
+
+    def forward_with_attention(self, x: Tensor) -> AttentionOutput:
+        """Logits and the attention maps of every gated block.
+
+        Args:
+            x: ``(B, C, *spatial)`` with ``len(spatial) == spatial_dims``.
+
+        Returns:
+            :class:`AttentionOutput` (``tau``/``mu`` keyed by block name, maps ``(B, *grid)``).
+        """
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"expected input of shape (B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) for "
+                f"spatial_dims={self.spatial_dims}, got {tuple(x.shape)}"
+            )
+        zero = x.new_zeros(())
+        if not self.attention_blocks:
+            return AttentionOutput(self._head(self._run_stages(self._stem(x))), {}, {}, zero)
+        if self.variant in ("exact", "multilevel"):
+            return self._forward_exact(x, zero)
+        return self._forward_sequential(x, zero)
+
+    def feature_layers(self) -> dict[str, nn.Module]:
+        """Block name -> module whose output is that stage's (unweighted) feature map (GradCAM target)."""
+        return dict(self.backbone.stages.items())
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters a baseline also has (stem, stages, linear head)."""
+        for name, p in self.named_parameters():
+            if name.startswith(_BACKBONE_PREFIXES):
+                yield p
+
+    def gate_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters a baseline lacks (gates, witness, attention-pooling head)."""
+        for name, p in self.named_parameters():
+            if not name.startswith(_BACKBONE_PREFIXES):
+                yield p
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the backbone parameters; frozen BatchNorm layers stay in eval mode.
+
+        Args:
+            frozen: True freezes (the paper's gate fine-tuning on a trained baseline).
+        """
+        self._backbone_frozen = bool(frozen)
+        for p in self.backbone_parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """Whether :meth:`freeze_backbone` is in effect."""
+        return self._backbone_frozen
+
+    def train(self, mode: bool = True) -> "GatedClassifier":
+        super().train(mode)
+        if self._backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def load_backbone_state(self, state_dict: dict[str, Tensor]) -> None:
+        """Load a baseline's weights (of the same backbone and width) into this model's backbone.
+
+        Gate, witness and attention-pooling parameters keep their initialisation. A ``"model."``
+        prefix on every key (Lightning modules) is stripped.
+
+        Args:
+            state_dict: a baseline model's ``state_dict()``.
+
+        Raises:
+            ValueError: keys missing from / unknown to this backbone, or shapes that differ.
+        """
+        sd = dict(state_dict)
+        if sd and all(k.startswith("model.") for k in sd):
+            sd = {k[len("model.") :]: v for k, v in sd.items()}
+        own = self.state_dict()
+        ignorable = ("fc.", "backbone.stages.") if self._pooled else ()
+        unexpected = [k for k in sd if k not in own and not k.startswith(ignorable)]
+        missing = [k for k in own if k.startswith(_BACKBONE_PREFIXES) and k not in sd]
+        if unexpected or missing:
+            raise ValueError(
+                f"state dict does not match this {self._config.get('name', 'model')} backbone: "
+                f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            )
+        loadable = {k: v for k, v in sd.items() if k in own}
+        bad = [k for k, v in loadable.items() if tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise ValueError(
+                "shape mismatch for " + ", ".join(f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:8])
+            )
+        self.load_state_dict(loadable, strict=False)
+
+    # ------------------------------------------------------------------ internals
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.backbone.stem(x) if self.backbone.stem is not None else x
+
+    def _run_stages(self, h: Tensor) -> Tensor:
+        for stage in self.backbone.stages.values():
+            h = stage(h)
+        return h
+
+    def _head(self, h: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+    def _witness_lambda(self, fine_features: Tensor, coarse_shape: tuple[int, ...]) -> Tensor:
+        if self.witness is None:  # pragma: no cover - internal invariant, set in __init__
+            raise RuntimeError("the dual witness is missing")
+        if self.witness_kind == "global":
+            lam = self.witness(fine_features)
+            if tuple(lam.shape[1:]) != tuple(coarse_shape):
+                raise ValueError(
+                    f"the global witness was sized for img_size={self.img_size} (coarse grid "
+                    f"{tuple(lam.shape[1:])}) but this input gives a coarse grid {tuple(coarse_shape)}"
+                )
+            return lam
+        pooled = F.adaptive_avg_pool2d if self.spatial_dims == 2 else F.adaptive_avg_pool3d
+        return self.witness(pooled(fine_features, coarse_shape))
+
+    def _forward_sequential(self, x: Tensor, zero: Tensor) -> AttentionOutput:
+        """Gates weight the features in order (tau_k, tau_l, unconstrained, kl*, dual)."""
+        taus: dict[str, Tensor] = {}
+        mus: dict[str, Tensor] = {}
+        grids = self.backbone.grid_shapes(tuple(x.shape[2:]))
+        lam: Tensor | None = None
+        h = self._stem(x)
+        for name, stage in self.backbone.stages.items():
+            h = stage(h)
+            if name not in self.gates:
+                continue
+            log_tau = self.gates[name].log_attention(h)
+            taus[name] = log_tau.exp()
+            log_w = log_tau
+            if self.variant == "dual":
+                fine, coarse = self.attention_blocks
+                if name == fine:
+                    _block_factors(h.shape[2:], grids[coarse])
+                    lam = self._witness_lambda(h, tuple(grids[coarse]))
+                    log_w = _log_normalize(log_tau - _expand(lam, h.shape[2:]))
+                else:
+                    if lam is None:  # pragma: no cover - the fine block precedes the coarse one
+                        raise RuntimeError("dual: coarse gate reached before the fine gate")
+                    if tuple(lam.shape[1:]) != tuple(h.shape[2:]):
+                        raise ValueError(f"coarse grid {tuple(h.shape[2:])} != witness grid {tuple(lam.shape[1:])}")
+                    log_w = _log_normalize(log_tau + lam)
+                mus[name] = log_w.exp()
+            h = weight_features(h, log_w)
+        logits = self._head(h)
+        penalty = zero
+        if self.variant in ("dual", "kl", "kl_reverse"):
+            from ..consistency import dual_penalty, kl_consistency
+
+            fine, coarse = self.attention_blocks
+            if self.variant == "dual":
+                term = dual_penalty(taus[fine], taus[coarse], lam)
+            else:
+                term = kl_consistency(taus[fine], taus[coarse], reverse=self.variant == "kl_reverse")
+            penalty = self.alpha * term
+        return AttentionOutput(logits, taus, mus, penalty)
+
+    def _forward_exact(self, x: Tensor, zero: Tensor) -> AttentionOutput:
+        """Exact consistent maps weight the features (module docstring: two_pass / pool)."""
+        from ..consistency import project_exact_chain_log, project_exact_log
+
+        blocks = self.attention_blocks
+        names = list(self.backbone.stages)
+        last = names.index(blocks[-1])
+        feats: dict[str, Tensor] = {}
+        log_taus: dict[str, Tensor] = {}
+        h = self._stem(x)
+        for name in names[: last + 1]:
+            h = self.backbone.stages[name](h)
+            if name in self.gates:
+                feats[name] = h
+                log_taus[name] = self.gates[name].log_attention(h)
+        for fine, coarse in zip(blocks[:-1], blocks[1:]):
+            _block_factors(log_taus[fine].shape[1:], log_taus[coarse].shape[1:])
+        if len(blocks) == 2:
+            log_mu_list = list(project_exact_log(log_taus[blocks[0]], log_taus[blocks[1]]))
+        else:
+            log_mu_list = list(project_exact_chain_log([log_taus[b] for b in blocks]))
+        log_mus = dict(zip(blocks, log_mu_list))
+        taus = {b: log_taus[b].exp() for b in blocks}
+        mus = {b: log_mus[b].exp() for b in blocks}
+        if self._pooled:
+            pooled = [(feats[b] * mus[b].unsqueeze(1)).flatten(2).sum(-1) for b in blocks]
+            logits = self.attn_fc(torch.cat(pooled, dim=1))
+            return AttentionOutput(logits, taus, mus, zero)
+        first = names.index(blocks[0])
+        h = weight_features(feats[blocks[0]], log_mus[blocks[0]])
+        for name in names[first + 1 :]:
+            h = self.backbone.stages[name](h)
+            if name in log_mus:
+                h = weight_features(h, log_mus[name])
+        return AttentionOutput(self._head(h), taus, mus, zero)
+
+
+def _normalize_size(size: int | Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] | None:
+    """``img_size`` as a tuple of ``spatial_dims`` positive ints (or None)."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        size = (size,) * spatial_dims
+    size = tuple(size)
+    if len(size) != spatial_dims or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"img_size must be a positive int or {spatial_dims} positive ints, got {size!r}")
+    return size
