@@ -182,7 +182,8 @@ class GatedClassifier(nn.Module):
             ``"amortized"`` (lambda predicted from the fine block's features), for ``dual``.
         exact_mode: ``"two_pass"`` or ``"pool"``, how ``exact``/``multilevel`` break the circularity
             (module docstring).
-        gate_embed: embedding channels ``E`` of every gate (default: the gated block's channels).
+        gate_embed: embedding channels ``E`` of every gate (default: the gated block's channels, at
+            most 256, so ResNet-50's 1024/2048-channel stages get gates of a sensible size).
         img_size: input spatial size (int or one per dim); needed by the global witness.
         config: the ``create_model`` arguments that rebuild this model (``model.config``).
 
@@ -248,7 +249,7 @@ class GatedClassifier(nn.Module):
             {
                 b: AttentionGate(
                     backbone.channels[b],
-                    gate_embed or backbone.channels[b],
+                    gate_embed or min(backbone.channels[b], 256),
                     spatial_dims=backbone.spatial_dims,
                 )
                 for b in blocks
