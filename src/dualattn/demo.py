@@ -1,0 +1,539 @@
+"""The main job, end to end: data -> train every variant -> explain with every method -> both protocols
+-> ``results.json`` + ``report.html``.
+
+Presets are data (:class:`DemoPreset`): ``tiny`` (under a minute on a 2-core CPU; the tests run it),
+``default`` (about ten minutes on a 2-core CPU) and ``full`` (the paper's protocol: 5 seeds, larger
+images, longer training; for a GPU).
+
+Output folder layout (``dualattn evaluate --runs DIR`` discovers the runs in it)::
+
+    DIR/
+      demo.json                 the preset and dataset used (a re-run must match them)
+      data/                     the generated dataset (embedded names), folder format
+      runs/<variant>/seed<k>/   one training run per variant and seed (config.yaml, best.safetensors, ...)
+      eval/                     the evaluation's own outputs (results.json, tables)
+      examples.npz              example scans, masks and every method's maps (for the figure grid)
+      results.json              the evaluation results + ``meta`` (what was run, versions, wall time)
+      report.html               the self-contained report
+      .steps/<step>.json        done-markers: a re-run skips every step whose marker exists
+
+Every file is written atomically, so an interrupted run leaves either a finished step or none; re-running
+with the same ``DIR`` resumes at the first unfinished step (training runs that finished are not redone).
+
+Example:
+    >>> from dualattn.demo import run_demo  # doctest: +SKIP
+    >>> outcome = run_demo(preset="tiny", out="demo-out")  # doctest: +SKIP
+    >>> outcome.report  # doctest: +SKIP
+    PosixPath('demo-out/report.html')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DemoPreset",
+    "PRESETS",
+    "get_preset",
+    "DemoOutcome",
+    "run_demo",
+    "discover_runs",
+    "method_sources",
+    "DEMO_DATASETS",
+]
+
+#: Embedded dataset names the demo accepts besides a folder path.
+DEMO_DATASETS: tuple[str, ...] = ("synthetic-brain", "synthetic-pet", "br35h")
+
+ALL_VARIANTS: tuple[str, ...] = ("baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel")
+#: Post-hoc explainers: applied to the baseline classifier.
+POSTHOC_METHODS: tuple[str, ...] = ("gradcam", "ixg", "deeplift", "lrp", "ig")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPreset:
+    """Everything that sizes a demo run.
+
+    Attributes:
+        name: preset name.
+        description: one line for the report.
+        dataset: default dataset (embedded name or folder).
+        n: images generated for an embedded dataset.
+        image_size: side length the images are resized to.
+        model: backbone (``dualattn.models.list_models()``).
+        model_kwargs: backbone options, e.g. ``{"features": 16}``.
+        variants: variants trained; ``multilevel`` is dropped when the backbone lacks it.
+        seeds: training seeds (every number in the tables is a mean ± std over them).
+        max_epochs: training epochs per run.
+        batch_size: training batch size.
+        lr: learning rate.
+        methods: explanation methods evaluated (``None``: every method that applies).
+        n_examples: example scans in the report's figure grid.
+        perturbation_steps: fractions in the perturbation curve (``steps + 1`` points from 0 to 1).
+        max_eval_images: cap on test images used by the protocols (``None``: all).
+        accelerator: Lightning accelerator (``"cpu"`` for the CPU presets, ``"auto"`` for ``full``).
+    """
+
+    name: str
+    description: str
+    dataset: str = "synthetic-brain"
+    n: int = 400
+    image_size: int = 64
+    model: str = "unet_encoder"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"features": 16})
+    variants: tuple[str, ...] = ALL_VARIANTS
+    seeds: tuple[int, ...] = (0,)
+    max_epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    methods: tuple[str, ...] | None = None
+    n_examples: int = 4
+    perturbation_steps: int = 10
+    max_eval_images: int | None = None
+    accelerator: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"preset {self.name!r}: {key}={getattr(self, key)!r} must be >= 1")
+        if not self.seeds:
+            raise ValueError(f"preset {self.name!r}: seeds must not be empty")
+        if "baseline" not in self.variants:
+            raise ValueError(f"preset {self.name!r}: variants {self.variants} must include 'baseline' "
+                             "(post-hoc methods and the perturbation protocol use it)")
+        if self.max_eval_images is not None and self.max_eval_images < 1:
+            raise ValueError(f"preset {self.name!r}: max_eval_images={self.max_eval_images!r} must be >= 1 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form."""
+        out = dataclasses.asdict(self)
+        out["model_kwargs"] = dict(self.model_kwargs)
+        out["variants"] = list(self.variants)
+        out["seeds"] = list(self.seeds)
+        out["methods"] = None if self.methods is None else list(self.methods)
+        return out
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "tiny": DemoPreset(
+        name="tiny",
+        description="smoke test: 32x32 images, 48 scans, 1 epoch, 4 base features (under a minute on 2 CPU cores)",
+        n=48, image_size=32, model_kwargs={"features": 4}, max_epochs=1, batch_size=8,
+        methods=("gradcam", "ixg", "ig", "tau_k", "tau_l", "unconstrained", "cvx", "dual", "exact", "multilevel"),
+        n_examples=2, perturbation_steps=4, max_eval_images=16,
+    ),
+    "default": DemoPreset(
+        name="default",
+        description="64x64 images, 480 scans, 8 epochs, U-Net encoder with 16 base features (about 10 minutes "
+                    "on 2 CPU cores)",
+        n=480, image_size=64, model_kwargs={"features": 16}, max_epochs=8, batch_size=16,
+        n_examples=4, perturbation_steps=10, max_eval_images=64,
+    ),
+    "full": DemoPreset(
+        name="full",
+        description="the paper's protocol: 5 seeds, 128x128 images, 30 epochs, 32 base features (for a GPU)",
+        n=2000, image_size=128, model_kwargs={"features": 32}, max_epochs=30, batch_size=32,
+        seeds=(0, 1, 2, 3, 4), n_examples=6, perturbation_steps=20, max_eval_images=None, accelerator="auto",
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> DemoPreset:
+    """A preset by name, optionally with fields replaced.
+
+    Raises:
+        ValueError: unknown preset name or field.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(DemoPreset)}
+        bad = sorted(set(overrides) - fields)
+        if bad:
+            raise ValueError(f"unknown preset field(s) {bad}; valid: {sorted(fields)}")
+        preset = dataclasses.replace(preset, **overrides)
+    return preset
+
+
+@dataclasses.dataclass
+class DemoOutcome:
+    """What :func:`run_demo` produced."""
+
+    out: Path
+    results: Path
+    report: Path
+    runs: dict[str, list[Path]]
+    wall_time_s: float
+    skipped_steps: list[str]
+
+
+# ----------------------------------------------------------------------------- step bookkeeping
+
+
+class _Steps:
+    """Done-markers under ``out/.steps``: a step whose marker exists is not run again."""
+
+    def __init__(self, out: Path, progress: Callable[[str], None] | None) -> None:
+        self.dir = out / ".steps"
+        self.progress = progress
+        self.skipped: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / f"{name}.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None
+
+    def mark(self, name: str, payload: Mapping[str, Any]) -> None:
+        from ._io import atomic_write_json
+
+        atomic_write_json(self.dir / f"{name}.json", dict(payload))
+
+    def say(self, message: str) -> None:
+        logger.info(message)
+        if self.progress is not None:
+            self.progress(message)
+
+    def run(self, name: str, label: str, fn: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        cached = self.done(name)
+        if cached is not None:
+            self.skipped.append(name)
+            self.say(f"[reuse] {label}")
+            self.timings[name] = float(cached.get("_seconds", 0.0))
+            return cached
+        self.say(f"[start] {label}")
+        t0 = time.perf_counter()
+        payload = dict(fn())
+        payload["_seconds"] = time.perf_counter() - t0
+        self.timings[name] = payload["_seconds"]
+        self.mark(name, payload)
+        self.say(f"[done]  {label} ({payload['_seconds']:.1f} s)")
+        return payload
+
+
+# ----------------------------------------------------------------------------- runs and methods
+
+
+def discover_runs(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
+    """Finished training runs under ``root`` grouped by variant (from each run's ``config.yaml``).
+
+    A run is a folder holding ``best.safetensors`` (or ``last.safetensors``) and ``config.yaml``; the demo
+    lays them out as ``runs/<variant>/seed<k>``. Folders are visited in sorted order.
+
+    Returns:
+        variant -> run folders (sorted).
+    """
+    import yaml
+
+    found: dict[str, list[Path]] = {}
+    for cfg in sorted(Path(root).rglob("config.yaml")):
+        run = cfg.parent
+        if not ((run / "best.safetensors").is_file() or (run / "last.safetensors").is_file()):
+            continue
+        try:
+            data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            continue
+        variant = str(data.get("variant", run.parent.name))
+        found.setdefault(variant, []).append(run)
+    return found
+
+
+def method_sources(methods: Sequence[str], variants: Sequence[str]) -> dict[str, str]:
+    """Which trained variant each explanation method explains (the paper's protocol).
+
+    Variant-named methods (``tau_k``, ``dual``, ``exact`` ...) explain the model of that variant; ``cvx`` solves
+    Eq. 4 post hoc on the ``unconstrained`` model; ``attention`` is not used by the demo; every other method
+    (GradCAM, Input x Gradient, DeepLIFT, LRP, Integrated Gradients, ...) explains the ``baseline``.
+    Methods whose model was not trained are left out.
+
+    Example:
+        >>> method_sources(["gradcam", "exact", "cvx", "dual"], ["baseline", "exact", "unconstrained"])
+        {'gradcam': 'baseline', 'exact': 'exact', 'cvx': 'unconstrained'}
+    """
+    from .explain.attention import VARIANT_METHODS
+
+    out: dict[str, str] = {}
+    have = set(variants)
+    for method in methods:
+        if method == "attention":
+            continue
+        if method in VARIANT_METHODS:
+            source = method
+        elif method == "cvx":
+            source = "unconstrained"
+        else:
+            source = "baseline"
+        if source in have:
+            out[method] = source
+    return out
+
+
+def _available_methods(preset: DemoPreset) -> list[str]:
+    from .explain import list_methods
+
+    known = list(list_methods())
+    if preset.methods is None:
+        return [m for m in known if m not in ("attention", "random", "raw") and not m.startswith("vit")]
+    unknown = [m for m in preset.methods if m not in known]
+    if unknown:
+        raise ValueError(f"preset {preset.name!r}: unknown method(s) {unknown}; known: {known}")
+    return list(preset.methods)
+
+
+def _variants_for(preset: DemoPreset) -> list[str]:
+    from .models import list_variants
+
+    offered = set(list_variants(preset.model))
+    dropped = [v for v in preset.variants if v not in offered]
+    if dropped:
+        logger.info("%s offers no variant(s) %s; skipped", preset.model, dropped)
+    return [v for v in preset.variants if v in offered]
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("dualattn", "torch", "monai", "captum", "lightning", "numpy", "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, progress: bool) -> Any:
+    from .train import TrainConfig
+
+    return TrainConfig(
+        dataset=str(data),
+        image_size=preset.image_size,
+        model=preset.model,
+        variant=variant,
+        model_kwargs=dict(preset.model_kwargs),
+        max_epochs=preset.max_epochs,
+        batch_size=preset.batch_size,
+        lr=preset.lr,
+        seed=seed,
+        split_seed=0,
+        accelerator=preset.accelerator,
+        devices=1 if preset.accelerator == "cpu" else "auto",
+        progress=progress,
+    )
+
+
+def _run_is_finished(run: Path) -> bool:
+    return (run / "summary.json").is_file() and (run / "best.safetensors").is_file()
+
+
+def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequence[Path]],
+                      methods: Sequence[str], out_file: Path) -> dict[str, Any]:
+    """Compute every method's map on a few positive test scans with seed-0 models; save them as NPZ."""
+    import torch
+
+    from ._io import atomic_path
+    from .data import FolderDataset
+    from .explain import explain
+    from .train import load_run
+
+    test = FolderDataset(data, split="test", size=preset.image_size, seed=0)
+    picked = [i for i in range(len(test)) if bool(test[i]["has_mask"]) and int(test[i]["label"]) > 0]
+    picked = picked[: preset.n_examples]
+    if not picked:
+        logger.warning("no positive test scan with a mask: the report has no example grid")
+        return {"n": 0}
+    items = [test[i] for i in picked]
+    images = torch.stack([torch.as_tensor(it["image"]) for it in items])
+    sources = method_sources(methods, list(runs))
+    models: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {
+        "image": images.numpy(),
+        "mask": torch.stack([torch.as_tensor(it["mask"]) for it in items]).numpy(),
+        "label": np.array([int(it["label"]) for it in items]),
+        "id": np.array([str(it["id"]) for it in items]),
+    }
+    baseline = load_run(runs["baseline"][0])
+    baseline.eval()
+    with torch.no_grad():
+        arrays["pred"] = baseline(images).argmax(dim=1).numpy()
+    names = []
+    for method, variant in sources.items():
+        if variant not in models:
+            models[variant] = load_run(runs[variant][0])
+            models[variant].eval()
+        try:
+            maps = explain(models[variant], images, method=method, block="block3",
+                           target=torch.as_tensor(arrays["label"]))
+        except (ValueError, RuntimeError) as exc:
+            logger.warning("example maps for %s failed: %s", method, exc)
+            continue
+        arrays[f"map/{method}"] = maps.detach().float().numpy()[:, 0]
+        names.append(method)
+    with atomic_path(out_file) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return {"n": len(items), "methods": names}
+
+
+def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read ``examples.npz`` back as the list :func:`dualattn.report.write_report` takes."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with np.load(path, allow_pickle=False) as npz:
+        data = {k: npz[k] for k in npz.files}
+    maps = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("map/")}
+    out = []
+    for i in range(len(data.get("image", []))):
+        out.append({
+            "id": str(data["id"][i]), "image": data["image"][i], "mask": data["mask"][i],
+            "label": int(data["label"][i]), "pred": int(data["pred"][i]) if "pred" in data else None,
+            "maps": {m: v[i] for m, v in maps.items()},
+        })
+    return out
+
+
+def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None,
+             out: str | os.PathLike[str], progress: Callable[[str], None] | None = None,
+             show_training_progress: bool = False) -> DemoOutcome:
+    """Run the demo end to end (see the module docstring), reusing finished steps in ``out``.
+
+    Args:
+        preset: a preset name (``tiny``, ``default``, ``full``) or a :class:`DemoPreset`.
+        dataset: embedded dataset name (``synthetic-brain``, ``synthetic-pet``, ``br35h``) or a folder in the
+            folder format; default the preset's.
+        out: output folder (created).
+        progress: called with one line per step start/end (the CLI prints them).
+        show_training_progress: Lightning's progress bar during training.
+
+    Returns:
+        A :class:`DemoOutcome`.
+
+    Raises:
+        ValueError: unknown preset or dataset, or ``out`` holds a demo run with a different preset/dataset.
+    """
+    from ._io import atomic_write_json
+
+    t_start = time.perf_counter()
+    cfg = get_preset(preset) if isinstance(preset, str) else preset
+    dataset = dataset or cfg.dataset
+    if dataset not in DEMO_DATASETS and not Path(dataset).is_dir():
+        raise ValueError(f"dataset {dataset!r} is neither an embedded dataset ({', '.join(DEMO_DATASETS)}) "
+                         "nor an existing folder")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"preset": cfg.to_dict(), "dataset": str(Path(dataset).resolve()) if Path(dataset).is_dir()
+                else dataset}
+    ident_path = out_dir / "demo.json"
+    if ident_path.is_file():
+        previous = json.loads(ident_path.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(identity)):
+            raise ValueError(f"{out_dir} holds a demo run with another preset or dataset "
+                             f"({previous.get('preset', {}).get('name')}, {previous.get('dataset')}); "
+                             "choose another --out folder")
+    else:
+        atomic_write_json(ident_path, identity)
+    steps = _Steps(out_dir, progress)
+
+    # 1. data
+    def make_data() -> dict[str, Any]:
+        from .data import resolve_dataset
+
+        path = resolve_dataset(dataset, cache_dir=out_dir / "data", n=cfg.n, size=cfg.image_size, seed=0)
+        return {"path": str(Path(path).resolve())}
+
+    data = Path(steps.run("data", f"data: {dataset}", make_data)["path"])
+
+    # 2. training, baseline first
+    from .train import fit
+
+    variants = _variants_for(cfg)
+    runs: dict[str, list[Path]] = {}
+    total = len(variants) * len(cfg.seeds)
+    k = 0
+    for seed in cfg.seeds:
+        for variant in variants:
+            k += 1
+            run_dir = out_dir / "runs" / variant / f"seed{seed}"
+            name = f"train-{variant}-seed{seed}"
+
+            def train_one(variant: str = variant, seed: int = seed, run_dir: Path = run_dir) -> dict[str, Any]:
+                if _run_is_finished(run_dir):
+                    return {"run": str(run_dir), "reused": True}
+                config = _train_config(cfg, data=data, variant=variant, seed=seed, progress=show_training_progress)
+                path = fit(config, out=run_dir, resume=(run_dir / "checkpoints").is_dir())
+                return {"run": str(Path(path))}
+
+            result = steps.run(name, f"train {k}/{total}: {variant} (seed {seed})", train_one)
+            runs.setdefault(variant, []).append(Path(result["run"]))
+
+    methods = _available_methods(cfg)
+
+    # 3. evaluation: both protocols, every method
+    eval_dir = out_dir / "eval"
+
+    def evaluate() -> dict[str, Any]:
+        from .evaluate import evaluate_runs
+
+        path = evaluate_runs(
+            out_dir / "runs", data=data, out=eval_dir, methods=methods, size=cfg.image_size,
+            perturbation_steps=cfg.perturbation_steps, max_images=cfg.max_eval_images,
+        )
+        return {"results": str(path)}
+
+    evaluated = steps.run("evaluate", "explain with every method, implicit segmentation + perturbation", evaluate)
+
+    # 4. example maps for the figure grid
+    examples_file = out_dir / "examples.npz"
+    steps.run("examples", "example heatmaps", lambda: _collect_examples(
+        cfg, data=data, runs=runs, methods=methods, out_file=examples_file))
+
+    # 5. results.json + report.html (always rewritten: cheap, and the wall time is updated)
+    results = json.loads(Path(evaluated["results"]).read_text(encoding="utf-8"))
+    wall = sum(v for v in steps.timings.values()) if steps.skipped else time.perf_counter() - t_start
+    meta = dict(results.get("meta") or {})
+    meta.update({
+        "preset": f"{cfg.name} — {cfg.description}",
+        "dataset": dataset,
+        "model": f"{cfg.model} ({', '.join(f'{k}={v}' for k, v in cfg.model_kwargs.items())})",
+        "variants": variants,
+        "methods": methods,
+        "seeds": list(cfg.seeds),
+        "image_size": f"{cfg.image_size}x{cfg.image_size}",
+        "epochs": cfg.max_epochs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, accelerator {cfg.accelerator}",
+        "versions": _versions(),
+        "wall_time_s": round(wall, 1),
+    })
+    results["meta"] = meta
+    results["demo"] = {"step_seconds": {k: round(v, 2) for k, v in steps.timings.items()},
+                       "reused_steps": steps.skipped, "runs": {v: [str(p) for p in ps] for v, ps in runs.items()}}
+    results_path = out_dir / "results.json"
+    atomic_write_json(results_path, results)
+    from .report import write_report
+
+    report = write_report(results, out_dir / "report.html", examples=load_examples(examples_file),
+                          title="dualattn demo report")
+    steps.say(f"[done]  {results_path} and {report} ({time.perf_counter() - t_start:.1f} s)")
+    return DemoOutcome(out=out_dir, results=results_path, report=report, runs=runs,
+                       wall_time_s=time.perf_counter() - t_start, skipped_steps=steps.skipped)
