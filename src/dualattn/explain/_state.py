@@ -28,8 +28,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def isolated_copy(model: nn.Module) -> Iterator[nn.Module]:
-    """Yield a deep copy of ``model`` in eval mode with parameters not requiring gradients.
+def isolated_copy(model: nn.Module, *, requires_grad: bool = False) -> Iterator[nn.Module]:
+    """Yield a deep copy of ``model`` in eval mode, parameters' ``requires_grad`` set to ``requires_grad``.
 
     Attribution methods that attach rules, hooks or replace modules (LRP, DeepLIFT) work on
     this copy, so nothing they do can leak into the caller's model (mode, ``requires_grad``,
@@ -38,7 +38,7 @@ def isolated_copy(model: nn.Module) -> Iterator[nn.Module]:
     clone = copy.deepcopy(model)
     clone.eval()
     for p in clone.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(requires_grad)
         p.grad = None
     try:
         yield clone
