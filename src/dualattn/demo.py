@@ -58,7 +58,8 @@ DEMO_DATASETS: tuple[str, ...] = ("synthetic-brain", "synthetic-pet", "br35h")
 
 ALL_VARIANTS: tuple[str, ...] = ("baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel")
 #: Post-hoc explainers: applied to the baseline classifier.
-POSTHOC_METHODS: tuple[str, ...] = ("gradcam", "ixg", "deeplift", "lrp", "ig")
+POSTHOC_METHODS: tuple[str, ...] = ("gradcam", "gradcam_norelu", "input_x_gradient", "deeplift", "lrp",
+                                     "integrated_gradients")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +131,8 @@ PRESETS: dict[str, DemoPreset] = {
         name="tiny",
         description="smoke test: 32x32 images, 48 scans, 1 epoch, 4 base features (under a minute on 2 CPU cores)",
         n=48, image_size=32, model_kwargs={"features": 4}, max_epochs=1, batch_size=8,
-        methods=("gradcam", "ixg", "ig", "tau_k", "tau_l", "unconstrained", "cvx", "dual", "exact", "multilevel"),
+        methods=("gradcam", "input_x_gradient", "integrated_gradients", "tau_k", "tau_l", "unconstrained", "cvx",
+                 "dual", "exact", "multilevel"),
         n_examples=2, perturbation_steps=4, max_eval_images=16,
     ),
     "default": DemoPreset(
@@ -290,7 +292,8 @@ def _available_methods(preset: DemoPreset) -> list[str]:
 
     known = list(list_methods())
     if preset.methods is None:
-        return [m for m in known if m not in ("attention", "random", "raw") and not m.startswith("vit")]
+        return [m for m in known
+                if m not in ("attention", "random") and not m.startswith(("vit", "raw_channel"))]
     unknown = [m for m in preset.methods if m not in known]
     if unknown:
         raise ValueError(f"preset {preset.name!r}: unknown method(s) {unknown}; known: {known}")
@@ -381,9 +384,11 @@ def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequ
         if variant not in models:
             models[variant] = load_run(runs[variant][0])
             models[variant].eval()
+        model = models[variant]
+        blocks = tuple(getattr(model, "map_blocks", ()) or ())
+        block = "block3" if (not blocks or "block3" in blocks or variant == "baseline") else blocks[0]
         try:
-            maps = explain(models[variant], images, method=method, block="block3",
-                           target=torch.as_tensor(arrays["label"]))
+            maps = explain(model, images, method=method, block=block, target=torch.as_tensor(arrays["label"]))
         except (ValueError, RuntimeError) as exc:
             logger.warning("example maps for %s failed: %s", method, exc)
             continue
