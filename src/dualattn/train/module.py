@@ -1,0 +1,241 @@
+"""The LightningModule: cross-entropy + the model's consistency penalty, balanced accuracy on validation.
+
+Per-step work is kept to the forward, backward and optimizer step: training sums are accumulated on
+the device and read once per epoch (no ``self.log`` per step, no host sync per step), which keeps the
+loop fast for small models on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .datamodule import epoch_seed, seed_all
+
+__all__ = ["ClassifierModule", "balanced_accuracy", "evaluate_balanced_accuracy"]
+
+logger = logging.getLogger(__name__)
+
+
+def balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean per-class recall over the classes present in ``labels`` (sklearn's definition).
+
+    Args:
+        preds: (N,) predicted class indices.
+        labels: (N,) true class indices.
+
+    Returns:
+        A float in [0, 1]; NaN when N == 0.
+
+    Example:
+        >>> balanced_accuracy(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]))
+        0.8333333333333333
+    """
+    preds = preds.reshape(-1).long()
+    labels = labels.reshape(-1).long()
+    if preds.shape != labels.shape:
+        raise ValueError(f"preds shape {tuple(preds.shape)} != labels shape {tuple(labels.shape)}")
+    if labels.numel() == 0:
+        return float("nan")
+    n = int(max(int(labels.max()), int(preds.max()))) + 1
+    support = torch.bincount(labels, minlength=n).double()
+    hits = torch.bincount(labels[preds == labels], minlength=n).double()
+    present = support > 0
+    return float((hits[present] / support[present]).mean())
+
+
+@torch.no_grad()
+def evaluate_balanced_accuracy(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: torch.device | str = "cpu",
+) -> tuple[float, int]:
+    """Balanced accuracy of ``model`` over a data loader of ``{"image", "label"}`` batches.
+
+    The model's train/eval mode is restored afterwards.
+
+    Returns:
+        (balanced accuracy, number of samples).
+    """
+    was_training = model.training
+    model.eval()
+    preds, labels = [], []
+    try:
+        for batch in loader:
+            logits = model(batch["image"].to(device))
+            preds.append(logits.argmax(dim=1).cpu())
+            labels.append(batch["label"].reshape(-1).cpu())
+    finally:
+        model.train(was_training)
+    if not preds:
+        return float("nan"), 0
+    p, y = torch.cat(preds), torch.cat(labels)
+    return balanced_accuracy(p, y), int(y.numel())
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains ``model`` with ``CE(y, logits) + penalty`` (the penalty already carries alpha).
+
+    Args:
+        model: a ``dualattn`` model (``forward_with_attention`` returns ``AttentionOutput``); any
+            ``nn.Module`` mapping (B, C, *S) -> (B, K) logits also works (penalty 0).
+        config: optimiser, scheduler and seed settings.
+
+    Attributes:
+        epoch_metrics: after each epoch, ``train_loss``, ``train_ce``, ``train_penalty``,
+            ``val_balanced_accuracy``, ``val_loss`` (identical on every rank).
+    """
+
+    def __init__(self, model: nn.Module, *, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.epoch_metrics: dict[str, float] = {}
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._pending_plateau: dict[str, Any] | None = None
+        self._train_sums: torch.Tensor | None = None
+        self._val_preds: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+        self._val_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def epoch_index(self) -> int:
+        """The 0-based index of the epoch being trained (survives a resume)."""
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)
+
+    def on_train_epoch_start(self) -> None:
+        # every epoch's random stream (dropout, in-process augmentation) depends only on (seed, epoch)
+        seed_all(epoch_seed(self.config.seed, self.epoch_index(), 0, 1 + self.global_rank))
+        self._train_sums = torch.zeros(4, device=self.device)
+
+    def _logits_and_penalty(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fwa = getattr(self.model, "forward_with_attention", None)
+        if fwa is None:
+            logits = self.model(x)
+            return logits, logits.new_zeros(())
+        out = fwa(x)
+        penalty = out.penalty
+        if not torch.is_tensor(penalty):
+            penalty = out.logits.new_tensor(float(penalty))
+        return out.logits, penalty.float()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch["image"], batch["label"]
+        logits, penalty = self._logits_and_penalty(x)
+        ce = F.cross_entropy(logits.float(), y)
+        loss = ce + penalty
+        n = float(y.shape[0])
+        if self._train_sums is None:
+            self._train_sums = torch.zeros(4, device=self.device)
+        with torch.no_grad():
+            self._train_sums += torch.stack([loss.detach() * n, ce.detach() * n, penalty.detach() * n, ce.new_tensor(n)])
+        return loss
+
+    def reduce_train_metrics(self) -> dict[str, float]:
+        """Sample-weighted means of the epoch's loss, CE and penalty over all ranks (a collective)."""
+        sums = self._train_sums if self._train_sums is not None else torch.zeros(4, device=self.device)
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        total = float(sums[3])
+        if total == 0:
+            return {"train_loss": float("nan"), "train_ce": float("nan"), "train_penalty": float("nan")}
+        return {
+            "train_loss": float(sums[0]) / total,
+            "train_ce": float(sums[1]) / total,
+            "train_penalty": float(sums[2]) / total,
+        }
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_preds, self._val_labels = [], []
+        self._val_loss = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch["image"], batch["label"]
+        logits = self.model(x).float()
+        self._val_loss = self._val_loss + F.cross_entropy(logits, y, reduction="sum")
+        self._val_preds.append(logits.argmax(dim=1))
+        self._val_labels.append(y)
+
+    def _gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate a (n_r,) tensor over ranks (n_r may differ per rank)."""
+        world = self.trainer.world_size
+        if world == 1:
+            return t
+        size = torch.tensor([t.shape[0]], device=self.device)
+        sizes = self.all_gather(size).reshape(-1)
+        padded = t.new_zeros((int(sizes.max()),))
+        padded[: t.shape[0]] = t
+        gathered = self.all_gather(padded).reshape(world, -1)
+        return torch.cat([gathered[r, : int(sizes[r])] for r in range(world)])
+
+    def on_validation_epoch_end(self) -> None:
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        preds = torch.cat(self._val_preds) if self._val_preds else empty
+        labels = torch.cat(self._val_labels) if self._val_labels else empty
+        preds, labels = self._gather_cat(preds), self._gather_cat(labels)
+        loss = self._val_loss if self._val_loss is not None else torch.zeros((), device=self.device)
+        if self.trainer.world_size > 1:
+            loss = self.trainer.strategy.reduce(loss.clone(), reduce_op="sum")
+        n = int(labels.numel())
+        bal = balanced_accuracy(preds.cpu(), labels.cpu())
+        self.epoch_metrics = {"val_balanced_accuracy": bal, "val_loss": float(loss) / max(n, 1)}
+        self._val_preds, self._val_labels = [], []
+        if self.trainer.sanity_checking:
+            return
+        if self._plateau is not None:
+            self._plateau.step(bal)
+        # for EarlyStopping; already identical on every rank, so no sync
+        self.log("val_balanced_accuracy", bal, on_epoch=True, prog_bar=True, logger=False, sync_dist=False)
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"model {cfg.model!r} variant {cfg.variant!r} has no trainable parameters "
+                f"(freeze_backbone={cfg.freeze_backbone!r})"
+            )
+        if cfg.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self._plateau = None
+        if cfg.scheduler == "plateau":
+            # stepped by hand after validation so its state is in the checkpoint written at epoch end
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+            if self._pending_plateau is not None:
+                self._plateau.load_state_dict(self._pending_plateau)
+                self._pending_plateau = None
+        return opt
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dualattn"] = {
+            "plateau": self._plateau.state_dict() if self._plateau is not None else None,
+            "config": self.config.to_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("dualattn") or {}
+        self._pending_plateau = state.get("plateau")
+        if self._plateau is not None and self._pending_plateau is not None:
+            self._plateau.load_state_dict(self._pending_plateau)
+            self._pending_plateau = None

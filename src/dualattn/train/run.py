@@ -1,0 +1,489 @@
+"""``fit``: one config -> one run folder; ``fit_seeds``: one run per seed plus mean ± std.
+
+Run folder::
+
+    config.yaml         the resolved TrainConfig
+    metrics.csv         one row per epoch (see callbacks.METRIC_COLUMNS)
+    best.safetensors    weights with the best validation balanced accuracy (dualattn.weights format)
+    last.safetensors    weights after the last epoch
+    summary.json        balanced accuracy (val, test), parameter counts, epochs, wall time, seed,
+                        device, versions
+    checkpoints/        last.ckpt: the resume state (Lightning checkpoint, loaded weights_only)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from dualattn._io import atomic_write_json
+
+from .config import TrainConfig, save_config
+
+__all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model"]
+
+logger = logging.getLogger(__name__)
+
+#: Variants whose loss has a consistency penalty weighted by ``alpha``.
+PENALTY_VARIANTS = ("dual", "kl", "kl_reverse")
+#: The paper's penalty weight, used when neither the config nor a recipe gives one.
+PAPER_ALPHA = 10.0
+_RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "summary.json")
+
+
+def resolve_recipe(config: TrainConfig) -> dict[str, Any]:
+    """Fill ``alpha``, ``init_from`` and ``freeze_backbone`` left as None from the variant's recipe.
+
+    Uses ``dualattn.models.DEFAULT_RECIPES[variant]`` when it exists (keys ``init``,
+    ``freeze_backbone``, ``alpha``), else the paper's alpha = 10, training from scratch, no freezing.
+
+    Returns:
+        ``{"alpha": float, "init": "scratch" | "baseline", "freeze_backbone": bool}``.
+    """
+    recipe: dict[str, Any] = {}
+    try:
+        from dualattn.models import DEFAULT_RECIPES
+
+        recipe = dict(DEFAULT_RECIPES.get(config.variant, {}))
+    except ImportError:  # pragma: no cover - models without recipes
+        pass
+    alpha = config.alpha if config.alpha is not None else recipe.get("alpha", PAPER_ALPHA)
+    freeze = config.freeze_backbone if config.freeze_backbone is not None else recipe.get("freeze_backbone", False)
+    return {"alpha": float(alpha), "init": recipe.get("init", "scratch"), "freeze_backbone": bool(freeze)}
+
+
+def build_model(
+    config: TrainConfig,
+    *,
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int,
+    img_size: Sequence[int] | None = None,
+) -> nn.Module:
+    """``create_model`` with the config's backbone, variant, alpha and ``model_kwargs``.
+
+    ``img_size`` (the training images' spatial shape) sizes the global dual witness and ViT
+    position embeddings; ``model_kwargs`` may override it.
+    """
+    from dualattn.models import create_model
+
+    kw = dict(config.model_kwargs)
+    if img_size is not None:
+        kw.setdefault("img_size", [int(s) for s in img_size])
+    recipe = resolve_recipe(config)
+    if config.variant in PENALTY_VARIANTS:
+        kw.setdefault("alpha", recipe["alpha"])
+    elif config.alpha is not None:
+        logger.info("alpha=%s is ignored: variant %r has no consistency penalty", config.alpha, config.variant)
+    return create_model(
+        config.model,
+        variant=config.variant,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        spatial_dims=spatial_dims,
+        **kw,
+    )
+
+
+def _weights_file(run: str | os.PathLike[str], which: str = "best") -> Path:
+    path = Path(run)
+    if path.is_file():
+        return path
+    if which not in ("best", "last"):
+        raise ValueError(f"which={which!r} must be 'best' or 'last'")
+    file = path / f"{which}.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: is {str(run)!r} a finished training run?")
+    return file
+
+
+def load_run(run_dir: str | os.PathLike[str], which: str = "best") -> nn.Module:
+    """Rebuild the trained model of a run folder (never unpickles anything).
+
+    Args:
+        run_dir: a run folder written by :func:`fit` (or a ``.safetensors`` file).
+        which: ``"best"`` (best validation balanced accuracy) or ``"last"``.
+
+    Returns:
+        The model, in eval mode, on the CPU.
+
+    Example:
+        >>> model = load_run("runs/baseline")  # doctest: +SKIP
+        >>> logits = model(images)              # doctest: +SKIP
+    """
+    from dualattn.weights import load_model
+
+    model = load_model(_weights_file(run_dir, which))
+    return model.eval()
+
+
+def _save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    from dualattn.weights import save_model
+
+    save_model(model, path, metadata=metadata)
+
+
+def _init_from(model: nn.Module, source: str, *, freeze: bool) -> None:
+    """Load a trained run's weights into ``model``'s backbone; optionally freeze the backbone."""
+    base = load_run(source, "best")
+    loader = getattr(model, "load_backbone_state", None)
+    if callable(loader):
+        loader(base.state_dict())
+    else:
+        model.load_state_dict(base.state_dict())
+    logger.info("initialised the backbone from %s", source)
+    if freeze:
+        freezer = getattr(model, "freeze_backbone", None)
+        if not callable(freezer):
+            raise ValueError(f"freeze_backbone=True but {type(model).__name__} has no freeze_backbone()")
+        freezer(True)
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+
+    import dualattn
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "dualattn": dualattn.__version__,
+    }
+
+
+def _count(model: nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def _devices(value: int | str) -> int | str | list[int]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+    return value
+
+
+@contextlib.contextmanager
+def _restore_global_torch_state() -> Iterator[None]:
+    """Lightning's deterministic mode flips process-wide flags: put them back afterwards."""
+    det = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def _deterministic(config: TrainConfig, accelerator: str) -> bool | str:
+    mode = str(config.deterministic).lower()
+    if mode == "auto":
+        return True if accelerator == "cpu" else "warn"
+    return {"true": True, "false": False, "warn": "warn"}[mode]
+
+
+def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    existing = [f for f in _RUN_FILES if (out / f).exists()]
+    if existing and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(existing)}); resume it (--resume), "
+                "choose another --out, or pass overwrite=True"
+            )
+        for name in existing:
+            (out / name).unlink()
+        ckpt = out / "checkpoints" / "last.ckpt"
+        if ckpt.exists():
+            ckpt.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    init_from: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    datasets: Mapping[str, Any] | None = None,
+    model: nn.Module | None = None,
+) -> Path:
+    """Train one model as ``config`` says and write its run folder.
+
+    Args:
+        config: the run configuration.
+        out: the run folder (created).
+        resume: continue from ``out/checkpoints/last.ckpt`` when it exists (the epoch count may be
+            raised with ``config.max_epochs``); a finished run with nothing left to do is returned
+            as is. The resumed run ends with the same metrics and weights as an uninterrupted one.
+        init_from: a trained run folder (or weights file) whose backbone initialises the model
+            (overrides ``config.init_from``).
+        progress: show a progress bar (None: ``config.progress``).
+        overwrite: replace an existing run in ``out`` (otherwise ``FileExistsError``).
+        datasets: prepared ``{"train", "val", "test"}`` datasets (items ``{"image", "label"}``)
+            instead of ``config.dataset``; the test split may be absent.
+        model: a prepared model instead of ``create_model`` (it must survive ``dualattn.weights``).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ValueError: bad config values, empty splits, or no trainable parameters.
+        FileExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+
+    Example:
+        >>> from dualattn.train import fit, load_config
+        >>> cfg = load_config(overrides=["dataset=phantoms", "max_epochs=2", "accelerator=cpu"])  # doctest: +SKIP
+        >>> run = fit(cfg, out="runs/baseline")  # doctest: +SKIP
+    """
+    import lightning.pytorch as pl
+
+    from .callbacks import RunRecorder, read_metrics
+    from .datamodule import TrainDataModule, build_datasets, seed_all
+    from .module import ClassifierModule, evaluate_balanced_accuracy
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    t_start = time.perf_counter()
+    out = Path(out)
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if init_from is not None:
+        config = config.replace(init_from=str(init_from))
+    _prepare_out(out, resume=resume, overwrite=overwrite)
+    resume_from = ckpt if resume and ckpt.is_file() else None
+    if resume and resume_from is None:
+        logger.warning("nothing to resume in %s: starting a new run", out)
+    previous_wall = 0.0
+    if resume_from is not None and (out / "summary.json").is_file():
+        import json
+
+        done = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        previous_wall = float(done.get("wall_time_s") or 0.0)
+        if int(done.get("epochs", 0)) >= config.max_epochs:
+            logger.info("%s already finished %s epochs", out, done.get("epochs"))
+            return out
+
+    seed_all(config.seed)  # weight initialisation
+    if datasets is None:
+        datasets = build_datasets(config)
+    train_ds = datasets["train"]
+    recipe = resolve_recipe(config)
+    if model is None:
+        model = build_model(
+            config,
+            in_channels=int(train_ds.in_channels),
+            num_classes=int(train_ds.num_classes),
+            spatial_dims=int(train_ds.spatial_dims),
+            img_size=tuple(train_ds[0]["image"].shape[1:]),
+        )
+    source = config.init_from
+    if source in ("", "scratch"):
+        source = None
+    if source is not None and resume_from is None:
+        _init_from(model, str(source), freeze=recipe["freeze_backbone"])
+    elif source is None and recipe["init"] == "baseline" and config.init_from is None:
+        logger.warning(
+            "the %r recipe starts from a trained baseline, but no init_from was given: training from scratch",
+            config.variant,
+        )
+    if recipe["freeze_backbone"] and (source is None or resume_from is not None):
+        freezer = getattr(model, "freeze_backbone", None)
+        if callable(freezer):
+            freezer(True)
+    if resume_from is None:
+        save_config(config, out / "config.yaml")
+
+    module = ClassifierModule(model, config=config)
+    data = TrainDataModule(dict(datasets), config=config)
+    n_params, n_trainable = _count(model)
+    metadata = {
+        "dataset": str(config.dataset),
+        "seed": str(config.seed),
+        "model": str(config.model),
+        "variant": str(config.variant),
+    }
+    recorder = RunRecorder(out, save_weights=_save_weights, metadata=metadata)
+    callbacks: list[pl.Callback] = [recorder]
+    if config.early_stopping_patience is not None:
+        callbacks.append(
+            pl.callbacks.EarlyStopping(
+                monitor="val_balanced_accuracy", mode="max", patience=config.early_stopping_patience
+            )
+        )
+    accelerator = config.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    show = config.progress if progress is None else progress
+    with _restore_global_torch_state():
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=_devices(config.devices),
+            strategy=config.strategy,
+            num_nodes=config.num_nodes,
+            precision=config.precision,  # type: ignore[arg-type]
+            max_epochs=config.max_epochs,
+            deterministic=_deterministic(config, accelerator),
+            benchmark=False,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=bool(show),
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            gradient_clip_val=config.gradient_clip_val,
+            use_distributed_sampler=False,
+            default_root_dir=str(out),
+            callbacks=callbacks,
+        )
+        trainer.fit(
+            module,
+            datamodule=data,
+            ckpt_path=str(resume_from) if resume_from is not None else None,
+            weights_only=True,
+        )
+    if not trainer.is_global_zero:
+        return out
+
+    rows = read_metrics(out / "metrics.csv")
+    best_row = max(
+        (r for r in rows if not math.isnan(r["val_balanced_accuracy"])),
+        key=lambda r: (r["val_balanced_accuracy"], -r["epoch"]),
+        default=None,
+    )
+    test_bal, n_test = math.nan, 0
+    test_ds = datasets.get("test") if hasattr(datasets, "get") else None
+    if test_ds is not None and len(test_ds) > 0 and (out / "best.safetensors").is_file():
+        device = torch.device("cuda" if accelerator == "gpu" and torch.cuda.is_available() else "cpu")
+        best_model = load_run(out, "best").to(device)
+        loader = data.loader("test", train=False, shard=False)
+        test_bal, n_test = evaluate_balanced_accuracy(best_model, loader, device=device)
+    summary = {
+        "run": out.name,
+        "model": config.model,
+        "variant": config.variant,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "alpha": recipe["alpha"] if config.variant in PENALTY_VARIANTS else None,
+        "init_from": str(source) if source is not None else None,
+        "freeze_backbone": recipe["freeze_backbone"],
+        "val_balanced_accuracy": best_row["val_balanced_accuracy"] if best_row else math.nan,
+        "test_balanced_accuracy": test_bal,
+        "best_epoch": best_row["epoch"] if best_row else None,
+        "epochs": len(rows),
+        "num_train": len(train_ds),
+        "num_val": len(datasets["val"]),
+        "num_test": n_test,
+        "parameters": n_params,
+        "trainable_parameters": n_trainable,
+        "wall_time_s": previous_wall + time.perf_counter() - t_start,
+        "train_time_s": sum(r["epoch_time_s"] for r in rows),
+        "device": _device_name(accelerator),
+        "accelerator": accelerator,
+        "world_size": trainer.world_size,
+        "precision": config.precision,
+        "resumed": resume_from is not None,
+        "versions": _versions(),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    logger.info(
+        "%s: val balanced accuracy %.4f (epoch %s), test %.4f, %.1fs",
+        out,
+        summary["val_balanced_accuracy"],
+        summary["best_epoch"],
+        test_bal,
+        summary["wall_time_s"],
+    )
+    return out
+
+
+def _device_name(accelerator: str) -> str:
+    if accelerator == "gpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    mean = statistics.fmean(finite) if finite else math.nan
+    std = statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else math.nan)
+    return {"mean": mean, "std": std, "values": [None if v is None else float(v) for v in values]}
+
+
+AGGREGATED = ("val_balanced_accuracy", "test_balanced_accuracy", "epochs", "wall_time_s", "parameters")
+
+
+def fit_seeds(
+    config: TrainConfig,
+    seeds: Iterable[int],
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    **fit_kwargs: Any,
+) -> Path:
+    """One run per seed (``out/seed0``, ``out/seed1``, ...) and an aggregate ``out/summary.json``.
+
+    The aggregate holds, per metric, the mean, the sample standard deviation (ddof=1; 0 for one
+    seed) and the per-seed values: ``{"seeds": [...], "runs": [...], "metrics": {name: {...}}}``.
+
+    Args:
+        config: the shared configuration (its ``seed`` is replaced per run).
+        seeds: the seeds, e.g. ``range(5)`` (the paper reports 5 runs).
+        out: the parent folder.
+        resume: resume unfinished seeds; finished ones are kept.
+        **fit_kwargs: passed to :func:`fit` (``init_from``, ``progress``, ``overwrite``, ...).
+
+    Returns:
+        ``out``.
+    """
+    import json
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds} has duplicates")
+    out = Path(out)
+    summaries = []
+    for seed in seeds:
+        run_dir = out / f"seed{seed}"
+        done = run_dir / "summary.json"
+        fit(config.replace(seed=seed), out=run_dir, resume=resume, **fit_kwargs)
+        if not done.is_file():  # a non-zero DDP rank
+            return out
+        summaries.append(json.loads(done.read_text(encoding="utf-8")))
+    aggregate = {
+        "model": config.model,
+        "variant": config.variant,
+        "dataset": config.dataset,
+        "seeds": seeds,
+        "runs": [f"seed{s}" for s in seeds],
+        "std_ddof": 1,
+        "metrics": {key: _mean_std([s.get(key, math.nan) for s in summaries]) for key in AGGREGATED},
+    }
+    atomic_write_json(out / "summary.json", aggregate)
+    save_config(config, out / "config.yaml")
+    m = aggregate["metrics"]
+    logger.info(
+        "%d seeds: val balanced accuracy %.4f ± %.4f, test %.4f ± %.4f",
+        len(seeds),
+        m["val_balanced_accuracy"]["mean"],
+        m["val_balanced_accuracy"]["std"],
+        m["test_balanced_accuracy"]["mean"],
+        m["test_balanced_accuracy"]["std"],
+    )
+    return out
