@@ -254,6 +254,24 @@ def map_to_scan_grid(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return (out * (hm.size / out.size)).astype(np.float32)
 
 
+def _load_run(run: Path, *, which: str) -> Any:
+    """The run's model through :func:`dualattn.train.load_run` (or its safetensors file directly)."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    try:
+        from .train import load_run
+    except ImportError:  # training extras missing: the weights file alone suffices
+        load_run = None
+    if load_run is not None:
+        return load_run(run, which=which)
+    from .weights import load_model
+
+    path = run / f"{which}.safetensors"
+    if not path.is_file():
+        raise ValueError(f"run folder {run} has no {path.name}")
+    return load_model(path)
+
+
 def _read_scan(path: Path) -> tuple[np.ndarray, Any]:
     from .data import read_volume
 
@@ -296,7 +314,6 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     import torch
 
     from .explain import explain, list_methods
-    from .train import load_run
 
     scan_path = Path(scan)
     run_dir = Path(run)
@@ -308,7 +325,7 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
 
-    model = load_run(run_dir, which=which)
+    model = _load_run(run_dir, which=which)
     model.eval()
     in_channels, model_dims = _model_meta(model)
     array, geometry = _read_scan(scan_path)
