@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,13 +21,22 @@ from dualattn._optional import optional_import
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_SOLVER: dict[str, Any] = {
-    "solver": "CLARABEL",
-    "tol_gap_abs": 1e-10,
-    "tol_gap_rel": 1e-10,
-    "tol_feas": 1e-10,
-    "max_iter": 500,
-}
+_TIGHT = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "max_iter": 500}
+# Clarabel settings tried in order until one reports OPTIMAL (not OPTIMAL_INACCURATE): on some
+# random maps the default iterative refinement stalls at ~1e-5; tighter refinement or a smaller
+# static regularization recovers ~1e-9 accuracy.
+_ATTEMPTS: tuple[dict[str, Any], ...] = (
+    {"solver": "CLARABEL", **_TIGHT, "static_regularization_constant": 1e-10},
+    {
+        "solver": "CLARABEL",
+        **_TIGHT,
+        "iterative_refinement_reltol": 1e-16,
+        "iterative_refinement_abstol": 1e-16,
+        "iterative_refinement_max_iter": 50,
+    },
+    {"solver": "CLARABEL", **_TIGHT},
+    {"solver": "CLARABEL"},
+)
 
 
 def _cvxpy() -> Any:
@@ -75,7 +85,7 @@ def solve_chain_numpy(
     shapes = tuple(tuple(int(s) for s in t.shape[1:]) for t in taus)
     w = tuple(float(v) for v in weights) if weights is not None else (1.0,) * len(taus)
     problem, x, params = _problem(shapes, w)
-    kwargs = dict(_DEFAULT_SOLVER) if not solver_kwargs else dict(solver_kwargs)
+    attempts = _ATTEMPTS if not solver_kwargs else (dict(solver_kwargs),)
     logs = []
     for t in taus:
         arr = t.detach().to("cpu", torch.float64).numpy().reshape(t.shape[0], -1)
@@ -86,12 +96,24 @@ def solve_chain_numpy(
     for b in range(batch):
         for param, lg in zip(params, logs):
             param.value = lg[b]
-        problem.solve(**kwargs)
-        if problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+        best = None
+        for kwargs in attempts:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+                try:
+                    problem.solve(**kwargs)
+                except cp.error.SolverError as exc:
+                    logger.debug("cvxpy attempt %s failed on sample %d: %s", kwargs, b, exc)
+                    continue
+            if problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and x.value is not None:
+                best = (problem.status, np.array(x.value))
+                if problem.status == cp.OPTIMAL:
+                    break
+        if best is None:
             raise RuntimeError(f"cvxpy failed on sample {b}: status {problem.status}")
-        if problem.status == cp.OPTIMAL_INACCURATE:
-            logger.warning("cvxpy solution of sample %d is inaccurate", b)
-        out[b] = np.maximum(x.value, 0.0)
+        if best[0] != cp.OPTIMAL:
+            logger.warning("cvxpy solution of sample %d is inaccurate (status %s)", b, best[0])
+        out[b] = np.maximum(best[1], 0.0)
     results = []
     level = out.reshape((batch,) + shapes[0])
     results.append(level)
