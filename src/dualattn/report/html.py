@@ -45,6 +45,13 @@ PROPOSED_METHODS = ("dual", "exact", "multilevel", "cvx")
 #: Post-hoc explainers the paper compares against.
 POSTHOC_METHODS = ("gradcam", "ixg", "input_x_gradient", "deeplift", "lrp", "ig", "integrated_gradients")
 
+#: Headings and legends of the optional sections ``dualattn.evaluate`` may add.
+_EXTRA_SECTIONS = {
+    "diagnostics": ("Diagnostics", "Further checks per method: pointing game (the map's peak inside the lesion), "
+                    "sharpness, sanity check against randomized weights, consistency between the fine and coarse "
+                    "maps, and cost. Arrows give the better direction; unmarked columns are informative only."),
+}
+
 _CSS = """
 :root { --fg:#1d2330; --muted:#5b6474; --line:#d8dde6; --best:#e3f4e1; --bestfg:#125d12; --accent:#1f5fa8; }
 * { box-sizing: border-box; }
@@ -188,7 +195,10 @@ def _table_html(section: Mapping[str, Any], *, row_header: str, caption: str | N
     for name, row in rows.items():
         cells = []
         for col in columns:
-            mean, std = cell_value(row.get(col))
+            cell = row.get(col)
+            mean, std = cell_value(cell)
+            if isinstance(cell, Mapping) and cell.get("n") is not None and int(cell.get("n") or 0) <= 1:
+                std = None  # one run: no spread to show
             text = html.escape(_fmt_number(mean, column=col))
             if std is not None and math.isfinite(mean):
                 text += f' <span class="sd">± {html.escape(_fmt_number(std, column=col))}</span>'
@@ -374,8 +384,11 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
     for key in extra:
         section = results[key]
         if isinstance(section, Mapping) and isinstance(section.get("rows"), Mapping) and section["rows"]:
-            body.append(f"<h2>{html.escape(str(key).replace('_', ' ').capitalize())}</h2>")
-            body.append(_table_html(section, row_header="name"))
+            heading, legend = _EXTRA_SECTIONS.get(key, (str(key).replace("_", " ").capitalize(), ""))
+            body.append(f"<h2>{html.escape(heading)}</h2>")
+            if legend:
+                body.append(f'<p class="legend">{html.escape(legend)}</p>')
+            body.append(_table_html(section, row_header="method"))
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body.append(f"<footer>Written by dualattn on {stamp}. Self-contained: no network access needed.</footer>")
