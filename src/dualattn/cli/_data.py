@@ -1,9 +1,97 @@
-"""CLI commands: data (see dualattn.cli)."""
+"""CLI commands ``dualattn data list|make`` and ``dualattn prepare brats|pet`` (see dualattn.cli)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+data_app = typer.Typer(help="Embedded datasets: list them, write one in the folder format.", no_args_is_help=True)
+prepare_app = typer.Typer(help="The paper's preprocessing: BraTS halves, PET coronal MIPs.", no_args_is_help=True)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the embedded datasets with their defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data._registry import dataset_info, list_datasets
+
+    table = Table("name", "default n", "default size", "masks", "description")
+    for name in list_datasets():
+        info = dataset_info(name)
+        table.add_row(name, str(info.default_n), str(info.default_size), "yes" if info.has_masks else "no", info.description)
+    Console().print(table)
+
+
+@data_app.command("make")
+def data_make(
+    name: str = typer.Argument(..., help="Embedded dataset name (see `dualattn data list`)."),
+    out: Path = typer.Argument(..., help="Destination folder (folder format: labels.csv + files)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of items (default: the dataset's)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the dataset's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed -> identical files)."),
+) -> None:
+    """Write an embedded dataset (synthetic-brain, synthetic-pet, br35h) to OUT."""
+    from ..data import DataError
+    from ..data._registry import make_dataset
+
+    try:
+        path = make_dataset(name, out, n=n, size=size, seed=seed)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"wrote {path}")
+
+
+@prepare_app.command("brats")
+def prepare_brats_cmd(
+    raw: Path = typer.Argument(..., help="Folder of BraTS cases (*_t1, *_t1ce, *_t2, *_flair, *_seg NIfTI)."),
+    out: Path = typer.Argument(..., help="Destination folder (folder format)."),
+    min_area: int = typer.Option(1000, "--min-area", help="Keep axial slices whose tumor area exceeds this many pixels."),
+    size: Optional[int] = typer.Option(None, "--size", help="Resize each half to SIZE x SIZE (default: keep)."),
+    workers: int = typer.Option(1, "--workers", help="Parallel processes."),
+) -> None:
+    """BraTS volumes -> tumor / no-tumor hemisphere halves (4 channels + masks). Resumable."""
+    from ..data import DataError
+    from ..data.brats import prepare_brats
+
+    try:
+        report = prepare_brats(raw, out, min_area=min_area, size=size, workers=workers)
+    except (DataError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(
+        f"{report['cases_done']} cases done ({report['cases_skipped_resume']} already done), "
+        f"{len(report['bad_cases'])} bad, {report['items']} items -> {out} (report: {out / 'prepare_report.json'})"
+    )
+
+
+@prepare_app.command("pet")
+def prepare_pet_cmd(
+    raw: Path = typer.Argument(..., help="Folder with one sub-folder (or more) per PET DICOM series."),
+    labels: Path = typer.Argument(..., help="CSV with columns series,label (label: normal/mild/severe)."),
+    out: Path = typer.Argument(..., help="Destination folder (folder format); no patient identifier is written."),
+    size: int = typer.Option(512, "--size", help="Output side in pixels."),
+    salt: Optional[str] = typer.Option(None, "--salt", help="Secret salt for output names (default: random, not stored)."),
+) -> None:
+    """PET DICOM series -> SUVbw -> coronal MIP -> histogram equalization -> SIZE x SIZE. Resumable."""
+    from ..data import DataError
+    from ..data.pet import prepare_pet
+
+    try:
+        report = prepare_pet(raw, labels, out, size=size, salt=salt)
+    except (DataError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"{report['items']} series written, {len(report['bad_series'])} bad -> {out}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``data`` and ``prepare`` command groups to app."""
+    app.add_typer(data_app, name="data")
+    app.add_typer(prepare_app, name="prepare")

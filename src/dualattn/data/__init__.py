@@ -1,0 +1,54 @@
+"""Data for dualattn: readers, the folder format, patient-level splits, embedded datasets, preprocessing.
+
+Public API (see ``docs/data.md``):
+
+- :func:`read_image`, :func:`read_volume`, :func:`read_dicom_series`, :func:`write_nifti`, :class:`Geometry`
+- :class:`FolderDataset` (the folder format: ``labels.csv`` + files), :class:`FolderWriter`
+- :func:`split_patients`, :func:`split_indices` (patient-level, seeded, order-independent)
+- :func:`list_datasets`, :func:`make_dataset`, :func:`resolve_dataset` (embedded ``synthetic-brain``,
+  ``synthetic-pet``, ``br35h``)
+- :func:`prepare_brats`, :func:`prepare_pet` (the paper's preprocessing)
+- :class:`DataError` (a ``ValueError`` naming the file and the problem)
+
+Importing this package is cheap: numpy only; torch, nibabel, pydicom load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import DataError
+
+_LAZY = {
+    "read_image": "readers",
+    "read_volume": "readers",
+    "read_dicom_series": "readers",
+    "write_nifti": "readers",
+    "Geometry": "readers",
+    "FolderDataset": "folder",
+    "FolderWriter": "folder",
+    "split_patients": "splits",
+    "split_indices": "splits",
+    "list_datasets": "_registry",
+    "dataset_info": "_registry",
+    "make_dataset": "_registry",
+    "resolve_dataset": "_registry",
+    "prepare_brats": "brats",
+    "prepare_pet": "pet",
+    "suv_bw": "pet",
+}
+
+__all__ = ["DataError", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
