@@ -464,12 +464,17 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
     def make_data() -> dict[str, Any]:
         from .data import resolve_dataset
 
-        path = resolve_dataset(dataset, cache_dir=out_dir / "data", n=cfg.n, size=cfg.image_size, seed=0)
-        return {"path": str(Path(path).resolve())}
+        path = Path(resolve_dataset(dataset, cache_dir=out_dir / "data", n=cfg.n, size=cfg.image_size, seed=0))
+        try:  # inside the demo folder: stored relative, so the folder can be moved
+            return {"path": str(path.resolve().relative_to(out_dir.resolve())), "relative": True}
+        except ValueError:
+            return {"path": str(path.resolve()), "relative": False}
 
-    data = Path(steps.run("data", f"data: {dataset}", make_data)["path"])
+    data_step = steps.run("data", f"data: {dataset}", make_data)
+    data = (out_dir / data_step["path"]) if data_step.get("relative") else Path(data_step["path"])
 
     # 2. training, baseline first
+    from .models import DEFAULT_RECIPES
     from .train import fit
 
     variants = _variants_for(cfg)
@@ -486,11 +491,14 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
                 if _run_is_finished(run_dir):
                     return {"run": str(run_dir), "reused": True}
                 config = _train_config(cfg, data=data, variant=variant, seed=seed, progress=show_training_progress)
-                path = fit(config, out=run_dir, resume=(run_dir / "checkpoints").is_dir())
-                return {"run": str(Path(path))}
+                init = None
+                if DEFAULT_RECIPES.get(variant, {}).get("init") == "baseline" and variant != "baseline":
+                    init = out_dir / "runs" / "baseline" / f"seed{seed}"
+                fit(config, out=run_dir, resume=run_dir.is_dir(), init_from=init)
+                return {"run": str(run_dir.relative_to(out_dir))}
 
-            result = steps.run(name, f"train {k}/{total}: {variant} (seed {seed})", train_one)
-            runs.setdefault(variant, []).append(Path(result["run"]))
+            steps.run(name, f"train {k}/{total}: {variant} (seed {seed})", train_one)
+            runs.setdefault(variant, []).append(run_dir)
 
     methods = _available_methods(cfg)
 
