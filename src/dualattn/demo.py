@@ -83,6 +83,8 @@ class DemoPreset:
         n_examples: example scans in the report's figure grid.
         perturbation_steps: fractions in the perturbation curve (``steps + 1`` points from 0 to 1).
         max_eval_images: cap on test images used by the protocols (``None``: all).
+        ig_steps: integrated-gradients steps.
+        sanity_images: images of the weight-randomization sanity check (0: skipped).
         accelerator: Lightning accelerator (``"cpu"`` for the CPU presets, ``"auto"`` for ``full``).
     """
 
@@ -102,10 +104,12 @@ class DemoPreset:
     n_examples: int = 4
     perturbation_steps: int = 10
     max_eval_images: int | None = None
+    ig_steps: int = 32
+    sanity_images: int = 8
     accelerator: str = "cpu"
 
     def __post_init__(self) -> None:
-        for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps"):
+        for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps", "ig_steps"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"preset {self.name!r}: {key}={getattr(self, key)!r} must be >= 1")
         if not self.seeds:
@@ -113,6 +117,8 @@ class DemoPreset:
         if "baseline" not in self.variants:
             raise ValueError(f"preset {self.name!r}: variants {self.variants} must include 'baseline' "
                              "(post-hoc methods and the perturbation protocol use it)")
+        if self.sanity_images < 0:
+            raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
         if self.max_eval_images is not None and self.max_eval_images < 1:
             raise ValueError(f"preset {self.name!r}: max_eval_images={self.max_eval_images!r} must be >= 1 or None")
 
@@ -129,11 +135,9 @@ class DemoPreset:
 PRESETS: dict[str, DemoPreset] = {
     "tiny": DemoPreset(
         name="tiny",
-        description="smoke test: 32x32 images, 48 scans, 1 epoch, 4 base features (under a minute on 2 CPU cores)",
-        n=48, image_size=32, model_kwargs={"features": 4}, max_epochs=1, batch_size=8,
-        methods=("gradcam", "input_x_gradient", "integrated_gradients", "tau_k", "tau_l", "unconstrained", "cvx",
-                 "dual", "exact", "multilevel"),
-        n_examples=2, perturbation_steps=4, max_eval_images=16,
+        description="smoke test: 32x32 images, 64 scans, 1 epoch, 4 base features (under a minute on 2 CPU cores)",
+        n=64, image_size=32, model_kwargs={"features": 4}, max_epochs=1, batch_size=8,
+        n_examples=2, perturbation_steps=4, max_eval_images=16, ig_steps=8, sanity_images=4,
     ),
     "default": DemoPreset(
         name="default",
@@ -509,10 +513,11 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
         from .evaluate import evaluate_runs
 
         path = evaluate_runs(
-            out_dir / "runs", data=data, out=eval_dir, methods=methods, size=cfg.image_size,
-            perturbation_steps=cfg.perturbation_steps, max_images=cfg.max_eval_images,
+            out_dir / "runs", out=eval_dir, data=data, methods="all" if cfg.methods is None else list(methods),
+            size=cfg.image_size, max_images=cfg.max_eval_images, perturbation_steps=cfg.perturbation_steps,
+            ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images, progress=show_training_progress,
         )
-        return {"results": str(path)}
+        return {"results": str(Path(path).resolve().relative_to(out_dir.resolve()))}
 
     evaluated = steps.run("evaluate", "explain with every method, implicit segmentation + perturbation", evaluate)
 
@@ -522,7 +527,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
         cfg, data=data, runs=runs, methods=methods, out_file=examples_file))
 
     # 5. results.json + report.html (always rewritten: cheap, and the wall time is updated)
-    results = json.loads(Path(evaluated["results"]).read_text(encoding="utf-8"))
+    results = json.loads((out_dir / evaluated["results"]).read_text(encoding="utf-8"))
     wall = sum(v for v in steps.timings.values()) if steps.skipped else time.perf_counter() - t_start
     meta = dict(results.get("meta") or {})
     meta.update({
