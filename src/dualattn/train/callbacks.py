@@ -72,7 +72,7 @@ def state_digest(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -145,7 +145,8 @@ class RunRecorder(pl.Callback):
             self.save_weights(model, self.run_dir / "last.safetensors", meta)
             if improved:
                 self.save_weights(model, self.run_dir / "best.safetensors", meta)
-        logger.info(
+        if trainer.is_global_zero:
+            logger.info(
             "epoch %d: loss %.4f (ce %.4f, penalty %.4f), val balanced accuracy %.4f, lr %.2e, %.1fs",
             epoch + 1,
             row["train_loss"],
@@ -154,7 +155,7 @@ class RunRecorder(pl.Callback):
             score,
             row["lr"],
             row["epoch_time_s"],
-        )
+            )
         if self.checkpoint:
             self._save_checkpoint(trainer)
 

@@ -197,8 +197,8 @@ class ClassifierModule(pl.LightningModule):
             return
         if self._plateau is not None:
             self._plateau.step(bal)
-        # for EarlyStopping; already identical on every rank, so no sync
-        self.log("val_balanced_accuracy", bal, on_epoch=True, prog_bar=True, logger=False, sync_dist=False)
+        # for EarlyStopping and the progress bar (identical on every rank; the sync is one scalar per epoch)
+        self.log("val_balanced_accuracy", bal, on_epoch=True, prog_bar=True, logger=False, sync_dist=True)
 
     # -- optimisation --------------------------------------------------------------------------
 

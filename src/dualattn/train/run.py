@@ -458,6 +458,8 @@ def fit_seeds(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds} has duplicates")
     out = Path(out)
+    if not (resume and (out / "config.yaml").is_file()):
+        save_config(config, out / "config.yaml")
     summaries = []
     for seed in seeds:
         run_dir = out / f"seed{seed}"
@@ -476,7 +478,6 @@ def fit_seeds(
         "metrics": {key: _mean_std([s.get(key, math.nan) for s in summaries]) for key in AGGREGATED},
     }
     atomic_write_json(out / "summary.json", aggregate)
-    save_config(config, out / "config.yaml")
     m = aggregate["metrics"]
     logger.info(
         "%d seeds: val balanced accuracy %.4f ± %.4f, test %.4f ± %.4f",
