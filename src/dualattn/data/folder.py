@@ -336,6 +336,16 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    img = Image.fromarray(array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1))
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 class FolderWriter:
     """Write a dataset in the folder format: NPY images/masks, ``labels.csv``, ``dataset.json``.
 
@@ -379,19 +389,31 @@ class FolderWriter:
         patient: str,
         mask: np.ndarray | None = None,
         split: str | None = None,
+        fmt: str = "npy",
     ) -> None:
-        """Write one item: ``image`` ``(C, *S)``, optional binary ``mask`` ``(1, *S)`` or ``(*S)``."""
+        """Write one item: ``image`` ``(C, *S)``, optional binary ``mask`` ``(1, *S)`` or ``(*S)``.
+
+        ``fmt="npy"`` stores float32; ``fmt="png"`` stores a 2D 1- or 3-channel uint8 image
+        (values must lie in 0..255).
+        """
         if not 0 <= int(label) < len(self.class_names):
             raise ValueError(f"label {label!r} outside 0..{len(self.class_names) - 1}")
-        image = np.asarray(image, dtype=np.float32)
+        if fmt not in ("npy", "png"):
+            raise ValueError(f"fmt must be 'npy' or 'png'; got {fmt!r}")
+        image = np.asarray(image)
         if image.ndim not in (3, 4):
             raise ValueError(f"image must be (C, H, W) or (C, D, H, W); got shape {image.shape}")
         if not np.isfinite(image).all():
             raise ValueError(f"image {name!r} has NaN/Inf values")
         if self._shape is None:
             self._shape = image.shape
-        row = {"image": f"images/{name}.npy", "label": str(int(label)), "mask": "", "patient": str(patient)}
-        _save_npy(self.root / row["image"], image)
+        row = {"image": f"images/{name}.{fmt}", "label": str(int(label)), "mask": "", "patient": str(patient)}
+        if fmt == "png":
+            if image.ndim != 3 or image.shape[0] not in (1, 3) or image.min() < 0 or image.max() > 255:
+                raise ValueError(f"png needs a (1|3, H, W) image in 0..255; got shape {image.shape}")
+            _save_png(self.root / row["image"], image.astype(np.uint8))
+        else:
+            _save_npy(self.root / row["image"], image.astype(np.float32))
         if mask is not None:
             mask = np.asarray(mask)
             if mask.ndim == image.ndim - 1:
