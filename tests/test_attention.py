@@ -11,6 +11,13 @@ import torch
 from dualattn.attention import AttentionGate, log_softmax_grid
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread-pool overhead dominates on the shared 2-core machine (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+
 def naive_gate(gate: AttentionGate, v: torch.Tensor) -> torch.Tensor:
     """Per-position loop: phi_i = <u, relu(U v_i / max(||U v_i||, eps))>, softmax over all positions."""
     U = gate.U.weight.detach().reshape(gate.embed_channels, gate.in_channels).double()

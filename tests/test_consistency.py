@@ -31,6 +31,13 @@ from dualattn.consistency import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread-pool overhead dominates on the shared 2-core machine (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+
 def rand_map(batch: int, *grid: int, scale: float = 1.0, dtype=torch.float64, gen=None) -> torch.Tensor:
     n = math.prod(grid)
     logits = torch.randn(batch, n, dtype=dtype, generator=gen) * scale

@@ -25,6 +25,13 @@ pytestmark = pytest.mark.cvx
 SOLVER_ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: thread-pool overhead dominates on the shared 2-core machine (conftest restores it)."""
+    torch.set_num_threads(1)
+
+
+
 def make_map(kind: str, batch: int, grid: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     n = math.prod(grid)
     if kind == "random":

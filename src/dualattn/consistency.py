@@ -186,6 +186,21 @@ def _flat_lse(x: Tensor) -> Tensor:
     return torch.logsumexp(x.flatten(1), dim=1).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
 
 
+def _shifted(x: Tensor) -> Tensor:
+    """Compute-dtype log map, log-normalized per sample and floored at ``log(finfo.tiny)``.
+
+    The projections are invariant to the normalizing shift; it keeps the large cells near 0 so that float32
+    keeps their precision for logits of magnitude 1e4. The floor (-87.3 in float32, -708.4 in float64) is
+    the log-space twin of the floor :func:`project_exact` applies to probabilities: cells with less mass
+    than the smallest normal number (``-inf`` included) count as having exactly that much, so that disjoint
+    supports of the two maps still give a finite, well-defined answer (the same in both spaces) and finite
+    gradients.
+    """
+    x = _up(x)
+    x = torch.log_softmax(x.flatten(1), dim=1).reshape(x.shape)
+    return x.clamp_min(math.log(torch.finfo(x.dtype).tiny))
+
+
 def _log_of(tau: Tensor) -> Tensor:
     """log of a probability map in its compute dtype; exact zeros are floored at the smallest normal."""
     t = _up(tau)
@@ -306,7 +321,7 @@ def reparameterize_log(log_tau_fine: Tensor, log_tau_coarse: Tensor, lam: Tensor
     factors = _check_pair(log_tau_fine, log_tau_coarse, "log_tau_fine", "log_tau_coarse")
     lam = _check_lam(lam, log_tau_coarse)
     dtype = log_tau_fine.dtype
-    lf, lc, lm = _up(log_tau_fine), _up(log_tau_coarse), _up(lam)
+    lf, lc, lm = _shifted(log_tau_fine), _shifted(log_tau_coarse), _up(lam)
     zc = lc + lm
     zf = lf - upsample_blocks(lm, factors)
     return (zf - _flat_lse(zf)).to(dtype), (zc - _flat_lse(zc)).to(log_tau_coarse.dtype)
@@ -366,9 +381,8 @@ def _chain_core(logs: list[Tensor], factors: list[tuple[int, ...]], weights: lis
     lses: list[Tensor] = []
     for m in range(m_levels - 1):
         coarse = tuple(logs[m + 1].shape[1:])
+        # inputs are floored (never -inf), so lse is finite and the downward pass never meets -inf - -inf
         lse = _lse_blocks(hs[m], coarse, factors[m])
-        # a block with no mass at all (every entry -inf) would give -inf - -inf = NaN below
-        lse = lse.clamp_min(torch.finfo(lse.dtype).min)
         lses.append(lse)
         if weights is None:
             h = (logs[m + 1] + cum[m] * lse) / cum[m + 1]
@@ -465,7 +479,7 @@ def project_exact_chain_log(
     """
     factors = _check_chain(log_taus, "log_taus")
     w = _check_weights(weights, len(log_taus))
-    out = _chain_core([_up(t) for t in log_taus], factors, w)
+    out = _chain_core([_shifted(t) for t in log_taus], factors, w)
     return [o.to(t.dtype) for o, t in zip(out, log_taus)]
 
 
@@ -509,7 +523,7 @@ def project_exact_log(log_tau_fine: Tensor, log_tau_coarse: Tensor) -> tuple[Ten
         True
     """
     factors = _check_pair(log_tau_fine, log_tau_coarse, "log_tau_fine", "log_tau_coarse")
-    lf, lc = _chain_core([_up(log_tau_fine), _up(log_tau_coarse)], [factors], None)
+    lf, lc = _chain_core([_shifted(log_tau_fine), _shifted(log_tau_coarse)], [factors], None)
     return lf.to(log_tau_fine.dtype), lc.to(log_tau_coarse.dtype)
 
 
@@ -626,8 +640,9 @@ def kl_divergence(p: Tensor, q: Tensor, *, reduction: str = "none") -> Tensor:
     if p.ndim < 2:
         raise ValueError(f"p must be batch-first (B, *grid), got shape {tuple(p.shape)}")
     pp, qq = _up(p), _up(q)
-    qq = qq.clamp_min(torch.finfo(qq.dtype).tiny)
-    kl = (torch.xlogy(pp, pp) - torch.xlogy(pp, qq)).flatten(1).sum(1)
+    tiny = torch.finfo(pp.dtype).tiny
+    # p * log(max(p, tiny)) is 0 at p == 0 with the finite slope log(tiny) there (xlogy's is -inf)
+    kl = (pp * (torch.log(pp.clamp_min(tiny)) - torch.log(qq.clamp_min(tiny)))).flatten(1).sum(1)
     return _reduce(kl, reduction)
 
 
