@@ -85,6 +85,7 @@ class DemoPreset:
         max_eval_images: cap on test images used by the protocols (``None``: all).
         ig_steps: integrated-gradients steps.
         sanity_images: images of the weight-randomization sanity check (0: skipped).
+        references: also score the reference maps (each raw input channel, a random map).
         accelerator: Lightning accelerator (``"cpu"`` for the CPU presets, ``"auto"`` for ``full``).
     """
 
@@ -106,6 +107,7 @@ class DemoPreset:
     max_eval_images: int | None = None
     ig_steps: int = 32
     sanity_images: int = 8
+    references: bool = True
     accelerator: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -137,7 +139,7 @@ PRESETS: dict[str, DemoPreset] = {
         name="tiny",
         description="smoke test: 32x32 images, 64 scans, 1 epoch, 4 base features (under a minute on 2 CPU cores)",
         n=64, image_size=32, model_kwargs={"features": 4}, max_epochs=1, batch_size=8,
-        n_examples=2, perturbation_steps=4, max_eval_images=16, ig_steps=8, sanity_images=4,
+        n_examples=2, perturbation_steps=2, max_eval_images=8, ig_steps=4, sanity_images=2, references=False,
     ),
     "default": DemoPreset(
         name="default",
@@ -377,7 +379,7 @@ def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequ
         "image": images.numpy(),
         "mask": torch.stack([torch.as_tensor(it["mask"]) for it in items]).numpy(),
         "label": np.array([int(it["label"]) for it in items]),
-        "id": np.array([str(it["id"]) for it in items]),
+        "id": np.array([Path(str(it["id"])).name.split(".")[0] for it in items]),
     }
     baseline = load_run(runs["baseline"][0])
     baseline.eval()
@@ -389,12 +391,15 @@ def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequ
             models[variant] = load_run(runs[variant][0])
             models[variant].eval()
         model = models[variant]
-        blocks = tuple(getattr(model, "map_blocks", ()) or ())
-        block = "block3" if (not blocks or "block3" in blocks or variant == "baseline") else blocks[0]
-        try:
-            maps = explain(model, images, method=method, block=block, target=torch.as_tensor(arrays["label"]))
-        except (ValueError, RuntimeError) as exc:
-            logger.warning("example maps for %s failed: %s", method, exc)
+        maps = None
+        for block in ("block3", "block4"):  # the fine gate's map; a coarse-only model (tau_l) has block4
+            try:
+                maps = explain(model, images, method=method, block=block, target=torch.as_tensor(arrays["label"]))
+                break
+            except ValueError as exc:
+                logger.debug("example maps for %s at %s: %s", method, block, exc)
+        if maps is None:
+            logger.warning("no example map for %s", method)
             continue
         arrays[f"map/{method}"] = maps.detach().float().numpy()[:, 0]
         names.append(method)
@@ -513,7 +518,8 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
         from .evaluate import evaluate_runs
 
         path = evaluate_runs(
-            out_dir / "runs", out=eval_dir, data=data, methods="all" if cfg.methods is None else list(methods),
+            out_dir / "runs", out=eval_dir, data=data,
+            methods="all" if (cfg.methods is None and cfg.references) else list(methods),
             size=cfg.image_size, max_images=cfg.max_eval_images, perturbation_steps=cfg.perturbation_steps,
             ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images, progress=show_training_progress,
         )
@@ -530,12 +536,12 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
     results = json.loads((out_dir / evaluated["results"]).read_text(encoding="utf-8"))
     wall = sum(v for v in steps.timings.values()) if steps.skipped else time.perf_counter() - t_start
     meta = dict(results.get("meta") or {})
+    meta.setdefault("methods", methods)
     meta.update({
         "preset": f"{cfg.name} — {cfg.description}",
         "dataset": dataset,
         "model": f"{cfg.model} ({', '.join(f'{k}={v}' for k, v in cfg.model_kwargs.items())})",
         "variants": variants,
-        "methods": methods,
         "seeds": list(cfg.seeds),
         "image_size": f"{cfg.image_size}x{cfg.image_size}",
         "epochs": cfg.max_epochs,
