@@ -1,9 +1,118 @@
-"""CLI commands: evaluate (see dualattn.cli)."""
+"""CLI command: ``dualattn evaluate`` (see dualattn.cli and dualattn.evaluate.runner)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 
+def parse_blocks(text: str) -> list[str]:
+    """``"3,4"`` or ``"block3,block4"`` -> ``["block3", "block4"]``.
+
+    Raises:
+        typer.BadParameter: an empty list or a part that is neither an integer nor ``blockN``.
+    """
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.isdigit():
+            out.append(f"block{int(part)}")
+        elif part.startswith("block") and part[5:].isdigit():
+            out.append(part)
+        else:
+            raise typer.BadParameter(f"--blocks {text!r}: use numbers such as 3,4 or names such as block3,block4")
+    if not out:
+        raise typer.BadParameter(f"--blocks {text!r} names no block")
+    return out
+
+
+def parse_methods(text: str) -> str | list[str]:
+    """``"all"`` or a comma-separated list of method names."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise typer.BadParameter("--methods names no method")
+    return "all" if parts == ["all"] else parts
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
+
+    @app.command(
+        "evaluate",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+    )
+    def evaluate(
+        ctx: typer.Context,
+        runs: List[Path] = typer.Option(
+            ..., "--runs", "-r",
+            help="Run folders, or folders holding runs (searched recursively). Several may follow one --runs.",
+        ),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: results.json, table*.md/.csv, tables.md."),
+        baseline: Optional[List[Path]] = typer.Option(
+            None, "--baseline", "-b",
+            help="Baseline run(s): post-hoc explainers and the perturbation classifier. "
+            "Default: the runs of variant 'baseline'.",
+        ),
+        data: Optional[str] = typer.Option(
+            None, "--data", "-d", help="Dataset folder or embedded name. Default: the runs' training dataset."
+        ),
+        methods: str = typer.Option("all", "--methods", "-m", help="'all' or a comma list, e.g. exact,gradcam,random."),
+        blocks: str = typer.Option("3,4", "--blocks", help="Blocks to explain: 3,4 or block3,block4."),
+        split: str = typer.Option("test", "--split", help="Data split: test, val, train or all."),
+        size: Optional[int] = typer.Option(None, "--size", help="Evaluation image size. Default: the runs' training size."),
+        max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate at most this many images."),
+        batch_size: int = typer.Option(16, "--batch-size", help="Images per explain call."),
+        perturbation: str = typer.Option("zero", "--perturbation", help="Value of removed pixels: zero, mean or blur."),
+        steps: int = typer.Option(10, "--steps", help="Perturbation fractions 0, 1/steps, ..., 1."),
+        sanity_images: int = typer.Option(8, "--sanity-images", help="Images for the weight-randomization check (0: off)."),
+        ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        """Explain trained runs with every method; score implicit segmentation and input perturbation.
+
+        Writes OUT/results.json (every metric per method and block, mean ± std over runs; schema in
+        docs/evaluation.md) and the paper's Tables 1-3 (+ diagnostics) as Markdown and CSV.
+        """
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        extra = [a for a in ctx.args]
+        bad = [a for a in extra if a.startswith("-")]
+        if bad:
+            console.print(f"[red]error:[/red] unknown option(s) {bad}")
+            raise typer.Exit(2)
+        all_runs = [*runs, *(Path(a) for a in extra)]
+        try:
+            block_list = parse_blocks(blocks)
+            method_arg = parse_methods(methods)
+        except typer.BadParameter as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        if perturbation not in ("zero", "mean", "blur"):
+            console.print(f"[red]error:[/red] --perturbation must be zero, mean or blur, got {perturbation!r}")
+            raise typer.Exit(2)
+        from dualattn.evaluate import evaluate_runs
+
+        try:
+            path = evaluate_runs(
+                all_runs, out=out, data=data, baseline=baseline or None, methods=method_arg, blocks=block_list,
+                split=split, size=size, max_images=max_images, batch_size=batch_size, perturbation=perturbation,
+                perturbation_steps=steps, sanity_images=sanity_images, ig_steps=ig_steps, seed=seed,
+                progress=progress,
+            )
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        import json
+
+        results = json.loads(path.read_text(encoding="utf-8"))
+        for note in results.get("notes") or []:
+            console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+        tables = out / "tables.md"
+        if tables.is_file():
+            typer.echo(tables.read_text(encoding="utf-8"))
+        console.print(f"wrote {path}")

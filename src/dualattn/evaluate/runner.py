@@ -535,6 +535,11 @@ def evaluate_runs(
                 if method == "random":
                     kw["seed"] = seed
                 target_all = test.labels if fam == "posthoc" else None
+                if k == 0 and block == method_blocks[0]:
+                    # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
+                    with contextlib.suppress(ValueError):
+                        explain(info.model, x[:1], method=method, block=block,
+                                target=None if target_all is None else target_all[:1], **kw)
                 t0 = time.perf_counter()
                 try:
                     parts = []
