@@ -1,0 +1,503 @@
+"""dualattn.models: every backbone x variant x (2D, 3D), maps, consistency, recipes' building blocks.
+
+References are independent: the closed form of the exact projection written as a naive loop, the
+consistency module's reparameterization, torchvision's published ResNet parameter counts, a hand
+count of the U-Net encoder, a hand-written GradCAM, DeepLIFT's summation-to-delta property.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dualattn.models import (
+    CNN_VARIANTS,
+    DEFAULT_RECIPES,
+    GATED_BLOCKS,
+    count_parameters,
+    create_model,
+    list_models,
+    list_variants,
+)
+
+CNNS = {"unet_encoder": 4, "resnet18": 4, "resnet50": 2}  # backbone -> tiny width for tests
+PENALIZED = {"dual", "kl", "kl_reverse"}
+WITH_MU = {"dual", "exact", "multilevel"}
+
+
+def _size(name: str, spatial_dims: int) -> int:
+    if name == "unet_encoder" or spatial_dims == 3:
+        return 32 if spatial_dims == 2 else 16
+    return 64
+
+
+def _make(name: str, variant: str, spatial_dims: int = 2, **kw):
+    size = _size(name, spatial_dims)
+    kw.setdefault("img_size", size)
+    if name.startswith("resnet") and spatial_dims == 3:
+        kw.setdefault("stem", "small")  # 16^3 -> block3 4^3, block4 2^3 (the ImageNet stem is tested in 2D)
+    model = create_model(name, variant=variant, features=CNNS[name], spatial_dims=spatial_dims, **kw)
+    x = torch.randn(3, 1, *(size,) * spatial_dims, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def _assert_distribution(m: torch.Tensor) -> None:
+    flat = m.flatten(1)
+    assert torch.all(flat >= 0)
+    torch.testing.assert_close(flat.sum(1), torch.ones(flat.shape[0]), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_and_rejects_unknown_names():
+    assert {"unet_encoder", "resnet18", "resnet50", "vit_b16", "vit_small", "vit_tiny"} <= set(list_models())
+    assert list_variants() == list(CNN_VARIANTS) == list(GATED_BLOCKS)
+    assert list_variants("vit_small") == ["baseline"]
+    with pytest.raises(ValueError, match="unet_encoder"):
+        create_model("unet")
+    with pytest.raises(ValueError, match="multilevel"):
+        create_model("resnet18", variant="exactly")
+    with pytest.raises(ValueError, match="baseline"):
+        create_model("vit_tiny", variant="dual")
+    with pytest.raises(ValueError, match="spatial_dims=4"):
+        create_model("unet_encoder", spatial_dims=4)
+    with pytest.raises(ValueError, match="witness"):
+        create_model("unet_encoder", variant="dual", witness="local", img_size=32)
+    with pytest.raises(ValueError, match="img_size"):
+        create_model("unet_encoder", variant="dual")  # the global witness needs the grid
+    with pytest.raises(ValueError, match="features"):
+        create_model("unet_encoder", features=0)
+    with pytest.raises(ValueError, match="alpha"):
+        create_model("unet_encoder", variant="kl", alpha=-1.0)
+
+
+def test_default_recipes_cover_every_variant():
+    assert set(DEFAULT_RECIPES) == set(CNN_VARIANTS)
+    for recipe in DEFAULT_RECIPES.values():
+        assert recipe["init"] in ("scratch", "baseline")
+        assert isinstance(recipe["freeze_backbone"], bool)
+        assert recipe["alpha"] >= 0
+
+
+# --------------------------------------------------------------------- every backbone x variant
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("variant", CNN_VARIANTS)
+@pytest.mark.parametrize("name", list(CNNS))
+def test_forward_backward_maps(name, variant, spatial_dims):
+    torch.manual_seed(0)
+    model, x = _make(name, variant, spatial_dims)
+    out = model.forward_with_attention(x)
+    assert out.logits.shape == (3, 2)
+    assert set(out.tau) == set(GATED_BLOCKS[variant]) == set(model.attention_blocks)
+    assert set(out.mu) == (set(GATED_BLOCKS[variant]) if variant in WITH_MU else set())
+    grids = model.backbone.grid_shapes(x.shape[2:])
+    for block, tau in out.tau.items():
+        assert tau.shape == (3, *grids[block])
+        _assert_distribution(tau)
+    for mu in out.mu.values():
+        _assert_distribution(mu)
+    assert out.penalty.dim() == 0
+    if variant in PENALIZED:
+        assert out.penalty.item() >= -1e-6
+    else:
+        assert out.penalty.item() == 0.0
+    loss = F.cross_entropy(out.logits, torch.tensor([0, 1, 1])) + out.penalty
+    assert torch.isfinite(loss)
+    loss.backward()
+    for p in model.gate_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.gate_parameters()) or not model.attention_blocks
+    # forward() returns the same logits, nothing else
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_with_attention(x).logits)
+
+
+def _naive_exact(tau_f: np.ndarray, tau_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closed form of Eq. 4 for one sample, by loops: mu_l ∝ sqrt(tau_l * T), mu_k = tau_k * mu_l / T."""
+    fh, fw = tau_f.shape
+    ch, cw = tau_c.shape
+    bh, bw = fh // ch, fw // cw
+    t = np.zeros((ch, cw))
+    for i in range(fh):
+        for j in range(fw):
+            t[i // bh, j // bw] += tau_f[i, j]
+    mu_c = np.sqrt(tau_c * t)
+    mu_c /= mu_c.sum()
+    mu_f = np.zeros_like(tau_f)
+    for i in range(fh):
+        for j in range(fw):
+            mu_f[i, j] = tau_f[i, j] * mu_c[i // bh, j // bw] / t[i // bh, j // bw]
+    return mu_f, mu_c
+
+
+def _marginal(fine: torch.Tensor, coarse_shape) -> torch.Tensor:
+    factors = [f // c for f, c in zip(fine.shape[1:], coarse_shape)]
+    pool = F.avg_pool2d if fine.dim() == 3 else F.avg_pool3d
+    return pool(fine.unsqueeze(1).double(), factors).squeeze(1) * math.prod(factors)
+
+
+@pytest.mark.parametrize("exact_mode", ["two_pass", "pool"])
+@pytest.mark.parametrize("name", ["unet_encoder", "resnet18"])
+def test_exact_maps_are_the_closed_form_and_consistent(name, exact_mode):
+    torch.manual_seed(0)
+    model, x = _make(name, "exact", exact_mode=exact_mode)
+    with torch.no_grad():
+        for gate in model.gates.values():  # sharpen the gates so the check is not trivially uniform
+            gate.u.weight.mul_(30.0)
+        out = model.forward_with_attention(x)
+    mu_k, mu_l = out.mu["block3"], out.mu["block4"]
+    torch.testing.assert_close(_marginal(mu_k, mu_l.shape[1:]), mu_l.double(), atol=1e-6, rtol=0)
+    for b in range(x.shape[0]):
+        ref_f, ref_c = _naive_exact(out.tau["block3"][b].double().numpy(), out.tau["block4"][b].double().numpy())
+        np.testing.assert_allclose(mu_k[b].numpy(), ref_f, atol=1e-6)
+        np.testing.assert_allclose(mu_l[b].numpy(), ref_c, atol=1e-6)
+
+
+def test_multilevel_maps_are_pairwise_consistent_and_match_chain_projection():
+    from dualattn.consistency import project_exact_chain
+
+    torch.manual_seed(0)
+    model, x = _make("unet_encoder", "multilevel")
+    with torch.no_grad():
+        for gate in model.gates.values():
+            gate.u.weight.mul_(30.0)
+        out = model.forward_with_attention(x)
+    blocks = ["block2", "block3", "block4"]
+    for fine, coarse in zip(blocks[:-1], blocks[1:]):
+        torch.testing.assert_close(
+            _marginal(out.mu[fine], out.mu[coarse].shape[1:]), out.mu[coarse].double(), atol=1e-6, rtol=0
+        )
+    ref = project_exact_chain([out.tau[b].double() for b in blocks])
+    for b, r in zip(blocks, ref):
+        torch.testing.assert_close(out.mu[b].double(), r, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("witness", ["global", "amortized"])
+def test_dual_maps_are_the_reparameterization_and_penalty_is_eq6(witness):
+    from dualattn.consistency import dual_penalty, reparameterize
+
+    torch.manual_seed(0)
+    model, x = _make("unet_encoder", "dual", witness=witness, alpha=10.0)
+    with torch.no_grad():
+        if witness == "global":
+            model.witness.lam.normal_()
+        out = model.forward_with_attention(x)
+        feats = {}
+        hooks = [model.backbone.stages["block3"].register_forward_hook(lambda m, i, o: feats.setdefault("v", o))]
+        model.forward_with_attention(x)
+        hooks[0].remove()
+        coarse = out.tau["block4"].shape[1:]
+        if witness == "global":
+            lam = model.witness.lam.expand(x.shape[0], *coarse)
+        else:
+            lam = model.witness(F.adaptive_avg_pool2d(feats["v"], coarse))
+    ref_k, ref_l = reparameterize(out.tau["block3"], out.tau["block4"], lam)
+    torch.testing.assert_close(out.mu["block3"], ref_k, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.mu["block4"], ref_l, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.penalty, 10.0 * dual_penalty(out.tau["block3"], out.tau["block4"], lam))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_kl_penalty_matches_direct_kl(reverse):
+    torch.manual_seed(0)
+    model, x = _make("resnet18", "kl_reverse" if reverse else "kl", alpha=3.0)
+    with torch.no_grad():
+        for gate in model.gates.values():
+            gate.u.weight.mul_(20.0)
+        out = model.forward_with_attention(x)
+    tk, tl = out.tau["block3"].double(), out.tau["block4"].double()
+    marg = _marginal(tk, tl.shape[1:])
+    p, q = (marg, tl) if reverse else (tl, marg)
+    ref = (p * (p.log() - q.log())).flatten(1).sum(1).mean()
+    torch.testing.assert_close(out.penalty.double(), 3.0 * ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("witness", ["global", "amortized"])
+def test_dual_penalty_decreases_on_a_toy_batch(witness):
+    torch.manual_seed(0)
+    model, x = _make("unet_encoder", "dual", witness=witness, alpha=10.0)
+    y = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        for gate in model.gates.values():
+            gate.u.weight.mul_(20.0)  # start inconsistent
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    first = None
+    for _ in range(15):
+        out = model.forward_with_attention(x)
+        first = out.penalty.item() if first is None else first
+        loss = F.cross_entropy(out.logits, y) + out.penalty
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = model.forward_with_attention(x).penalty.item()
+    assert first > 1e-3
+    assert last < 0.5 * first
+
+
+# ------------------------------------------------------------------------ scaling and invariance
+
+
+@pytest.mark.parametrize("variant", ["tau_k", "unconstrained", "dual", "kl", "exact", "multilevel"])
+def test_uniform_gates_reproduce_the_baseline(variant):
+    """N*tau weighting: with uniform maps a gated model on a baseline's weights is the baseline."""
+    torch.manual_seed(0)
+    base, x = _make("unet_encoder", "baseline")
+    model, _ = _make("unet_encoder", variant)
+    model.load_backbone_state(base.state_dict())
+    with torch.no_grad():
+        for gate in model.gates.values():
+            gate.u.weight.zero_()  # phi = 0 -> tau uniform
+    base.eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "dual", "exact", "multilevel"])
+def test_samples_are_independent_and_batching_does_not_matter(variant):
+    torch.manual_seed(0)
+    model, x = _make("resnet18", variant, witness="amortized") if variant == "dual" else _make("resnet18", variant)
+    model.eval()
+    with torch.no_grad():
+        full = model.forward_with_attention(x)
+        x2 = x.clone()
+        x2[0] = torch.randn_like(x2[0])
+        changed = model.forward_with_attention(x2)
+        single = model.forward_with_attention(x[1:2])
+    torch.testing.assert_close(changed.logits[1:], full.logits[1:])
+    torch.testing.assert_close(single.logits, full.logits[1:2], atol=1e-5, rtol=1e-5)
+    for b in full.tau:
+        torch.testing.assert_close(changed.tau[b][1:], full.tau[b][1:])
+        torch.testing.assert_close(single.tau[b], full.tau[b][1:2], atol=1e-6, rtol=1e-5)
+    for b in full.mu:
+        torch.testing.assert_close(changed.mu[b][1:], full.mu[b][1:])
+
+
+def test_input_errors_name_the_shape():
+    model, _ = _make("unet_encoder", "exact")
+    with pytest.raises(ValueError, match=r"\(2, 1, 32\)"):
+        model.forward_with_attention(torch.randn(2, 1, 32))
+    with pytest.raises(ValueError, match="integer multiple"):
+        model.forward_with_attention(torch.randn(1, 1, 36, 36))  # block3 9x9, block4 4x4
+    dual, _ = _make("unet_encoder", "dual", img_size=32)
+    with pytest.raises(ValueError, match="img_size"):
+        dual.forward_with_attention(torch.randn(1, 1, 64, 64))
+
+
+# ------------------------------------------------------------------- config, freezing, loading
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("unet_encoder", {"variant": "dual", "witness": "amortized", "alpha": 2.5, "features": 4}),
+        ("resnet18", {"variant": "exact", "exact_mode": "pool", "stem": "small", "features": 4, "spatial_dims": 3}),
+        ("resnet50", {"variant": "multilevel", "features": 2, "gate_embed": 8, "in_channels": 4}),
+        ("vit_tiny", {"img_size": 32, "patch_size": 8, "num_layers": 2}),
+    ],
+)
+def test_config_round_trip(name, kw):
+    model = create_model(name, **kw)
+    cfg = model.config
+    assert json.loads(json.dumps(cfg)) == cfg
+    again = create_model(**cfg)
+    assert again.config == cfg
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in again.state_dict().items()} == shapes
+    cfg["variant"] = "nonsense"
+    assert model.config["variant"] == kw.get("variant", "baseline")  # config is a copy
+
+
+def test_freeze_backbone_trains_only_gates_and_keeps_bn_statistics():
+    torch.manual_seed(0)
+    model, x = _make("unet_encoder", "dual", witness="global")
+    model.freeze_backbone()
+    assert model.backbone_frozen
+    backbone = {id(p) for p in model.backbone_parameters()}
+    gates = {id(p) for p in model.gate_parameters()}
+    assert backbone and gates and not backbone & gates
+    assert backbone | gates == {id(p) for p in model.parameters()}
+    assert all(not p.requires_grad for p in model.backbone_parameters())
+    assert all(p.requires_grad for p in model.gate_parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("backbone.", "fc."))}
+    model.train()
+    assert not model.backbone.training and model.gates.training
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = model.forward_with_attention(x)
+    (F.cross_entropy(out.logits, torch.tensor([0, 1, 1])) + out.penalty).backward()
+    opt.step()
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k  # weights and BatchNorm running statistics untouched
+    model.freeze_backbone(False)
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.train().backbone.training
+
+
+def test_load_backbone_state_checks_keys_and_shapes():
+    base = create_model("resnet18", features=4)
+    gated = create_model("resnet18", variant="exact", features=4)
+    gated.load_backbone_state({f"model.{k}": v for k, v in base.state_dict().items()})  # Lightning prefix
+    for k, v in base.state_dict().items():
+        assert torch.equal(gated.state_dict()[k], v)
+    pooled = create_model("resnet18", variant="exact", exact_mode="pool", features=4)
+    pooled.load_backbone_state(base.state_dict())  # drops the unused head
+    with pytest.raises(ValueError, match="shape mismatch"):
+        create_model("resnet18", variant="exact", features=8).load_backbone_state(base.state_dict())
+    with pytest.raises(ValueError, match="missing"):
+        gated.load_backbone_state({k: v for k, v in base.state_dict().items() if "block2" not in k})
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+def _unet_hand_count(cin: int, f: int, classes: int) -> int:
+    widths = [f * 2**i for i in range(5)]
+    total, prev = 0, cin
+    for w in widths:
+        total += 9 * prev * w + 9 * w * w + 2 * (2 * w)  # two bias-free 3x3 convs + two BatchNorms
+        prev = w
+    return total + widths[-1] * classes + classes
+
+
+def test_parameter_counts_pinned():
+    with torch.device("meta"):
+        unet = create_model("unet_encoder", in_channels=4)
+        r18 = create_model("resnet18", in_channels=3, num_classes=1000)
+        r50 = create_model("resnet50", in_channels=3, num_classes=1000)
+    assert count_parameters(unet) == _unet_hand_count(4, 32, 2) == 4_715_522  # "about 4.7M"
+    # torchvision's published counts for the ImageNet ResNets (same architecture, 1000 classes)
+    assert count_parameters(r18) == 11_689_512
+    assert count_parameters(r50) == 25_557_032
+    with torch.device("meta"):
+        gated = create_model("unet_encoder", variant="unconstrained", in_channels=4)
+    # two gates: U (C x E, E = C) and u (E x 1) for C = 128 and 256
+    assert count_parameters(gated) - count_parameters(unet) == 128 * 128 + 128 + 256 * 256 + 256
+
+
+# ------------------------------------------------------------------------------ Captum explainers
+
+
+def _captum_model(name: str, spatial_dims: int):
+    torch.manual_seed(0)
+    model, x = _make(name, "baseline", spatial_dims)
+    # a few training-mode passes give BatchNorm non-trivial statistics
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn_like(x))
+    return model.eval(), x[:2]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("name", list(CNNS))
+def test_captum_gradcam_deeplift_lrp_run_on_baselines(name, spatial_dims):
+    captum = pytest.importorskip("captum.attr")
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    model, x = _captum_model(name, spatial_dims)
+    layer = model.feature_layers()["block3"]
+    # GradCAM against a hand-written reference
+    cam = captum.LayerGradCam(model, layer).attribute(x, target=1, relu_attributions=True)
+    acts = {}
+    handle = layer.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    xin = x.clone()
+    logits = model(xin)
+    handle.remove()
+    grads = torch.autograd.grad(logits[:, 1].sum(), acts["a"])[0]
+    weights = grads.mean(dim=tuple(range(2, grads.dim())), keepdim=True)
+    ref = F.relu((weights * acts["a"]).sum(1, keepdim=True))
+    torch.testing.assert_close(cam, ref.detach(), atol=1e-5, rtol=1e-4)
+    # DeepLIFT: summation to delta holds only when every nonlinearity is its own module. (Captum's
+    # MaxPool multiplier is not summation-exact in the U-Net's stacked 2x2 pools, so only ResNets
+    # are held to it.)
+    dl, delta = captum.DeepLift(model).attribute(x, target=1, return_convergence_delta=True)
+    assert dl.shape == x.shape and torch.isfinite(dl).all() and dl.abs().sum() > 0
+    if name.startswith("resnet"):
+        scale = (model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]).abs().max().item()
+        assert delta.abs().max().item() <= 1e-4 * max(scale, 1.0)
+    # LRP: rules for layer types Captum lacks (3D convs, BatchNorm3d...); LRP deletes them after each call
+    for _ in range(2):
+        for module in model.modules():
+            if not list(module.children()):
+                module.rule = EpsilonRule()
+        rel = captum.LRP(model).attribute(x, target=1)
+        assert rel.shape == x.shape and torch.isfinite(rel).all() and rel.abs().sum() > 0
+
+
+def test_no_identity_or_shared_activation_modules():
+    for name, f in CNNS.items():
+        for variant in ("baseline", "exact"):
+            model = create_model(name, variant=variant, features=f, img_size=64)
+            assert not any(isinstance(m, torch.nn.Identity) for m in model.modules())
+            relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+            assert all(not m.inplace for m in relus)
+            assert len({id(m) for m in relus}) == len(relus)
+
+
+def test_gradcam_feature_layers_cover_map_blocks():
+    model = create_model("resnet50", variant="multilevel", features=2)
+    assert model.map_blocks == ("block2", "block3", "block4")
+    assert set(model.map_blocks) <= set(model.feature_layers())
+    assert create_model("unet_encoder", features=4).map_blocks == ("block3", "block4")
+
+
+# ------------------------------------------------------------------------------------------- ViT
+
+
+def _tiny_vit(spatial_dims: int = 2):
+    size = 32 if spatial_dims == 2 else 16
+    patch = 8
+    torch.manual_seed(0)
+    model = create_model(
+        "vit_tiny", spatial_dims=spatial_dims, img_size=size, patch_size=patch, num_layers=3, in_channels=2
+    )
+    return model, torch.randn(2, 2, *(size,) * spatial_dims)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_vit_attention_maps_match_a_naive_rollout(spatial_dims):
+    model, x = _tiny_vit(spatial_dims)
+    model.eval()
+    maps = model.vit_attention_maps(x)
+    grid = (4,) * spatial_dims if spatial_dims == 2 else (2,) * 3
+    assert maps["last"].shape == maps["rollout"].shape == (2, *grid)
+    for m in maps.values():
+        _assert_distribution(m)
+    att = [blk.attn.att_mat for blk in model.vit.blocks]  # (B, heads, T, T) of the last forward
+    t = att[0].shape[-1]
+    for b in range(2):
+        last = att[-1][b].mean(0)[0, 1:]
+        np.testing.assert_allclose(maps["last"][b].flatten().numpy(), (last / last.sum()).numpy(), atol=1e-6)
+        roll = np.eye(t)
+        for a in att:
+            a = 0.5 * a[b].mean(0).double().numpy() + 0.5 * np.eye(t)
+            a = a / a.sum(1, keepdims=True)
+            roll = a @ roll
+        ref = roll[0, 1:] / roll[0, 1:].sum()
+        np.testing.assert_allclose(maps["rollout"][b].flatten().numpy(), ref, atol=1e-5)
+    out = model.forward_with_attention(x)
+    assert out.logits.shape == (2, 2) and out.mu == {} and out.penalty.item() == 0.0
+    out.logits.sum().backward()
+    with pytest.raises(ValueError, match="img_size|expected"):
+        model(torch.randn(1, 2, *(size + 8 for size in x.shape[2:])))
+
+
+def test_vit_b16_builds_and_runs_small_input():
+    torch.manual_seed(0)
+    model = create_model("vit_b16", img_size=32)
+    assert count_parameters(model) > 85e6
+    with torch.no_grad():
+        out = model.eval().forward_with_attention(torch.randn(1, 1, 32, 32))
+    assert out.logits.shape == (1, 2) and out.tau["rollout"].shape == (1, 2, 2)
+    with pytest.raises(ValueError, match="multiples"):
+        create_model("vit_small", img_size=30)
