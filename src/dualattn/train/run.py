@@ -197,7 +197,23 @@ def _deterministic(config: TrainConfig, accelerator: str) -> bool | str:
     return {"true": True, "false": False, "warn": "warn"}[mode]
 
 
+def _is_launch_primary() -> bool:
+    """False in the extra processes a DDP launcher starts (they re-run the script: rank 1, 2, ...).
+
+    Read from the launcher's environment before any Trainer exists, so only the first process checks
+    and prepares the run folder.
+    """
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "").strip()
+        if value not in ("", "0"):
+            return False
+    return True
+
+
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if not _is_launch_primary():
+        out.mkdir(parents=True, exist_ok=True)
+        return
     existing = [f for f in _RUN_FILES if (out / f).exists()]
     if existing and not resume:
         if not overwrite:
@@ -306,7 +322,7 @@ def fit(
         freezer = getattr(model, "freeze_backbone", None)
         if callable(freezer):
             freezer(True)
-    if resume_from is None:
+    if resume_from is None and _is_launch_primary():
         save_config(config, out / "config.yaml")
 
     module = ClassifierModule(model, config=config)
@@ -458,7 +474,7 @@ def fit_seeds(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds} has duplicates")
     out = Path(out)
-    if not (resume and (out / "config.yaml").is_file()):
+    if not (resume and (out / "config.yaml").is_file()) and _is_launch_primary():
         save_config(config, out / "config.yaml")
     summaries = []
     for seed in seeds:
