@@ -153,7 +153,13 @@ def explain(
 
         return vit_map(model, images, method=method)
     if family == "posthoc":
-        _no_options(method, kw, allowed=("n_steps", "internal_batch_size", "grid"))
+        if method.startswith("gradcam"):
+            allowed: tuple[str, ...] = ()
+        elif method == "integrated_gradients":
+            allowed = ("n_steps", "internal_batch_size", "grid")
+        else:
+            allowed = ("grid",)
+        _no_options(method, kw, allowed=allowed)
         from .posthoc import posthoc_map
 
         return posthoc_map(model, images, method=method, block=block, target=target, **kw)
