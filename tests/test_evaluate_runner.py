@@ -1,0 +1,206 @@
+"""evaluate_runs and the evaluate CLI on tiny saved runs, checked against independent recomputation."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _dataset(root: Path, *, n: int = 12, size: int = 32, channels: int = 1) -> Path:
+    """Bright square lesions (label 1, with mask) and lesion-free images (label 0), all in 'test'."""
+    from dualattn.data import FolderWriter
+
+    rng = np.random.default_rng(0)
+    with FolderWriter(root, class_names=["healthy", "lesion"]) as w:
+        for i in range(n):
+            img = rng.normal(0, 1, (channels, size, size)).astype(np.float32)
+            label = i % 2
+            mask = np.zeros((size, size), np.uint8)
+            if label:
+                r, c = rng.integers(0, size - size // 4, 2)
+                mask[r : r + size // 4, c : c + size // 4] = 1
+                img[:, mask > 0] += 3.0
+            w.add(f"case{i}", image=img, label=label, patient=f"p{i}", mask=mask if label else None, split="test")
+    return root
+
+
+def _run(root: Path, variant: str, seed: int, *, in_channels: int = 1, image_size: int = 32, dataset: str = "") -> Path:
+    from dualattn.models import create_model
+    from dualattn.weights import save_model
+
+    torch.manual_seed(seed)
+    kw = {"img_size": image_size} if variant == "dual" else {}
+    model = create_model("unet_encoder", variant=variant, features=4, in_channels=in_channels, **kw)
+    # non-trivial BatchNorm statistics so that the baseline's predictions differ between images
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.normal_(0, 0.2)
+    run = root / variant / f"seed{seed}"
+    run.mkdir(parents=True)
+    save_model(model, run / "best.safetensors")
+    cfg = {"variant": variant, "seed": seed, "image_size": image_size, "model": "unet_encoder", "dataset": dataset,
+           "split_seed": 0}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    torch.set_num_threads(1)
+    from dualattn.evaluate import evaluate_runs
+
+    tmp = tmp_path_factory.mktemp("eval")
+    data = _dataset(tmp / "data")
+    runs = tmp / "runs"
+    for variant, seeds in (("baseline", (0, 1)), ("exact", (0, 1)), ("unconstrained", (0,))):
+        for s in seeds:
+            _run(runs, variant, s, dataset=str(data))
+    path = evaluate_runs(
+        runs, data=data, out=tmp / "out", methods=["exact", "cvx", "gradcam", "lrp", "random", "raw_channel_0", "tau_k"],
+        perturbation_steps=4, sanity_images=2, batch_size=5,
+    )
+    return tmp, data, runs, path, json.loads(path.read_text())
+
+
+def test_results_layout_and_tables(evaluated):
+    tmp, _, _, path, res = evaluated
+    assert res["schema_version"] == 1
+    assert any("tau_k" in n for n in res["notes"])  # no tau_k run: skipped with a note
+    assert set(res["methods"]) == {"exact", "cvx", "gradcam", "lrp", "random", "raw_channel_0"}
+    assert set(res["segmentation"]["rows"]) >= {"exact [block3]", "exact [block4]", "gradcam [block4]"}
+    assert res["segmentation"]["higher_is_better"]["ap"] is True
+    assert res["perturbation"]["higher_is_better"]["auc_most_first"] is False
+    assert res["meta"]["n_images"] == 12 and res["meta"]["n_positive_with_mask"] == 6
+    for stem in ("table1_perturbation", "table2_segmentation", "table3_classification", "table4_diagnostics"):
+        assert (path.parent / f"{stem}.md").is_file() and (path.parent / f"{stem}.csv").is_file()
+    md = (path.parent / "table2_segmentation.md").read_text()
+    assert "IoU@97.5 ×100 ↑" in md and "exact [block3]" in md
+    csv_head = (path.parent / "table1_perturbation.csv").read_text().splitlines()[0]
+    assert "auc_least_first [higher] mean" in csv_head and "auc_most_first [lower] std" in csv_head
+    curves = res["curves"]["gradcam"]["block3"]
+    assert curves["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(curves["least_first"]["runs"]) == 2 and len(curves["most_first"]["mean"]) == 5
+    assert set(res["perturbation"]["curves"]) == set(res["methods"])
+
+
+def _test_tensors(data):
+    from dualattn.evaluate.runner import load_test_set
+
+    return load_test_set(data, size=32)
+
+
+def test_segmentation_numbers_match_direct_computation(evaluated):
+    from sklearn.metrics import average_precision_score
+
+    from dualattn.evaluate import metrics as M
+    from dualattn.explain import explain
+    from dualattn.weights import load_model
+
+    _, data, runs, _, res = evaluated
+    test = _test_tensors(data)
+    pos = torch.nonzero(test.masks.flatten(1).sum(1) > 0).flatten()
+    per_run_iou, per_run_ap = [], []
+    for s in (0, 1):
+        model = load_model(runs / "exact" / f"seed{s}" / "best.safetensors")
+        maps = explain(model, test.images[pos], method="exact", block="block3")
+        per_run_iou.append(100 * float(M.iou_at_quantile(maps, test.masks[pos], 0.9).mean()))
+        up = M.resize_mass(maps.double(), (32, 32))
+        per_run_ap.append(100 * float(np.mean([
+            average_precision_score(test.masks[i].flatten().numpy(), up[k].flatten().numpy())
+            for k, i in enumerate(pos.tolist())
+        ])))
+    cell = res["methods"]["exact"]["blocks"]["block3"]
+    assert cell["iou@90"]["values"] == pytest.approx(per_run_iou)
+    assert cell["iou@90"]["mean"] == pytest.approx(statistics.fmean(per_run_iou))
+    assert cell["iou@90"]["std"] == pytest.approx(statistics.stdev(per_run_iou))
+    assert cell["ap"]["values"] == pytest.approx(per_run_ap)
+    # exact and cvx maps are consistent across blocks; GradCAM's are not
+    assert res["methods"]["exact"]["consistency"]["consistency_kl"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert res["methods"]["cvx"]["consistency"]["consistency_kl"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert res["methods"]["gradcam"]["consistency"]["consistency_kl"]["mean"] > 1e-3
+
+
+def test_perturbation_and_classification_match_direct_computation(evaluated):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dualattn.evaluate import perturbation_curve
+    from dualattn.explain import explain
+    from dualattn.models import count_parameters
+    from dualattn.weights import load_model
+
+    _, data, runs, _, res = evaluated
+    test = _test_tensors(data)
+    aucs = []
+    for s in (0, 1):
+        base = load_model(runs / "baseline" / f"seed{s}" / "best.safetensors")
+        maps = explain(base, test.images, method="gradcam", block="block4", target=test.labels)
+        curve = perturbation_curve(base, test.images, test.labels, maps, fractions=(0, 0.25, 0.5, 0.75, 1.0))
+        aucs.append(curve.auc)
+        got = res["curves"]["gradcam"]["block4"]["least_first"]["runs"][s]
+        assert got == pytest.approx([100 * a for a in curve.balanced_accuracy])
+    assert res["methods"]["gradcam"]["blocks"]["block4"]["auc_least_first"]["values"] == pytest.approx(aucs)
+    rows = {r["run"]: r for r in res["runs"]}
+    for s in (0, 1):
+        run = runs / "baseline" / f"seed{s}"
+        model = load_model(run / "best.safetensors").eval()
+        with torch.no_grad():
+            pred = model(test.images).argmax(1)
+        assert rows[str(run)]["balanced_accuracy"] == pytest.approx(
+            100 * balanced_accuracy_score(test.labels.numpy(), pred.numpy()))
+        assert rows[str(run)]["params"] == count_parameters(model)
+    cls = res["classification"]["rows"]
+    assert set(cls) == {"baseline", "exact", "unconstrained"}
+    assert cls["exact"]["params"] > cls["baseline"]["params"]
+
+
+def test_size_and_channel_adaptation(tmp_path):
+    from dualattn.evaluate import evaluate_runs
+
+    data = _dataset(tmp_path / "data", n=6, size=40)
+    run = _run(tmp_path / "runs", "baseline", 0, in_channels=3, image_size=32, dataset=str(data))
+    path = evaluate_runs(run, data=data, size=40, out=tmp_path / "out", methods=["gradcam", "random"],
+                         perturbation_steps=2, sanity_images=0, blocks=("block3",))
+    res = json.loads(path.read_text())
+    notes = " ".join(res["notes"])
+    assert "repeated" in notes and "resized" in notes
+    assert res["meta"]["image_size"] == [40, 40]
+    assert math.isfinite(res["methods"]["gradcam"]["blocks"]["block3"]["iou@90"]["mean"])
+    four = _run(tmp_path / "runs4", "baseline", 0, in_channels=1, image_size=40, dataset=str(data))
+    data4 = _dataset(tmp_path / "data4", n=4, size=40, channels=4)
+    with pytest.raises(ValueError, match="4 channels"):
+        evaluate_runs(four, data=data4, out=tmp_path / "out4", methods=["random"])
+
+
+def test_cli(tmp_path, evaluated):
+    from typer.testing import CliRunner
+
+    from dualattn.cli import app
+
+    _, data, runs, _, _ = evaluated
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--runs", str(runs / "exact" / "seed0"), str(runs / "unconstrained"),
+        "--baseline", str(runs / "baseline" / "seed0"), "--data", str(data), "--methods", "exact,cvx,random",
+        "--blocks", "3,4", "--out", str(out), "--steps", "2", "--sanity-images", "0", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"]["exact"]["source"]["runs"] == [str(runs / "exact" / "seed0")]
+    assert res["meta"]["baselines"] == [str(runs / "baseline" / "seed0")]
+    assert "Table 2" in result.output
+    bad = CliRunner().invoke(app, ["evaluate", "--runs", str(runs), "--out", str(out), "--blocks", "x"])
+    assert bad.exit_code == 2
