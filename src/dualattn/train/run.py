@@ -210,6 +210,29 @@ def _is_launch_primary() -> bool:
     return True
 
 
+def _check_resume_checkpoint(path: Path) -> None:
+    """Refuse a resume checkpoint that is corrupt or holds anything but tensors and plain containers.
+
+    ``torch.load(weights_only=True)`` never runs code from the file; its own error message suggests
+    retrying with ``weights_only=False``, which would run it, so it is replaced by one naming the file.
+
+    Raises:
+        ValueError: the checkpoint cannot be read safely.
+    """
+    import pickle
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        lines = str(exc).strip().splitlines()
+        first = "" if isinstance(exc, pickle.UnpicklingError) or not lines else f": {lines[0]}"
+        raise ValueError(
+            f"{path}: refusing to resume from this checkpoint: it is corrupt or holds objects other than "
+            f"tensors and plain containers, which are never unpickled ({type(exc).__name__}{first[:200]}). "
+            "Delete it to start the run again."
+        ) from None
+
+
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if not _is_launch_primary():
         out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +308,8 @@ def fit(
     resume_from = ckpt if resume and ckpt.is_file() else None
     if resume and resume_from is None:
         logger.warning("nothing to resume in %s: starting a new run", out)
+    if resume_from is not None:
+        _check_resume_checkpoint(resume_from)
     previous_wall = 0.0
     if resume_from is not None and (out / "summary.json").is_file():
         import json
