@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict and explain one scan: class + probability (JSON), heatmap overlay PNG, NPY and NIfTI."""
         from rich.console import Console
+        from rich.markup import escape
 
         from ..scan import explain_scan, write_scan_explanation
 
@@ -37,11 +38,11 @@ def register(app: typer.Typer) -> None:
         try:
             result = explain_scan(scan, run=run, method=method, block=block, which=which, target=target)
         except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=2) from exc
         files = write_scan_explanation(result, out)
         for note in result.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
+            console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
         summary = result.summary()
         summary["files"] = {k: str(p) for k, p in files.items()}
         typer.echo(json.dumps(summary, indent=2))
