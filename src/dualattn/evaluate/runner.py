@@ -523,7 +523,15 @@ def evaluate_runs(
     work = [(m, src) for m, src in plan]
     for method, src in _progress(work, progress, "methods"):
         sources[method] = {"variant": src[0].variant, "runs": [str(r.path) for r in src]}
-        method_blocks = ("patches",) if _methods_for(method) == "vit" else blocks
+        family = _methods_for(method)
+        method_blocks: tuple[str, ...] = ("patches",) if family == "vit" else blocks
+        if family in ("attention", "cvx"):
+            gated = tuple(getattr(src[0].model, "attention_blocks", ()) or ())
+            kept = tuple(b for b in blocks if b in gated)
+            if kept != blocks:
+                notes.append(f"{method}: the model has attention maps only at {', '.join(gated) or 'no block'}; "
+                             f"evaluated at {', '.join(kept) or 'none'}")
+            method_blocks = kept
         for k, info in enumerate(src):
             x = model_images(info)
             maps_by_block: dict[str, Tensor] = {}

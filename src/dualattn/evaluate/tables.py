@@ -55,22 +55,37 @@ def _split(cell: Any) -> tuple[float, float | None, int]:
     return m, s, n
 
 
-def format_cell(cell: Any, *, digits: int = 1) -> str:
-    """``"mean ± std"`` (``"—"`` when missing; integers printed without decimals).
+#: Columns on a x100 scale: printed with one decimal.
+PERCENT_COLUMNS = frozenset({"iou@97.5", "iou@95", "iou@90", "ap", "pointing_game", "auc_least_first",
+                             "auc_most_first", "balanced_accuracy", "cost_ms"})
+
+
+def format_cell(cell: Any, *, column: str | None = None) -> str:
+    """``"mean ± std"``; ``"—"`` when missing; the std only when more than one run contributed.
+
+    ×100 metrics (and ms) get one decimal, ``params`` an integer with thousands separators,
+    other metrics (KL, sharpness, correlations) three significant digits.
 
     Example:
-        >>> format_cell({"mean": 71.234, "std": 2.0, "n": 3})
+        >>> format_cell({"mean": 71.234, "std": 2.0, "n": 3}, column="ap")
         '71.2 ± 2.0'
+        >>> format_cell({"mean": 0.012345, "std": 0.001, "n": 2}, column="consistency_kl")
+        '0.0123 ± 0.001'
     """
     m, s, n = _split(cell)
     if not math.isfinite(m):
         return "—"
-    if float(m).is_integer() and abs(m) >= 1000:
-        text = f"{int(m):,}"
-    else:
-        text = f"{m:.{digits}f}" if abs(m) >= 0.1 or m == 0 else f"{m:.3g}"
+
+    def fmt(v: float) -> str:
+        if column == "params":
+            return f"{int(round(v)):,}"
+        if column in PERCENT_COLUMNS:
+            return f"{v:.1f}"
+        return f"{v:.3g}"
+
+    text = fmt(m)
     if s is not None and n > 1:
-        text += f" ± {s:.{digits}f}" if abs(s) >= 0.1 or s == 0 else f" ± {s:.2g}"
+        text += f" ± {fmt(s)}"
     return text
 
 
@@ -86,7 +101,7 @@ def table_markdown(section: Mapping[str, Any], *, row_header: str = "method", ti
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join([":--"] + ["--:"] * len(cols)) + "|")
     for name, row in (section.get("rows") or {}).items():
-        lines.append("| " + " | ".join([str(name)] + [format_cell(row.get(c)) for c in cols]) + " |")
+        lines.append("| " + " | ".join([str(name)] + [format_cell(row.get(c), column=c) for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 
 
