@@ -247,6 +247,22 @@ def _family(name: str) -> str:
     return "other"
 
 
+def _report_curves(results: Mapping[str, Any]) -> dict[str, Any]:
+    """``perturbation.curves`` (one per method, the first block), completed from the per-block ``curves``
+    section for methods that have no map at that block (e.g. ``tau_l``, whose only gate is coarse)."""
+    curves: dict[str, Any] = dict((results.get("perturbation") or {}).get("curves") or {})
+    for method, by_block in (results.get("curves") or {}).items():
+        if method in curves or not isinstance(by_block, Mapping):
+            continue
+        for block, entry in by_block.items():
+            least = entry.get("least_first") if isinstance(entry, Mapping) else None
+            if isinstance(least, Mapping) and least.get("mean"):
+                curves[f"{method} [{block}]"] = {"fractions": entry.get("fractions", []), "mean": least["mean"],
+                                                 "std": least.get("std"), "auc": least.get("auc")}
+                break
+    return curves
+
+
 def paper_ordering_notes(results: Mapping[str, Any]) -> list[tuple[bool, str]]:
     """Check the paper's headline ordering on these results; return ``(holds, sentence)`` pairs.
 
@@ -353,7 +369,7 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                     "area under that curve (×100) is higher when the map keeps what the classifier needs. "
                     "Best per column highlighted.</p>")
         body.append(_table_html(pert, row_header="method"))
-    curves = pert.get("curves") or {}
+    curves = _report_curves(results)
     if curves:
         try:
             png = figures.curves_png(curves)

@@ -1,0 +1,224 @@
+"""The tiny demo end to end: every table's numbers present and finite, checked against independent
+recomputation; resumable; the report renders in headless Chromium; presets are data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dualattn.demo import PRESETS, DemoPreset, get_preset, load_examples, method_sources, run_demo
+
+STEPS = ["data", *[f"train-{v}-seed0" for v in ("baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact",
+                                                "multilevel")], "evaluate", "examples"]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    messages: list[str] = []
+    t0 = time.perf_counter()
+    outcome = run_demo(preset="tiny", out=out, progress=messages.append)
+    return outcome, messages, time.perf_counter() - t0
+
+
+def _finite(cell) -> bool:
+    mean = cell["mean"] if isinstance(cell, dict) else cell
+    return mean is not None and math.isfinite(float(mean))
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_presets_are_ordered_by_cost():
+    tiny, default, full = PRESETS["tiny"], PRESETS["default"], PRESETS["full"]
+    assert tiny.n < default.n < full.n
+    assert tiny.image_size < default.image_size < full.image_size
+    assert tiny.max_epochs < default.max_epochs < full.max_epochs
+    assert len(full.seeds) == 5 and full.accelerator == "auto"
+    assert set(default.variants) >= {"baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel"}
+    json.dumps([p.to_dict() for p in PRESETS.values()])  # serializable
+
+
+def test_preset_validation():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match=r"unknown preset field\(s\) \['epochs'\]"):
+        get_preset("tiny", epochs=3)
+    with pytest.raises(ValueError, match="n=0 must be >= 1"):
+        get_preset("tiny", n=0)
+    with pytest.raises(ValueError, match="must include 'baseline'"):
+        dataclasses.replace(PRESETS["tiny"], variants=("exact",))
+    with pytest.raises(ValueError, match="seeds must not be empty"):
+        DemoPreset(name="x", description="", seeds=())
+    assert get_preset("tiny", max_epochs=2).max_epochs == 2
+
+
+def test_method_sources_follow_the_paper():
+    got = method_sources(["gradcam", "exact", "cvx", "dual", "tau_l", "attention", "integrated_gradients"],
+                         ["baseline", "exact", "unconstrained", "tau_l"])
+    assert got == {"gradcam": "baseline", "exact": "exact", "cvx": "unconstrained", "tau_l": "tau_l",
+                   "integrated_gradients": "baseline"}
+
+
+def test_run_demo_rejects_unknown_dataset(tmp_path):
+    with pytest.raises(ValueError, match="neither an embedded dataset"):
+        run_demo(preset="tiny", dataset="no-such-data", out=tmp_path)
+
+
+# ----------------------------------------------------------------------------- the tiny demo
+
+
+def test_tiny_demo_runs_under_budget(tiny_demo):
+    outcome, messages, seconds = tiny_demo
+    assert outcome.results.is_file() and outcome.report.is_file()
+    assert seconds < 90, f"tiny demo took {seconds:.0f} s (budget 90 s)"
+    assert any(m.startswith("[start] train 1/7: baseline") for m in messages)  # progress shown
+    assert outcome.skipped_steps == []
+    assert sorted(p.name for p in (outcome.out / ".steps").glob("*.json")) == sorted(f"{s}.json" for s in STEPS)
+
+
+def test_tiny_demo_results_hold_every_table(tiny_demo):
+    from dualattn.demo import _available_methods
+
+    outcome, _, _ = tiny_demo
+    results = json.loads(outcome.results.read_text())
+    variants = ["baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel"]
+    methods = method_sources(_available_methods(PRESETS["tiny"]), variants)
+    assert set(methods) >= {"gradcam", "input_x_gradient", "deeplift", "lrp", "integrated_gradients", "cvx",
+                            "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel"}
+    seg, pert, cls = results["segmentation"], results["perturbation"], results["classification"]
+    for method in methods:
+        rows = [r for r in seg["rows"] if r.split(" [")[0] == method]
+        assert rows, f"no segmentation row for {method}"
+        for row in rows:
+            assert all(_finite(seg["rows"][row][c]) for c in seg["columns"]), (row, seg["rows"][row])
+            assert all(_finite(pert["rows"][row][c]) for c in pert["columns"]), (row, pert["rows"][row])
+        for block, curve in results["curves"][method].items():
+            assert len(curve["fractions"]) == PRESETS["tiny"].perturbation_steps + 1
+            assert all(math.isfinite(v) for v in curve["least_first"]["mean"]), (method, block)
+    assert set(cls["rows"]) == set(variants)
+    for row in cls["rows"].values():
+        assert _finite(row["balanced_accuracy"]) and _finite(row["params"])
+    meta = results["meta"]
+    assert meta["seeds"] == [0] and meta["wall_time_s"] > 0 and "torch" in meta["versions"]
+    # the whole file is standard JSON: no NaN tokens
+    assert "NaN" not in outcome.results.read_text()
+
+
+def test_tiny_demo_table3_matches_independent_recomputation(tiny_demo):
+    """Parameter counts and balanced accuracy recomputed from the run folders with sklearn."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from dualattn.data import FolderDataset
+    from dualattn.train import load_run
+
+    outcome, _, _ = tiny_demo
+    results = json.loads(outcome.results.read_text())
+    preset = PRESETS["tiny"]
+    data = next((outcome.out / "data").iterdir())
+    test = FolderDataset(data, split="test", size=preset.image_size, seed=0)
+    count = min(len(test), preset.max_eval_images)
+    items = [test[i] for i in range(count)]
+    x = torch.stack([it["image"] for it in items])
+    y = np.array([int(it["label"]) for it in items])
+    for variant, runs in outcome.runs.items():
+        model = load_run(runs[0])
+        row = results["classification"]["rows"][variant]
+        params = row["params"]["mean"] if isinstance(row["params"], dict) else row["params"]
+        assert params == sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            pred = model(x).argmax(dim=1).numpy()
+        ref = 100.0 * balanced_accuracy_score(y, pred)
+        assert row["balanced_accuracy"]["mean"] == pytest.approx(ref, abs=1e-6), variant
+
+
+def test_tiny_demo_examples_hold_every_method(tiny_demo):
+    outcome, _, _ = tiny_demo
+    examples = load_examples(outcome.out / "examples.npz")
+    assert 1 <= len(examples) <= PRESETS["tiny"].n_examples
+    expected = {"gradcam", "input_x_gradient", "deeplift", "lrp", "integrated_gradients", "cvx", "tau_k", "tau_l",
+                "unconstrained", "dual", "exact", "multilevel"}
+    for ex in examples:
+        assert ex["label"] == 1 and ex["mask"].sum() > 0
+        assert expected <= set(ex["maps"])
+        for name, m in ex["maps"].items():
+            assert m.ndim == 2 and np.isfinite(m).all(), name
+        # attention maps are distributions per sample
+        for name in ("tau_k", "dual", "exact", "multilevel"):
+            assert ex["maps"][name].sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_tiny_demo_report_is_self_contained(tiny_demo):
+    outcome, _, _ = tiny_demo
+    page = outcome.report.read_text(encoding="utf-8")
+    for heading in ("What was run", "Implicit segmentation (paper Table 2 layout)",
+                    "Input perturbation (paper Table 1 layout)", "Example scans (paper Figures 4-5)",
+                    "Classifiers (paper Table 3 layout)"):
+        assert heading in page
+    assert "<script" not in page and "<link" not in page and "http://" not in page
+    assert page.count('src="data:image/png;base64,') >= 2
+    assert page.count('class="best"') >= 5
+
+
+def test_tiny_demo_rerun_reuses_every_step(tiny_demo):
+    outcome, _, _ = tiny_demo
+    before = json.loads(outcome.results.read_text())
+    t0 = time.perf_counter()
+    again = run_demo(preset="tiny", out=outcome.out)
+    assert time.perf_counter() - t0 < 20
+    assert sorted(again.skipped_steps) == sorted(STEPS)
+    after = json.loads(again.results.read_text())
+    for key in ("segmentation", "perturbation", "classification"):
+        assert after[key] == before[key]
+
+
+def test_tiny_demo_redoes_only_a_missing_step(tiny_demo):
+    outcome, _, _ = tiny_demo
+    (outcome.out / ".steps" / "examples.json").unlink()
+    (outcome.out / "examples.npz").unlink()
+    again = run_demo(preset="tiny", out=outcome.out)
+    assert "examples" not in again.skipped_steps
+    assert sorted(again.skipped_steps) == sorted(s for s in STEPS if s != "examples")
+    assert (outcome.out / "examples.npz").is_file()
+
+
+def test_tiny_demo_refuses_another_preset_in_the_same_folder(tiny_demo):
+    outcome, _, _ = tiny_demo
+    with pytest.raises(ValueError, match="another preset or dataset"):
+        run_demo(preset=get_preset("tiny", max_epochs=2), out=outcome.out)
+
+
+def test_demo_and_report_cli(tiny_demo, tmp_path):
+    from typer.testing import CliRunner
+
+    from dualattn.cli import app
+
+    outcome, _, _ = tiny_demo
+    runner = CliRunner()
+    res = runner.invoke(app, ["demo", "--preset", "tiny", "--out", str(outcome.out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["report", str(outcome.results), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Example scans" in page  # examples.npz beside results.json was picked up
+    bad = runner.invoke(app, ["demo", "--preset", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2
+
+
+@pytest.mark.browser
+def test_tiny_demo_report_renders_in_chromium(tiny_demo, tmp_path):
+    from test_report import render_in_chromium
+
+    outcome, _, _ = tiny_demo
+    console, rgb = render_in_chromium(outcome.report, tmp_path / "shot.png", tmp_path / "profile")
+    assert console == [], f"console errors: {console}"
+    assert rgb.std() > 10.0, "screenshot is blank"
+    right = rgb[:, int(rgb.shape[1] * 0.92):]
+    assert right.std() < 8.0, "content overflows to the right edge (horizontal scrolling)"
