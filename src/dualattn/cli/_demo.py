@@ -25,11 +25,16 @@ def register(app: typer.Typer) -> None:
         training_progress: bool = typer.Option(False, "--training-progress", help="Show Lightning's progress bars."),
     ) -> None:
         """Train the baseline and every attention variant, explain with every method, evaluate, write the report."""
+        import logging
+
         from rich.console import Console
 
         from ..demo import run_demo
 
         console = Console(stderr=True)
+        if not training_progress:  # Lightning's per-run banners drown the demo's own progress lines
+            for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
         def show(message: str) -> None:
             style = "green" if message.startswith("[done]") else "cyan" if message.startswith("[reuse]") else "bold"
