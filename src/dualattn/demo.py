@@ -214,9 +214,11 @@ class _Steps:
         atomic_write_json(self.dir / f"{name}.json", dict(payload))
 
     def say(self, message: str) -> None:
-        logger.info(message)
-        if self.progress is not None:
+        if self.progress is not None:  # the caller shows it; keep the log for debugging
+            logger.debug(message)
             self.progress(message)
+        else:
+            logger.info(message)
 
     def run(self, name: str, label: str, fn: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
         cached = self.done(name)

@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         if not training_progress:  # Lightning's per-run banners drown the demo's own progress lines
-            for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                         "lightning.fabric.utilities.rank_zero"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
         def show(message: str) -> None:
