@@ -127,14 +127,36 @@ def _read_pil(path: Path) -> tuple[np.ndarray, Geometry]:
             elif mode in ("P", "PA", "CMYK", "YCbCr", "RGBA", "RGBX", "HSV", "LAB"):
                 im = im.convert("RGB")
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(path, f"cannot decode image ({exc})") from exc
     arr = arr.astype(np.float32)
     arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     return np.ascontiguousarray(arr), _identity_geometry(2, "png")
 
 
+def _check_npy_size(path: Path) -> None:
+    """Refuse an NPY whose header promises more bytes than the file holds, before numpy allocates them."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(fh)
+            else:
+                shape, _fortran, dtype = fmt.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(path, f"cannot read NPY header ({exc})") from exc
+    if dtype.hasobject:
+        return  # refused by np.load(allow_pickle=False) with its own message
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = path.stat().st_size - offset
+    if need > have:
+        raise DataError(path, f"NPY header promises shape {shape} {dtype} ({need} bytes) but the file holds {have}: truncated or corrupt")
+
+
 def _read_npy(path: Path) -> tuple[np.ndarray, Geometry]:
+    _check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -156,7 +178,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
 
     try:
         img = nib.load(str(path))
+        kind = np.dtype(img.get_data_dtype()).kind
+        if kind not in "biuf":  # complex would be cast silently, dropping the imaginary part; RGB is structured
+            raise DataError(path, f"NIfTI data type {img.get_data_dtype()} is not a real-valued number type")
         arr = np.asarray(img.dataobj, dtype=np.float32)
+    except DataError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     zooms = tuple(float(z) for z in img.header.get_zooms())
@@ -208,6 +235,8 @@ def write_nifti(
         arr = np.moveaxis(arr, 0, -1)
         if arr.ndim == 3:
             arr = arr[:, :, None, :]
+    if arr.ndim == 2:
+        arr = arr[:, :, None]  # 2D images are stored as (X, Y, 1)
     affine = np.eye(4) if geometry is None else geometry.affine
     data = nib.Nifti1Image(arr, affine).to_bytes()
     target = Path(path)

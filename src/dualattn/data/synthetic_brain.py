@@ -141,7 +141,7 @@ def _gauss_blur(x, sigma_px: tuple[float, float]):
 def _patient_params(rng: np.random.Generator, n_patients: int) -> dict[str, np.ndarray]:
     """Per-patient random draws (numpy, so the stream is stable across torch versions)."""
     p = n_patients
-    contrast = rng.uniform(0.0, 1.0, p) ** 1.3 * 0.95 + 0.08  # subtle ... obvious
+    contrast = 0.25 + 0.75 * rng.uniform(0.0, 1.0, p) ** 0.8  # subtle ... obvious
     return {
         "side": rng.integers(0, 2, p),  # 0: tumor in the left image half, 1: right
         "rot": np.radians(rng.uniform(-10, 10, p)),
@@ -152,7 +152,7 @@ def _patient_params(rng: np.random.Generator, n_patients: int) -> dict[str, np.n
         "z_center": rng.uniform(-12, 42, p),
         "tumor_x": rng.uniform(14, 52, p),  # |x| of the centre (mm from midline)
         "tumor_y": rng.uniform(-70, 45, p) + _CENTER_Y,
-        "radius": rng.uniform(7, 22, p),
+        "radius": rng.uniform(9, 24, p),
         "radius_z": rng.uniform(0.8, 1.3, p),
         "edema": rng.uniform(1.15, 2.1, p),
         "necrosis": np.where(rng.random(p) < 0.35, 0.0, rng.uniform(0.2, 0.5, p)),
@@ -161,7 +161,7 @@ def _patient_params(rng: np.random.Generator, n_patients: int) -> dict[str, np.n
         "mass_effect": rng.uniform(0.0, 0.35, p),
         "gamma": rng.uniform(0.8, 1.25, (p, 4)),
         "tissue_jitter": rng.uniform(0.9, 1.1, (p, 4, 3)),
-        "noise": rng.uniform(0.015, 0.07, p),
+        "noise": rng.uniform(0.01, 0.05, p),
         "harm_amp": rng.uniform(0.0, 0.28, (p, 4)),
         "harm_phase": rng.uniform(0, 2 * np.pi, (p, 4)),
         "edema_amp": rng.uniform(0.05, 0.35, (p, 4)),
@@ -238,8 +238,8 @@ def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray
     mask = ((core * half > 0.5) | (edema > 0.5)).float()
 
     # -- confounders (both halves)
-    spots = _blobs(gen, B, X, Y, wm, count=6, radius=(1.2, 3.2), dx=dx, dy=dy)  # WM hyperintensities
-    patches = _blobs(gen, B, X, Y, wm_affinity, count=1, radius=(3.0, 8.0), dx=dx, dy=dy, p_present=0.45)
+    spots = _blobs(gen, B, X, Y, wm, count=10, radius=(1.2, 3.5), dx=dx, dy=dy)  # WM hyperintensities
+    patches = _blobs(gen, B, X, Y, wm_affinity, count=2, radius=(4.0, 10.0), dx=dx, dy=dy, p_present=0.5)
     vfield = _smooth_field(gen, B, 2, (7, 14), (S, W))
     vessels = torch.exp(-((vfield[:, 0] / 0.07) ** 2)) * (vfield[:, 1] > 0.35).float() * (gm + csf).clamp(0, 1)
     vessels = vessels * torch.rand((B, 1, 1), generator=gen) * 1.0
@@ -255,7 +255,7 @@ def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray
         rim_art = rim_art + on * band * sector * (0.4 + 0.8 * torch.rand((B, 1, 1), generator=gen))
 
     # -- modalities
-    contrast = sel["contrast"].view(B, 1, 1) * (0.8 + 0.4 * torch.rand((B, 1, 1), generator=gen))
+    contrast = sel["contrast"].view(B, 1, 1) * (0.85 + 0.3 * torch.rand((B, 1, 1), generator=gen))
     bias = _smooth_field(gen, B, 4, (3, 4), (S, W)) * 0.12
     imgs = []
     comps = (necrosis, rim, solid, edema)
@@ -269,7 +269,7 @@ def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray
         tumor_v = sum(cm * v for cm, v in zip(comps, _TUMOR[name])) / tumor_w.clamp_min(1e-6)
         img = base + contrast * tumor_w * (tumor_v - base)
         if name in ("T2", "FLAIR"):
-            amp = 0.28 if name == "T2" else 0.34
+            amp = 0.35 if name == "T2" else 0.45
             img = img + amp * spots + (amp * 0.8) * patches
         else:
             img = img - 0.04 * spots

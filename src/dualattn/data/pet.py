@@ -1,0 +1,345 @@
+"""``dualattn prepare pet``: 3D PET DICOM series -> SUVbw -> coronal MIP -> equalized 2D images.
+
+Pipeline per series (the paper's PET preprocessing):
+
+1. read the series (slices sorted by position; per-slice ``RescaleSlope``/``RescaleIntercept``
+   applied, giving activity concentration in Bq/ml; ``Units`` must be ``BQML``);
+2. SUVbw = activity x patient weight (g) / decay-corrected injected dose (Bq), with the dose
+   decayed from ``RadiopharmaceuticalStartTime`` to ``SeriesTime`` (else ``AcquisitionTime``)
+   using ``RadionuclideHalfLife`` (:func:`suv_bw_factor`);
+3. coronal maximum-intensity projection (max over the anterior-posterior axis), head at the top;
+4. 256-bin histogram equalization (:func:`histogram_equalize`);
+5. optional padding to a physically square field of view, then resize to ``size x size``.
+
+Privacy: no patient identifier (name, ID, birth date, accession number, any UID, nor the series
+folder names, which often embed them) is written to any output, log message or report. Outputs
+are named by a running index (``pet00000``...); the resume state keys series by a salted SHA-256
+of their folder path; bad series are reported by their row number in LABELS.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import io
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["prepare_pet", "suv_bw_factor", "coronal_mip", "histogram_equalize", "parse_dicom_time", "PET_CLASSES"]
+
+logger = logging.getLogger(__name__)
+
+PET_CLASSES: tuple[str, ...] = ("normal", "mild", "severe")
+_STATE = ".prepare_pet_state.json"
+_REPORT = "prepare_report.json"
+# Attributes whose values must never reach an output (checked by the tests).
+IDENTIFYING_TAGS: tuple[str, ...] = (
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
+    "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "StudyID", "OtherPatientIDs",
+    "InstitutionName", "ReferringPhysicianName",
+)
+
+
+def parse_dicom_time(value: Any) -> float:
+    """Seconds since midnight of a DICOM TM (``HHMMSS.FFFFFF``, ``HHMM``, ``HH:MM:SS``) or DT value.
+
+    Raises:
+        ValueError: empty or unparsable value (named).
+    """
+    text = str(value or "").strip()
+    if not text:
+        raise ValueError("empty DICOM time")
+    if len(text) >= 14 and text[:8].isdigit() and "." not in text[:8]:  # DT: YYYYMMDDHHMMSS...
+        text = text[8:]
+    text = text.split("+")[0].split("-")[0].replace(":", "")
+    main, _, frac = text.partition(".")
+    if not main.isdigit() or len(main) not in (2, 4, 6):
+        raise ValueError(f"cannot parse DICOM time {value!r}")
+    hh = int(main[0:2])
+    mm = int(main[2:4]) if len(main) >= 4 else 0
+    ss = int(main[4:6]) if len(main) >= 6 else 0
+    if hh > 23 or mm > 59 or ss > 60:
+        raise ValueError(f"cannot parse DICOM time {value!r}")
+    return hh * 3600 + mm * 60 + ss + (float(f"0.{frac}") if frac.isdigit() else 0.0)
+
+
+def suv_bw_factor(ds: Any) -> float:
+    """Factor turning Bq/ml pixels into SUVbw: ``weight_g / decay_corrected_dose_Bq``.
+
+    Args:
+        ds: a pydicom Dataset of the series (any slice) with ``PatientWeight`` (kg),
+            ``RadiopharmaceuticalInformationSequence[0]`` (``RadionuclideTotalDose`` in Bq,
+            ``RadionuclideHalfLife`` in s, ``RadiopharmaceuticalStartTime`` or
+            ``...StartDateTime``) and ``SeriesTime`` (or ``AcquisitionTime``).
+
+    Returns:
+        The factor (multiply the activity concentration by it). When ``DecayCorrection`` is
+        ``NONE`` the images are not decay corrected and the dose is not decayed either.
+
+    Raises:
+        ValueError: a missing or non-positive tag (named), or ``Units`` other than ``BQML``.
+
+    Example:
+        >>> # 70 kg, 370 MBq injected 60 min before the scan, F-18 (6586.2 s):
+        >>> # factor = 70000 / (370e6 * 2 ** (-3600 / 6586.2))
+    """
+    units = str(ds.get("Units", "BQML") or "BQML").upper()
+    if units != "BQML":
+        raise ValueError(f"PET Units {units!r} not supported (need BQML activity concentration)")
+    weight = ds.get("PatientWeight")
+    if weight is None or float(weight) <= 0:
+        raise ValueError(f"PatientWeight missing or not positive ({weight!r})")
+    seq = ds.get("RadiopharmaceuticalInformationSequence")
+    if not seq:
+        raise ValueError("RadiopharmaceuticalInformationSequence missing")
+    info = seq[0]
+    dose = info.get("RadionuclideTotalDose")
+    half_life = info.get("RadionuclideHalfLife")
+    if dose is None or float(dose) <= 0:
+        raise ValueError(f"RadionuclideTotalDose missing or not positive ({dose!r})")
+    if half_life is None or float(half_life) <= 0:
+        raise ValueError(f"RadionuclideHalfLife missing or not positive ({half_life!r})")
+    start = info.get("RadiopharmaceuticalStartDateTime") or info.get("RadiopharmaceuticalStartTime")
+    if not start:
+        raise ValueError("RadiopharmaceuticalStartTime missing")
+    scan = ds.get("SeriesTime") or ds.get("AcquisitionTime")
+    if not scan:
+        raise ValueError("SeriesTime and AcquisitionTime missing")
+    decay = str(ds.get("DecayCorrection", "START") or "START").upper()
+    elapsed = parse_dicom_time(scan) - parse_dicom_time(start)
+    if elapsed < 0:  # scan after midnight
+        elapsed += 24 * 3600
+    dose_at_scan = float(dose) * (2.0 ** (-elapsed / float(half_life)) if decay != "NONE" else 1.0)
+    return float(weight) * 1000.0 / dose_at_scan
+
+
+def coronal_mip(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Coronal maximum-intensity projection of ``(D, rows, cols)`` axial slices.
+
+    Args:
+        volume: ``(slices, rows, cols)``; slices sorted along the slice normal (as read).
+        affine: ``(4, 4)`` RAS affine of the volume (from :func:`~dualattn.data.readers.read_volume`).
+
+    Returns:
+        ``(mip (slices, cols) with the most superior slice first, (slice_mm, col_mm))``. The
+        projection axis is whichever in-plane axis points most anterior-posterior.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (slices, rows, cols); got shape {volume.shape}")
+    axes = affine[:3, :3]
+    ap = int(np.argmax(np.abs(axes[1, 1:3]))) + 1  # in-plane axis most along A-P
+    keep = 3 - ap  # the other in-plane axis (L-R)
+    mip = volume.max(axis=ap)  # (slices, other)
+    if axes[2, 0] > 0:  # slice index increases towards superior: put the head on top
+        mip = mip[::-1]
+    if axes[0, keep] < 0:  # columns increase towards patient right: show patient right on the left
+        pass
+    else:
+        mip = mip[:, ::-1]
+    spacing = (float(np.linalg.norm(axes[:, 0])), float(np.linalg.norm(axes[:, keep])))
+    return np.ascontiguousarray(mip), spacing
+
+
+def histogram_equalize(image: np.ndarray, *, bins: int = 256) -> np.ndarray:
+    """Histogram equalization with ``bins`` equal-width bins over ``[min, max]``, output in ``(0, 1]``.
+
+    Each pixel maps to the normalized cumulative histogram at the centre of its bin (linear
+    interpolation between bin centres), the same definition as ``skimage.exposure.equalize_hist``.
+    A constant image maps to all ones.
+
+    Args:
+        image: any-shaped finite array.
+        bins: number of histogram bins (the paper: 256).
+
+    Returns:
+        float32 array of the same shape.
+    """
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2; got {bins}")
+    x = np.asarray(image, dtype=np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.ones_like(x, dtype=np.float32)
+    hist, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    centers = (edges[:-1] + edges[1:]) / 2
+    cdf = np.cumsum(hist) / x.size
+    return np.interp(x, centers, cdf).astype(np.float32)
+
+
+def _to_square(img: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """Zero-pad so the physical field of view is square (keeps the body's aspect ratio)."""
+    h_mm, w_mm = img.shape[0] * spacing[0], img.shape[1] * spacing[1]
+    if abs(h_mm - w_mm) < 1e-6:
+        return img
+    if h_mm > w_mm:
+        extra = int(round((h_mm - w_mm) / spacing[1]))
+        return np.pad(img, ((0, 0), (extra // 2, extra - extra // 2)))
+    extra = int(round((w_mm - h_mm) / spacing[0]))
+    return np.pad(img, ((extra // 2, extra - extra // 2), (0, 0)))
+
+
+def _label_index(value: str) -> int:
+    v = value.strip().lower()
+    if v in PET_CLASSES:
+        return PET_CLASSES.index(v)
+    if v in ("0", "1", "2"):
+        return int(v)
+    raise ValueError(f"unknown label {value!r} (expected {list(PET_CLASSES)} or 0/1/2)")
+
+
+def _scrub(text: str, secrets_: list[str]) -> str:
+    for s in sorted(secrets_, key=len, reverse=True):
+        if s and len(s) >= 3:
+            text = text.replace(s, "[redacted]")
+    return text
+
+
+def _header_secrets(ds: Any) -> list[str]:
+    out = []
+    for tag in IDENTIFYING_TAGS:
+        v = ds.get(tag)
+        if v is not None and str(v).strip():
+            out.append(str(v).strip())
+            out.extend(p for p in str(v).replace("^", " ").split() if len(p) >= 3)
+    return out
+
+
+def prepare_series(folder: str | os.PathLike[str], *, size: int = 512, bins: int = 256, keep_aspect: bool = True) -> np.ndarray:
+    """One PET series folder -> equalized coronal SUV MIP ``(1, size, size)`` float32 in ``(0, 1]``.
+
+    Raises:
+        DataError: unreadable series, not PET, or SUV tags missing (message names the tag).
+    """
+    import torch
+
+    from .readers import read_dicom_series
+    from .transforms import resize
+
+    vol, geo, headers = read_dicom_series(folder)
+    ds = headers[0]
+    modality = str(ds.get("Modality", "")).upper()
+    if modality not in ("PT", "PET"):
+        raise DataError(folder, f"series modality is {modality!r}, not PT")
+    try:
+        factor = suv_bw_factor(ds)
+    except ValueError as exc:
+        raise DataError(folder, f"cannot compute SUVbw: {exc}") from exc
+    suv = vol[0] * np.float32(factor)
+    if not np.isfinite(suv).all():
+        raise DataError(folder, "non-finite SUV values")
+    mip, spacing = coronal_mip(suv, geo.affine)
+    eq = histogram_equalize(mip, bins=bins)
+    if keep_aspect:
+        eq = _to_square(eq, spacing)
+    out = resize(torch.from_numpy(np.ascontiguousarray(eq))[None], (size, size))
+    return out.clamp(0, 1).numpy().astype(np.float32)
+
+
+def prepare_pet(
+    raw: str | os.PathLike[str],
+    labels_csv: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    size: int = 512,
+    bins: int = 256,
+    keep_aspect: bool = True,
+    salt: str | None = None,
+) -> dict[str, Any]:
+    """Prepare every PET series listed in ``labels_csv`` into the folder format at ``out``.
+
+    Args:
+        raw: folder holding the series folders.
+        labels_csv: CSV with columns ``series`` (folder relative to ``raw``) and ``label``
+            (``normal``/``mild``/``severe`` or 0/1/2); optional ``patient`` (hashed before use).
+        out: destination folder.
+        size: output side (the paper: 512).
+        bins: histogram-equalization bins (the paper: 256).
+        keep_aspect: zero-pad the MIP to a physically square field of view before resizing.
+        salt: secret for the series fingerprints in the resume state (default: random, kept in
+            the state file so re-runs resume).
+
+    Returns:
+        The report (also written to ``out/prepare_report.json``): ``items``, ``new``,
+        ``resumed``, ``bad_series`` (``[{"row": n, "problem": ...}]``), ``class_counts``.
+        Bad series are skipped, never fatal; a re-run only processes series not done yet.
+
+    Raises:
+        DataError: ``raw`` or ``labels_csv`` missing, or the CSV lacks ``series``/``label``.
+    """
+    import json
+
+    from .._io import atomic_write_json
+    from .folder import FolderWriter, _save_npy
+
+    raw, out, labels_csv = Path(raw), Path(out), Path(labels_csv)
+    if not raw.is_dir():
+        raise DataError(raw, "raw PET folder does not exist")
+    if not labels_csv.is_file():
+        raise DataError(labels_csv, "labels CSV does not exist")
+    if size < 8:
+        raise ValueError(f"size must be >= 8; got {size}")
+    rows = list(csv.DictReader(io.StringIO(labels_csv.read_text(encoding="utf-8-sig"))))
+    if not rows or not {"series", "label"} <= set(rows[0]):
+        raise DataError(labels_csv, "needs columns series,label")
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / _STATE
+    state: dict[str, Any] = {"salt": salt or secrets.token_hex(16), "done": {}}
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if salt is not None and salt != state["salt"]:
+            raise ValueError("--salt differs from the one this output folder was started with")
+    key = lambda s: hashlib.sha256((state["salt"] + "\x00" + s).encode()).hexdigest()[:24]  # noqa: E731
+    bad: list[dict[str, Any]] = []
+    new = resumed = 0
+    next_index = len(state["done"])
+    for n, row in enumerate(rows, start=2):
+        series = (row.get("series") or "").strip()
+        fp = key(series)
+        if fp in state["done"]:
+            resumed += 1
+            continue
+        secrets_: list[str] = [series, *Path(series).parts]
+        try:
+            label = _label_index(row.get("label") or "")
+            folder = raw / series
+            if not series or not folder.is_dir():
+                raise DataError(None, "series folder listed in LABELS.csv does not exist")
+            try:
+                from .readers import _dcmread
+
+                first = next(f for f in sorted(folder.iterdir()) if f.is_file())
+                secrets_ += _header_secrets(_dcmread(first, stop_before_pixels=True))
+            except (StopIteration, DataError):
+                pass
+            img = prepare_series(folder, size=size, bins=bins, keep_aspect=keep_aspect)
+        except (DataError, ValueError) as exc:
+            problem = exc.problem if isinstance(exc, DataError) else str(exc)
+            problem = _scrub(problem.replace(str(raw), "RAW"), secrets_)
+            bad.append({"row": n, "problem": problem})
+            logger.warning("LABELS.csv row %d skipped: %s", n, problem)
+            continue
+        name = f"pet{next_index:05d}"
+        next_index += 1
+        _save_npy(out / "images" / f"{name}.npy", img)
+        patient = row.get("patient", "").strip()
+        state["done"][fp] = {"name": name, "label": label, "patient": f"pt-{key('patient:' + patient)[:12]}" if patient else name}
+        atomic_write_json(state_path, state)
+        new += 1
+        logger.info("LABELS.csv row %d -> %s", n, name)
+    writer = FolderWriter(out, class_names=PET_CLASSES, channel_names=["PET"], meta={"name": "prepared-pet", "size": size, "bins": bins})
+    for entry in sorted(state["done"].values(), key=lambda e: e["name"]):
+        writer.rows.append({"image": f"images/{entry['name']}.npy", "label": str(entry["label"]), "mask": "", "patient": entry["patient"]})
+        writer._shape = (1, size, size)
+    writer.close()
+    counts = [sum(1 for e in state["done"].values() if e["label"] == k) for k in range(3)]
+    report = {"items": len(state["done"]), "new": new, "resumed": resumed, "bad_series": bad, "class_counts": dict(zip(PET_CLASSES, counts)), "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(out / _REPORT, report)
+    return report
