@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         sanity_images: int = typer.Option(8, "--sanity-images", help="Images for the weight-randomization check (0: off)."),
         ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         """Explain trained runs with every method; score implicit segmentation and input perturbation.
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 all_runs, out=out, data=data, baseline=baseline or None, methods=method_arg, blocks=block_list,
                 split=split, size=size, max_images=max_images, batch_size=batch_size, perturbation=perturbation,
                 perturbation_steps=steps, sanity_images=sanity_images, ig_steps=ig_steps, seed=seed,
-                progress=progress,
+                device=device, progress=progress,
             )
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)

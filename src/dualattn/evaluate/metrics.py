@@ -230,7 +230,7 @@ def average_precision(maps: Tensor, masks: Tensor) -> Tensor:
     """
     a, m = match_mask_grid(maps, masks)
     a = a.double()
-    out = torch.full((a.shape[0],), math.nan, dtype=torch.float64)
+    out = torch.full((a.shape[0],), math.nan, dtype=torch.float64, device=a.device)
     for i in range(a.shape[0]):
         pos = int(m[i].sum())
         if pos == 0:
@@ -351,16 +351,17 @@ def _rank(x: Tensor) -> Tensor:
     b, n = x.shape
     order = torch.argsort(x, dim=1, stable=True)
     sorted_x = torch.gather(x, 1, order)
-    ranks = torch.empty(b, n, dtype=torch.float64)
+    dev = x.device
+    ranks = torch.empty(b, n, dtype=torch.float64, device=dev)
     for i in range(b):
         s = sorted_x[i]
-        new_group = torch.ones(n, dtype=torch.bool)
+        new_group = torch.ones(n, dtype=torch.bool, device=dev)
         new_group[1:] = s[1:] != s[:-1]
         group = torch.cumsum(new_group.long(), 0) - 1
-        pos = torch.arange(1, n + 1, dtype=torch.float64)
+        pos = torch.arange(1, n + 1, dtype=torch.float64, device=dev)
         n_groups = int(group[-1]) + 1
-        sums = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, pos)
-        counts = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group, torch.ones(n, dtype=torch.float64))
+        sums = torch.zeros(n_groups, dtype=torch.float64, device=dev).index_add_(0, group, pos)
+        counts = torch.zeros(n_groups, dtype=torch.float64, device=dev).index_add_(0, group, torch.ones_like(pos))
         ranks[i, order[i]] = (sums / counts)[group]
     return ranks
 

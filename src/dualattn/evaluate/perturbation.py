@@ -139,7 +139,7 @@ def removal_masks(maps: Tensor, size: Sequence[int], fractions: Sequence[float],
     n = flat.shape[1]
     idx = torch.argsort(flat, dim=1, descending=(order == "most_first"), stable=True)
     position = torch.empty_like(idx)
-    position.scatter_(1, idx, torch.arange(n).expand(b, n).contiguous())
+    position.scatter_(1, idx, torch.arange(n, device=idx.device).expand(b, n).contiguous())
     out = torch.stack([position < int(round(f * n)) for f in fr])
     return out.reshape(len(fr), b, 1, *size)
 

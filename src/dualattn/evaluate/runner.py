@@ -362,11 +362,23 @@ def _source_runs(method: str, runs: list[RunInfo], baselines: list[RunInfo]) -> 
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+def _predict(model: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     from ..explain._state import eval_mode
 
     with eval_mode(model):
-        return torch.cat([model(images[s]).argmax(1) for s in _batches(images.shape[0], batch_size)])
+        return torch.cat([model(images[s].to(device)).argmax(1).cpu() for s in _batches(images.shape[0], batch_size)])
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,6 +404,7 @@ def evaluate_runs(
     ig_steps: int = 32,
     seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Path:
     """Explain every run with every applicable method and write ``results.json`` and the tables.
@@ -415,6 +428,8 @@ def evaluate_runs(
         ig_steps: integrated-gradients steps.
         seed: seed of the ``random`` reference and of the weight randomization.
         cache_dir: cache for embedded datasets.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; models and batches go there,
+            metrics are computed on the CPU.
         progress: show progress bars.
 
     Returns:
@@ -438,6 +453,7 @@ def evaluate_runs(
     if not blocks:
         raise ValueError("blocks must name at least one block")
     notes: list[str] = []
+    dev = _resolve_device(device)
 
     run_infos = [_load_run(p) for p in discover_runs(runs)]
     base_infos: list[RunInfo]
@@ -453,6 +469,8 @@ def evaluate_runs(
     if not base_infos:
         notes.append("no baseline run: post-hoc methods, references and input perturbation were skipped")
     first_cfg = run_infos[0].config
+    for info in run_infos:
+        info.model.to(dev)
 
     # ---- data
     sizes = {tuple(_model_input(r.model, r.config)[1] or ()) for r in run_infos if not r.is_vit}
@@ -493,7 +511,7 @@ def evaluate_runs(
     # ---- classification (Table 3)
     run_rows: list[dict[str, Any]] = []
     for info in _progress(run_infos, progress, "classifying"):
-        pred = _predict(info.model, model_images(info), batch_size)
+        pred = _predict(info.model, model_images(info), batch_size, dev)
         run_rows.append({
             "run": str(info.path), "variant": info.variant, "model": info.model_name, "seed": info.seed,
             "balanced_accuracy": 100.0 * M.balanced_accuracy(test.labels, pred),
@@ -546,14 +564,15 @@ def evaluate_runs(
                 if k == 0 and block == method_blocks[0]:
                     # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
                     with contextlib.suppress(ValueError):
-                        explain(info.model, x[:1], method=method, block=block,
+                        explain(info.model, x[:1].to(dev), method=method, block=block,
                                 target=None if target_all is None else target_all[:1], **kw)
                 t0 = time.perf_counter()
                 try:
                     parts = []
                     for s in _batches(n_img, batch_size):
                         tgt = target_all[s] if target_all is not None else None
-                        parts.append(explain(info.model, x[s], method=method, block=block, target=tgt, **kw))
+                        parts.append(explain(info.model, x[s].to(dev), method=method, block=block, target=tgt,
+                                             **kw).cpu())
                     maps = torch.cat(parts)
                 except ValueError as exc:
                     text = f"{method} at {block} on {info.path.name}: not computed ({exc})"
@@ -587,9 +606,9 @@ def evaluate_runs(
                         with eval_mode(clf.model):
                             for s in _batches(n_img, batch_size):
                                 preds.append(perturbation_predictions(
-                                    clf.model, xb[s], maps[s], fractions=fractions_pt, order=order,
+                                    clf.model, xb[s].to(dev), maps[s].to(dev), fractions=fractions_pt, order=order,
                                     perturbation=perturbation,
-                                ))
+                                ).cpu())
                         pr = torch.cat(preds)
                         acc = [100.0 * M.balanced_accuracy(test.labels, pr[:, j]) for j in range(len(fractions_pt))]
                         crv[order].append(acc)
@@ -599,7 +618,7 @@ def evaluate_runs(
                     rnd = randomized_copy(info.model, seed=seed + 1)
                     tgt = test.labels[:n_s] if fam == "posthoc" else None
                     try:
-                        after = explain(rnd, x[:n_s], method=method, block=block, target=tgt, **kw)
+                        after = explain(rnd, x[:n_s].to(dev), method=method, block=block, target=tgt, **kw).cpu()
                         add("randomization_spearman", _nanmean(M.spearman_rank_correlation(maps[:n_s], after)))
                     except ValueError as exc:  # pragma: no cover - same model class, same checks
                         logger.warning("sanity check of %s failed: %s", method, exc)
@@ -635,6 +654,7 @@ def evaluate_runs(
         "blocks": list(blocks),
         "perturbation": {"value": perturbation, "fractions": list(fractions_pt), "classifier": "baseline run k mod #baselines"},
         "sanity_images": sanity_images,
+        "device": str(dev),
         "ig_steps": ig_steps,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "versions": {"torch": torch.__version__, "python": platform.python_version()},

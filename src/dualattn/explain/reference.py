@@ -51,4 +51,4 @@ def random_map(images: Tensor, *, grid: tuple[int, ...], seed: int = 0) -> Tenso
         digest = zlib.crc32(images[i].detach().cpu().contiguous().numpy().tobytes())
         g = torch.Generator().manual_seed((int(seed) * 1_000_003 + digest) % (2**63 - 1))
         out[i] = torch.rand(1, *grid, generator=g)
-    return out
+    return out.to(images.device)
