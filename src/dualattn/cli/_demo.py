@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder; re-running with the same "
                                  "folder reuses finished steps."),
         training_progress: bool = typer.Option(False, "--training-progress", help="Show Lightning's progress bars."),
+        threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice). Use 1 "
+                                    "when other jobs share the cores: oversubscribed threads slow training many-fold."),
     ) -> None:
         """Train the baseline and every attention variant, explain with every method, evaluate, write the report."""
         import logging
@@ -32,6 +34,13 @@ def register(app: typer.Typer) -> None:
         from ..demo import run_demo
 
         console = Console(stderr=True)
+        if threads is not None:
+            if threads < 1:
+                console.print(f"error: --threads must be >= 1, got {threads}", style="red", markup=False)
+                raise typer.Exit(code=2)
+            import torch
+
+            torch.set_num_threads(threads)
         if not training_progress:  # Lightning's per-run banners drown the demo's own progress lines
             for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
                          "lightning.fabric.utilities.rank_zero"):
