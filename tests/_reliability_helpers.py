@@ -239,3 +239,98 @@ def all_files(*roots: Path) -> list[Path]:
         elif root.is_dir():
             files.extend(p for p in sorted(root.rglob("*")) if p.is_file())
     return files
+
+
+# --------------------------------------------------------------------------- DICOM builders
+
+#: Identifying values planted in the synthetic DICOM series of the privacy tests.
+PATIENT = {
+    "PatientName": "Zyxwvutsr^Quintessa",
+    "PatientID": "PID-8817-4402",
+    "PatientBirthDate": "19230417",
+    "AccessionNumber": "ACC99317702",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.77123456789012345678",
+    "SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.88123456789012345678",
+    "FrameOfReferenceUID": "1.2.826.0.1.3680043.8.498.99123456789012345678",
+}
+
+
+def dicom_slice(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    instance: int = 1,
+    modality: str = "PT",
+    tags: dict[str, str] | None = None,
+    sop_uid: str | None = None,
+    pet: bool = False,
+    slope: float = 1.0,
+) -> Path:
+    """Write one uncompressed DICOM slice (uint16 pixels) with optional identifying ``tags``.
+
+    ``pet=True`` adds the SUVbw tags (units BQML, weight, dose, half-life, times).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.128"  # PET image storage
+    sop = sop_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop
+    ds.Modality = modality
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.PixelSpacing = [2.0, 2.0]
+    ds.SliceThickness = 2.0
+    ds.InstanceNumber = int(instance)
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = 0
+    for key, value in (tags or {}).items():
+        setattr(ds, key, value)
+    if pet:
+        ds.Units = "BQML"
+        ds.PatientWeight = 70
+        ds.SeriesTime = "103000"
+        ds.AcquisitionTime = "103000"
+        ds.DecayCorrection = "START"
+        info = Dataset()
+        info.RadionuclideTotalDose = 3.5e8
+        info.RadionuclideHalfLife = 6586.2
+        info.RadiopharmaceuticalStartTime = "093000"
+        ds.RadiopharmaceuticalInformationSequence = Sequence([info])
+    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    *,
+    tags: dict[str, str] | None = None,
+    pet: bool = False,
+    slope: float = 1.0,
+    file_names: Iterable[str] | None = None,
+) -> Path:
+    """Write ``volume`` ``(slices, rows, cols)`` as a DICOM series (one file per slice, shuffled names)."""
+    names = list(file_names) if file_names is not None else [f"IM{(7 * k) % 101:04d}.dcm" for k in range(len(volume))]
+    for k, sl in enumerate(volume):
+        dicom_slice(folder / names[k], sl, position=(0.0, 0.0, 2.0 * k), instance=k + 1, tags=tags, pet=pet,
+                    slope=slope)
+    return folder
