@@ -299,16 +299,20 @@ def prepare_pet(
     key = lambda s: hashlib.sha256((state["salt"] + "\x00" + s).encode()).hexdigest()[:24]  # noqa: E731
     bad: list[dict[str, Any]] = []
     new = resumed = 0
+    seen: dict[str, int] = {}
     next_index = len(state["done"])
     for n, row in enumerate(rows, start=2):
         series = (row.get("series") or "").strip()
         fp = key(series)
-        if fp in state["done"]:
-            resumed += 1
-            continue
         secrets_: list[str] = [series, *Path(series).parts]
         try:
             label = _label_index(row.get("label") or "")
+            if fp in seen:
+                raise DataError(None, f"series listed again (first at row {seen[fp]})")
+            seen[fp] = n
+            if fp in state["done"]:
+                resumed += 1
+                continue
             folder = raw / series
             if not series or not folder.is_dir():
                 raise DataError(None, "series folder listed in LABELS.csv does not exist")

@@ -62,10 +62,10 @@ _TISSUE = {
 }
 # Tumor compartments per modality: (necrosis, enhancing rim, solid tumor, edema).
 _TUMOR = {
-    "T1": (0.18, 0.50, 0.45, 0.58),
-    "T1ce": (0.20, 1.35, 0.55, 0.62),
-    "T2": (1.00, 0.72, 0.82, 0.88),
-    "FLAIR": (0.55, 0.78, 0.86, 0.92),
+    "T1": (0.18, 0.48, 0.40, 0.55),
+    "T1ce": (0.20, 1.45, 0.52, 0.60),
+    "T2": (1.00, 0.70, 0.78, 0.80),
+    "FLAIR": (0.50, 0.70, 0.76, 0.80),
 }
 
 
@@ -239,7 +239,9 @@ def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray
 
     # -- confounders (both halves)
     spots = _blobs(gen, B, X, Y, wm, count=10, radius=(1.2, 3.5), dx=dx, dy=dy)  # WM hyperintensities
-    patches = _blobs(gen, B, X, Y, wm_affinity, count=2, radius=(4.0, 10.0), dx=dx, dy=dy, p_present=0.5)
+    patches = _blobs(gen, B, X, Y, wm_affinity, count=3, radius=(4.0, 11.0), dx=dx, dy=dy, p_present=0.6)
+    csf_near = _gauss_blur(csf[:, None], (4.0 / dy, 4.0 / dx))[:, 0]
+    caps = (csf_near * (1 - csf) * brain * 2.0).clamp(0, 1) * torch.rand((B, 1, 1), generator=gen) * 0.6
     vfield = _smooth_field(gen, B, 2, (7, 14), (S, W))
     vessels = torch.exp(-((vfield[:, 0] / 0.07) ** 2)) * (vfield[:, 1] > 0.35).float() * (gm + csf).clamp(0, 1)
     vessels = vessels * torch.rand((B, 1, 1), generator=gen) * 1.0
@@ -273,6 +275,8 @@ def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray
             img = img + amp * spots + (amp * 0.8) * patches
         else:
             img = img - 0.04 * spots
+        if name == "FLAIR":
+            img = img + caps  # periventricular hyperintensity
         if name == "T1ce":
             img = img + 0.55 * vessels
         rim_gain = {"T1": 1.0, "T1ce": 0.9, "T2": 0.5, "FLAIR": 0.8}[name]
