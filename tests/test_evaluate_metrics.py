@@ -12,6 +12,11 @@ from dualattn.evaluate import metrics as M
 from dualattn.evaluate.perturbation import make_perturbation, perturbation_curve, perturbation_predictions
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # shared machine; conftest restores the thread count
+
+
 # ------------------------------------------------------------------ resize_mass
 @pytest.mark.parametrize("grid,size", [((2, 2), (4, 4)), ((3, 5), (7, 10)), ((8, 8), (4, 4)), ((6, 4), (4, 9))])
 def test_resize_mass_preserves_mass(grid, size):
@@ -139,10 +144,11 @@ def _naive_curve(clf, images, labels, maps, fractions, order, value):
         preds = []
         for i in range(b):
             img = images[i].clone()
+            repl = value(images[i : i + 1])[0]
             vals = up[i, 0].flatten().tolist()
             idx = sorted(range(h * w), key=lambda j: (vals[j], j) if order == "least_first" else (-vals[j], j))
             for j in idx[: int(round(f * h * w))]:
-                img[:, j // w, j % w] = value(images[i : i + 1])[0][:, j // w, j % w]
+                img[:, j // w, j % w] = repl[:, j // w, j % w]
             preds.append(int(clf(img[None]).argmax(1)))
         accs.append(balanced_accuracy_score(labels.numpy(), np.array(preds)))
     return accs
@@ -218,3 +224,55 @@ def test_sharpness():
     assert M.sharpness(u).item() == pytest.approx(1.0)
     assert M.sharpness(spike).item() == pytest.approx(1 / 16)
     assert M.sharpness(half).item() == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ 3D and removal masks
+def test_ap_and_iou_3d_match_references():
+    from sklearn.metrics import average_precision_score
+
+    g = torch.Generator().manual_seed(5)
+    maps = torch.rand(2, 1, 2, 3, 3, generator=g)
+    masks = (torch.rand(2, 1, 4, 6, 6, generator=g) > 0.6).float()
+    up = M.resize_mass(maps.double(), (4, 6, 6))
+    torch.testing.assert_close(up.sum((1, 2, 3, 4)), maps.double().sum((1, 2, 3, 4)))
+    ap = M.average_precision(maps, masks)
+    for i in range(2):
+        ref = average_precision_score(masks[i].flatten().numpy(), up[i].flatten().numpy())
+        assert ap[i].item() == pytest.approx(ref, abs=1e-12)
+        thr = np.quantile(up[i].flatten().numpy(), 0.9)
+        pred = up[i].flatten().numpy() >= thr
+        m = masks[i].flatten().numpy() > 0.5
+        assert M.iou_at_quantile(maps, masks, 0.9)[i].item() == pytest.approx((pred & m).sum() / (pred | m).sum())
+
+
+@pytest.mark.parametrize("order", ["least_first", "most_first"])
+def test_removal_masks_3d(order):
+    from dualattn.evaluate.perturbation import removal_masks
+
+    g = torch.Generator().manual_seed(6)
+    maps = torch.rand(2, 1, 3, 4, 5, generator=g)
+    fr = (0.0, 0.3, 1.0)
+    rm = removal_masks(maps, (3, 4, 5), fr, order=order)
+    assert rm.shape == (3, 2, 1, 3, 4, 5)
+    for j, f in enumerate(fr):
+        k = int(round(f * 60))
+        for i in range(2):
+            assert int(rm[j, i].sum()) == k
+            if 0 < k < 60:
+                removed = maps[i][rm[j, i]]
+                kept = maps[i][~rm[j, i]]
+                if order == "least_first":
+                    assert removed.max() <= kept.min()
+                else:
+                    assert removed.min() >= kept.max()
+
+
+def test_argument_errors_name_the_value():
+    with pytest.raises(ValueError, match="most"):
+        perturbation_predictions(lambda x: x, torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), order="most")
+    with pytest.raises(ValueError, match="sparkle"):
+        make_perturbation("sparkle")
+    with pytest.raises(ValueError, match=r"\(1, 2, 3\)"):
+        M.resize_mass(torch.rand(1, 1, 4, 4), (1, 2, 3))
+    with pytest.raises(ValueError, match="batch"):
+        M.iou_at_quantile(torch.rand(2, 1, 4, 4), torch.ones(3, 1, 4, 4), 0.9)

@@ -204,3 +204,27 @@ def test_cli(tmp_path, evaluated):
     assert "Table 2" in result.output
     bad = CliRunner().invoke(app, ["evaluate", "--runs", str(runs), "--out", str(out), "--blocks", "x"])
     assert bad.exit_code == 2
+
+
+def test_vit_runs_are_evaluated_on_their_patch_grid(tmp_path):
+    import yaml
+
+    from dualattn.evaluate import evaluate_runs
+    from dualattn.models import create_model
+    from dualattn.weights import save_model
+
+    data = _dataset(tmp_path / "data", n=6, size=32)
+    _run(tmp_path / "runs", "baseline", 0, dataset=str(data))
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny", img_size=32, patch_size=8, num_layers=2, hidden_size=16, mlp_dim=16, num_heads=2)
+    run = tmp_path / "runs" / "vit" / "seed0"
+    run.mkdir(parents=True)
+    save_model(vit, run / "best.safetensors")
+    (run / "config.yaml").write_text(yaml.safe_dump({"variant": "baseline", "model": "vit_tiny", "image_size": 32, "seed": 0}))
+    path = evaluate_runs(tmp_path / "runs", data=data, out=tmp_path / "out",
+                         methods=["vit_attention", "vit_rollout", "gradcam"], perturbation_steps=2, sanity_images=2)
+    res = json.loads(path.read_text())
+    assert set(res["methods"]["vit_rollout"]["blocks"]) == {"patches"}
+    assert res["methods"]["gradcam"]["source"]["runs"] == [str(tmp_path / "runs" / "baseline" / "seed0")]
+    assert res["meta"]["baselines"] == [str(tmp_path / "runs" / "baseline" / "seed0")]  # the ViT is no CNN baseline
+    assert set(res["classification"]["rows"]) == {"unet_encoder:baseline", "vit_tiny:baseline"}
