@@ -113,9 +113,13 @@ def test_resume_equals_uninterrupted(blobs, tmp_path):
     # state must survive the checkpoint too
     args = ("variant=dual", "plateau_patience=0", "plateau_factor=0.5")
     straight = fit(_cfg(blobs, *args, "max_epochs=3"), out=tmp_path / "straight")
-    part = fit(_cfg(blobs, *args, "max_epochs=1"), out=tmp_path / "resumed")
+    # the resumed part loads data in 2 worker processes: that must not change the result either
+    part = fit(_cfg(blobs, *args, "max_epochs=1", "num_workers=0"), out=tmp_path / "resumed")
     assert len(read_metrics(part / "metrics.csv")) == 1
-    resumed = fit(_cfg(blobs, *args, "max_epochs=3"), out=tmp_path / "resumed", resume=True)
+    with pytest.raises(ValueError, match=r"lr: 0.001 -> 0.002"):
+        fit(_cfg(blobs, *args, "max_epochs=3", "lr=2e-3"), out=tmp_path / "resumed", resume=True)
+    resumed = fit(_cfg(blobs, *args, "max_epochs=3", "num_workers=2"), out=tmp_path / "resumed", resume=True)
+    assert load_config(resumed / "config.yaml").max_epochs == 3
     a, b = read_metrics(straight / "metrics.csv"), read_metrics(resumed / "metrics.csv")
     assert len(a) == len(b) == 3
     for ra, rb in zip(a, b):
@@ -176,7 +180,7 @@ def test_init_from_baseline_with_frozen_backbone(blobs, baseline_run, tmp_path):
     assert load_config(run / "config.yaml").init_from == str(baseline_run)
 
 
-def test_cli_train_bad_key_and_seeds(blobs, tmp_path):
+def test_cli_train_bad_key_print_config_resume(blobs, baseline_run, tmp_path):
     from typer.testing import CliRunner
 
     from dualattn.cli import app
@@ -191,6 +195,12 @@ def test_cli_train_bad_key_and_seeds(blobs, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "lr: 0.0003" in res.output
+    # --resume without --config reads OUT/config.yaml; a finished run has nothing left to do
+    before = (baseline_run / "metrics.csv").read_text()
+    res = runner.invoke(app, ["train", "--out", str(baseline_run), "--resume", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "val balanced accuracy" in res.output
+    assert (baseline_run / "metrics.csv").read_text() == before
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo DDP on CPU is tested on POSIX")

@@ -252,6 +252,48 @@ def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+#: Keys that may change when a run is resumed (they do not change what is computed).
+RESUME_MAY_CHANGE = (
+    "max_epochs",
+    "early_stopping_patience",
+    "progress",
+    "num_workers",
+    "eval_batch_size",
+    "cache_dir",
+    "dataset",
+    "init_from",
+)
+
+#: Keys that may change on resume (another machine) at the price of bit-identical results.
+RESUME_MOVES = ("accelerator", "devices", "strategy", "num_nodes", "precision", "deterministic")
+
+
+def _check_resumable(config: TrainConfig, saved_file: Path) -> None:
+    """A resumed run must compute what the interrupted one computed: only some keys may differ."""
+    if not saved_file.is_file():
+        return
+    from .config import load_config
+
+    saved = load_config(saved_file).to_dict()
+    new = config.to_dict()
+    moved = [k for k in RESUME_MOVES if new[k] != saved.get(k)]
+    if moved:
+        logger.warning(
+            "resuming with other hardware settings (%s): the result will not be bit-identical to an "
+            "uninterrupted run",
+            ", ".join(f"{k}: {saved.get(k)!r} -> {new[k]!r}" for k in moved),
+        )
+    changed = [
+        k for k in new if k not in RESUME_MAY_CHANGE and k not in RESUME_MOVES and new[k] != saved.get(k)
+    ]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(
+            f"cannot resume {saved_file.parent}: the config changed ({diffs}); only "
+            f"{', '.join(RESUME_MAY_CHANGE)} may change on resume"
+        )
+
+
 def fit(
     config: TrainConfig,
     *,
@@ -310,6 +352,8 @@ def fit(
         logger.warning("nothing to resume in %s: starting a new run", out)
     if resume_from is not None:
         _check_resume_checkpoint(resume_from)
+    if resume_from is not None:
+        _check_resumable(config, out / "config.yaml")
     previous_wall = 0.0
     if resume_from is not None and (out / "summary.json").is_file():
         import json
@@ -347,8 +391,8 @@ def fit(
         freezer = getattr(model, "freeze_backbone", None)
         if callable(freezer):
             freezer(True)
-    if resume_from is None and _is_launch_primary():
-        save_config(config, out / "config.yaml")
+    if _is_launch_primary():
+        save_config(config, out / "config.yaml")  # on resume: the new max_epochs etc.
 
     module = ClassifierModule(model, config=config)
     data = TrainDataModule(dict(datasets), config=config)
