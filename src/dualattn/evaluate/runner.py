@@ -485,7 +485,8 @@ def evaluate_runs(
     fractions = tuple(first_cfg.get("split_fractions") or (0.7, 0.15, 0.15))
     test = load_test_set(
         data, split=split, size=eval_size, seed=split_seed, fractions=fractions, max_images=max_images,
-        cache_dir=cache_dir, n=first_cfg.get("data_n"), progress=progress,
+        cache_dir=cache_dir if cache_dir is not None else first_cfg.get("cache_dir"), n=first_cfg.get("data_n"),
+        progress=progress,
     )
     n_img = test.images.shape[0]
     positives = test.has_mask & (test.masks.flatten(1).sum(1) > 0)
