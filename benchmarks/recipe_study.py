@@ -229,6 +229,43 @@ def format_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def step_times(args: argparse.Namespace) -> dict:
+    """Median wall time of one training step per variant on random inputs (interleaved, so load is shared)."""
+    from dualattn._io import atomic_write_json
+    from dualattn.models import count_parameters, create_model
+
+    torch.set_num_threads(args.threads)
+    variants = [("baseline", {}), ("unconstrained", {}), ("dual", {}), ("kl", {}),
+                ("exact", {"exact_mode": "two_pass"}), ("exact", {"exact_mode": "pool"}), ("multilevel", {})]
+    models = []
+    for variant, kw in variants:
+        torch.manual_seed(0)
+        m = create_model("unet_encoder", variant=variant, in_channels=4, features=args.features, img_size=args.size, **kw)
+        models.append((f"{variant} {kw.get('exact_mode', '')}".strip(), m, torch.optim.Adam(m.parameters(), lr=1e-3)))
+    x = torch.randn(args.batch, 4, args.size, args.size)
+    y = torch.randint(0, 2, (args.batch,))
+    times: dict[str, list[float]] = {label: [] for label, _, _ in models}
+    for rep in range(args.steps + 2):
+        for label, m, opt in models:
+            t0 = time.perf_counter()
+            out = m.forward_with_attention(x)
+            loss = F.cross_entropy(out.logits, y) + out.penalty
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if rep >= 2:  # warm-up
+                times[label].append(1000.0 * (time.perf_counter() - t0))
+    rows = [{"label": label, "median_ms": float(np.median(times[label])), "params": count_parameters(m)}
+            for label, m, _ in models]
+    result = {"benchmark": "recipe_step_time", "machine": f"CPU, {args.threads} torch threads (shared)",
+              "torch": torch.__version__, "batch": args.batch, "size": args.size, "features": args.features,
+              "rows": rows}
+    atomic_write_json(args.out, result)
+    for r in rows:
+        print(f"{r['label']:<20} {r['median_ms']:8.1f} ms  {r['params']:,} params")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
@@ -243,9 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, help="config labels to run (baseline is needed first)")
+    p.add_argument("--step-time", action="store_true", help="only time one training step per variant")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (--step-time)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    run(args)
+    if args.step_time:
+        step_times(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
