@@ -126,3 +126,34 @@ def test_state_digest_sees_every_bit():
     d1 = state_digest(m)
     m[1].num_batches_tracked += 1
     assert len({d0, d1, state_digest(m)}) == 3
+
+
+def test_augmentation_stream_depends_on_training_seed_and_epoch():
+    from dualattn.train import TrainConfig
+    from dualattn.train.datamodule import TrainDataModule
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self):
+            self.streams = []
+
+        def set_epoch(self, e):
+            self.streams.append(e)
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(1, 2, 2), "label": torch.tensor(i % 2)}
+
+    streams = {}
+    for seed in (0, 0, 1):
+        ds = DS()
+        dm = TrainDataModule({"train": ds, "val": DS()}, config=TrainConfig(seed=seed))
+        loader = dm.train_dataloader()
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            assert len(list(loader)) == 1
+        streams.setdefault(seed, []).append(ds.streams)
+    assert streams[0][0] == streams[0][1]  # reproducible
+    assert len(set(streams[0][0])) == 2  # a new stream per epoch
+    assert not set(streams[0][0]) & set(streams[1][0])  # another training seed, other augmentations

@@ -249,7 +249,9 @@ class _EpochDataLoader(DataLoader):
             epoch = self.sampler.current_epoch()
             if self.worker_init is not None:
                 self.worker_init.epoch = epoch
-            _set_dataset_epoch(self.dataset, epoch)
+            # the stream depends on the training seed too (the dataset's own seed is the split seed,
+            # shared by all training seeds)
+            _set_dataset_epoch(self.dataset, epoch_seed(self.sampler.seed, epoch, 7) % (1 << 31))
         return super().__iter__()
 
 
