@@ -187,3 +187,20 @@ def test_explain_cli_on_png(tmp_path):
     bad = CliRunner().invoke(app, ["explain", str(tmp_path / "a.png"), "--run", str(run), "--method", "nope",
                                    "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2
+
+
+def test_class_names_from_the_training_dataset(tmp_path):
+    import yaml
+
+    from dualattn.scan import run_class_names
+
+    run, _ = _make_run(tmp_path, size=32)
+    (run / "summary.json").write_text("{}", encoding="utf-8")
+    assert run_class_names(run) is None
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text(json.dumps({"class_names": ["no_tumor", "tumor"]}), encoding="utf-8")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["dataset"] = str(data)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert run_class_names(run) == ["no_tumor", "tumor"]

@@ -137,7 +137,8 @@ def run_input_size(run: str | os.PathLike[str]) -> tuple[int, ...] | None:
 
 
 def run_class_names(run: str | os.PathLike[str]) -> list[str] | None:
-    """Class names recorded in a run's ``summary.json``/``config.yaml``, or ``None``."""
+    """Class names recorded in a run's ``summary.json``/``config.yaml`` or in its training dataset's
+    ``dataset.json``, or ``None``."""
     import json
 
     run = Path(run)
@@ -153,9 +154,20 @@ def run_class_names(run: str | os.PathLike[str]) -> list[str] | None:
                 return [str(n) for n in names]
     p = run / "config.yaml"
     if p.is_file():
-        names = _find_key(_read_yaml(p), ("class_names",))
+        cfg = _read_yaml(p)
+        names = _find_key(cfg, ("class_names",))
         if names:
             return [str(n) for n in names]
+        dataset = cfg.get("dataset")
+        if isinstance(dataset, str) and Path(dataset).is_dir():  # the training folder's dataset.json
+            from .data.folder import read_dataset_meta
+
+            try:
+                names = read_dataset_meta(dataset).get("class_names")
+            except ValueError:
+                names = None
+            if names:
+                return [str(n) for n in names]
     return None
 
 
