@@ -1,0 +1,267 @@
+"""Numerics across the package: gates, consistency and losses stay finite for logits up to ±1e4,
+all-equal maps, one-hot maps (exact zeros) and under bf16 autocast on the CPU; a training step on
+an extreme batch never leaves NaN in the weights.
+
+References: the closed form is compared to its float64 evaluation on the same (clamped) inputs and
+to hand-computed cases (all-equal maps are already consistent; one-hot maps project to one-hot).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualattn.attention import AttentionGate
+from dualattn.consistency import (
+    dual_penalty,
+    kl_consistency,
+    kl_divergence,
+    marginalize,
+    project_exact,
+    project_exact_chain,
+    project_exact_log,
+)
+
+SCALES = [0.0, 1.0, 1e2, 1e3, 1e4]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(1)
+
+
+def _maps(kind: str, b: int, grid: tuple[int, ...], *, seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "logits":
+        z = torch.randn(b, *grid, generator=g, dtype=torch.float64) * scale
+        return torch.softmax(z.flatten(1), 1).reshape(b, *grid)
+    if kind == "equal":
+        return torch.full((b, *grid), 1.0 / math.prod(grid), dtype=torch.float64)
+    if kind == "onehot":
+        t = torch.zeros(b, math.prod(grid), dtype=torch.float64)
+        t[torch.arange(b), torch.randint(0, math.prod(grid), (b,), generator=g)] = 1.0
+        return t.reshape(b, *grid)
+    raise ValueError(kind)
+
+
+def _finite(*ts: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in ts)
+
+
+# --------------------------------------------------------------------------- attention gate
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("scale", SCALES)
+def test_gate_finite_for_huge_potentials(spatial_dims, scale):
+    """Potentials phi up to ±1e4 (weights of u scaled): tau is a distribution, gradients finite."""
+    torch.manual_seed(0)
+    gate = AttentionGate(6, 8, spatial_dims=spatial_dims)
+    with torch.no_grad():
+        for p in gate.parameters():
+            if p.dim() > 1 and p.shape[0] == 1:  # u: E -> 1
+                p.mul_(scale / max(float(p.abs().max()), 1e-12))
+    grid = (5, 6) if spatial_dims == 2 else (3, 4, 5)
+    v = (torch.randn(2, 6, *grid) * 100).requires_grad_(True)
+    out, tau = gate(v)
+    phi = gate.potentials(v)
+    if scale >= 1e3:
+        assert float(phi.abs().max()) > scale / 100  # really extreme potentials
+    assert _finite(out, tau)
+    torch.testing.assert_close(tau.flatten(1).sum(1), torch.ones(2), atol=1e-5, rtol=0)
+    # reference: float64 softmax of the same potentials
+    ref = torch.softmax(phi.detach().double().flatten(1), 1).reshape(tau.shape)
+    torch.testing.assert_close(tau.detach().double(), ref, atol=1e-6, rtol=1e-5)
+    (out.square().mean() + tau.square().sum()).backward()
+    assert _finite(v.grad, *[p.grad for p in gate.parameters()])
+
+
+def test_gate_all_equal_and_zero_features():
+    """Constant (or all-zero) features: every position gets the same weight 1/N exactly."""
+    gate = AttentionGate(4, 8)
+    for value in (0.0, 3.0, -1e4):
+        v = torch.full((1, 4, 4, 4), value, requires_grad=True)
+        out, tau = gate(v)
+        torch.testing.assert_close(tau, torch.full_like(tau, 1 / 16))
+        out.sum().backward()
+        assert _finite(out, v.grad)
+
+
+def test_gate_bf16_autocast_cpu():
+    torch.manual_seed(0)
+    gate = AttentionGate(6, 8)
+    v = torch.randn(2, 6, 8, 8) * 1e3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, tau = gate(v)
+    assert _finite(out, tau)
+    torch.testing.assert_close(tau.float().flatten(1).sum(1), torch.ones(2), atol=1e-2, rtol=0)
+
+
+# --------------------------------------------------------------------------- consistency and losses
+
+
+CASES = [("logits", s) for s in SCALES] + [("equal", 1.0), ("onehot", 1.0)]
+
+
+@pytest.mark.parametrize("kind,scale", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_consistency_and_losses_finite(kind, scale, dtype):
+    fine64 = _maps(kind, 3, (8, 8), seed=1, scale=scale)
+    coarse64 = _maps(kind, 3, (4, 4), seed=2, scale=scale)
+    fine, coarse = fine64.to(dtype).requires_grad_(True), coarse64.to(dtype).requires_grad_(True)
+    mu_f, mu_c = project_exact(fine, coarse)
+    lam = torch.zeros(3, 4, 4, dtype=dtype, requires_grad=True)
+    terms = {
+        "dual": dual_penalty(fine, coarse, lam),
+        "kl": kl_consistency(fine, coarse),
+        "kl_reverse": kl_consistency(fine, coarse, reverse=True),
+        "kl_mu": kl_divergence(mu_f, fine, reduction="mean") + kl_divergence(mu_c, coarse, reduction="mean"),
+    }
+    for name, t in terms.items():
+        assert _finite(t), (name, kind, scale, dtype, t)
+    assert _finite(mu_f, mu_c)
+    # distributions, consistent with each other
+    tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(mu_f.double().flatten(1).sum(1), torch.ones(3, dtype=torch.float64), atol=tol, rtol=0)
+    torch.testing.assert_close(marginalize(mu_f.double(), (4, 4)), mu_c.double(), atol=tol, rtol=0)
+    sum(terms.values()).backward()
+    assert _finite(fine.grad, coarse.grad, lam.grad), (kind, scale, dtype)
+    if dtype == torch.float32 and (kind == "equal" or scale <= 1.0):
+        # (for near-one-hot maps with disjoint supports the optimum hinges on values below 1e-38, so
+        # only the well-conditioned cases are compared) the float64 evaluation of the same (float32-rounded) inputs is the reference
+        r_f, r_c = project_exact(fine.detach().double(), coarse.detach().double())
+        torch.testing.assert_close(mu_f.double(), r_f, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(mu_c.double(), r_c, atol=1e-5, rtol=1e-4)
+
+
+def test_hand_computed_extremes():
+    # all-equal maps are already consistent: the projection leaves them unchanged, every loss is 0
+    f = torch.full((1, 4, 4), 1 / 16)
+    c = torch.full((1, 2, 2), 1 / 4)
+    mu_f, mu_c = project_exact(f, c)
+    torch.testing.assert_close(mu_f, f)
+    torch.testing.assert_close(mu_c, c)
+    assert float(kl_consistency(f, c)) == pytest.approx(0.0, abs=1e-7)
+    assert float(dual_penalty(f, c, torch.zeros(1, 2, 2))) == pytest.approx(0.0, abs=1e-7)
+    # one-hot fine and coarse on the same cell: mu = tau (sqrt(1 * 1) = 1 on that cell, 0 elsewhere)
+    f = torch.zeros(1, 4, 4)
+    f[0, 1, 2] = 1.0
+    c = torch.zeros(1, 2, 2)
+    c[0, 0, 1] = 1.0
+    mu_f, mu_c = project_exact(f, c)
+    torch.testing.assert_close(mu_f, f)
+    torch.testing.assert_close(mu_c, c)
+    # one-hot on different cells: no common support; the result must still be finite distributions
+    c2 = torch.zeros(1, 2, 2)
+    c2[0, 1, 0] = 1.0
+    mu_f, mu_c = project_exact(f, c2)
+    assert _finite(mu_f, mu_c)
+    torch.testing.assert_close(mu_f.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(marginalize(mu_f, (2, 2)), mu_c, atol=1e-5, rtol=0)
+    # log space, logits ±1e4 and a one-cell coarse grid: mu_coarse = 1, mu_fine = tau_fine (float64 softmax)
+    lf = torch.tensor([[[1e4, -1e4], [0.0, 9999.0]]])
+    log_mu_f, log_mu_c = project_exact_log(torch.log_softmax(lf.flatten(1), 1).reshape(1, 2, 2), torch.zeros(1, 1, 1))
+    assert _finite(log_mu_f, log_mu_c) and float(log_mu_c) == pytest.approx(0.0, abs=1e-6)
+    ref = torch.softmax(lf.flatten(1).double(), 1).reshape(1, 2, 2)
+    torch.testing.assert_close(log_mu_f.exp().double(), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,scale", [("logits", 1e4), ("onehot", 1.0), ("equal", 1.0)])
+def test_chain_finite(kind, scale):
+    taus = [_maps(kind, 2, g, seed=i, scale=scale).float() for i, g in enumerate([(8, 8), (4, 4), (2, 2)])]
+    for t in taus:
+        t.requires_grad_(True)
+    mus = project_exact_chain(taus)
+    assert _finite(*mus)
+    for fine, coarse in zip(mus[:-1], mus[1:]):
+        torch.testing.assert_close(marginalize(fine, coarse.shape[1:]), coarse, atol=1e-5, rtol=0)
+    sum(m.square().sum() for m in mus).backward()
+    assert _finite(*[t.grad for t in taus])
+
+
+# --------------------------------------------------------------------------- models and a training step
+
+
+VARIANTS = ["baseline", "tau_k", "unconstrained", "dual", "kl", "kl_reverse", "exact", "multilevel"]
+
+
+def _extreme_batches() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "±1e4": (torch.rand(4, 1, 32, 32, generator=g) * 2 - 1) * 1e4,
+        "constant": torch.full((4, 1, 32, 32), 7.0),
+        "zeros": torch.zeros(4, 1, 32, 32),
+        "one hot pixel": torch.zeros(4, 1, 32, 32).index_put_((torch.arange(4), torch.zeros(4, dtype=torch.long),
+                                                                torch.tensor([0, 5, 17, 31]), torch.tensor([31, 0, 9, 4])),
+                                                               torch.tensor(1e4)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_step_on_extreme_batches_keeps_weights_finite(variant):
+    """forward_with_attention + CE + penalty + Adam on each extreme batch (fp32 and bf16 autocast)."""
+    from dualattn.models import create_model
+
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model = create_model("unet_encoder", variant=variant, in_channels=1, features=4, img_size=[32, 32])
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        y = torch.tensor([0, 1, 0, 1])
+        for name, x in _extreme_batches().items():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model.forward_with_attention(x)
+                loss = F.cross_entropy(out.logits.float(), y) + out.penalty.float()
+            assert _finite(loss), (variant, name, autocast, float(loss))
+            for block, tau in out.tau.items():
+                assert _finite(tau), (variant, name, block)
+                torch.testing.assert_close(tau.float().flatten(1).sum(1), torch.ones(4), atol=2e-2, rtol=0)
+            opt.zero_grad()
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            assert grads and _finite(*grads), (variant, name, autocast)
+            opt.step()
+            assert _finite(*model.state_dict().values()), (variant, name, autocast)
+
+
+def test_lightning_module_skips_a_non_finite_step():
+    """A batch whose loss is NaN (a NaN pixel that got past the readers, an overflow) must not be
+    applied: the weights after the step equal those before it, and the next finite step trains."""
+    import lightning.pytorch as pl
+
+    from dualattn.models import create_model
+    from dualattn.train import load_config
+    from dualattn.train.module import ClassifierModule
+
+    torch.manual_seed(0)
+    model = create_model("unet_encoder", variant="dual", in_channels=1, features=4, img_size=[16, 16])
+    cfg = load_config(overrides=["accelerator=cpu", "devices=1", "lr=0.01", "scheduler=none"])
+    module = ClassifierModule(model, config=cfg)
+    good = torch.randn(8, 1, 16, 16)
+    bad = good.clone()
+    bad[0, 0, 3, 3] = float("nan")
+    y = torch.tensor([0, 1] * 4)
+
+    class Loader(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield {"image": bad, "label": y}
+            yield {"image": good, "label": y}
+
+    snapshots = []
+
+    class Snap(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            snapshots.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Snap()],
+                         limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(Loader(), batch_size=None))
+    assert len(snapshots) == 2
+    assert _finite(*snapshots[0].values()) and _finite(*snapshots[1].values())
+    params = [k for k, _ in model.named_parameters()]
+    assert all(torch.equal(snapshots[0][k], before[k]) for k in params)  # the NaN step was skipped
+    assert any(not torch.equal(snapshots[1][k], before[k]) for k in params)  # the finite one applied
