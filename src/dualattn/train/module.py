@@ -104,6 +104,9 @@ class ClassifierModule(pl.LightningModule):
         self._val_preds: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._val_loss: torch.Tensor | None = None
+        self._buffer_copy: list[torch.Tensor] | None = None
+        #: optimizer steps skipped because their gradients were not finite
+        self.skipped_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -139,8 +142,41 @@ class ClassifierModule(pl.LightningModule):
         if self._train_sums is None:
             self._train_sums = torch.zeros(4, device=self.device)
         with torch.no_grad():
-            self._train_sums += torch.stack([loss.detach() * n, ce.detach() * n, penalty.detach() * n, ce.new_tensor(n)])
+            # a non-finite step is skipped (see on_before_optimizer_step): keep it out of the epoch means
+            # too, without a host sync per step
+            terms = torch.stack([loss.detach() * n, ce.detach() * n, penalty.detach() * n, ce.new_tensor(n)])
+            self._train_sums += torch.where(torch.isfinite(terms).all(), terms, torch.zeros_like(terms))
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # buffers (BatchNorm running statistics) change in the forward pass, before the loss is known
+        # to be finite: keep a copy (small) to restore if the step turns out non-finite
+        self._buffer_copy = [b.detach().clone() for b in self.model.buffers()]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a step whose gradients (or updated buffers) are not finite: NaN never reaches the weights.
+
+        Runs after the gradients are reduced across DDP ranks, so every rank takes the same decision.
+        The gradients are dropped (``None``: the optimizer leaves those parameters and their state
+        untouched) and the buffers are restored to their values before the batch.
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        checks = [torch.isfinite(p.grad).all() for p in params] + [torch.isfinite(b).all() for b in buffers]
+        if not checks or bool(torch.stack(checks).all()):
+            return
+        for p in params:
+            p.grad = None
+        copy = getattr(self, "_buffer_copy", None)
+        if copy is not None:
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), copy):
+                    b.copy_(saved)
+        self.skipped_steps += 1
+        logger.warning(
+            "epoch %d, step %d: non-finite gradients or statistics; the step was skipped (%d so far)",
+            self.epoch_index() + 1, int(self.global_step), self.skipped_steps,
+        )
 
     def reduce_train_metrics(self) -> dict[str, float]:
         """Sample-weighted means of the epoch's loss, CE and penalty over all ranks (a collective)."""
