@@ -240,6 +240,8 @@ def _rank(rows: Mapping[str, Mapping[str, Any]], column: str, *, higher: bool = 
 def _family(name: str) -> str:
     key = name.lower()
     base = key.split("/")[0].split("@")[0].split(":")[0].strip()
+    if base.startswith(("raw_channel", "random")):
+        return "reference"
     if any(base.startswith(p) for p in PROPOSED_METHODS):
         return "proposed"
     if any(base.startswith(p) for p in POSTHOC_METHODS):
@@ -294,7 +296,8 @@ def paper_ordering_notes(results: Mapping[str, Any]) -> list[tuple[bool, str]]:
                 notes.append((True, f"{label}, {col}: a consistent-attention method ({first}) is best, as in the paper."))
             else:
                 pos = order.index(best_prop) + 1 if best_prop else None
-                notes.append((False, f"{label}, {col}: {first} is best; the best consistent-attention method "
+                what = " (a reference map, no model)" if _family(first) == "reference" else ""
+                notes.append((False, f"{label}, {col}: {first}{what} is best; the best consistent-attention method "
                                      f"({best_prop}) ranks {pos} of {len(order)}. The paper's ordering does not "
                                      f"reproduce here."))
     return notes
@@ -360,6 +363,10 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                     "IoU of the top 2.5 / 5 / 10 % of the map's pixels with the mask, and average precision; "
                     "mean ± std over seeds, ×100. Best per column highlighted.</p>")
         body.append(_table_html(seg, row_header="method"))
+        if any(_family(r) == "reference" for r in seg["rows"]):
+            body.append('<p class="legend">References: <i>raw_channel_k</i> is the k-th input channel itself used '
+                        "as a map (a lesion that is bright in that channel is found by intensity alone); "
+                        "<i>random</i> is a random map. A method should beat both.</p>")
 
     pert = results.get("perturbation") or {}
     if pert.get("rows"):
