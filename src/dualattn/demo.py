@@ -431,7 +431,7 @@ def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None,
              out: str | os.PathLike[str], progress: Callable[[str], None] | None = None,
-             show_training_progress: bool = False) -> DemoOutcome:
+             show_training_progress: bool = False, show_evaluation_progress: bool = False) -> DemoOutcome:
     """Run the demo end to end (see the module docstring), reusing finished steps in ``out``.
 
     Args:
@@ -441,6 +441,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
         out: output folder (created).
         progress: called with one line per step start/end (the CLI prints them).
         show_training_progress: Lightning's progress bar during training.
+        show_evaluation_progress: progress bars while the evaluation explains and scores.
 
     Returns:
         A :class:`DemoOutcome`.
@@ -523,7 +524,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
             out_dir / "runs", out=eval_dir, data=data,
             methods="all" if (cfg.methods is None and cfg.references) else list(methods),
             size=cfg.image_size, max_images=cfg.max_eval_images, perturbation_steps=cfg.perturbation_steps,
-            ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images, progress=show_training_progress,
+            ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images, progress=show_evaluation_progress,
         )
         return {"results": str(Path(path).resolve().relative_to(out_dir.resolve()))}
 

@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             outcome = run_demo(preset=preset, dataset=dataset, out=out, progress=show,
-                               show_training_progress=training_progress)
+                               show_training_progress=training_progress,
+                               show_evaluation_progress=console.is_terminal)
         except ValueError as exc:
             console.print(f"error: {exc}", style="red", markup=False)
             raise typer.Exit(code=2) from exc
