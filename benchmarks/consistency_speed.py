@@ -11,7 +11,11 @@ Compares, on one batch of attention maps (default: 32 samples, 32x32 fine + 16x1
   as the paper's code does it) and ours (``reparameterize``, log space), forward+backward;
 - a floor: one elementwise op over the fine map (forward, and forward+backward).
 
-Each timing is the median over ``--repeats`` repeats of the mean of ``--number`` calls (after warm-up).
+Each timing is the median over ``--repeats`` repeats of the mean of ``--number`` calls (after warm-up),
+in process CPU time (``median_s``; wall-clock beside it as ``wall_median_s``): on a shared machine other
+jobs preempt this one, which inflates wall-clock time at random but not CPU time;
+the fast methods are timed round-robin (repeat k runs every method once) so that the drifting load of a
+shared machine hits all of them alike.
 Backward passes use fixed random upstream gradients for both outputs.
 
 Run:
@@ -48,23 +52,48 @@ logger = logging.getLogger("consistency_speed")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "consistency_speed.json"
 
 
-def timeit(fn: Callable[[], Any], *, number: int, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median and spread (over repeats) of the mean time of ``number`` calls, in seconds."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - t0) / number)
+def _summary(wall: list[float], cpu: list[float], *, repeats: int, number: int) -> dict[str, float]:
     return {
-        "median_s": statistics.median(samples),
-        "min_s": min(samples),
-        "max_s": max(samples),
+        "median_s": statistics.median(cpu),
+        "min_s": min(cpu),
+        "max_s": max(cpu),
+        "wall_median_s": statistics.median(wall),
+        "wall_min_s": min(wall),
         "repeats": repeats,
         "number": number,
     }
+
+
+def timeit(fn: Callable[[], Any], *, number: int, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median and spread (over repeats) of the mean time of ``number`` calls, in seconds.
+
+    ``median_s`` is process CPU time (robust to other jobs on a shared machine taking the cores);
+    ``wall_median_s`` is wall-clock time.
+    """
+    return timeit_round_robin({"f": fn}, number=number, repeats=repeats, warmup=warmup)["f"]
+
+
+def timeit_round_robin(
+    fns: dict[str, Callable[[], Any]], *, number: int, repeats: int, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Like :func:`timeit` for several functions, interleaved: repeat ``k`` times every function once.
+
+    On a shared machine the load drifts over seconds; interleaving exposes every method to the same
+    drift, so the ratios stay meaningful even when absolute times are inflated.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(number):
+                fn()
+            wall[name].append((time.perf_counter() - t0) / number)
+            cpu[name].append((time.process_time() - c0) / number)
+    return {k: _summary(wall[k], cpu[k], repeats=repeats, number=number) for k in fns}
 
 
 def paper_reparameterization(tau_k: torch.Tensor, tau_l: torch.Tensor, lam: torch.Tensor, factor: int):
@@ -138,14 +167,15 @@ def bench_cvxpylayers(tau_k, tau_l, g_k, g_l, *, repeats: int) -> dict[str, Any]
         mu.backward(g_k.double().reshape(batch, -1))
         return mu, a_.grad
 
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     mu, grad = run()
-    first = time.perf_counter() - t0
-    samples = [first]
+    wall = [time.perf_counter() - t0]
+    samples = [time.process_time() - c0]
     for _ in range(max(0, repeats - 1)):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         run()
-        samples.append(time.perf_counter() - t0)
+        wall.append(time.perf_counter() - t0)
+        samples.append(time.process_time() - c0)
     # accuracy of its forward and of its gradient against the closed form (float64 autograd)
     lk_ = lk.clone().requires_grad_(True)
     ll_ = ll.clone().requires_grad_(True)
@@ -157,7 +187,7 @@ def bench_cvxpylayers(tau_k, tau_l, g_k, g_l, *, repeats: int) -> dict[str, Any]
     # (inputs off the simplex); compare after removing the per-sample mean
     cen = lambda t: t - t.mean(1, keepdim=True)  # noqa: E731
     return {
-        "fwd_bwd": {"median_s": statistics.median(samples), "min_s": min(samples), "repeats": len(samples)},
+        "fwd_bwd": _summary(wall, samples, repeats=len(samples), number=1),
         "max_abs_err_mu": float((mu.detach() - ref_k.detach().reshape(batch, -1)).abs().max()),
         "max_abs_err_grad_log_tau_fine": float((cen(grad) - cen(ref_grad)).abs().max()),
         "max_abs_grad_log_tau_fine": float(cen(ref_grad).abs().max()),
@@ -184,10 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     factor = args.fine // args.coarse
     n, r = args.number, args.repeats
     res: dict[str, Any] = {}
+    fast: dict[str, Callable[[], Any]] = {}
 
-    def record(name: str, fn: Callable[[], Any], *, number: int = n, repeats: int = r) -> None:
-        res[name] = timeit(fn, number=number, repeats=repeats)
-        logger.info("%-36s %10.1f us", name, res[name]["median_s"] * 1e6)
+    def record(name: str, fn: Callable[[], Any]) -> None:
+        fast[name] = fn
 
     record("floor_elementwise_fwd", fwd_only(lambda a: a * 2.0, [tau_k]))
     record("floor_elementwise_fwd_bwd", fwd_bwd(lambda a: (a * 2.0,), [tau_k], [g_k]))
@@ -207,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "project_exact_chain3_fwd_bwd",
         fwd_bwd(lambda a, b, c: tuple(project_exact_chain([a, b, c])), [tau_k, tau_l, tau_3], [g_k, g_l, g_3]),
     )
+
+    res.update(timeit_round_robin(fast, number=n, repeats=r))
+    for name in fast:
+        logger.info("%-36s %10.1f us", name, res[name]["median_s"] * 1e6)
 
     # agreement of the fast paths (float32 here)
     with torch.no_grad():

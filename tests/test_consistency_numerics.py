@@ -53,6 +53,7 @@ def test_gradcheck_project_exact(batch, fine, coarse):
     assert torch.autograd.gradcheck(project_exact_log, (a, b))
     if batch == 1:
         assert torch.autograd.gradgradcheck(project_exact_log, (a, b))
+        assert torch.autograd.gradgradcheck(project_exact, (pa, pb))
 
 
 @pytest.mark.parametrize("weights", [None, [2.0, 0.5, 1.5]])

@@ -58,7 +58,10 @@ class ExactPairFunction(torch.autograd.Function):
         ctx.save_for_backward(tk, tl, big_t, mu_l, r, r_up)
         ctx.factors = factors
         # the floors' gradient masks are only needed when something was floored (rare: exact zeros)
-        ctx.floored = (bool((tau_k <= tiny).any()), bool((tau_l <= tiny).any()))
+        ctx.floored = (
+            bool(ctx.needs_input_grad[0]) and bool(tau_k.amin() <= tiny),
+            bool(ctx.needs_input_grad[1]) and bool(tau_l.amin() <= tiny),
+        )
         return mu_k, mu_l
 
     @staticmethod

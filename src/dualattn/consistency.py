@@ -539,8 +539,10 @@ def project_exact(tau_fine: Tensor, tau_coarse: Tensor, *, fused: bool = False) 
     Equivalently the dual witness of Theorem 3.1 is ``lambda_i = 0.5 log(T_i / tau_l[i]) + const``, at which
     :func:`reparameterize` returns this pair and :func:`dual_penalty` is zero.
 
-    Computed in log space (logsumexp over blocks, log-softmax), differentiable, per sample; the marginal
-    violation ``marginalize(mu_k) - mu_l`` is zero to float precision.
+    Computed per sample on maps floored at the smallest normal number, in probability space with every
+    intermediate a normal float (see ``_exact_pair_autograd``; :func:`project_exact_log` is the log-space
+    twin, equal to rounding); twice differentiable; the marginal violation ``marginalize(mu_k) - mu_l``
+    is zero to float precision.
 
     Args:
         tau_fine: ``(B, *fine)`` fine map (distribution per sample); 2D ``(B, H, W)`` or 3D ``(B, D, H, W)``.
@@ -566,9 +568,27 @@ def project_exact(tau_fine: Tensor, tau_coarse: Tensor, *, fused: bool = False) 
         from dualattn._consistency_fused import exact_pair
 
         mu_k, mu_l = exact_pair(_up(tau_fine), _up(tau_coarse), factors)
-        return mu_k.to(tau_fine.dtype), mu_l.to(tau_coarse.dtype)
-    lf, lc = _chain_core([_log_of(tau_fine), _log_of(tau_coarse)], [factors], None)
-    return lf.exp().to(tau_fine.dtype), lc.exp().to(tau_coarse.dtype)
+    else:
+        mu_k, mu_l = _exact_pair_autograd(_up(tau_fine), _up(tau_coarse), factors)
+    return mu_k.to(tau_fine.dtype), mu_l.to(tau_coarse.dtype)
+
+
+def _exact_pair_autograd(tau_k: Tensor, tau_l: Tensor, factors: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The closed form in probability space with plain (twice-differentiable) autograd ops.
+
+    On maps floored at ``tiny`` every intermediate is a normal float: ``T >= tiny``,
+    ``s = sqrt(t_l) sqrt(T) >= tiny`` (two roots, so no product of two tiny numbers underflows),
+    ``mu_l <= 1`` and ``r = mu_l / T <= 1 / tiny < finfo.max``. Equal to the log-space path (same floors)
+    to rounding, with no transcendental function on the fine grid.
+    """
+    tiny = torch.finfo(tau_k.dtype).tiny
+    tk = tau_k.clamp_min(tiny)
+    tl = tau_l.clamp_min(tiny)
+    big_t = block_sum(tk, factors)
+    s = torch.sqrt(tl) * torch.sqrt(big_t)
+    mu_l = s / s.flatten(1).sum(1).reshape((s.shape[0],) + (1,) * (s.ndim - 1))
+    mu_k = tk * upsample(mu_l / big_t, factors)
+    return mu_k, mu_l
 
 
 def consistency_objective(
