@@ -88,7 +88,11 @@ def test_best_per_column_hand_computed():
         "c": {"iou": float("nan"), "loss": 0.9, "params": 1, "ap": None},
     }
     best = best_per_column(rows, ["iou", "loss", "params", "ap"])
-    assert best == {"iou": {"b"}, "loss": {"b"}, "params": set(), "ap": {"a", "b"}}
+    # ap: a and b tie and c has no value: every finite row ties, so nothing stands out
+    assert best == {"iou": {"b"}, "loss": {"b"}, "params": set(), "ap": set()}
+    rows["c"]["ap"] = 1.0  # now a and b share the best value
+    assert best_per_column(rows, ["ap"]) == {"ap": {"a", "b"}}
+    assert best_per_column({"only": {"x": 1.0}}, ["x"]) == {"x": {"only"}}
     # explicit direction overrides the name-based default
     assert best_per_column(rows, ["iou"], higher_is_better={"iou": False}) == {"iou": {"a"}}
     assert best_per_column(rows, ["iou"], higher_is_better={"iou": None}) == {"iou": set()}
@@ -137,6 +141,24 @@ class _CellCollector(HTMLParser):
     def handle_data(self, data):
         if self._in_td:
             self._text += data
+
+
+def test_pivot_blocks_hand_case():
+    from dualattn.report.html import pivot_blocks
+
+    sec = {"columns": ["ap", "iou"], "higher_is_better": {"ap": True, "iou": True},
+           "rows": {"a [block3]": {"ap": 1, "iou": 2}, "a [block4]": {"ap": 3, "iou": 4},
+                    "b [block4]": {"ap": 5, "iou": 6}}}
+    out = pivot_blocks(sec)
+    assert out["columns"] == ["ap [block3]", "iou [block3]", "ap [block4]", "iou [block4]"]
+    assert out["rows"] == {"a": {"ap [block3]": 1, "iou [block3]": 2, "ap [block4]": 3, "iou [block4]": 4},
+                           "b": {"ap [block4]": 5, "iou [block4]": 6}}  # no block3 map: cells print "—"
+    assert out["groups"] == [("block3", 2), ("block4", 2)]
+    assert pivot_blocks(sec, max_columns=3) is None
+    assert pivot_blocks({"columns": ["ap"], "rows": {"a": {"ap": 1}}}) is None
+    assert pivot_blocks({"columns": ["ap"], "rows": {"a [block3]": {"ap": 1}}}) is None  # one block
+    page = render_report({"segmentation": sec})
+    assert page.count('class="group"') == 2 and "b [block4]" not in page
 
 
 def test_render_marks_best_and_is_self_contained():

@@ -28,12 +28,13 @@ import html
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["render_report", "write_report", "paper_ordering_notes", "cell_value", "best_per_column"]
+__all__ = ["render_report", "write_report", "paper_ordering_notes", "cell_value", "best_per_column", "pivot_blocks"]
 
 #: Columns that are descriptive, never ranked.
 UNRANKED_COLUMNS = frozenset({"params", "parameters", "n", "n_images", "count", "seeds"})
@@ -68,6 +69,7 @@ table { border-collapse: collapse; width: 100%; table-layout: auto; margin: .4em
 th, td { border-bottom: 1px solid var(--line); padding: 4px 6px; text-align: right; overflow-wrap: anywhere; }
 th { background:#eef1f5; font-weight: 600; }
 th:first-child, td:first-child { text-align: left; }
+th.group { text-align: center; border-bottom: 2px solid var(--line); }
 td.best { background: var(--best); color: var(--bestfg); font-weight: 700; }
 td .sd { color: var(--muted); font-weight: 400; font-size: .85em; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: .5em 0; }
@@ -133,7 +135,8 @@ def best_per_column(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str
         tol: absolute tolerance for ties.
 
     Returns:
-        column -> set of best row names (empty for unranked columns or all-NaN columns).
+        column -> set of best row names (empty for unranked columns, all-NaN columns, and columns where
+        every row ties — nothing stands out).
 
     Example:
         >>> best_per_column({"a": {"x": 1}, "b": {"x": 2}}, ["x"])
@@ -148,7 +151,8 @@ def best_per_column(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str
             out[col] = set()
             continue
         target = max(finite.values()) if hib else min(finite.values())
-        out[col] = {k for k, v in finite.items() if abs(v - target) <= tol}
+        winners = {k for k, v in finite.items() if abs(v - target) <= tol}
+        out[col] = set() if len(finite) > 1 and len(winners) == len(finite) else winners  # all tied: no best
     return out
 
 
@@ -175,7 +179,53 @@ def _columns_of(section: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-def _table_html(section: Mapping[str, Any], *, row_header: str, caption: str | None = None) -> str:
+_ROW_BLOCK = re.compile(r"^(?P<method>.+?) \[(?P<block>[^\]]+)\]$")
+
+
+def pivot_blocks(section: Mapping[str, Any], *, max_columns: int = 10) -> dict[str, Any] | None:
+    """Turn rows ``"method [block]"`` into one row per method with a column group per block.
+
+    That is the paper's layout (one row per method, metrics side by side) and halves the table's length.
+    Returns ``None`` (keep the section as is) when a row has no ``[block]`` suffix, there is a single
+    block, or the pivoted table would exceed ``max_columns`` numeric columns.
+
+    Example:
+        >>> sec = {"columns": ["ap"], "rows": {"a [b3]": {"ap": 1}, "a [b4]": {"ap": 2}}}
+        >>> pivot_blocks(sec)["rows"]
+        {'a': {'ap [b3]': 1, 'ap [b4]': 2}}
+    """
+    rows: Mapping[str, Mapping[str, Any]] = section.get("rows") or {}
+    parsed = {name: _ROW_BLOCK.match(str(name)) for name in rows}
+    if not rows or not all(parsed.values()):
+        return None
+    blocks = list(dict.fromkeys(m.group("block") for m in parsed.values() if m))
+    columns = _columns_of(section)
+    if len(blocks) < 2 or len(columns) * len(blocks) > max_columns:
+        return None
+    labels = section.get("column_labels") or {}
+    hib = section.get("higher_is_better") or {}
+    new_rows: dict[str, dict[str, Any]] = {}
+    for name, row in rows.items():
+        m = parsed[name]
+        if m is None:  # excluded above; keeps type checkers content
+            continue
+        target = new_rows.setdefault(m.group("method"), {})
+        for col in columns:
+            target[f"{col} [{m.group('block')}]"] = row.get(col)
+    new_cols = [f"{c} [{b}]" for b in blocks for c in columns]
+    return {
+        "columns": new_cols,
+        "column_labels": {f"{c} [{b}]": labels.get(c, c) for b in blocks for c in columns},
+        "higher_is_better": {f"{c} [{b}]": hib[c] for b in blocks for c in columns if c in hib},
+        "rows": new_rows,
+        "groups": [(b, len(columns)) for b in blocks],
+    }
+
+
+def _table_html(section: Mapping[str, Any], *, row_header: str, caption: str | None = None,
+                pivot: bool = False) -> str:
+    if pivot:
+        section = pivot_blocks(section) or section
     rows: Mapping[str, Mapping[str, Any]] = section.get("rows") or {}
     if not rows:
         return '<p class="legend">No rows.</p>'
@@ -191,7 +241,12 @@ def _table_html(section: Mapping[str, Any], *, row_header: str, caption: str | N
         f"{'' if _higher_is_better(c, hib) is None else (' ↑' if _higher_is_better(c, hib) else ' ↓')}</th>"
         for c in columns
     )
-    parts.append(f"<thead><tr><th>{html.escape(row_header)}</th>{head}</tr></thead><tbody>")
+    groups = section.get("groups")
+    group_row = ""
+    if groups:
+        group_row = "<tr><th></th>" + "".join(
+            f'<th colspan="{int(n)}" class="group">{html.escape(str(g))}</th>' for g, n in groups) + "</tr>"
+    parts.append(f"<thead>{group_row}<tr><th>{html.escape(row_header)}</th>{head}</tr></thead><tbody>")
     for name, row in rows.items():
         cells = []
         for col in columns:
@@ -362,7 +417,7 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
         body.append('<p class="legend">Positive test scans only. Each map is compared with the lesion mask: '
                     "IoU of the top 2.5 / 5 / 10 % of the map's pixels with the mask, and average precision; "
                     "mean ± std over seeds, ×100. Best per column highlighted.</p>")
-        body.append(_table_html(seg, row_header="method"))
+        body.append(_table_html(seg, row_header="method", pivot=True))
         if any(_family(r) == "reference" for r in seg["rows"]):
             body.append('<p class="legend">References: <i>raw_channel_k</i> is the k-th input channel itself used '
                         "as a map (a lesion that is bright in that channel is found by intensity alone); "
@@ -375,7 +430,7 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                     "each map; the baseline classifier's balanced accuracy is measured at each fraction. The "
                     "area under that curve (×100) is higher when the map keeps what the classifier needs. "
                     "Best per column highlighted.</p>")
-        body.append(_table_html(pert, row_header="method"))
+        body.append(_table_html(pert, row_header="method", pivot=True))
     curves = _report_curves(results)
     if curves:
         try:
