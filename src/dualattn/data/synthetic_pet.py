@@ -184,6 +184,20 @@ def generate(out: str | os.PathLike[str], *, n: int = 600, size: int = 128, seed
     labels = rng.permutation(np.repeat(np.arange(3), counts))
     writer = FolderWriter(out, class_names=CLASS_NAMES, channel_names=["PET"], meta={"name": "synthetic-pet", "seed": seed, "size": size})
     chunk = max(4, int(2**20 // (size * size)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small element-wise ops: 1 thread is faster, and far faster on a busy machine
+    try:
+        _write_chunks(writer, gen, rng, labels, size, chunk, histogram_equalize)
+    finally:
+        torch.set_num_threads(threads)
+    logger.info("synthetic-pet: wrote %d phantoms (%s) to %s", n, dict(zip(CLASS_NAMES, counts)), out)
+    return writer.close()
+
+
+def _write_chunks(writer, gen, rng, labels, size, chunk, histogram_equalize) -> None:
+    import torch
+
+    n = len(labels)
     with torch.no_grad():
         for start in range(0, n, chunk):
             lab = labels[start : start + chunk]
@@ -192,5 +206,3 @@ def generate(out: str | os.PathLike[str], *, n: int = 600, size: int = 128, seed
                 i = start + j
                 eq = histogram_equalize(imgs[j].numpy(), bins=256)
                 writer.add(f"pet{i:05d}", image=eq[None], label=int(lab[j]), patient=f"pet{i:05d}", mask=masks[j].numpy()[None] if lab[j] else np.zeros((1, size, size), np.uint8))
-    logger.info("synthetic-pet: wrote %d phantoms (%s) to %s", n, dict(zip(CLASS_NAMES, counts)), out)
-    return writer.close()
