@@ -86,3 +86,97 @@ def test_embedded_registry_and_cache(tmp_path):
         resolve_dataset("no-such-set", cache_dir=tmp_path)
     with pytest.raises(DataError, match="already holds"):
         make_dataset("synthetic-brain", p, n=2, size=16)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _csv(root: Path, rows: list[str]) -> None:
+    (root / "labels.csv").write_text("image,label,mask\n" + "\n".join(rows) + "\n")
+
+
+def test_bad_folder_inputs_raise_data_error_naming_file_and_problem(tmp_path):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    np.save(root / "images" / "a.npy", np.zeros((1, 8, 8), np.float32))
+    np.save(root / "images" / "rgb.npy", np.zeros((3, 8, 8), np.float32))
+    np.save(root / "images" / "nan.npy", np.full((1, 8, 8), np.nan, np.float32))
+    np.save(root / "images" / "m_small.npy", np.zeros((1, 4, 4), np.uint8))
+    np.save(root / "images" / "m_multi.npy", np.arange(64).reshape(1, 8, 8))
+    (root / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+
+    with pytest.raises(DataError, match=r"labels.csv not found"):
+        FolderDataset(root)
+    _csv(root, ["images/a.npy,0,", "images/missing.npy,1,"])
+    with pytest.raises(DataError, match=r"row 3: image file 'images/missing.npy' does not exist"):
+        FolderDataset(root)
+    (root / "dataset.json").write_text('{"class_names": ["no", "yes"]}')
+    _csv(root, ["images/a.npy,0,", "images/a.npy,maybe,"])
+    with pytest.raises(DataError, match=r"row 3: unknown label 'maybe'"):
+        FolderDataset(root)
+    _csv(root, ["images/a.npy,0,", "images/a.npy,2,"])
+    with pytest.raises(DataError, match=r"unknown label '2'"):
+        FolderDataset(root)
+    _csv(root, ["images/a.npy,no,", "images/rgb.npy,yes,"])
+    ds = FolderDataset(root, in_channels=1)
+    assert int(ds[0]["label"]) == 0
+    with pytest.raises(DataError, match=r"rgb\.npy: image has 3 channels; expected 1"):
+        ds[1]
+    _csv(root, ["images/a.npy,0,", "images/nan.npy,1,"])
+    with pytest.raises(DataError, match=r"nan\.npy: 64 NaN/Inf"):
+        FolderDataset(root)[1]
+    _csv(root, ["images/a.npy,0,images/m_small.npy"])
+    with pytest.raises(DataError, match=r"m_small\.npy: mask size \(4, 4\) differs from image size \(8, 8\)"):
+        FolderDataset(root)[0]
+    _csv(root, ["images/a.npy,0,images/m_multi.npy"])
+    with pytest.raises(DataError, match=r"m_multi\.npy: mask is not binary"):
+        FolderDataset(root)[0]
+    _csv(root, ["images/bad.png,0,"])
+    with pytest.raises(DataError, match=r"bad\.png: cannot decode image"):
+        FolderDataset(root)
+    (root / "labels.csv").write_text("file,label\nimages/a.npy,0\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['image'\]"):
+        FolderDataset(root)
+
+
+def test_string_labels_and_split_column(tmp_path):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    for i in range(6):
+        np.save(root / "images" / f"{i}.npy", np.full((1, 4, 4), float(i), np.float32))
+    (root / "labels.csv").write_text(
+        "image,label,patient,split\n" + "\n".join(f"images/{i}.npy,{'yes' if i % 2 else 'no'},p{i},{['train', 'val', 'test'][i % 3]}" for i in range(6)) + "\n"
+    )
+    ds = FolderDataset(root, split="val", normalize="none")
+    assert ds.class_names == ["no", "yes"] and ds.ids == ["images/1.npy", "images/4.npy"] and ds.labels == [1, 0]
+
+
+def test_augment_train_only_deterministic_and_mask_aligned(tmp_path):
+    from dualattn.data.transforms import augment
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    with FolderWriter(root, class_names=["a", "b"]) as w:
+        for i in range(20):
+            m = np.zeros((1, 16, 16), np.uint8)
+            m[0, 3:9, 2:7] = 1
+            w.add(f"x{i}", image=np.concatenate([m.astype(np.float32), rng.normal(size=(1, 16, 16)).astype(np.float32)]), label=i % 2, patient=f"p{i}", mask=m)
+    a = FolderDataset(root, split="train", augment=True, seed=1, normalize="none")
+    b = FolderDataset(root, split="train", augment=True, seed=1, normalize="none")
+    assert torch.equal(a[0]["image"], b[0]["image"])
+    assert not torch.equal(a[0]["image"], a[0]["image"])  # a new draw each time an item is read
+    assert FolderDataset(root, split="test", augment=True).augment is False
+    for k in range(5):
+        item = a[k]
+        assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0}
+        # channel 0 is the mask itself, resampled bilinearly: it agrees with the nearest-resampled mask
+        agree = ((item["image"][0] > 0.5).float() == item["mask"][0]).float().mean()
+        assert agree > 0.93
+    # pure flip (no affine): exactly torch.flip along the last axis, for image and mask
+    img = torch.arange(2 * 4 * 5, dtype=torch.float32).reshape(2, 4, 5)
+    msk = (img[:1] > 20).float()
+    for seed in range(6):
+        out_i, out_m = augment(img, msk, rng=np.random.default_rng(seed), max_rotate_deg=0, max_scale=0, max_shift=0)
+        flipped = torch.equal(out_i, torch.flip(img, dims=[2]))
+        assert flipped or torch.allclose(out_i, img, atol=1e-5)
+        assert torch.equal(out_m, torch.flip(msk, dims=[2]) if flipped else msk)
