@@ -246,7 +246,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch.no_grad():
         a_k, a_l = project_exact(tau_k, tau_l)
         b_k, b_l = project_exact(tau_k, tau_l, fused=True)
-    agreement = {"max_abs_diff_fused_vs_log_space": float(max((a_k - b_k).abs().max(), (a_l - b_l).abs().max()))}
+        c_k, c_l = (x.exp() for x in project_exact_log(tau_k.log(), tau_l.log()))
+    agreement = {
+        "max_abs_diff_fused_vs_autograd": float(max((a_k - b_k).abs().max(), (a_l - b_l).abs().max())),
+        "max_abs_diff_log_space_vs_autograd": float(max((a_k - c_k).abs().max(), (a_l - c_l).abs().max())),
+    }
 
     # cvxpy loop (float64, Clarabel at 1e-10) and its error against the closed form
     with warnings.catch_warnings():
@@ -264,6 +268,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res["cvxpylayers"] = bench_cvxpylayers(tau_k, tau_l, g_k, g_l, repeats=args.cvx_repeats)
+            # gradient accuracy on small very peaked maps (logits x15), where it is cheap to run
+            pk, pl, _, pgk, pgl = make_inputs(4, 8, 4, seed=args.seed + 1)
+            gen = torch.Generator().manual_seed(args.seed + 2)
+            pk = softmax_map(15 * torch.randn(4, 8, 8, generator=gen))
+            pl = softmax_map(15 * torch.randn(4, 4, 4, generator=gen))
+            peaked = bench_cvxpylayers(pk, pl, pgk, pgl, repeats=1)
+            res["cvxpylayers"]["peaked_8x8_4x4"] = {k: v for k, v in peaked.items() if k != "fwd_bwd"}
         if "fwd_bwd" in res["cvxpylayers"]:
             logger.info("%-36s %10.1f us", "cvxpylayers_fwd_bwd", res["cvxpylayers"]["fwd_bwd"]["median_s"] * 1e6)
 

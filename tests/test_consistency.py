@@ -179,7 +179,9 @@ def test_project_exact_log_matches_and_is_shift_invariant():
     lf = torch.randn(2, 8, 6, dtype=torch.float64, generator=gen) * 3
     lc = torch.randn(2, 4, 3, dtype=torch.float64, generator=gen) * 3
     log_k, log_l = project_exact_log(lf, lc)
-    mu_k, mu_l = project_exact(torch.softmax(lf.flatten(1), 1).reshape(lf.shape), torch.softmax(lc.flatten(1), 1).reshape(lc.shape))
+    tk = torch.softmax(lf.flatten(1), 1).reshape(lf.shape)
+    tl = torch.softmax(lc.flatten(1), 1).reshape(lc.shape)
+    mu_k, mu_l = project_exact(tk, tl)
     torch.testing.assert_close(log_k.exp(), mu_k)
     torch.testing.assert_close(log_l.exp(), mu_l)
     shift = torch.tensor([5.0, -7.0], dtype=torch.float64).reshape(2, 1, 1)
@@ -227,7 +229,7 @@ def test_chain_of_two_equals_project_exact():
 @pytest.mark.parametrize("weights", [None, [1.0, 2.0, 0.5, 3.0]])
 def test_chain_is_consistent_at_every_level(weights):
     gen = torch.Generator().manual_seed(9)
-    taus = [rand_map(2, 16, 8, gen=gen), rand_map(2, 8, 4, gen=gen), rand_map(2, 2, 2, gen=gen), rand_map(2, 1, 1, gen=gen)]
+    taus = [rand_map(2, *g, gen=gen) for g in ((16, 8), (8, 4), (2, 2), (1, 1))]
     mus = project_exact_chain(taus, weights)
     for m in range(3):
         torch.testing.assert_close(marginalize(mus[m], tuple(mus[m + 1].shape[1:])), mus[m + 1], rtol=1e-14, atol=1e-15)
