@@ -319,9 +319,11 @@ def prepare_pet(
             try:
                 from .readers import _dcmread
 
-                first = next(f for f in sorted(folder.iterdir()) if f.is_file())
+                files = [f for f in sorted(folder.iterdir()) if f.is_file()]
+                secrets_ += [f.name for f in files] + [f.stem for f in files]
+                first = files[0]
                 secrets_ += _header_secrets(_dcmread(first, stop_before_pixels=True))
-            except (StopIteration, DataError):
+            except (IndexError, DataError):
                 pass
             img = prepare_series(folder, size=size, bins=bins, keep_aspect=keep_aspect)
         except (DataError, ValueError) as exc:

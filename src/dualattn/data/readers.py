@@ -378,6 +378,7 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, Geome
     if not folder.is_dir():
         raise DataError(folder, "DICOM series folder does not exist")
     entries: list[tuple[Path, Any]] = []
+    skipped = 0
     for f in sorted(folder.iterdir()):
         if not f.is_file() or f.name.startswith("."):
             continue
@@ -386,11 +387,13 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, Geome
         except DataError:
             if f.suffix.lower() in (".dcm", ".dicom"):
                 raise
-            logger.debug("skipping non-DICOM file %s", f.name)
+            skipped += 1  # file names are not logged: DICOM file names are often UIDs
             continue
         if "PixelData" not in ds:
             continue
         entries.append((f, ds))
+    if skipped:
+        logger.debug("DICOM series: skipped %d non-DICOM file(s)", skipped)
     if not entries:
         raise DataError(folder, "no DICOM image files in the folder")
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in entries}
