@@ -140,9 +140,7 @@ def coronal_mip(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tup
     mip = volume.max(axis=ap)  # (slices, other)
     if axes[2, 0] > 0:  # slice index increases towards superior: put the head on top
         mip = mip[::-1]
-    if axes[0, keep] < 0:  # columns increase towards patient right: show patient right on the left
-        pass
-    else:
+    if axes[0, keep] > 0:  # columns run towards patient right: flip so patient right is on the left
         mip = mip[:, ::-1]
     spacing = (float(np.linalg.norm(axes[:, 0])), float(np.linalg.norm(axes[:, keep])))
     return np.ascontiguousarray(mip), spacing

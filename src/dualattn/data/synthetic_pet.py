@@ -125,7 +125,6 @@ def _render(gen, labels: np.ndarray, rng: np.random.Generator, size: int):
         img = torch.maximum(img, soft(_capsule(X, Y, (bx, by), (bx + u(-0.04, 0.04), by + u(-0.03, 0.03)), u(0.006, 0.012))) * u(1.0, 4.5))
 
     # muscles: normal heterogeneity for everyone; altered uptake for mild / severe
-    lab = torch.as_tensor(labels)
     mask = torch.zeros((B, S, S))
     base = u(0.7, 1.15, len(MUSCLES))
     n_alt = np.where(labels == 2, rng.integers(5, 9, B), np.where(labels == 1, rng.integers(2, 6, B), 0))
@@ -148,7 +147,6 @@ def _render(gen, labels: np.ndarray, rng: np.random.Generator, size: int):
     ix = 0.5 + torch.as_tensor(rng.choice([-1.0, 1.0], B), dtype=torch.float32).view(B, 1, 1) * (0.19 + abd * 0.5)
     iy = u(0.34, 0.42)
     img = torch.maximum(img, inj * soft(_ellipse(X, Y, (ix, iy), u(0.006, 0.012), u(0.006, 0.012))) * u(4.0, 20.0))
-    del lab
 
     # PET blur + Poisson-like noise
     from .synthetic_brain import _gauss_blur
