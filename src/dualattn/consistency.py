@@ -20,9 +20,11 @@ also give its closed-form optimum (:func:`project_exact`) and that of an M-level
 (:func:`project_exact_chain`), derived in :func:`project_exact_chain_log`. :func:`solve_cvx` is the
 conic-solver reference used by the tests and by the paper's "CVX" baseline.
 
-Everything is computed per sample (no normalization couples two images of a batch), in log space
-(log-softmax / logsumexp) so that very peaked maps, logits of +-1e4 and half precision never give
-NaN, and in float32 internally when the input is float16/bfloat16 (outputs keep the input dtype).
+Everything is computed per sample (no normalization couples two images of a batch), on maps floored at
+the dtype's smallest normal number, either in log space (log-softmax / block logsumexp) or in probability
+space with every intermediate provably a normal float, so that very peaked maps, exact zeros, logits of
++-1e4 and half precision never give NaN; in float32 internally when the input is float16/bfloat16
+(outputs keep the input dtype).
 
 Example:
     >>> import torch
