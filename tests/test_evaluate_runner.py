@@ -153,6 +153,15 @@ def test_perturbation_and_classification_match_direct_computation(evaluated):
         got = res["curves"]["gradcam"]["block4"]["least_first"]["runs"][s]
         assert got == pytest.approx([100 * a for a in curve.balanced_accuracy])
     assert res["methods"]["gradcam"]["blocks"]["block4"]["auc_least_first"]["values"] == pytest.approx(aucs)
+    # pixel methods: one attribution pooled to both grids gives what explain() gives per block
+    from dualattn.evaluate import metrics as M
+
+    base = load_model(runs / "baseline" / "seed1" / "best.safetensors")
+    pos = torch.nonzero(test.masks.flatten(1).sum(1) > 0).flatten()
+    for block in ("block3", "block4"):
+        maps = explain(base, test.images[pos], method="lrp", block=block, target=test.labels[pos])
+        iou = 100 * float(M.iou_at_quantile(maps, test.masks[pos], 0.95).mean())
+        assert res["methods"]["lrp"]["blocks"][block]["iou@95"]["values"][1] == pytest.approx(iou, abs=1e-4)
     rows = {r["run"]: r for r in res["runs"]}
     for s in (0, 1):
         run = runs / "baseline" / f"seed{s}"

@@ -28,7 +28,6 @@ aggregated as mean ± std (sample std) over runs. The ``results.json`` schema is
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import logging
 import math
@@ -361,6 +360,61 @@ def _source_runs(method: str, runs: list[RunInfo], baselines: list[RunInfo]) -> 
     return list(baselines)
 
 
+def _maps_for_blocks(
+    model: nn.Module, images: Tensor, *, method: str, blocks: Sequence[str], targets: Tensor | None,
+    kw: dict[str, Any], batch_size: int, device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, float], dict[str, str]]:
+    """Maps of ``method`` for every block over all images (batched), the ms/image per block and
+    the error per block that could not be explained.
+
+    Pixel-level methods compute their attribution once per batch and pool it to every block's grid
+    (the attribution does not depend on the block), so their cost is shared by the blocks.
+    """
+    from ..explain import explain
+    from ..explain._pool import block_grid, normalize_and_pool, resolve_target
+    from ..explain.posthoc import PIXEL_METHODS, pixel_attribution
+
+    n = images.shape[0]
+    maps: dict[str, Tensor] = {}
+    cost: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    if method in PIXEL_METHODS:
+        grids: dict[str, tuple[int, ...]] = {}
+        for block in blocks:
+            try:
+                grids[block] = block_grid(model, images[:1].to(device), block)
+            except ValueError as exc:
+                errors[block] = str(exc)
+        if not grids:
+            return maps, cost, errors
+        parts: dict[str, list[Tensor]] = {b: [] for b in grids}
+        t0 = time.perf_counter()
+        for s in _batches(n, batch_size):
+            x = images[s].to(device)
+            tgt = targets[s].to(device) if targets is not None else None
+            attr = pixel_attribution(model, x, method=method, target=resolve_target(model, x, tgt), **kw)
+            for b, g in grids.items():
+                parts[b].append(normalize_and_pool(attr, g).cpu())
+        ms = 1000.0 * (time.perf_counter() - t0) / n
+        for b in grids:
+            maps[b] = torch.cat(parts[b])
+            cost[b] = ms
+        return maps, cost, errors
+    for block in blocks:
+        t0 = time.perf_counter()
+        try:
+            out = []
+            for s in _batches(n, batch_size):
+                tgt = targets[s] if targets is not None else None
+                out.append(explain(model, images[s].to(device), method=method, block=block, target=tgt, **kw).cpu())
+        except ValueError as exc:
+            errors[block] = str(exc)
+            continue
+        maps[block] = torch.cat(out)
+        cost[block] = 1000.0 * (time.perf_counter() - t0) / n
+    return maps, cost, errors
+
+
 @torch.no_grad()
 def _predict(model: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     from ..explain._state import eval_mode
@@ -439,7 +493,7 @@ def evaluate_runs(
         ValueError: no runs, unknown methods or blocks, data that cannot be adapted to a model.
     """
     from ..evaluate.perturbation import perturbation_predictions
-    from ..explain import explain, list_methods
+    from ..explain import list_methods
     from ..explain._state import eval_mode
     from ..models import count_parameters
 
@@ -554,33 +608,38 @@ def evaluate_runs(
         for k, info in enumerate(src):
             x = model_images(info)
             maps_by_block: dict[str, Tensor] = {}
+            kw: dict[str, Any] = {}
+            if method == "integrated_gradients":
+                kw["n_steps"] = ig_steps
+            if method == "random":
+                kw["seed"] = seed
+            target_all = test.labels if family == "posthoc" else None
+            if k == 0:
+                # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
+                _maps_for_blocks(info.model, x[:1], method=method, blocks=method_blocks[:1],
+                                 targets=None if target_all is None else target_all[:1], kw=kw,
+                                 batch_size=1, device=dev)
+            all_maps, all_costs, errors = _maps_for_blocks(
+                info.model, x, method=method, blocks=method_blocks, targets=target_all, kw=kw,
+                batch_size=batch_size, device=dev,
+            )
+            for block, err in errors.items():
+                text = f"{method} at {block} on {info.path.name}: not computed ({err})"
+                logger.warning(text)
+                notes.append(text)
+            sanity_after: dict[str, Tensor] = {}
+            if sanity_images > 0 and family in ("attention", "cvx", "posthoc", "vit") and all_maps:
+                n_s = min(sanity_images, n_img)
+                rnd = randomized_copy(info.model, seed=seed + 1)
+                sanity_after, _, _ = _maps_for_blocks(
+                    rnd, x[:n_s], method=method, blocks=tuple(all_maps), kw=kw, batch_size=batch_size, device=dev,
+                    targets=None if target_all is None else target_all[:n_s],
+                )
+                del rnd
             for block in method_blocks:
-                kw: dict[str, Any] = {}
-                fam = _methods_for(method)
-                if method == "integrated_gradients":
-                    kw["n_steps"] = ig_steps
-                if method == "random":
-                    kw["seed"] = seed
-                target_all = test.labels if fam == "posthoc" else None
-                if k == 0 and block == method_blocks[0]:
-                    # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
-                    with contextlib.suppress(ValueError):
-                        explain(info.model, x[:1].to(dev), method=method, block=block,
-                                target=None if target_all is None else target_all[:1], **kw)
-                t0 = time.perf_counter()
-                try:
-                    parts = []
-                    for s in _batches(n_img, batch_size):
-                        tgt = target_all[s] if target_all is not None else None
-                        parts.append(explain(info.model, x[s].to(dev), method=method, block=block, target=tgt,
-                                             **kw).cpu())
-                    maps = torch.cat(parts)
-                except ValueError as exc:
-                    text = f"{method} at {block} on {info.path.name}: not computed ({exc})"
-                    logger.warning(text)
-                    notes.append(text)
+                if block not in all_maps:
                     continue
-                cost = 1000.0 * (time.perf_counter() - t0) / n_img
+                maps, cost = all_maps[block], all_costs[block]
                 maps_by_block[block] = maps
                 vals = per_run.setdefault(method, {}).setdefault(block, {})
 
@@ -614,15 +673,9 @@ def evaluate_runs(
                         acc = [100.0 * M.balanced_accuracy(test.labels, pr[:, j]) for j in range(len(fractions_pt))]
                         crv[order].append(acc)
                         add(f"auc_{order}", M.curve_auc(fractions_pt, [a / 100.0 for a in acc]))
-                if sanity_images > 0 and fam in ("attention", "cvx", "posthoc", "vit"):
-                    n_s = min(sanity_images, n_img)
-                    rnd = randomized_copy(info.model, seed=seed + 1)
-                    tgt = test.labels[:n_s] if fam == "posthoc" else None
-                    try:
-                        after = explain(rnd, x[:n_s].to(dev), method=method, block=block, target=tgt, **kw).cpu()
-                        add("randomization_spearman", _nanmean(M.spearman_rank_correlation(maps[:n_s], after)))
-                    except ValueError as exc:  # pragma: no cover - same model class, same checks
-                        logger.warning("sanity check of %s failed: %s", method, exc)
+                if block in sanity_after:
+                    n_s = sanity_after[block].shape[0]
+                    add("randomization_spearman", _nanmean(M.spearman_rank_correlation(maps[:n_s], sanity_after[block])))
             if len(blocks) >= 2 and all(b in maps_by_block for b in blocks[:2]):
                 fine, coarse = maps_by_block[blocks[0]], maps_by_block[blocks[1]]
                 pair = f"{blocks[0]}+{blocks[1]}"

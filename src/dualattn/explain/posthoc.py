@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
