@@ -229,3 +229,15 @@ def test_prepare_pet_pipeline_privacy_resume_and_bad_rows(tmp_path, caplog):
         assert needle not in logs, needle
     again = prepare_pet(raw, labels, tmp_path / "out", size=24)
     assert again["new"] == 0 and again["resumed"] == 2 and again["items"] == 2
+
+
+def test_prepare_brats_parallel_equals_serial(tmp_path):
+    raw = tmp_path / "raw"
+    for c in ("A", "B"):
+        _brats_case(raw, c)
+    serial = prepare_brats(raw, tmp_path / "s", min_area=20, size=16)
+    parallel = prepare_brats(raw, tmp_path / "p", min_area=20, size=16, workers=2)
+    assert serial["items"] == parallel["items"] == 12
+    assert (tmp_path / "s" / "labels.csv").read_text() == (tmp_path / "p" / "labels.csv").read_text()
+    for p in (tmp_path / "s" / "images").iterdir():
+        np.testing.assert_array_equal(np.load(p), np.load(tmp_path / "p" / "images" / p.name))

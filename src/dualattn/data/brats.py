@@ -205,7 +205,10 @@ def prepare_brats(
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        # fork (Linux) also works when the caller is an interactive/stdin script; the parent has not
+        # started torch threads here (torch is only used inside the workers)
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
             results = list(pool.map(_worker, todo))
     else:
         results = [_worker(t) for t in todo]
