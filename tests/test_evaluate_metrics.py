@@ -276,3 +276,11 @@ def test_argument_errors_name_the_value():
         M.resize_mass(torch.rand(1, 1, 4, 4), (1, 2, 3))
     with pytest.raises(ValueError, match="batch"):
         M.iou_at_quantile(torch.rand(2, 1, 4, 4), torch.ones(3, 1, 4, 4), 0.9)
+
+
+def test_row_quantile_equals_torch_quantile():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 101, dtype=torch.float64, generator=g)
+    x[1, :50] = 0.5  # ties
+    for q in (0.0, 0.9, 0.95, 0.975, 0.999):
+        torch.testing.assert_close(M._row_quantile(x, q), torch.quantile(x, q, dim=1, keepdim=True))
