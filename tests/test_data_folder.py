@@ -166,6 +166,12 @@ def test_augment_train_only_deterministic_and_mask_aligned(tmp_path):
     assert torch.equal(a[0]["image"], b[0]["image"])
     assert not torch.equal(a[0]["image"], a[0]["image"])  # a new draw each time an item is read
     assert FolderDataset(root, split="test", augment=True).augment is False
+    a.set_epoch(3)
+    first = a[2]["image"]
+    b.set_epoch(3)  # a fresh object that never read epoch 0 gets the same epoch-3 stream
+    assert torch.equal(b[2]["image"], first)
+    a.set_epoch(3)
+    assert torch.equal(a[2]["image"], first)
     for k in range(5):
         item = a[k]
         assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0}

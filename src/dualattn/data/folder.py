@@ -288,8 +288,14 @@ class FolderDataset:
 
     # ------------------------------------------------------------------ Dataset API
     def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation stream (call once per epoch for different random flips)."""
+        """Select the augmentation stream of ``epoch`` (call once per epoch, before workers start).
+
+        Draws come from ``numpy.random.default_rng([seed, epoch, index, draw])`` where ``draw``
+        counts reads of the item since the last ``set_epoch``, so an epoch's stream is the same
+        whether or not earlier epochs ran in this process (resume is reproducible).
+        """
         self._epoch = int(epoch)
+        self._draws.clear()
 
     def __len__(self) -> int:
         return len(self._images)
