@@ -112,6 +112,22 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     return fr
 
 
+def _removal_rank(maps: Tensor, size: Sequence[int], order: str) -> Tensor:
+    """Rank (0 = removed first) of every pixel of the map brought to ``size``: ``(B, 1, *size)`` int64."""
+    if order not in ("least_first", "most_first"):
+        raise ValueError(f"order must be 'least_first' or 'most_first', got {order!r}")
+    if maps.dim() != len(size) + 2 or maps.shape[1] != 1:
+        raise ValueError(f"maps must be (B, 1, *grid) with {len(size)} spatial dims, got {tuple(maps.shape)}")
+    a = resize_mass(maps.detach().double(), size)
+    b = a.shape[0]
+    flat = a.reshape(b, -1)
+    n = flat.shape[1]
+    idx = torch.argsort(flat, dim=1, descending=(order == "most_first"), stable=True)
+    position = torch.empty_like(idx)
+    position.scatter_(1, idx, torch.arange(n, device=idx.device).expand(b, n).contiguous())
+    return position.reshape(b, 1, *size)
+
+
 def removal_masks(maps: Tensor, size: Sequence[int], fractions: Sequence[float], *, order: str) -> Tensor:
     """Boolean masks of the pixels removed at each fraction.
 
@@ -128,20 +144,10 @@ def removal_masks(maps: Tensor, size: Sequence[int], fractions: Sequence[float],
     Returns:
         ``(F, B, 1, *S)`` boolean.
     """
-    if order not in ("least_first", "most_first"):
-        raise ValueError(f"order must be 'least_first' or 'most_first', got {order!r}")
     fr = _check_fractions(fractions)
-    if maps.dim() != len(size) + 2 or maps.shape[1] != 1:
-        raise ValueError(f"maps must be (B, 1, *grid) with {len(size)} spatial dims, got {tuple(maps.shape)}")
-    a = resize_mass(maps.detach().double(), size)
-    b = a.shape[0]
-    flat = a.reshape(b, -1)
-    n = flat.shape[1]
-    idx = torch.argsort(flat, dim=1, descending=(order == "most_first"), stable=True)
-    position = torch.empty_like(idx)
-    position.scatter_(1, idx, torch.arange(n, device=idx.device).expand(b, n).contiguous())
-    out = torch.stack([position < int(round(f * n)) for f in fr])
-    return out.reshape(len(fr), b, 1, *size)
+    rank = _removal_rank(maps, size, order)
+    n = rank[0].numel()
+    return torch.stack([rank < int(round(f * n)) for f in fr])
 
 
 @torch.no_grad()
@@ -174,13 +180,15 @@ def perturbation_predictions(
         raise ValueError(f"images must be (B, C, *S), got shape {tuple(images.shape)}")
     if maps.shape[0] != images.shape[0]:
         raise ValueError(f"maps batch {maps.shape[0]} != images batch {images.shape[0]}")
-    remove = removal_masks(maps, images.shape[2:], fractions, order=order)
+    fr = _check_fractions(fractions)
+    rank = _removal_rank(maps, images.shape[2:], order)  # masks made one fraction at a time (3-D memory)
+    n = rank[0].numel()
     replacement = make_perturbation(perturbation)(images)
     if replacement.shape != images.shape:
         raise ValueError(f"perturbation returned shape {tuple(replacement.shape)}, expected {tuple(images.shape)}")
     preds = []
-    for mask in remove:
-        logits = classifier(torch.where(mask, replacement, images))
+    for f in fr:
+        logits = classifier(torch.where(rank < int(round(f * n)), replacement, images))
         preds.append(logits.argmax(dim=1))
     return torch.stack(preds, dim=1)
 
