@@ -62,3 +62,17 @@ def test_folder_dataset_3d_nifti(tmp_path):
     assert set(np.unique(item["mask"].numpy()).tolist()) <= {0.0, 1.0}
     plain = FolderDataset(root, size=(20, 24, 16))[1]
     assert float(plain["mask"].sum()) == 4 * 4 * 3 * 8  # nearest upsampling by 2 in every axis
+
+
+def test_prepare_pet_cli(tmp_path):
+    from test_data_prepare import _pet_series
+
+    vol = np.full((6, 8, 8), 500.0)
+    vol[2, 3, 3] = 9000.0
+    _pet_series(tmp_path / "raw" / "s1", vol, slopes=np.ones(6))
+    (tmp_path / "labels.csv").write_text("series,label\ns1,mild\n")
+    res = CliRunner().invoke(app, ["prepare", "pet", str(tmp_path / "raw"), str(tmp_path / "labels.csv"), str(tmp_path / "out"), "--size", "16"])
+    assert res.exit_code == 0, res.output
+    assert "1 series written, 0 bad" in res.output
+    ds = FolderDataset(tmp_path / "out", normalize="none")
+    assert ds.labels == [1] and ds[0]["image"].shape == (1, 16, 16)
