@@ -336,3 +336,16 @@ def test_errors_and_listing():
     names = list_methods(in_channels=2)
     assert {"tau_k", "exact", "cvx", "gradcam_norelu", "vit_rollout", "raw_channel_1", "random"} <= set(names)
     assert "cvx" not in list_methods(_unet("baseline"))
+
+
+def test_vit_methods_3d():
+    from dualattn.models import create_model
+
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny", spatial_dims=3, img_size=16, patch_size=8, num_layers=2, hidden_size=16,
+                       mlp_dim=16, num_heads=2).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    for method in list_methods(vit):
+        kw = {"n_steps": 4} if method == "integrated_gradients" else {}
+        m = explain(vit, x, method=method, **kw)
+        assert m.shape == (2, 1, 2, 2, 2) and torch.isfinite(m).all(), method
