@@ -139,6 +139,16 @@ def test_bad_folder_inputs_raise_data_error_naming_file_and_problem(tmp_path):
         FolderDataset(root)
 
 
+def test_float_written_integer_labels(tmp_path):
+    root = _write_folder(tmp_path / "d", n=4)
+    text = (root / "labels.csv").read_text().replace(",0,", ",0.0,").replace(",1,", ",1.0,")
+    (root / "labels.csv").write_text(text)
+    assert FolderDataset(root).labels == [0, 1, 0, 1]
+    (root / "dataset.json").unlink()
+    ds = FolderDataset(root)
+    assert ds.class_names == ["0", "1"] and ds.labels == [0, 1, 0, 1]
+
+
 def test_string_labels_and_split_column(tmp_path):
     root = tmp_path / "d"
     (root / "images").mkdir(parents=True)

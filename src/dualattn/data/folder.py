@@ -90,6 +90,15 @@ def read_labels_csv(root: str | os.PathLike[str]) -> list[dict[str, str]]:
     return rows
 
 
+def _as_index(value: str) -> int | None:
+    """``"2"``, ``"+2"``, ``"2.0"`` -> 2; anything else (names, ``"2.5"``, ``"nan"``) -> ``None``."""
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() else None
+
+
 def check_mask(mask: np.ndarray, *, path: str | os.PathLike[str]) -> np.ndarray:
     """Validate and binarize a mask ``(1, *S)``: at most two distinct values, one of them 0.
 
@@ -174,15 +183,9 @@ class FolderDataset:
             img = self._resolve(row["image"], csv_path, line, "image")
             msk = self._resolve(row["mask"], csv_path, line, "mask") if row.get("mask") else None
             lab = row["label"]
-            if lab in index:
-                y = index[lab]
-            else:
-                try:
-                    y = int(lab)
-                except ValueError:
-                    y = -1
-                if not 0 <= y < len(self.class_names) or str(y) != lab.lstrip("+"):
-                    raise DataError(csv_path, f"row {line}: unknown label {lab!r} for {row['image']!r} (classes: {self.class_names})")
+            y = index[lab] if lab in index else _as_index(lab)
+            if y is None or not 0 <= y < len(self.class_names):
+                raise DataError(csv_path, f"row {line}: unknown label {lab!r} for {row['image']!r} (classes: {self.class_names})")
             images.append(img)
             masks.append(msk)
             labels.append(y)
@@ -232,9 +235,8 @@ class FolderDataset:
                 names = [str(c) for c in meta["class_names"]]
             else:
                 values = sorted({r["label"] for r in rows})
-                try:
-                    ints = [int(v) for v in values]
-                except ValueError:
+                ints = [_as_index(v) for v in values]
+                if any(i is None for i in ints):
                     return values
                 if min(ints) < 0:
                     raise DataError(csv_path, f"negative label {min(ints)}")
