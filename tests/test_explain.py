@@ -349,3 +349,11 @@ def test_vit_methods_3d():
         kw = {"n_steps": 4} if method == "integrated_gradients" else {}
         m = explain(vit, x, method=method, **kw)
         assert m.shape == (2, 1, 2, 2, 2) and torch.isfinite(m).all(), method
+
+
+def test_aliases():
+    model = TinyCNN().eval()
+    x = torch.randn(2, 2, 8, 8)
+    torch.testing.assert_close(explain(model, x, method="ixg", target=0), explain(model, x, method="input_x_gradient", target=0))
+    torch.testing.assert_close(explain(model, x, method="ig", target=0, n_steps=4),
+                               explain(model, x, method="integrated_gradients", target=0, n_steps=4))

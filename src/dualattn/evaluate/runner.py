@@ -578,7 +578,10 @@ def evaluate_runs(
     if methods == "all" or methods == ["all"] or methods == ("all",):
         wanted = [m for m in list_methods(in_channels=in_channels) if m != "attention"]
     else:
+        from ..explain import METHOD_ALIASES
+
         wanted = [methods] if isinstance(methods, str) else list(methods)
+        wanted = list(dict.fromkeys(METHOD_ALIASES.get(m, m) for m in wanted))
         valid = set(list_methods(in_channels=max(in_channels, 1)))
         bad = [m for m in wanted if m not in valid and not m.startswith("raw_channel_")]
         if bad:

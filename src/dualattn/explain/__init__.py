@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["explain", "list_methods", "method_family", "METHOD_FAMILIES"]
+__all__ = ["explain", "list_methods", "method_family", "METHOD_FAMILIES", "METHOD_ALIASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,15 @@ _ATTENTION = ("tau_k", "tau_l", "unconstrained", "dual", "kl", "kl_reverse", "ex
 _POSTHOC = ("gradcam", "gradcam_norelu", "input_x_gradient", "deeplift", "lrp", "integrated_gradients")
 _VIT = ("vit_attention", "vit_rollout")
 _RAW = re.compile(r"^raw_channel_(\d+)$")
+
+#: Short names accepted by :func:`explain` (and :func:`method_family`) for the long ones.
+METHOD_ALIASES: dict[str, str] = {
+    "ig": "integrated_gradients",
+    "ixg": "input_x_gradient",
+    "grad_cam": "gradcam",
+    "vit_last": "vit_attention",
+    "rollout": "vit_rollout",
+}
 
 #: family -> method names (``raw_channel_<k>`` stands for every input channel k).
 METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
@@ -58,6 +67,7 @@ def method_family(method: str) -> str:
     Raises:
         ValueError: for an unknown method.
     """
+    method = METHOD_ALIASES.get(method, method)
     if _RAW.match(method) or method == "random":
         return "reference"
     for family, names in METHOD_FAMILIES.items():
@@ -117,7 +127,8 @@ def explain(
     Args:
         model: a :mod:`dualattn.models` classifier (``forward(x) -> logits``).
         images: ``(B, C, *S)`` (2D or 3D), on the model's device.
-        method: see :func:`list_methods`.
+        method: see :func:`list_methods`; the aliases of :data:`METHOD_ALIASES` (``ig``, ``ixg``
+            ...) are accepted too.
         block: ``"block3"`` (the paper's fine gate), ``"block4"`` (coarse), ...; ignored by ViT maps.
         target: class to explain for the post-hoc methods (int or one per image); default the
             predicted class. The evaluation passes the true label (DESIGN.md §2). Attention maps
@@ -136,6 +147,7 @@ def explain(
     if not isinstance(images, Tensor) or images.dim() not in (4, 5):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a (B, C, H, W) or (B, C, D, H, W) tensor, got {shape}")
+    method = METHOD_ALIASES.get(method, method)
     family = method_family(method)
     if family == "attention":
         _no_options(method, kw)
