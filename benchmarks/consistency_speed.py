@@ -9,7 +9,11 @@ Compares, on one batch of attention maps (default: 32 samples, 32x32 fine + 16x1
 - cvxpylayers (forward+backward through the conic program) if it is installed;
 - the paper's dual reparameterization given lambda (written independently here, in probability space,
   as the paper's code does it) and ours (``reparameterize``, log space), forward+backward;
-- a floor: one elementwise op over the fine map (forward, and forward+backward).
+- a floor: one elementwise op over the fine map (forward, and forward+backward);
+- for orientation, 3D volumes (4 x 16^3 fine + 8^3 coarse), forward+backward.
+
+cvxpylayers: ``pip install --dry-run cvxpylayers`` on this machine pulls only cvxpylayers 1.2.0 and
+diffcp 1.1.9 (no new torch), so it was installed for this benchmark; it is not a dependency of dualattn.
 
 Each timing is the median over ``--repeats`` repeats of the mean of ``--number`` calls (after warm-up),
 in process CPU time (``median_s``; wall-clock beside it as ``wall_median_s``): on a shared machine other
@@ -194,6 +198,18 @@ def bench_cvxpylayers(tau_k, tau_l, g_k, g_l, *, repeats: int) -> dict[str, Any]
     }
 
 
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for dist in ("torch", "cvxpy", "clarabel", "cvxpylayers", "diffcp"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -231,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record("paper_reparameterization_fwd", fwd_only(paper, [tau_k, tau_l, lam]))
     record("paper_reparameterization_fwd_bwd", fwd_bwd(paper, [tau_k, tau_l, lam], [g_k, g_l]))
     record("reparameterize_fwd_bwd", fwd_bwd(reparameterize, [tau_k, tau_l, lam], [g_k, g_l]))
-    tau_3 = softmax_map(torch.randn(args.batch, args.coarse // 2, args.coarse // 2, generator=torch.Generator().manual_seed(1)))
+    c3 = args.coarse // 2
+    tau_3 = softmax_map(torch.randn(args.batch, c3, c3, generator=torch.Generator().manual_seed(1)))
     g_3 = torch.randn_like(tau_3)
     record(
         "project_exact_chain3_fwd_bwd",
@@ -240,6 +257,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     res.update(timeit_round_robin(fast, number=n, repeats=r))
     for name in fast:
+        logger.info("%-36s %10.1f us", name, res[name]["median_s"] * 1e6)
+
+    # 3D for orientation (not part of the targets): 4 volumes, 16^3 fine + 8^3 coarse
+    gen3 = torch.Generator().manual_seed(args.seed + 3)
+    v_k = softmax_map(torch.randn(4, 16, 16, 16, generator=gen3))
+    v_l = softmax_map(torch.randn(4, 8, 8, 8, generator=gen3))
+    vg_k, vg_l = torch.randn_like(v_k), torch.randn_like(v_l)
+    extra = timeit_round_robin(
+        {
+            "project_exact_3d_fwd_bwd": fwd_bwd(project_exact, [v_k, v_l], [vg_k, vg_l]),
+            "project_exact_fused_3d_fwd_bwd": fwd_bwd(fused, [v_k, v_l], [vg_k, vg_l]),
+        },
+        number=max(1, n // 4),
+        repeats=r,
+    )
+    res.update(extra)
+    for name in extra:
         logger.info("%-36s %10.1f us", name, res[name]["median_s"] * 1e6)
 
     # agreement of the fast paths (float32 here)
@@ -324,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "repeats": args.repeats,
             "number": args.number,
         },
+        "versions": _versions(),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
