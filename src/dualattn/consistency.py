@@ -605,6 +605,11 @@ def consistency_objective(
 
     Returns:
         ``(B,)`` objective values (float32 for half inputs).
+
+    Example:
+        >>> tau = torch.full((1, 2, 2), 0.25)
+        >>> consistency_objective([tau, marginalize(tau, (1, 1))], [tau, torch.ones(1, 1, 1)]).tolist()
+        [0.0]
     """
     if len(mus) != len(taus):
         raise ValueError(f"got {len(mus)} maps mu but {len(taus)} maps tau")
@@ -687,6 +692,13 @@ def dual_penalty(tau_fine: Tensor, tau_coarse: Tensor, lam: Tensor, *, reduction
 
     Returns:
         The penalty (float32 for half inputs).
+
+    Example:
+        >>> tau_k = torch.softmax(torch.randn(2, 64), -1).reshape(2, 8, 8)
+        >>> tau_l = torch.softmax(torch.randn(2, 16), -1).reshape(2, 4, 4)
+        >>> lam = 0.5 * (marginalize(tau_k, (4, 4)).log() - tau_l.log())  # the optimal witness
+        >>> bool(dual_penalty(tau_k, tau_l, lam) < 1e-6)
+        True
     """
     _check_reduction(reduction)
     factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
@@ -708,6 +720,11 @@ def kl_consistency(
 
     Returns:
         The loss (float32 for half inputs).
+
+    Example:
+        >>> tau_k = torch.full((1, 2, 2), 0.25); tau_l = torch.tensor([[[0.75, 0.25]]])
+        >>> round(kl_consistency(tau_k, tau_l).item(), 6) == round(0.75 * math.log(1.5) + 0.25 * math.log(0.5), 6)
+        True
     """
     _check_reduction(reduction)
     factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
@@ -829,6 +846,13 @@ def solve_cvx(tau_fine: Tensor, tau_coarse: Tensor, **solver_kwargs: object) -> 
 
     Returns:
         ``(mu_fine, mu_coarse)`` detached, in the input dtypes, on the input device.
+
+    Example:
+        >>> tau_k = torch.softmax(torch.randn(1, 16, dtype=torch.float64), -1).reshape(1, 4, 4)
+        >>> tau_l = torch.softmax(torch.randn(1, 4, dtype=torch.float64), -1).reshape(1, 2, 2)
+        >>> mu_k, _ = solve_cvx(tau_k, tau_l)  # doctest: +SKIP
+        >>> bool((mu_k - project_exact(tau_k, tau_l)[0]).abs().max() < 1e-6)  # doctest: +SKIP
+        True
     """
     from dualattn._consistency_cvx import solve_chain_numpy
 
