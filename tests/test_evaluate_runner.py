@@ -237,3 +237,36 @@ def test_vit_runs_are_evaluated_on_their_patch_grid(tmp_path):
     assert res["methods"]["gradcam"]["source"]["runs"] == [str(tmp_path / "runs" / "baseline" / "seed0")]
     assert res["meta"]["baselines"] == [str(tmp_path / "runs" / "baseline" / "seed0")]  # the ViT is no CNN baseline
     assert set(res["classification"]["rows"]) == {"unet_encoder:baseline", "vit_tiny:baseline"}
+
+
+def test_evaluate_runs_3d(tmp_path):
+    from dualattn.data import FolderWriter
+    from dualattn.evaluate import evaluate_runs
+    from dualattn.models import create_model
+    from dualattn.weights import save_model
+
+    rng = np.random.default_rng(1)
+    with FolderWriter(tmp_path / "data", class_names=["healthy", "lesion"]) as w:
+        for i in range(6):
+            img = rng.normal(0, 1, (1, 16, 16, 16)).astype(np.float32)
+            mask = np.zeros((16, 16, 16), np.uint8)
+            if i % 2:
+                mask[4:9, 5:10, 6:11] = 1
+                img[:, mask > 0] += 3
+            w.add(f"v{i}", image=img, label=i % 2, patient=f"p{i}", mask=mask if i % 2 else None, split="test")
+    for variant in ("baseline", "exact"):
+        torch.manual_seed(0)
+        model = create_model("unet_encoder", variant=variant, features=4, spatial_dims=3)
+        run = tmp_path / "runs" / variant
+        run.mkdir(parents=True)
+        save_model(model, run / "best.safetensors")
+        (run / "config.yaml").write_text(yaml.safe_dump({"variant": variant, "seed": 0, "image_size": 16}))
+    path = evaluate_runs(tmp_path / "runs", data=tmp_path / "data", out=tmp_path / "out",
+                         methods=["exact", "gradcam", "lrp", "random"], perturbation_steps=2, sanity_images=2)
+    res = json.loads(path.read_text())
+    assert res["meta"]["image_size"] == [16, 16, 16] and res["meta"]["n_positive_with_mask"] == 3
+    for method in ("exact", "gradcam", "lrp", "random"):
+        for block in ("block3", "block4"):
+            cell = res["methods"][method]["blocks"][block]
+            assert all(math.isfinite(cell[c]["mean"]) for c in ("iou@90", "ap", "auc_least_first")), (method, block)
+    assert res["methods"]["exact"]["consistency"]["consistency_kl"]["mean"] == pytest.approx(0, abs=1e-6)

@@ -357,3 +357,17 @@ def test_aliases():
     torch.testing.assert_close(explain(model, x, method="ixg", target=0), explain(model, x, method="input_x_gradient", target=0))
     torch.testing.assert_close(explain(model, x, method="ig", target=0, n_steps=4),
                                explain(model, x, method="integrated_gradients", target=0, n_steps=4))
+
+
+def test_vit_model_untouched():
+    from dualattn.models import create_model
+
+    torch.manual_seed(0)
+    vit = create_model("vit_tiny", img_size=16, patch_size=8, num_layers=2, hidden_size=16, mlp_dim=16, num_heads=2)
+    vit.train()
+    x = torch.randn(2, 1, 16, 16)
+    before = _snapshot(vit)
+    for method in list_methods(vit):
+        kw = {"n_steps": 4} if method == "integrated_gradients" else {}
+        explain(vit, x, method=method, **kw)
+        _assert_same(before, _snapshot(vit))
