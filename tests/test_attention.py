@@ -107,3 +107,15 @@ def test_log_softmax_grid_hand_computed():
     torch.testing.assert_close(log_softmax_grid(x).exp(), torch.tensor([[[0.25, 0.75]]]))
     half = log_softmax_grid(torch.tensor([[[1e4, -1e4]]], dtype=torch.bfloat16))
     assert half.dtype == torch.bfloat16 and bool(torch.isfinite(half.float()).all())
+
+
+def test_gate_runs_its_submodules_so_hooks_see_them():
+    gate = AttentionGate(3, 4)
+    seen = []
+    with_handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(type(mod).__name__)) for m in (gate.U, gate.u)]
+    try:
+        gate(torch.randn(1, 3, 4, 4))
+    finally:
+        for h in with_handles:
+            h.remove()
+    assert seen == ["Conv2d", "Conv2d"]

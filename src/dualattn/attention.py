@@ -105,10 +105,10 @@ class AttentionGate(nn.Module):
         if z.dtype in (torch.float16, torch.bfloat16):
             z = z.float()
         z = F.relu(F.normalize(z, p=2.0, dim=1, eps=self.eps))
-        w = self.u.weight
-        # the last 1x1 conv as a channel contraction, in the (float32) dtype of z
-        phi = torch.einsum("bc...,c->b...", z, w.reshape(-1).to(z.dtype))
-        return phi
+        if z.dtype == self.u.weight.dtype:
+            return self.u(z).squeeze(1)  # the module itself, so hooks on ``gate.u`` see it
+        # half-precision module with float32 z: the same 1x1 conv as a channel contraction in float32
+        return torch.einsum("bc...,c->b...", z, self.u.weight.reshape(-1).to(z.dtype))
 
     def log_attention(self, v: Tensor) -> Tensor:
         """Log-softmax of the potentials over all positions per sample: ``(B, C, *grid) -> (B, *grid)``."""
