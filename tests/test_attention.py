@@ -112,7 +112,10 @@ def test_log_softmax_grid_hand_computed():
 def test_gate_runs_its_submodules_so_hooks_see_them():
     gate = AttentionGate(3, 4)
     seen = []
-    with_handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(type(mod).__name__)) for m in (gate.U, gate.u)]
+    def hook(mod, inp, out):
+        seen.append(type(mod).__name__)
+
+    with_handles = [m.register_forward_hook(hook) for m in (gate.U, gate.u)]
     try:
         gate(torch.randn(1, 3, 4, 4))
     finally:
