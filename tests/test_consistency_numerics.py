@@ -18,6 +18,7 @@ from dualattn.consistency import (
     project_exact_chain_log,
     project_exact_log,
     reparameterize,
+    reparameterize_log,
 )
 
 
@@ -255,3 +256,18 @@ def test_zero_mass_blocks_are_handled():
         torch.testing.assert_close(lk.exp(), mk, atol=tol, rtol=0)
         torch.testing.assert_close(marginalize(mk, (2, 2)), ml, atol=tol, rtol=0)
         torch.testing.assert_close(ml[0, 1, 1], torch.tensor(2 / 3, dtype=f), atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("lam_scale", [0.1, 5.0, 50.0])
+def test_dual_penalty_coarse_formula_equals_fine_reparameterization(lam_scale):
+    """The coarse-grid shortcut equals KL(mu_l || marginalize(mu_k)) computed from the full fine map."""
+    gen = torch.Generator().manual_seed(16)
+    tk = softmax_map(3 * torch.randn(3, 8, 6, dtype=torch.float64, generator=gen))
+    tl = softmax_map(3 * torch.randn(3, 4, 3, dtype=torch.float64, generator=gen))
+    lam = lam_scale * torch.randn(3, 4, 3, dtype=torch.float64, generator=gen)
+    log_k, log_l = reparameterize_log(tk.log(), tl.log(), lam)
+    log_m = log_marginalize(log_k, (4, 3))
+    expected = (log_l.exp() * (log_l - log_m)).flatten(1).sum(1)
+    torch.testing.assert_close(dual_penalty(tk, tl, lam, reduction="none"), expected, rtol=1e-9, atol=1e-12)
+    got32 = dual_penalty(tk.float(), tl.float(), lam.float(), reduction="none")
+    torch.testing.assert_close(got32.double(), expected, rtol=1e-4, atol=1e-5)
