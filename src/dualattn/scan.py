@@ -346,6 +346,8 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     if size is None:
         size = run_input_size(run_dir)
     spatial = tuple(array.shape[1:])
+    if size is None:
+        size = _bounded_size(spatial[:model_dims] if len(spatial) > model_dims else spatial, notes)
     if len(spatial) == model_dims:
         x = scan_to_model_input(array, in_channels=in_channels, size=size, notes=notes)
         with torch.no_grad():
@@ -388,6 +390,25 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
         heatmap=heatmap.astype(np.float32), heatmap_model=np.asarray(hm_model, dtype=np.float32),
         model_input_shape=tuple(int(s) for s in x.shape[2:]), geometry=geometry, notes=notes,
     )
+
+
+#: Largest grid a model is run on when the run records no training size (2-D: 512x512, 3-D: 128^3):
+#: bigger scans are shrunk (aspect kept) so that memory stays bounded, with a note.
+MAX_MODEL_VOXELS = {2: 512 * 512, 3: 128**3}
+
+
+def _bounded_size(spatial: Sequence[int], notes: list[str]) -> tuple[int, ...] | None:
+    """``None`` (keep the scan's grid) when it fits :data:`MAX_MODEL_VOXELS`, else a shrunk grid."""
+    cap = MAX_MODEL_VOXELS.get(len(spatial))
+    n = int(np.prod(spatial))
+    if cap is None or n <= cap:
+        return None
+    factor = (cap / n) ** (1.0 / len(spatial))
+    # multiples of 32: every backbone's total downsampling (U-Net 16, ResNet 32, ViT patches 16) divides them
+    size = tuple(max(32, int(s * factor) // 32 * 32) for s in spatial)
+    notes.append(f"the run records no training size and the scan grid {'x'.join(map(str, spatial))} exceeds "
+                 f"{cap} voxels: the model sees it at {'x'.join(map(str, size))} to bound memory")
+    return size
 
 
 def _wants_nifti(result: ScanExplanation) -> bool:
