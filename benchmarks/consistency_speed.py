@@ -10,6 +10,8 @@ Compares, on one batch of attention maps (default: 32 samples, 32x32 fine + 16x1
 - the paper's dual reparameterization given lambda (written independently here, in probability space,
   as the paper's code does it) and ours (``reparameterize``, log space), forward+backward;
 - a floor: one elementwise op over the fine map (forward, and forward+backward);
+- the Eq. 6 penalty: the paper's way (reparameterize the fine map, pool, KL) against ``dual_penalty``
+  (the same value from the coarse grid alone), and ``kl_consistency``, forward+backward;
 - for orientation, 3D volumes (4 x 16^3 fine + 8^3 coarse), forward+backward.
 
 cvxpylayers: ``pip install --dry-run cvxpylayers`` on this machine pulls only cvxpylayers 1.2.0 and
@@ -44,6 +46,8 @@ import torch.nn.functional as F
 
 from dualattn._io import atomic_write_json
 from dualattn.consistency import (
+    dual_penalty,
+    kl_consistency,
     project_exact,
     project_exact_chain,
     project_exact_log,
@@ -109,6 +113,13 @@ def paper_reparameterization(tau_k: torch.Tensor, tau_l: torch.Tensor, lam: torc
     uk = tau_k * down
     mu_k = uk / uk.sum(dim=(1, 2), keepdim=True)
     return mu_k, mu_l
+
+
+def paper_penalty(tau_k: torch.Tensor, tau_l: torch.Tensor, lam: torch.Tensor, factor: int) -> torch.Tensor:
+    """Eq. 6 the paper's way: reparameterize the fine map, sum-pool it, KL against the coarse one (mean)."""
+    mu_k, mu_l = paper_reparameterization(tau_k, tau_l, lam, factor)
+    marg = F.avg_pool2d(mu_k.unsqueeze(1), factor).squeeze(1) * factor**2
+    return (mu_l * (mu_l.log() - marg.log())).flatten(1).sum(1).mean()
 
 
 def softmax_map(logits: torch.Tensor) -> torch.Tensor:
@@ -247,6 +258,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record("paper_reparameterization_fwd", fwd_only(paper, [tau_k, tau_l, lam]))
     record("paper_reparameterization_fwd_bwd", fwd_bwd(paper, [tau_k, tau_l, lam], [g_k, g_l]))
     record("reparameterize_fwd_bwd", fwd_bwd(reparameterize, [tau_k, tau_l, lam], [g_k, g_l]))
+    one = torch.ones(())
+    record(
+        "paper_penalty_fwd_bwd",
+        fwd_bwd(lambda a, b, c: (paper_penalty(a, b, c, factor),), [tau_k, tau_l, lam], [one]),
+    )
+    record("dual_penalty_fwd_bwd", fwd_bwd(lambda a, b, c: (dual_penalty(a, b, c),), [tau_k, tau_l, lam], [one]))
+    record("kl_consistency_fwd_bwd", fwd_bwd(lambda a, b: (kl_consistency(a, b),), [tau_k, tau_l], [one]))
     c3 = args.coarse // 2
     tau_3 = softmax_map(torch.randn(args.batch, c3, c3, generator=torch.Generator().manual_seed(1)))
     g_3 = torch.randn_like(tau_3)

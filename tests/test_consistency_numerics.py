@@ -271,3 +271,18 @@ def test_dual_penalty_coarse_formula_equals_fine_reparameterization(lam_scale):
     torch.testing.assert_close(dual_penalty(tk, tl, lam, reduction="none"), expected, rtol=1e-9, atol=1e-12)
     got32 = dual_penalty(tk.float(), tl.float(), lam.float(), reduction="none")
     torch.testing.assert_close(got32.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lam_scale", [0.1, 5.0, 60.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reparameterize_matches_log_space_for_large_lambda(lam_scale, dtype):
+    gen = torch.Generator().manual_seed(17)
+    tk = softmax_map(8 * torch.randn(3, 8, 6, dtype=torch.float64, generator=gen))
+    tl = softmax_map(8 * torch.randn(3, 4, 3, dtype=torch.float64, generator=gen))
+    lam = lam_scale * torch.randn(3, 4, 3, dtype=torch.float64, generator=gen)
+    ref_k, ref_l = (x.exp() for x in reparameterize_log(tk.log(), tl.log(), lam))
+    mu_k, mu_l = reparameterize(tk.to(dtype), tl.to(dtype), lam.to(dtype))
+    assert _is_distribution(mu_k, 1e-5) and _is_distribution(mu_l, 1e-5)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(mu_k.double(), ref_k, rtol=0, atol=tol)
+    torch.testing.assert_close(mu_l.double(), ref_l, rtol=0, atol=tol)

@@ -350,9 +350,21 @@ def reparameterize(tau_fine: Tensor, tau_coarse: Tensor, lam: Tensor) -> tuple[T
         >>> bool(torch.allclose(mu_k, tau_k)) and bool(torch.allclose(mu_l, tau_l))
         True
     """
-    _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
-    log_f, log_c = reparameterize_log(_log_of(tau_fine), _log_of(tau_coarse), lam)
-    return log_f.exp().to(tau_fine.dtype), log_c.exp().to(tau_coarse.dtype)
+    factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
+    lam = _check_lam(lam, tau_coarse)
+    # Fine map without a transcendental function on the fine grid: every cell of block i gets the same
+    # factor exp(c_i), c = -lam - logsumexp(log T - lam) with T = marginalize(t_k), so that
+    # sum_{j in N(i)} mu_k[j] = T_i exp(c_i) = softmax(log T - lam)_i <= 1, hence exp(c_i) <= 1 / T_i
+    # <= 1 / tiny never overflows; it underflows only for blocks whose mass is below float precision.
+    tk = _up(tau_fine)
+    tk = tk.clamp_min(torch.finfo(tk.dtype).tiny)
+    lm = _up(lam)
+    z = torch.log(block_sum(tk, factors)) - lm
+    c = -lm - torch.logsumexp(z.flatten(1), dim=1).reshape((z.shape[0],) + (1,) * (z.ndim - 1))
+    mu_k = tk * upsample(torch.exp(c), factors)
+    zc = _log_of(tau_coarse) + lm
+    mu_l = torch.softmax(zc.flatten(1), dim=1).reshape(zc.shape)
+    return mu_k.to(tau_fine.dtype), mu_l.to(tau_coarse.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
