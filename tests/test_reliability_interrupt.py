@@ -70,12 +70,10 @@ def _names_in(func: ast.AST) -> set[str]:
     return out
 
 
-def test_every_writer_in_the_package_is_atomic():
-    """Static check over every module: a call that writes a file must sit in a function that writes
-    to a temporary path and ``os.replace``s it (or uses ``dualattn._io.atomic_path``), or write to
-    an in-memory buffer. ``dualattn._io`` itself is the one place allowed to write directly."""
+def _atomic_problems(root: Path) -> tuple[list[str], int]:
+    """(non-atomic writes, number of write calls seen) over every module below ``root``."""
     problems, checked = [], 0
-    for file in sorted(SRC.rglob("*.py")):
+    for file in sorted(root.rglob("*.py")):
         if file.name == "_io.py":
             continue
         tree = ast.parse(file.read_text(encoding="utf-8"))
@@ -88,9 +86,33 @@ def test_every_writer_in_the_package_is_atomic():
                     continue  # reported in its own (nested) function
                 checked += 1
                 if not (_names_in(scope) & _SAFE_MARKERS):
-                    problems.append(f"{file.relative_to(SRC)}:{node.lineno} {what} is not atomic")
+                    problems.append(f"{file.relative_to(root)}:{node.lineno} {what} is not atomic")
+    return problems, checked
+
+
+def test_every_writer_in_the_package_is_atomic():
+    """Static check over every module: a call that writes a file must sit in a function that writes
+    to a temporary path and ``os.replace``s it (or uses ``dualattn._io.atomic_path``), or write to
+    an in-memory buffer. ``dualattn._io`` itself is the one place allowed to write directly."""
+    problems, checked = _atomic_problems(SRC)
     assert not problems, "\n".join(problems)
     assert checked >= 8, checked  # the scan does see the package's writers
+
+
+def test_the_atomic_check_flags_direct_writes(tmp_path):
+    """The static check itself: direct writes are flagged, the temp-file + os.replace idiom is not."""
+    (tmp_path / "bad.py").write_text(
+        "import json, numpy as np\n"
+        "def a(p, obj):\n    with open(p, 'w') as fh:\n        json.dump(obj, fh)\n"
+        "def b(p, x):\n    np.save(p, x)\n"
+        "def c(p):\n    p.write_text('x')\n"
+        "def d(p, m):\n    save_file(m, p)\n"
+        "def e(p, x):\n    tmp = p.with_suffix('.tmp')\n    np.save(tmp, x)\n    os.replace(tmp, p)\n"
+        "def f(p, fig):\n    buf = io.BytesIO()\n    fig.savefig(buf)\n"
+    )
+    problems, checked = _atomic_problems(tmp_path)
+    assert checked == 7
+    assert sorted(int(x.split(":")[1].split()[0]) for x in problems) == [3, 4, 6, 8, 10], problems
 
 
 def test_a_crash_mid_write_leaves_the_previous_file(tmp_path, monkeypatch):
@@ -318,3 +340,38 @@ def test_prepare_brats_crash_then_resume_keeps_finished_cases(tmp_path, monkeypa
     from dualattn.data import FolderDataset
 
     assert len(FolderDataset(out)) == report["items"] > 0
+
+
+# --------------------------------------------------------------------------- evaluate: a crash keeps results.json whole
+
+
+def test_evaluate_crash_keeps_the_previous_results(tmp_path, monkeypatch):
+    """``evaluate_runs`` writes results.json once, atomically: an evaluation killed midway leaves the
+    previous complete results (never a truncated JSON) and no temporary file."""
+    from _reliability_helpers import make_run
+
+    from dualattn.evaluate import evaluate_runs
+    import dualattn.evaluate.runner as runner
+
+    run = make_run(tmp_path, size=16, variant="baseline")
+    data = write_blobs(tmp_path / "data", n=12, size=16)
+    kw = dict(out=tmp_path / "eval", data=str(data), methods=["random"], blocks=["block3"], split="all",
+              sanity_images=0, perturbation_steps=2, progress=False)
+    path = evaluate_runs([run], **kw)
+    before = path.read_bytes()
+    json.loads(before)
+    real = runner.time.perf_counter
+    calls = []
+
+    def crash_later():
+        calls.append(1)
+        if len(calls) == 6:
+            raise SimulatedCrash
+        return real()
+
+    monkeypatch.setattr(runner.time, "perf_counter", crash_later)
+    with pytest.raises(SimulatedCrash):
+        evaluate_runs([run], **kw)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]

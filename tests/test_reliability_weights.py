@@ -76,6 +76,10 @@ def test_load_run_and_scan_refuse_a_hostile_run(tmp_path, marker):
     assert "best.safetensors" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     assert not marker.exists()
+    # a run folder without weights: an error message, not a traceback
+    (tmp_path / "empty-run").mkdir()
+    res = CliRunner().invoke(app, ["explain", str(scan), "--run", str(tmp_path / "empty-run"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "best.safetensors does not exist" in res.output, (res.output, res.exception)
 
 
 def test_evaluate_refuses_a_hostile_run(tmp_path, marker):
@@ -243,12 +247,35 @@ def test_package_has_no_unsafe_deserializer():
     """Static guard over every module: no pickle-family loader; ``torch.load`` always with
     ``weights_only=True``; ``np.load`` never with ``allow_pickle=True``; YAML only ``safe_load``;
     Lightning ``fit``/``test``/``validate`` given a ``ckpt_path`` always with ``weights_only=True``."""
-    problems: list[str] = []
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 20
-    for file in files:
+    problems = _unsafe_loads(SRC)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_unsafe_deserializer_check_flags_planted_loads(tmp_path):
+    (tmp_path / "bad.py").write_text(
+        "import pickle, torch, numpy as np, yaml\n"
+        "a = pickle.load(open('x', 'rb'))\n"
+        "b = torch.load('x')\n"
+        "c = torch.load('x', weights_only=False)\n"
+        "d = np.load('x', allow_pickle=True)\n"
+        "e = yaml.load(open('x'))\n"
+        "trainer.fit(m, ckpt_path='x')\n"
+        "ok1 = torch.load('x', weights_only=True)\n"
+        "ok2 = np.load('x', allow_pickle=False)\n"
+        "ok3 = yaml.safe_load('x')\n"
+        "trainer.fit(m, ckpt_path='x', weights_only=True)\n"
+    )
+    lines = sorted(int(p.split(":")[1].split()[0]) for p in _unsafe_loads(tmp_path))
+    assert lines == [2, 3, 4, 5, 6, 7], lines
+
+
+def _unsafe_loads(root: Path) -> list[str]:
+    problems: list[str] = []
+    for file in sorted(root.rglob("*.py")):
         tree = ast.parse(file.read_text(encoding="utf-8"))
-        where = lambda n: f"{file.relative_to(SRC)}:{n.lineno}"  # noqa: E731
+        where = lambda n: f"{file.relative_to(root)}:{n.lineno}"  # noqa: E731
         for node, owner, attr in _calls(tree):
             if (owner, attr) in _UNSAFE:
                 problems.append(f"{where(node)} {owner}.{attr}")
@@ -268,4 +295,4 @@ def test_package_has_no_unsafe_deserializer():
                     problems.append(f"{where(node)} {attr}(ckpt_path=...) without weights_only=True")
             if attr == "load_from_checkpoint":
                 problems.append(f"{where(node)} load_from_checkpoint unpickles")
-    assert not problems, "\n".join(problems)
+    return problems
