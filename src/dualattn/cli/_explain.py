@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         try:
             result = explain_scan(scan, run=run, method=method, block=block, which=which, target=target)
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=2) from exc
         files = write_scan_explanation(result, out)
