@@ -296,3 +296,26 @@ def _unsafe_loads(root: Path) -> list[str]:
             if attr == "load_from_checkpoint":
                 problems.append(f"{where(node)} load_from_checkpoint unpickles")
     return problems
+
+
+def test_a_config_asking_for_a_giant_model_is_refused_before_allocating(tmp_path):
+    """A few-KB file whose header config says ``features=300`` (a ~2 GB U-Net) while its tensors are
+    tiny: refused from the header alone (meta-device build), without allocating the giant model."""
+    import resource
+
+    from dualattn.weights import WeightsError, load_model
+
+    good = _valid_weights(tmp_path).read_bytes()
+    (hlen,) = struct.unpack("<Q", good[:8])
+    header = json.loads(good[8 : 8 + hlen])
+    config = json.loads(header["__metadata__"]["dualattn_config"])
+    config["features"] = 300
+    header["__metadata__"]["dualattn_config"] = json.dumps(config)
+    text = json.dumps(header).encode()
+    path = tmp_path / "giant.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + hlen :])
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsError, match="giant.safetensors.*\\(4, 1, 3, 3\\) vs config \\(300, 1, 3, 3\\)"):
+        load_model(path)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    assert grown_mib < 200, grown_mib
