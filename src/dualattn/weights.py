@@ -109,6 +109,43 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"config": config, "metadata": meta, "version": header.get(_VERSION_KEY)}
 
 
+def _check_shapes_before_building(path: Path, name: str, config: dict[str, Any], *, strict: bool) -> None:
+    """Build the architecture on the ``meta`` device (no memory) and compare its tensor shapes with the
+    file's header, so that a small hostile file whose config asks for a gigantic model (``features``
+    in the millions) is refused before anything is allocated.
+
+    Raises:
+        WeightsError: the config cannot be built, or the shapes differ from the file's.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from .models import create_model
+
+    try:
+        with torch.device("meta"):
+            meta_model = create_model(name, **config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot rebuild the model from its config: {exc}") from exc
+    except Exception as exc:  # an architecture that cannot be built on meta: the real build checks it
+        logger.debug("meta-device pre-check skipped for %s (%s: %s)", path, type(exc).__name__, exc)
+        return
+    expected = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read the tensor index ({type(exc).__name__}: {exc})") from exc
+    differ = sorted(k for k in expected.keys() & stored.keys() if expected[k] != stored[k])
+    missing = sorted(expected.keys() - stored.keys()) if strict else []
+    if differ or missing:
+        shown = ", ".join(f"{k}: file {stored[k]} vs config {expected[k]}" for k in differ[:3])
+        raise WeightsError(
+            f"{path}: the tensors do not match the {name} architecture its config describes "
+            f"({len(differ)} of other shape{': ' + shown if shown else ''}; {len(missing)} missing)"
+        )
+
+
 def load_model(path: str | os.PathLike[str], *, map_location: str = "cpu", strict: bool = True) -> Any:
     """Rebuild a model saved by :func:`save_model`.
 
@@ -132,6 +169,7 @@ def load_model(path: str | os.PathLike[str], *, map_location: str = "cpu", stric
     info = read_metadata(p)
     config = dict(info["config"])
     name = config.pop("name")
+    _check_shapes_before_building(p, name, config, strict=strict)
     try:
         model = create_model(name, **config)
     except (TypeError, ValueError) as exc:
