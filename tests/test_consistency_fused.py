@@ -135,3 +135,14 @@ def test_fused_per_sample_independence_bit_identical():
     b = project_exact(tk2, tl2, fused=True)
     for x, y in zip(a, b):
         assert torch.equal(x[1:], y[1:]) and not torch.equal(x[0], y[0])
+
+
+def test_public_upsample_keeps_non_finite_values_local():
+    from dualattn.consistency import upsample_blocks
+
+    x = torch.tensor([[[1.0, float("inf"), 2.0]]])
+    up = upsample_blocks(x, (1, 2))
+    assert up.tolist() == [[[1.0, 1.0, float("inf"), float("inf"), 2.0, 2.0]]]
+    # the fast matmul path is exact on finite values
+    y = torch.randn(2, 3, 5, dtype=torch.float64)
+    assert torch.equal(upsample(y, (2, 3)), upsample(y, (2, 3), use_matmul=False))

@@ -50,12 +50,13 @@ def _repeat_matrix(n_coarse: int, factor: int, dtype: torch.dtype, device: torch
 _MATMUL_MAX_WIDTH = 512
 
 
-def upsample(x: Tensor, factors: tuple[int, ...]) -> Tensor:
+def upsample(x: Tensor, factors: tuple[int, ...], *, use_matmul: bool = True) -> Tensor:
     """Copy each coarse cell over its block: ``(B, *coarse) -> (B, *coarse * factors)`` (adjoint of ``block_sum``).
 
-    The innermost axis is repeated by a matmul with a cached 0/1 matrix (exact: every output is one input
-    times 1 plus zeros; BLAS makes it several times faster than a strided gather on CPU), the other axes
-    by ``index_select`` of whole rows.
+    With ``use_matmul`` the innermost axis is repeated by a matmul with a cached 0/1 matrix (exact for
+    finite inputs: every output is one input times 1 plus zeros; BLAS makes it several times faster than a
+    strided gather on CPU) -- only for inputs known to be finite, since ``0 * inf`` would spread NaN along
+    the row. The other axes (and all axes without ``use_matmul``) use ``index_select`` of whole rows.
     """
     out = x
     last = len(factors) - 1
@@ -64,7 +65,7 @@ def upsample(x: Tensor, factors: tuple[int, ...]) -> Tensor:
             continue
         dim = 1 + axis
         n = int(out.shape[dim])
-        if axis == last and out.is_floating_point() and n * f <= _MATMUL_MAX_WIDTH:
+        if use_matmul and axis == last and out.is_floating_point() and n * f <= _MATMUL_MAX_WIDTH:
             mat = _repeat_matrix(n, int(f), out.dtype, out.device)
             out = (out.reshape(-1, n) @ mat).reshape(out.shape[:-1] + (n * f,))
         else:

@@ -175,7 +175,7 @@ def upsample_blocks(x: Tensor, factors: Sequence[int]) -> Tensor:
     factors = tuple(int(f) for f in factors)
     if len(factors) != x.ndim - 1 or any(f <= 0 for f in factors):
         raise ValueError(f"factors {factors} do not match the spatial dims of shape {tuple(x.shape)}")
-    return upsample(x, factors)
+    return upsample(x, factors, use_matmul=False)
 
 
 def _flat_lse(x: Tensor) -> Tensor:
@@ -319,7 +319,7 @@ def reparameterize_log(log_tau_fine: Tensor, log_tau_coarse: Tensor, lam: Tensor
     dtype = log_tau_fine.dtype
     lf, lc, lm = _shifted(log_tau_fine), _shifted(log_tau_coarse), _up(lam)
     zc = lc + lm
-    zf = lf - upsample(lm, factors)
+    zf = lf - upsample(lm, factors, use_matmul=False)
     return (zf - _flat_lse(zf)).to(dtype), (zc - _flat_lse(zc)).to(log_tau_coarse.dtype)
 
 
