@@ -561,9 +561,10 @@ def project_exact(tau_fine: Tensor, tau_coarse: Tensor, *, fused: bool = False) 
     Args:
         tau_fine: ``(B, *fine)`` fine map (distribution per sample); 2D ``(B, H, W)`` or 3D ``(B, D, H, W)``.
         tau_coarse: ``(B, *coarse)`` coarse map; every fine axis an integer multiple of the coarse one.
-        fused: use the fused probability-space kernel with a hand-derived backward
-            (``dualattn._consistency_fused``: three fine-grid passes instead of about eight, same floors,
-            same values to rounding, verified by ``gradcheck``); it is not twice differentiable.
+        fused: the same probability-space function as a custom autograd function with a hand-derived
+            backward (``dualattn._consistency_fused``; same floors, same values, gradients equal to rounding,
+            verified by ``gradcheck``): about 1.35x faster forward+backward on CPU, not twice
+            differentiable.
 
     Returns:
         ``mu_fine (B, *fine)`` and ``mu_coarse (B, *coarse)`` in the input dtypes.
