@@ -604,6 +604,29 @@ def test_prepare_brats_skips_and_reports_bad_cases(tmp_path, how):
     CASES[("prepare-brats", how, "skipped")] += 1
 
 
+def test_decompression_bombs_are_refused_from_the_header(files, monkeypatch):
+    """A compressed NIfTI/NRRD whose header declares more voxels than the readers' limit is refused
+    before inflating (the limit is lowered here so that the files stay tiny)."""
+    import nibabel as nib
+    import nrrd
+
+    import dualattn.data.readers as readers
+
+    vol = np.zeros((24, 24, 24), np.float32)  # compresses ~500:1, like a real bomb
+    nii = files.new("bomb.nii.gz", b"")
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(nii))
+    nr = files.new("bomb.nrrd", b"")
+    nrrd.write(str(nr), vol, header={"encoding": "gzip"})
+    assert nii.stat().st_size < 2000 and nr.stat().st_size < 2000
+    monkeypatch.setattr(readers, "MAX_VOXELS", 10_000)
+    for path, fmt in ((nii, "nii.gz"), (nr, "nrrd-gzip")):
+        assert _read_checked(path, kind="bomb", fmt=fmt) == "error"
+        with pytest.raises(readers.DataError, match="above the readers' limit"):
+            readers.read_volume(path)
+    monkeypatch.undo()
+    assert _read_checked(nii, kind="bomb-under-limit", fmt="nii.gz") == "read"
+
+
 # --------------------------------------------------------------------------- the count
 
 
