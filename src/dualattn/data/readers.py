@@ -108,6 +108,18 @@ def _check_finite(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr
 
 
+#: Largest number of voxels a reader decodes (4 GiB as float32): a compressed file (``.nii.gz``,
+#: gzip NRRD) whose header declares more is refused before it is inflated (decompression bombs).
+MAX_VOXELS = 2**30
+
+
+def _check_voxels(path: Path, shape: tuple[int, ...]) -> None:
+    n = int(np.prod(shape, dtype=object)) if shape else 0
+    if n > MAX_VOXELS:
+        raise DataError(path, f"header declares shape {shape} = {n} voxels, above the readers' limit of {MAX_VOXELS} "
+                              "(dualattn.data.readers.MAX_VOXELS)")
+
+
 def _identity_geometry(ndim: int, fmt: str) -> Geometry:
     return Geometry(affine=np.eye(4), format=fmt, spacing=(1.0,) * ndim)
 
@@ -181,6 +193,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         kind = np.dtype(img.get_data_dtype()).kind
         if kind not in "biuf":  # complex would be cast silently, dropping the imaginary part; RGB is structured
             raise DataError(path, f"NIfTI data type {img.get_data_dtype()} is not a real-valued number type")
+        _check_voxels(path, tuple(img.shape))
         arr = np.asarray(img.dataobj, dtype=np.float32)
     except DataError:
         raise
@@ -255,7 +268,10 @@ def _read_nrrd(path: Path) -> tuple[np.ndarray, Geometry]:
     import nrrd
 
     try:
+        _check_voxels(path, tuple(int(s) for s in nrrd.read_header(str(path)).get("sizes", ())))
         data, header = nrrd.read(str(path))
+    except DataError:
+        raise
     except Exception as exc:  # pynrrd raises NRRDError, ValueError, EOFError...
         raise DataError(path, f"cannot read NRRD ({type(exc).__name__}: {exc})") from exc
     arr = np.asarray(data, dtype=np.float32)
