@@ -8,6 +8,7 @@ patient ID and the SOP instance UIDs — so the file-system names are identifier
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -142,3 +143,45 @@ def test_the_grep_finds_planted_identifiers(tmp_path):
     for tag, name in [("AccessionNumber", "a.json.gz"), ("PatientID", "b.png"), ("PatientBirthDate", "c.nii.gz"),
                       ("PatientName", "d.txt"), ("StudyInstanceUID", ".npy")]:
         assert any(tag in h and name in h for h in hits), (tag, joined)
+
+
+@pytest.mark.xfail(reason="prepare pet stores its salt in the output folder beside the salted patient pseudonyms "
+                          "(reported; fix: keep the secret outside the output)", strict=False)
+def test_patient_pseudonyms_cannot_be_reversed_from_the_output_alone(tmp_path):
+    """Pseudonyms in labels.csv must not be reversible by someone holding only the output folder:
+    patient IDs have little entropy, so hashing them with a salt stored in that folder is not enough."""
+    import csv
+    import hashlib
+    import json
+
+    pet = pytest.importorskip("dualattn.data.pet")
+    raw = tmp_path / "raw"
+    dicom_series(raw / "s0", (np.random.default_rng(0).random((5, 8, 8)) * 3000).astype(np.uint16), pet=True)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"series,label,patient\ns0,mild,{PATIENT['PatientID']}\n")
+    out = tmp_path / "out"
+    pet.prepare_pet(raw, labels, out, size=16)
+    pseudonym = next(csv.DictReader((out / "labels.csv").open()))["patient"]
+    # the attacker: every readable string in the output folder as a candidate secret, and the
+    # ID format PID-8817-NNNN (10^4 candidates)
+    secrets_ = {""}
+    for f in all_files(out):
+        if f.suffix == ".json" or f.name.startswith("."):
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                stack = [json.loads(f.read_text())]
+                while stack:
+                    v = stack.pop()
+                    if isinstance(v, dict):
+                        stack.extend(v.values())
+                    elif isinstance(v, list):
+                        stack.extend(v)
+                    elif isinstance(v, str):
+                        secrets_.add(v)
+    found = []
+    for secret in secrets_:
+        for i in range(10_000):
+            cand = f"PID-8817-{i:04d}"
+            digest = hashlib.sha256((secret + "\x00" + "patient:" + cand).encode()).hexdigest()
+            if pseudonym in (f"pt-{digest[:12]}", f"pt-{digest[:24][:12]}"):
+                found.append(cand)
+    assert not found, f"patient ID recovered from the output folder alone: {found}"
