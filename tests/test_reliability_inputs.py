@@ -627,6 +627,37 @@ def test_decompression_bombs_are_refused_from_the_header(files, monkeypatch):
     assert _read_checked(nii, kind="bomb-under-limit", fmt="nii.gz") == "read"
 
 
+@SETTINGS
+@given(text=st.one_of(st.binary(max_size=120), st.text(max_size=120),
+                      st.sampled_from(["", "series,label\n", "a,b\n1,2\n", "series,label\ns0,purple\n",
+                                       "series,label\nnope,mild\n", "series,label\ns0,mild\ns0,mild\n"])))
+def test_prepare_pet_cli_with_garbage_labels(files, text):
+    """`dualattn prepare pet` with any labels file: exit 2 with an error naming the file, or exit 0
+    with every row either written or reported bad; never a traceback."""
+    pytest.importorskip("dualattn.data.pet")
+    from typer.testing import CliRunner
+
+    from dualattn.cli import app
+
+    files.n += 1
+    root = files.root / f"petcli{files.n:05d}"
+    raw = root / "raw"
+    dicom_series(raw / "s0", (np.arange(4 * 8 * 8).reshape(4, 8, 8) * 10).astype(np.uint16), pet=True)
+    labels = root / "labels.csv"
+    labels.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    with time_limit(TIME_LIMIT_S):
+        res = CliRunner().invoke(app, ["prepare", "pet", str(raw), str(labels), str(root / "out"), "--size", "8"])
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if res.exit_code == 2:
+        assert str(labels) in res.output.replace("\n", ""), res.output
+        CASES[("prepare-pet-cli", "garbage-csv", "DataError")] += 1
+    else:
+        assert res.exit_code == 0, res.output
+        report = json.loads((root / "out" / "prepare_report.json").read_text())
+        assert report["items"] + len(report["bad_series"]) >= 1
+        CASES[("prepare-pet-cli", "garbage-csv", "read")] += 1
+
+
 # --------------------------------------------------------------------------- the count
 
 
