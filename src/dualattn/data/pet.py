@@ -284,7 +284,10 @@ def prepare_pet(
         raise DataError(labels_csv, "labels CSV does not exist")
     if size < 8:
         raise ValueError(f"size must be >= 8; got {size}")
-    rows = list(csv.DictReader(io.StringIO(labels_csv.read_text(encoding="utf-8-sig"))))
+    try:
+        rows = list(csv.DictReader(io.StringIO(labels_csv.read_text(encoding="utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(labels_csv, f"not a UTF-8 CSV file ({exc})") from exc
     if not rows or not {"series", "label"} <= set(rows[0]):
         raise DataError(labels_csv, "needs columns series,label")
     out.mkdir(parents=True, exist_ok=True)
