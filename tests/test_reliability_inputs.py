@@ -658,6 +658,41 @@ def test_prepare_pet_cli_with_garbage_labels(files, text):
         CASES[("prepare-pet-cli", "garbage-csv", "read")] += 1
 
 
+@pytest.mark.parametrize("case", ["truncated-nifti", "garbage-png", "nan-npy", "bomb-png", "empty-dcm", "1d-npy"])
+def test_explain_cli_on_bad_scans(tmp_path, valid, case):
+    """`dualattn explain` on a bad scan: exit 2 and an error naming the file, no traceback, no output."""
+    from typer.testing import CliRunner
+
+    from _reliability_helpers import make_run
+    from dualattn.cli import app
+
+    run = make_run(tmp_path, size=16)
+    if case == "truncated-nifti":
+        scan = tmp_path / "s.nii"
+        scan.write_bytes(valid["nii"][1][:400])
+    elif case == "garbage-png":
+        scan = tmp_path / "s.png"
+        scan.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    elif case == "nan-npy":
+        scan = tmp_path / "s.npy"
+        np.save(scan, np.full((8, 8), np.nan, np.float32))
+    elif case == "bomb-png":
+        scan = tmp_path / "s.png"
+        scan.write_bytes(_png_with_size(40000, 40000))
+    elif case == "empty-dcm":
+        scan = tmp_path / "s.dcm"
+        scan.write_bytes(b"")
+    else:
+        scan = tmp_path / "s.npy"
+        np.save(scan, np.zeros(7, np.float32))
+    with time_limit(TIME_LIMIT_S):
+        res = CliRunner().invoke(app, ["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (res.output, repr(res.exception))
+    assert str(scan) in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
+    CASES[("explain-cli", case, "DataError")] += 1
+
+
 # --------------------------------------------------------------------------- the count
 
 
