@@ -307,3 +307,42 @@ def test_lightning_module_skips_a_non_finite_step():
     params = [k for k, _ in model.named_parameters()]
     assert all(torch.equal(snapshots[0][k], before[k]) for k in params)  # the NaN step was skipped
     assert any(not torch.equal(snapshots[1][k], before[k]) for k in params)  # the finite one applied
+
+
+# --------------------------------------------------------------------------- property-based
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    coarse=st.lists(st.integers(1, 4), min_size=2, max_size=3),
+    factors=st.lists(st.integers(1, 3), min_size=3, max_size=3),
+    scale=st.sampled_from([0.0, 1e-3, 1.0, 50.0, 1e4]),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_log_space_closed_form_and_losses_on_random_grids(coarse, factors, scale, seed, dtype):
+    """Random 2-D/3-D grids, integer block factors, logits up to ±1e4: the log-space closed form and
+    the penalties are finite, consistent, distributions, with finite gradients w.r.t. the logits."""
+    dims = len(coarse)
+    fine = tuple(c * f for c, f in zip(coarse, factors[:dims]))
+    g = torch.Generator().manual_seed(seed)
+    zf = (torch.randn(2, *fine, generator=g) * scale).requires_grad_(True)
+    zc = (torch.randn(2, *coarse, generator=g) * scale).requires_grad_(True)
+    log_f = torch.log_softmax(zf.flatten(1), 1).reshape(zf.shape).to(dtype)
+    log_c = torch.log_softmax(zc.flatten(1), 1).reshape(zc.shape).to(dtype)
+    lmf, lmc = project_exact_log(log_f, log_c)
+    mf, mc = lmf.float().exp(), lmc.float().exp()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(mf.flatten(1).sum(1), torch.ones(2), atol=tol, rtol=0)
+    torch.testing.assert_close(marginalize(mf, tuple(coarse)), mc, atol=tol, rtol=0)
+    tf, tc = log_f.float().exp(), log_c.float().exp()
+    lam = torch.zeros(2, *coarse, requires_grad=True)
+    loss = (dual_penalty(tf, tc, lam) + kl_consistency(tf, tc) + kl_consistency(tf, tc, reverse=True)
+            + (mf * torch.linspace(0, 1, mf[0].numel()).reshape(mf.shape[1:])).sum())
+    assert _finite(loss, mf, mc)
+    loss.backward()
+    assert _finite(zf.grad, zc.grad, lam.grad)
