@@ -268,7 +268,8 @@ def test_training_step_on_extreme_batches_keeps_weights_finite(variant):
             assert _finite(*model.state_dict().values()), (variant, name, autocast)
 
 
-def test_lightning_module_skips_a_non_finite_step():
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_lightning_module_skips_a_non_finite_step(precision):
     """A batch whose loss is NaN (a NaN pixel that got past the readers, an overflow) must not be
     applied: the weights after the step equal those before it, and the next finite step trains."""
     import lightning.pytorch as pl
@@ -300,7 +301,7 @@ def test_lightning_module_skips_a_non_finite_step():
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Snap()],
-                         limit_val_batches=0)
+                         limit_val_batches=0, precision=precision)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(Loader(), batch_size=None))
     assert len(snapshots) == 2
     assert _finite(*snapshots[0].values()) and _finite(*snapshots[1].values())
