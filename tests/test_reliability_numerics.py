@@ -313,7 +313,7 @@ def test_lightning_module_skips_a_non_finite_step(precision):
 # --------------------------------------------------------------------------- property-based
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -347,3 +347,27 @@ def test_log_space_closed_form_and_losses_on_random_grids(coarse, factors, scale
     assert _finite(loss, mf, mc)
     loss.backward()
     assert _finite(zf.grad, zc.grad, lam.grad)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(
+    values=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=64),
+    method=st.sampled_from(["zscore", "minmax"]),
+)
+@example(values=[3e38, -3e38, 0.0], method="minmax")  # a range wider than float32's max (NaN before the fix)
+@example(values=[3.4e38] * 4 + [-3.4e38], method="zscore")
+@example(values=[7.0] * 16, method="zscore")
+def test_per_sample_normalization_is_finite_for_any_finite_image(values, method):
+    """Any finite float32 image (constant, tiny, or spanning the whole float32 range) normalizes to
+    finite values; minmax lands in [0, 1] and matches a float64 reference."""
+    from dualattn.data.transforms import normalize
+
+    x = torch.tensor(values, dtype=torch.float32).reshape(1, 1, -1)
+    y = normalize(x, method=method)
+    assert _finite(y), (values, method)
+    if method == "minmax":
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+        xd = x.double()
+        rng = float(xd.max() - xd.min())
+        ref = (xd - xd.min()) / rng if rng > 1e-6 else torch.zeros_like(xd)
+        torch.testing.assert_close(y.double(), ref, atol=1e-6, rtol=1e-5)
