@@ -62,15 +62,25 @@ def normalize(x, *, method: str = "zscore", eps: float = 1e-6):
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}; got {method!r}")
     if method == "none":
         return x
+    import torch
+
     flat = x.reshape(x.shape[0], -1)
     shape = (x.shape[0],) + (1,) * (x.dim() - 1)
     if method == "zscore":
+        # divide by a power of two per channel first: exact, so the result is bit-for-bit the plain formula's
+        # wherever that one does not overflow (images with values near the dtype's max: NaN otherwise)
+        amax = flat.abs().amax(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
+        scale = torch.exp2(torch.floor(torch.log2(amax))).reshape(shape)
+        xs = x / scale
+        flat = xs.reshape(x.shape[0], -1)
         mean = flat.mean(dim=1).reshape(shape)
         std = flat.std(dim=1, unbiased=False).reshape(shape)
-        return (x - mean) / std.clamp_min(eps) * (std > eps)
+        return (xs - mean) / std.clamp_min(eps / scale) * (std > eps / scale)
     lo = flat.min(dim=1).values.reshape(shape)
     hi = flat.max(dim=1).values.reshape(shape)
-    return (x - lo) / (hi - lo).clamp_min(eps) * ((hi - lo) > eps)
+    # halved (exact in binary floating point) so that a range wider than the dtype's max cannot overflow
+    half = (hi / 2 - lo / 2)
+    return (x / 2 - lo / 2) / half.clamp_min(eps / 2) * (half > eps / 2)
 
 
 def augment(
