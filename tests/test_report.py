@@ -212,6 +212,13 @@ def test_paper_ordering_notes_honest():
     assert "gradcam is best" in seg[0][1] and "does not reproduce" in seg[0][1]
     page = render_report(mock_results(best_seg="gradcam"))
     assert "Honest note" in page
+    # all tied: said so, not "X is best"
+    tied = paper_ordering_notes({"perturbation": {"rows": {"gradcam": {"auc": 50.0}, "exact": {"auc": 50.0}}}})
+    assert tied[0][0] is False and "does not separate" in tied[0][1]
+    # a consistent method sharing the best value counts as best
+    shared = paper_ordering_notes({"perturbation": {"rows": {"gradcam": {"auc": 70.0}, "exact": {"auc": 70.0},
+                                                             "ig": {"auc": 10.0}}}})
+    assert shared == [(True, "perturbation, auc: a consistent-attention method (exact) is best, as in the paper.")]
     # no consistent-attention row at all: nothing to claim
     assert paper_ordering_notes({"segmentation": {"rows": {"gradcam": {"ap": 1}, "ig": {"ap": 2}}}}) == []
 

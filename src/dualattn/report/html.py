@@ -344,7 +344,13 @@ def paper_ordering_notes(results: Mapping[str, Any]) -> list[tuple[bool, str]]:
             order = _rank(rows, col, higher=direction)
             if not order:
                 continue
-            first = order[0]
+            values = [cell_value(rows[n].get(col))[0] for n in order]
+            if len(order) > 1 and max(values) - min(values) <= 1e-9:
+                notes.append((False, f"{label}, {col}: every method scores {values[0]:.1f}, so this protocol does "
+                                     "not separate the methods here (e.g. the classifier is at chance level)."))
+                continue
+            best = best_per_column(rows, [col], higher_is_better=hib)[col]
+            first = next((n for n in order if n in best and _family(n) == "proposed"), order[0])
             holds = _family(first) == "proposed"
             best_prop = next((n for n in order if _family(n) == "proposed"), None)
             if holds:
