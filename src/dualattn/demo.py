@@ -369,7 +369,9 @@ def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequ
 
     test = FolderDataset(data, split="test", size=preset.image_size, seed=0)
     picked = [i for i in range(len(test)) if bool(test[i]["has_mask"]) and int(test[i]["label"]) > 0]
-    picked = picked[: preset.n_examples]
+    if len(picked) > preset.n_examples:  # spread over the split (neighbouring items are often one patient)
+        spots = np.linspace(0, len(picked) - 1, preset.n_examples).round().astype(int)
+        picked = [picked[int(k)] for k in dict.fromkeys(spots.tolist())]
     if not picked:
         logger.warning("no positive test scan with a mask: the report has no example grid")
         return {"n": 0}
