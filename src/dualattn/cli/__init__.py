@@ -24,14 +24,43 @@ app = typer.Typer(
 )
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is *now*, not the stream current when it was created.
+
+    ``logging.basicConfig`` binds its handler to the first ``sys.stderr`` it sees; when the CLI is
+    invoked repeatedly in one process (``typer.testing.CliRunner`` swaps and closes stderr each time)
+    later records went to a closed stream ("--- Logging error ---").
+    """
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    """basicConfig semantics (leave a logging set-up made by someone else alone), re-applied per call."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _CurrentStderrHandler)]
+    if not ours and root.handlers:
+        return
+    if not ours:
+        handler = _CurrentStderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(verbose=verbose)
 
 
 for _module in (_data, _models, _train, _explain, _evaluate, _demo):

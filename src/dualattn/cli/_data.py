@@ -78,14 +78,23 @@ def prepare_pet_cmd(
     labels: Path = typer.Argument(..., help="CSV with columns series,label (label: normal/mild/severe)."),
     out: Path = typer.Argument(..., help="Destination folder (folder format); no patient identifier is written."),
     size: int = typer.Option(512, "--size", help="Output side in pixels."),
-    salt: Optional[str] = typer.Option(None, "--salt", help="Secret salt for output names (default: random, not stored)."),
+    salt: Optional[str] = typer.Option(
+        None, "--salt", help="Secret key (>= 8 characters) for the patient pseudonyms and the resume state; never "
+        "written anywhere (prefer --key-file: command lines are visible to other users). Default: a random per-user "
+        "key in $DUALATTN_SECRET_DIR or ~/.config/dualattn/secrets, created on first use."),
+    key_file: Optional[Path] = typer.Option(
+        None, "--key-file", help="File holding the secret key instead of --salt (must lie outside OUT)."),
 ) -> None:
-    """PET DICOM series -> SUVbw -> coronal MIP -> histogram equalization -> SIZE x SIZE. Resumable."""
+    """PET DICOM series -> SUVbw -> coronal MIP -> histogram equalization -> SIZE x SIZE. Resumable.
+
+    Re-run with the same key to resume. The output holds no patient identifier and nothing that lets
+    one test a candidate patient ID without the key.
+    """
     from ..data import DataError
     from ..data.pet import prepare_pet
 
     try:
-        report = prepare_pet(raw, labels, out, size=size, salt=salt)
+        report = prepare_pet(raw, labels, out, size=size, salt=salt, key_file=key_file)
     except (DataError, ValueError) as exc:
         _fail(exc)
     typer.echo(f"{report['items']} series written, {len(report['bad_series'])} bad -> {out}")

@@ -38,29 +38,44 @@ logger = logging.getLogger(__name__)
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 _MARKERS = ".cases"
 _REPORT = "prepare_report.json"
-_SEG_RE = re.compile(r"^(?P<case>.+)_seg\.nii(\.gz)?$", re.IGNORECASE)
+_FILE_RE = re.compile(r"^(?P<case>.+)_(?P<kind>t1ce|t1|t2|flair|seg)\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def _scan_cases(raw: Path) -> tuple[dict[str, dict[str, Path | None]], dict[str, str]]:
+    """Cases found from *any* of their files, and the problems of cases found in several folders."""
+    found: dict[tuple[Path, str], dict[str, Path | None]] = {}
+    for f in sorted(raw.rglob("*.nii*")):
+        m = _FILE_RE.match(f.name)
+        if not m or not f.is_file():
+            continue
+        files = found.setdefault((f.parent, m.group("case")), {k: None for k in (*MODALITIES, "seg")})
+        kind = m.group("kind").lower()
+        if files[kind] is None or f.name.endswith(".gz"):  # CASE_x.nii.gz wins over CASE_x.nii
+            files[kind] = f
+    cases: dict[str, dict[str, Path | None]] = {}
+    problems: dict[str, str] = {}
+    for (folder, case), files in found.items():
+        if case in cases:
+            problems[case] = "case id found in several folders; rename one (case ids must be unique)"
+            continue
+        cases[case] = files
+    return cases, problems
 
 
 def find_cases(raw: str | os.PathLike[str]) -> dict[str, dict[str, Path | None]]:
-    """Map case id -> {modality or "seg": path or None} for every ``*_seg.nii[.gz]`` under ``raw``.
+    """Map case id -> {modality or "seg": path or None} for every case under ``raw``.
+
+    A case is found from any of its files (``CASE_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``
+    ``.nii[.gz]``), so a case missing its segmentation or a modality is listed with ``None`` there
+    (and reported as bad by :func:`prepare_brats`) rather than silently ignored.
 
     Raises:
-        DataError: ``raw`` is not a folder or holds no segmentation file.
+        DataError: ``raw`` is not a folder or holds no BraTS file.
     """
     raw = Path(raw)
     if not raw.is_dir():
         raise DataError(raw, "raw BraTS folder does not exist")
-    cases: dict[str, dict[str, Path | None]] = {}
-    for seg in sorted(raw.rglob("*_seg.nii*")):
-        m = _SEG_RE.match(seg.name)
-        if not m:
-            continue
-        case = m.group("case")
-        files: dict[str, Path | None] = {"seg": seg}
-        for mod in MODALITIES:
-            hit = [p for p in (seg.parent / f"{case}_{mod}.nii.gz", seg.parent / f"{case}_{mod}.nii") if p.exists()]
-            files[mod] = hit[0] if hit else None
-        cases[case] = files
+    cases, _ = _scan_cases(raw)
     if not cases:
         raise DataError(raw, "no BraTS case found (expected files like CASE_seg.nii.gz beside CASE_t1/_t1ce/_t2/_flair)")
     return cases
@@ -107,7 +122,10 @@ def _process_case(case: str, files: dict[str, Path | None], out: Path, min_area:
 
     missing = [k for k in (*MODALITIES, "seg") if files.get(k) is None]
     if missing:
-        raise DataError(files["seg"], f"case {case}: missing modality file(s) {missing}")
+        where = next((p for p in files.values() if p is not None), None)
+        what = "segmentation (_seg) and modality file(s)" if "seg" in missing and len(missing) > 1 else (
+            "segmentation file (_seg)" if missing == ["seg"] else "modality file(s)")
+        raise DataError(where.parent if where is not None else None, f"case {case}: missing {what} {missing}")
     vols = []
     shape = None
     for mod in (*MODALITIES, "seg"):
@@ -168,7 +186,8 @@ def prepare_brats(
     """Convert BraTS cases under ``raw`` into tumor / no-tumor halves at ``out`` (folder format).
 
     Args:
-        raw: folder with BraTS cases (searched recursively for ``*_seg.nii[.gz]``).
+        raw: folder with BraTS cases (searched recursively; a case is found from any of its files,
+            and a case missing its ``_seg`` or a modality is reported in ``bad_cases``).
         out: destination folder (created; re-running resumes).
         min_area: keep axial slices with more tumor pixels than this (the paper: 1000).
         size: resize each half to ``size x size``; ``None`` keeps the native height and part width.
@@ -191,15 +210,19 @@ def prepare_brats(
     if size is not None and size < 8:
         raise ValueError(f"size must be >= 8 or None; got {size}")
     cases = find_cases(raw)
+    _, duplicated = _scan_cases(Path(raw))
     out = Path(out)
     (out / _MARKERS).mkdir(parents=True, exist_ok=True)
     todo, resumed = [], 0
+    bad: list[dict[str, str]] = []
     for case, files in cases.items():
-        if (out / _MARKERS / f"{case}.json").is_file():
+        if case in duplicated:
+            bad.append({"case": case, "problem": duplicated[case]})
+            logger.warning("skipping BraTS case %s: %s", case, duplicated[case])
+        elif (out / _MARKERS / f"{case}.json").is_file():
             resumed += 1
         else:
             todo.append((case, files, out, int(min_area), size, float(min_width)))
-    bad: list[dict[str, str]] = []
     done = 0
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp

@@ -3,7 +3,10 @@
 Pipeline per series (the paper's PET preprocessing):
 
 1. read the series (slices sorted by position; per-slice ``RescaleSlope``/``RescaleIntercept``
-   applied, giving activity concentration in Bq/ml; ``Units`` must be ``BQML``);
+   applied, giving activity concentration in Bq/ml). ``Units`` must be present and ``BQML``, or
+   ``CNTS`` with the Philips *Activity Concentration Scale Factor* (7053,xx09 of the private group
+   ``Philips PET Private Group``) that turns rescaled counts into Bq/ml; anything else (a missing
+   ``Units`` tag included) is refused, never guessed;
 2. SUVbw = activity x patient weight (g) / decay-corrected injected dose (Bq), with the dose
    decayed from ``RadiopharmaceuticalStartTime`` to ``SeriesTime`` (else ``AcquisitionTime``)
    using ``RadionuclideHalfLife`` (:func:`suv_bw_factor`);
@@ -13,8 +16,12 @@ Pipeline per series (the paper's PET preprocessing):
 
 Privacy: no patient identifier (name, ID, birth date, accession number, any UID, nor the series
 folder names, which often embed them) is written to any output, log message or report. Outputs
-are named by a running index (``pet00000``...); the resume state keys series by a salted SHA-256
-of their folder path; bad series are reported by their row number in LABELS.csv.
+are named by a running index (``pet00000``...); bad series are reported by their row number in
+LABELS.csv. Patient pseudonyms (``labels.csv``) and the resume state's series fingerprints are
+HMAC-SHA256 values keyed by a secret that is **never written into the output folder**: the
+caller's ``key`` (``--salt`` / ``--key-file``) or a random per-user key kept in a ``0600`` file
+under the user's config folder (:func:`default_key_file`; ``$DUALATTN_SECRET_DIR`` overrides).
+Holding the output alone, one cannot test a candidate patient ID against a pseudonym.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import hashlib
+import hmac
 import io
 import logging
 import os
@@ -33,13 +41,18 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["prepare_pet", "suv_bw_factor", "coronal_mip", "histogram_equalize", "parse_dicom_time", "PET_CLASSES"]
+__all__ = ["prepare_pet", "suv_bw_factor", "coronal_mip", "histogram_equalize", "parse_dicom_time", "PET_CLASSES",
+           "default_key_file", "load_or_create_key", "counts_scale_factor"]
 
 logger = logging.getLogger(__name__)
 
 PET_CLASSES: tuple[str, ...] = ("normal", "mild", "severe")
 _STATE = ".prepare_pet_state.json"
 _REPORT = "prepare_report.json"
+_STATE_VERSION = 2
+_KEY_FILE = "prepare-pet.key"
+_MIN_KEY_CHARS = 8
+_PHILIPS_GROUP = "Philips PET Private Group"
 # Attributes whose values must never reach an output (checked by the tests).
 IDENTIFYING_TAGS: tuple[str, ...] = (
     "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
@@ -85,15 +98,25 @@ def suv_bw_factor(ds: Any) -> float:
         ``NONE`` the images are not decay corrected and the dose is not decayed either.
 
     Raises:
-        ValueError: a missing or non-positive tag (named), or ``Units`` other than ``BQML``.
+        ValueError: a missing or non-positive tag (named); ``Units`` missing, or other than ``BQML``
+            and ``CNTS`` with the Philips activity-concentration scale factor
+            (:func:`counts_scale_factor`), which then multiplies the returned factor.
 
     Example:
         >>> # 70 kg, 370 MBq injected 60 min before the scan, F-18 (6586.2 s):
         >>> # factor = 70000 / (370e6 * 2 ** (-3600 / 6586.2))
     """
-    units = str(ds.get("Units", "BQML") or "BQML").upper()
-    if units != "BQML":
-        raise ValueError(f"PET Units {units!r} not supported (need BQML activity concentration)")
+    units = str(ds.get("Units", "") or "").strip().upper()
+    if not units:
+        raise ValueError("PET Units tag (0054,1001) missing: cannot tell whether pixels are Bq/ml; refusing "
+                         "rather than guessing")
+    if units == "BQML":
+        scale = 1.0
+    elif units == "CNTS":
+        scale = counts_scale_factor(ds)
+    else:
+        raise ValueError(f"PET Units {units!r} not supported (need BQML activity concentration, or CNTS with the "
+                         f"Philips Activity Concentration Scale Factor)")
     weight = ds.get("PatientWeight")
     if weight is None or float(weight) <= 0:
         raise ValueError(f"PatientWeight missing or not positive ({weight!r})")
@@ -118,7 +141,39 @@ def suv_bw_factor(ds: Any) -> float:
     if elapsed < 0:  # scan after midnight
         elapsed += 24 * 3600
     dose_at_scan = float(dose) * (2.0 ** (-elapsed / float(half_life)) if decay != "NONE" else 1.0)
-    return float(weight) * 1000.0 / dose_at_scan
+    return scale * float(weight) * 1000.0 / dose_at_scan
+
+
+def counts_scale_factor(ds: Any) -> float:
+    """Bq/ml per rescaled count for a ``Units == "CNTS"`` PET slice (Philips scanners).
+
+    Philips writes counts plus the *Activity Concentration Scale Factor* (private element
+    ``(7053,xx09)`` of the block reserved by ``"Philips PET Private Group"``, normally
+    ``(7053,1009)``): ``Bq/ml = (stored x RescaleSlope + RescaleIntercept) x factor`` (Philips
+    PET/CT DICOM conformance statements). Without it counts cannot be converted.
+
+    Args:
+        ds: a pydicom Dataset (one slice).
+
+    Returns:
+        The factor (> 0, finite).
+
+    Raises:
+        ValueError: the private block or element is missing, or its value is not a positive number.
+    """
+    try:
+        block = ds.private_block(0x7053, _PHILIPS_GROUP)
+        value = block[0x09].value
+    except (KeyError, ValueError, AttributeError, TypeError) as exc:
+        raise ValueError("PET Units 'CNTS' without the Philips Activity Concentration Scale Factor (7053,1009): "
+                         "counts cannot be converted to Bq/ml") from exc
+    try:
+        factor = float(value[0] if isinstance(value, (list, tuple)) else value)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"Philips Activity Concentration Scale Factor (7053,1009) is not a number ({value!r})") from exc
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"Philips Activity Concentration Scale Factor (7053,1009) must be positive; got {factor!r}")
+    return factor
 
 
 def coronal_mip(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
@@ -228,6 +283,13 @@ def prepare_series(folder: str | os.PathLike[str], *, size: int = 512, bins: int
         raise DataError(folder, f"series modality is {modality!r}, not PT")
     try:
         factor = suv_bw_factor(ds)
+        units = {str(h.get("Units", "") or "").strip().upper() for h in headers}
+        if len(units) > 1:
+            raise ValueError(f"PET Units differ between slices ({sorted(units)})")
+        if units == {"CNTS"}:
+            scales = np.array([counts_scale_factor(h) for h in headers])
+            if not np.allclose(scales, scales[0], rtol=1e-9, atol=0):
+                raise ValueError("the Philips Activity Concentration Scale Factor differs between slices")
     except ValueError as exc:
         raise DataError(folder, f"cannot compute SUVbw: {exc}") from exc
     suv = vol[0] * np.float32(factor)
@@ -241,6 +303,89 @@ def prepare_series(folder: str | os.PathLike[str], *, size: int = 512, bins: int
     return out.clamp(0, 1).numpy().astype(np.float32)
 
 
+def default_key_file() -> Path:
+    """Where the automatic per-user pseudonym key lives (never inside an output folder).
+
+    ``$DUALATTN_SECRET_DIR/prepare-pet.key`` when that variable is set, else
+    ``$XDG_CONFIG_HOME/dualattn/secrets/prepare-pet.key`` (``~/.config`` without ``XDG_CONFIG_HOME``).
+    """
+    env = os.environ.get("DUALATTN_SECRET_DIR")
+    if env:
+        return Path(env).expanduser() / _KEY_FILE
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "dualattn" / "secrets" / _KEY_FILE
+
+
+def load_or_create_key(path: str | os.PathLike[str] | None = None, *, create: bool = True) -> bytes:
+    """Read a pseudonym key file, creating it (32 random bytes, hex, mode ``0600``) when absent.
+
+    Args:
+        path: the key file; default :func:`default_key_file`.
+        create: create the file when missing (else a missing file is an error).
+
+    Returns:
+        The key bytes (the file's stripped content).
+
+    Raises:
+        ValueError: the file is missing (``create=False``), empty, or shorter than 8 characters.
+    """
+    path = Path(path) if path is not None else default_key_file()
+    if not path.is_file():
+        if not create:
+            raise ValueError(f"key file {path} does not exist")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:  # O_EXCL: two concurrent runs never overwrite each other's key
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+            logger.info("created a pseudonym key in the user's secret folder (kept outside every output folder)")
+    key = path.read_bytes().strip()
+    if len(key) < _MIN_KEY_CHARS:
+        raise ValueError(f"key file {path} holds fewer than {_MIN_KEY_CHARS} characters")
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        logger.warning("key file %s is readable by other users; chmod 600 it", path)
+    return key
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _unsafe_series_path(series: str) -> str | None:
+    """Why a LABELS.csv ``series`` value may not be read (absolute, or escaping RAW), else ``None``."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    for pure in (PurePosixPath(series), PureWindowsPath(series)):
+        if pure.is_absolute() or pure.anchor:
+            return "series path is absolute; LABELS.csv may only name folders inside RAW (relative paths)"
+        if ".." in pure.parts:
+            return "series path contains '..' and would leave RAW; LABELS.csv may only name folders inside RAW"
+    return None
+
+
+def _resolve_key(*, salt: str | bytes | None, key_file: str | os.PathLike[str] | None, out: Path) -> bytes:
+    """The pseudonym secret: ``salt``, else ``key_file``'s content, else the per-user key."""
+    if salt is not None and key_file is not None:
+        raise ValueError("give either salt (--salt) or key_file (--key-file), not both")
+    if salt is not None:
+        secret = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
+        if len(secret.strip()) < _MIN_KEY_CHARS:
+            raise ValueError(f"--salt must have at least {_MIN_KEY_CHARS} characters; got {len(secret.strip())}")
+        return secret
+    path = Path(key_file) if key_file is not None else default_key_file()
+    if _inside(path, out):
+        raise ValueError(f"the key file {path} is inside the output folder {out}: anyone holding the output could "
+                         "reverse the pseudonyms; keep it elsewhere")
+    return load_or_create_key(path, create=key_file is None)
+
+
 def prepare_pet(
     raw: str | os.PathLike[str],
     labels_csv: str | os.PathLike[str],
@@ -249,7 +394,8 @@ def prepare_pet(
     size: int = 512,
     bins: int = 256,
     keep_aspect: bool = True,
-    salt: str | None = None,
+    salt: str | bytes | None = None,
+    key_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Prepare every PET series listed in ``labels_csv`` into the folder format at ``out``.
 
@@ -261,8 +407,12 @@ def prepare_pet(
         size: output side (the paper: 512).
         bins: histogram-equalization bins (the paper: 256).
         keep_aspect: zero-pad the MIP to a physically square field of view before resizing.
-        salt: secret for the series fingerprints in the resume state (default: random, kept in
-            the state file so re-runs resume).
+        salt: secret key (at least 8 characters) for the patient pseudonyms and the resume
+            state's series fingerprints (HMAC-SHA256). Never written anywhere.
+        key_file: file holding that secret instead (its stripped content). With neither, a random
+            per-user key is read from (or created in) :func:`default_key_file`. A re-run must use
+            the same key to resume (checked through a key-derived check value in the state file;
+            the state holds nothing else derived from the key but the series fingerprints).
 
     Returns:
         The report (also written to ``out/prepare_report.json``): ``items``, ``new``,
@@ -271,6 +421,9 @@ def prepare_pet(
 
     Raises:
         DataError: ``raw`` or ``labels_csv`` missing, or the CSV lacks ``series``/``label``.
+        ValueError: both ``salt`` and ``key_file`` given, a key shorter than 8 characters, a key file
+            inside ``out``, a key differing from the one ``out`` was started with, or a state file
+            written by an older version (which stored its salt in ``out``).
     """
     import json
 
@@ -290,23 +443,37 @@ def prepare_pet(
         raise DataError(labels_csv, f"not a UTF-8 CSV file ({exc})") from exc
     if not rows or not {"series", "label"} <= set(rows[0]):
         raise DataError(labels_csv, "needs columns series,label")
+    secret = _resolve_key(salt=salt, key_file=key_file, out=out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / _STATE
-    state: dict[str, Any] = {"salt": salt or secrets.token_hex(16), "done": {}}
+    check = hmac.new(secret, b"dualattn prepare-pet key check", hashlib.sha256).hexdigest()[:16]
+    state: dict[str, Any] = {"version": _STATE_VERSION, "key_check": check, "done": {}}
     if state_path.is_file():
-        state = json.loads(state_path.read_text())
-        if salt is not None and salt != state["salt"]:
-            raise ValueError("--salt differs from the one this output folder was started with")
-    key = lambda s: hashlib.sha256((state["salt"] + "\x00" + s).encode()).hexdigest()[:24]  # noqa: E731
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DataError(state_path, f"resume state is not valid JSON ({exc})") from exc
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION or "salt" in state:
+            raise ValueError(f"{out} was prepared by an older dualattn that stored its salt in the output folder "
+                             "(reversible pseudonyms); delete that folder and prepare again into a new one")
+        if state.get("key_check") != check:
+            raise ValueError(f"{out} was started with another pseudonym key; re-run with the same --salt/--key-file "
+                             "(or the same user key) to resume, or prepare into a new folder")
+
+    def key(text: str) -> str:
+        return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
     bad: list[dict[str, Any]] = []
     new = resumed = 0
     seen: dict[str, int] = {}
     next_index = len(state["done"])
     for n, row in enumerate(rows, start=2):
         series = (row.get("series") or "").strip()
-        fp = key(series)
+        fp = key("series:" + series)
         secrets_: list[str] = [series, *Path(series).parts]
         try:
+            unsafe = _unsafe_series_path(series)
+            if unsafe is not None:
+                raise DataError(None, unsafe)
             label = _label_index(row.get("label") or "")
             if fp in seen:
                 raise DataError(None, f"series listed again (first at row {seen[fp]})")
