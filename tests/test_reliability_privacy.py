@@ -62,6 +62,8 @@ def test_prepare_pet_and_explain_leak_no_identifier(tmp_path, caplog, monkeypatc
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # any cache under ~ lands in the grep
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)  # the pseudonym key lands under ~/.config: grepped too
+    monkeypatch.delenv("DUALATTN_SECRET_DIR", raising=False)
     caplog.set_level(logging.DEBUG)
     raw = tmp_path / "raw"
     good = _series(raw, PATIENT["PatientID"], seed=0, tags=PATIENT)
@@ -145,15 +147,17 @@ def test_the_grep_finds_planted_identifiers(tmp_path):
         assert any(tag in h and name in h for h in hits), (tag, joined)
 
 
-@pytest.mark.xfail(reason="prepare pet stores its salt in the output folder beside the salted patient pseudonyms "
-                          "(reported; fix: keep the secret outside the output)", strict=False)
-def test_patient_pseudonyms_cannot_be_reversed_from_the_output_alone(tmp_path):
+def test_patient_pseudonyms_cannot_be_reversed_from_the_output_alone(tmp_path, monkeypatch):
     """Pseudonyms in labels.csv must not be reversible by someone holding only the output folder:
-    patient IDs have little entropy, so hashing them with a salt stored in that folder is not enough."""
+    patient IDs have little entropy, so hashing them with a salt stored in that folder is not enough.
+    (Fixed: the pseudonyms are HMACs keyed by a secret kept outside the output; see
+    tests/test_followups_data.py for the positive control with the real key.)"""
     import csv
     import hashlib
+    import hmac
     import json
 
+    monkeypatch.setenv("DUALATTN_SECRET_DIR", str(tmp_path / "secret"))
     pet = pytest.importorskip("dualattn.data.pet")
     raw = tmp_path / "raw"
     dicom_series(raw / "s0", (np.random.default_rng(0).random((5, 8, 8)) * 3000).astype(np.uint16), pet=True)
@@ -182,6 +186,7 @@ def test_patient_pseudonyms_cannot_be_reversed_from_the_output_alone(tmp_path):
         for i in range(10_000):
             cand = f"PID-8817-{i:04d}"
             digest = hashlib.sha256((secret + "\x00" + "patient:" + cand).encode()).hexdigest()
-            if pseudonym in (f"pt-{digest[:12]}", f"pt-{digest[:24][:12]}"):
+            keyed = hmac.new(secret.encode(), ("patient:" + cand).encode(), hashlib.sha256).hexdigest()
+            if pseudonym in (f"pt-{digest[:12]}", f"pt-{digest[:24][:12]}", f"pt-{keyed[:12]}"):
                 found.append(cand)
     assert not found, f"patient ID recovered from the output folder alone: {found}"
