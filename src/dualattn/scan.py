@@ -33,7 +33,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["ScanExplanation", "explain_scan", "write_scan_explanation", "run_input_size", "scan_to_model_input",
-           "map_to_scan_grid"]
+           "map_to_scan_grid", "scan_record"]
 
 
 @dataclasses.dataclass
@@ -56,6 +56,9 @@ class ScanExplanation:
         model_input_shape: spatial shape the model saw.
         geometry: the reader's geometry (affine etc.), passed through to the writer.
         notes: human-readable remarks (resizing, channel conversion, slice-wise processing).
+        record_path: write the scan's path into :meth:`summary` (and so the prediction JSON). Off by
+            default: folder and file names often carry patient identifiers; the summary then records
+            the scan's format and a SHA-256 of its content only (:func:`scan_record`).
     """
 
     scan_path: Path
@@ -72,11 +75,17 @@ class ScanExplanation:
     model_input_shape: tuple[int, ...]
     geometry: Any = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    record_path: bool = False
 
     def summary(self) -> dict[str, Any]:
-        """JSON-serializable summary (no arrays)."""
+        """JSON-serializable summary (no arrays); ``scan`` is :func:`scan_record` of the input."""
+        if getattr(self, "_scan_record", None) is None:
+            self._scan_record = scan_record(self.scan_path)
+        record = dict(self._scan_record)
+        if self.record_path:
+            record["path"] = str(self.scan_path)
         return {
-            "scan": str(self.scan_path),
+            "scan": record,
             "run": str(self.run),
             "method": self.method,
             "block": self.block,
@@ -90,6 +99,46 @@ class ScanExplanation:
             "heatmap_model_shape": list(self.heatmap_model.shape),
             "notes": list(self.notes),
         }
+
+
+def scan_record(path: str | os.PathLike[str]) -> dict[str, str]:
+    """What the prediction JSON says about its input: the format and a content digest, never the path.
+
+    Args:
+        path: the scan file, or a DICOM series folder.
+
+    Returns:
+        ``{"format": "png" | "nii.gz" | ... | "dicom-series", "sha256": hex}``. For a folder the digest is
+        the SHA-256 of the sorted SHA-256 digests of its (non-hidden) files, so file names do not count.
+    """
+    import hashlib
+
+    def digest(f: Path) -> str:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    p = Path(path)
+    if p.is_dir():
+        parts = sorted(digest(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        return {"format": "dicom-series", "sha256": hashlib.sha256("\n".join(parts).encode()).hexdigest()}
+    name = p.name.lower()
+    fmt = "nii.gz" if name.endswith(".nii.gz") else (p.suffix.lower().lstrip(".") or "unknown")
+    return {"format": fmt, "sha256": digest(p)}
+
+
+def _default_method(model: Any) -> str:
+    """The run's own map: the variant-named attention method (e.g. ``exact``, ``dual``, ``tau_l``: mu where
+    the variant has it, else tau) for a gated model, ``attention`` for a gated model of an unlisted variant,
+    ``gradcam`` for one without gates (the baseline)."""
+    from .explain import list_methods
+
+    if not tuple(getattr(model, "attention_blocks", ()) or ()):
+        return "gradcam"
+    variant = (getattr(model, "config", {}) or {}).get("variant")
+    return variant if isinstance(variant, str) and variant in list_methods() else "attention"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -302,7 +351,7 @@ def _default_block(model: Any, block: str | None) -> str:
     return "block3" if not blocks or "block3" in blocks else blocks[0]
 
 
-def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], method: str = "exact",
+def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], method: str | None = None,
                  block: str | None = None, which: str = "best", target: int | None = None,
                  size: Sequence[int] | None = None) -> ScanExplanation:
     """Predict and explain one scan with a trained run.
@@ -311,7 +360,9 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
         scan: image or volume file (PNG/JPG/NPY/NIfTI/DICOM/NRRD).
         run: a run folder written by :func:`dualattn.train.fit`.
         method: explanation method (see :func:`dualattn.explain.list_methods`), e.g. ``"exact"``,
-            ``"attention"``, ``"gradcam"``, ``"ig"``.
+            ``"attention"``, ``"gradcam"``, ``"ig"``. Default: the run's own attention map (the method named
+            after its variant, e.g. ``"exact"``, ``"dual"``, ``"tau_l"``) for a gated variant, ``"gradcam"`` for
+            a baseline without gates.
         block: block to explain; default ``"block3"`` (the paper's fine gate) when the model has it.
         which: ``"best"`` or ``"last"`` checkpoint.
         target: class to explain; default the predicted class.
@@ -334,11 +385,17 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     if not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} does not exist")
     methods = list(list_methods())
-    if method not in methods:
+    if method is not None and method not in methods:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
 
     model = _load_run(run_dir, which=which)
     model.eval()
+    if method is None:
+        method = _default_method(model)
+    gated = tuple(getattr(model, "attention_blocks", ()) or ())
+    variant = (getattr(model, "config", {}) or {}).get("variant")
+    if block is None and method in ("attention", variant) and gated and "block3" not in gated:
+        block = gated[0]  # e.g. a tau_l run gates only block4: its attention map is there
     in_channels, model_dims = _model_meta(model)
     array, geometry = _read_scan(scan_path)
     array = np.asarray(array, dtype=np.float32)
@@ -486,6 +543,5 @@ def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str],
     js = out_dir / f"{stem}.prediction.json"
     atomic_write_json(js, summary)
     written["prediction_json"] = js
-    logger.info("explained %s: class %s p=%.3f -> %s", result.scan_path, result.class_name, result.probability,
-                out_dir)
+    logger.info("explained %s: class %s p=%.3f -> %s", js.name, result.class_name, result.probability, out_dir)
     return written

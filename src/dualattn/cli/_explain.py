@@ -1,6 +1,6 @@
 """CLI commands: explain (see dualattn.cli).
 
-``dualattn explain SCAN --run RUN [--method exact] [--block block3] --out OUT`` explains one image or
+``dualattn explain SCAN --run RUN [--method VARIANT] [--block block3] [--record-path] --out OUT`` explains one image or
 volume with a trained run and writes the prediction JSON, the heatmap (NPY; NIfTI in the scan's
 geometry) and an overlay PNG.
 """
@@ -21,12 +21,17 @@ def register(app: typer.Typer) -> None:
         scan: Path = typer.Argument(..., help="Image or volume: PNG/JPG, NPY, NIfTI (.nii/.nii.gz), DICOM, NRRD."),
         run: Path = typer.Option(..., "--run", help="Run folder written by `dualattn train` (or one inside a demo "
                                  "folder, e.g. DEMO/runs/exact/seed0)."),
-        method: str = typer.Option("exact", "--method", "-m", help="Explanation method (`attention`, `exact`, "
-                                   "`gradcam`, `ig`, ...; see dualattn.explain.list_methods)."),
+        method: str = typer.Option(None, "--method", "-m", help="Explanation method (`attention`, `exact`, "
+                                   "`gradcam`, `ig`, ...; see dualattn.explain.list_methods). Default: the run's "
+                                   "own attention map (the method named after its variant: `exact`, `dual`, "
+                                   "`tau_l`...), or `gradcam` for a baseline run."),
         block: str = typer.Option(None, "--block", help="Block to explain (default block3, the fine gate)."),
         which: str = typer.Option("best", "--which", help="Checkpoint: best or last."),
         target: int = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+        record_path: bool = typer.Option(False, "--record-path", help="Write the scan's path into the prediction "
+                                         "JSON (default: only its format and SHA-256; paths often carry patient "
+                                         "identifiers)."),
     ) -> None:
         """Predict and explain one scan: class + probability (JSON), heatmap overlay PNG, NPY and NIfTI."""
         from rich.console import Console
@@ -40,6 +45,7 @@ def register(app: typer.Typer) -> None:
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=2) from exc
+        result.record_path = record_path
         files = write_scan_explanation(result, out)
         for note in result.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
