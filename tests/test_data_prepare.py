@@ -19,6 +19,12 @@ from dualattn.data.pet import coronal_mip, histogram_equalize, parse_dicom_time,
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
+
+@pytest.fixture(autouse=True)
+def _secret_dir(tmp_path, monkeypatch):
+    """prepare pet's per-user pseudonym key goes below tmp_path, not into the real ~/.config."""
+    monkeypatch.setenv("DUALATTN_SECRET_DIR", str(tmp_path / "secret-dir"))
+
 # ----------------------------------------------------------------------------- BraTS
 
 
