@@ -428,3 +428,22 @@ def test_default_key_location(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_key_file() == tmp_path / "home" / ".config" / "dualattn" / "secrets" / "prepare-pet.key"
+
+
+def test_concurrent_key_creation_gives_one_complete_key(tmp_path):
+    """Eight threads racing to create the per-user key all read the same, complete key; no temp file is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dualattn.data.pet import load_or_create_key
+
+    path = tmp_path / "race" / "k.key"
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: load_or_create_key(path), range(16)))
+    assert len(set(keys)) == 1 and len(keys[0]) == 64 and int(keys[0], 16) >= 0
+    assert [p.name for p in path.parent.iterdir()] == ["k.key"]
+    assert (path.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(ValueError, match="does not exist"):
+        load_or_create_key(tmp_path / "nope.key", create=False)
+    (tmp_path / "short.key").write_text("abc\n")
+    with pytest.raises(ValueError, match="fewer than 8"):
+        load_or_create_key(tmp_path / "short.key")

@@ -334,14 +334,25 @@ def load_or_create_key(path: str | os.PathLike[str] | None = None, *, create: bo
         if not create:
             raise ValueError(f"key file {path} does not exist")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:  # O_EXCL: two concurrent runs never overwrite each other's key
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
+        # written in full to a private temp file, then hard-linked into place: a concurrent run either
+        # creates the key or reads a complete one (never an empty file), and never overwrites it
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
             with os.fdopen(fd, "w", encoding="ascii") as fh:
                 fh.write(secrets.token_hex(32) + "\n")
-            logger.info("created a pseudonym key in the user's secret folder (kept outside every output folder)")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+                logger.info("created a pseudonym key in the user's secret folder (kept outside every output folder)")
+            except FileExistsError:
+                pass  # another run created it first: use theirs
+            except OSError:  # no hard links on this file system
+                if not path.exists():
+                    os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     key = path.read_bytes().strip()
     if len(key) < _MIN_KEY_CHARS:
         raise ValueError(f"key file {path} holds fewer than {_MIN_KEY_CHARS} characters")
