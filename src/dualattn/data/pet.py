@@ -19,7 +19,7 @@ folder names, which often embed them) is written to any output, log message or r
 are named by a running index (``pet00000``...); bad series are reported by their row number in
 LABELS.csv. Patient pseudonyms (``labels.csv``) and the resume state's series fingerprints are
 HMAC-SHA256 values keyed by a secret that is **never written into the output folder**: the
-caller's ``key`` (``--salt`` / ``--key-file``) or a random per-user key kept in a ``0600`` file
+caller's secret (``salt`` / ``key_file``; CLI ``--salt`` / ``--key-file``) or a random per-user key kept in a ``0600`` file
 under the user's config folder (:func:`default_key_file`; ``$DUALATTN_SECRET_DIR`` overrides).
 Holding the output alone, one cannot test a candidate patient ID against a pseudonym.
 """
