@@ -43,6 +43,7 @@ CONFIGS: list[tuple[str, str, str, dict]] = [
     ("baseline", "baseline", "scratch", {}),
     ("unconstrained", "unconstrained", "scratch", {}),
     ("kl a=1", "kl", "scratch", {"alpha": 1.0}),
+    ("kl a=10", "kl", "scratch", {"alpha": 10.0}),
     ("dual a=10", "dual", "scratch", {"alpha": 10.0}),
     ("dual a=1", "dual", "scratch", {"alpha": 1.0}),
     ("dual a=10 frozen", "dual", "frozen", {"alpha": 10.0}),
