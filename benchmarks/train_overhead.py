@@ -10,7 +10,7 @@ Two measurements:
              (timed from on_train_batch_start to on_train_batch_end): the loop's own overhead.
 
 Usage:
-    python benchmarks/train_overhead.py [--steps 15] [--warmup 3] [--size 128] [--batch 16]
+    python benchmarks/train_overhead.py [--steps 12] [--warmup 2] [--size 128] [--batch 16]
         [--variants baseline,dual,exact] [--no-lightning] [--out benchmarks/results/train_overhead.json]
 """
 
@@ -124,8 +124,8 @@ def _ratios(stats: dict[str, Any], base: str = "baseline") -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--channels", type=int, default=4)
