@@ -212,7 +212,7 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def format_table(summary: list[dict]) -> str:
-    cols = ["bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "step_ms"]
+    cols = ["bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "marginal_violation_l1"]
     lines = ["| config | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for s in summary:
         cells = []
@@ -222,7 +222,7 @@ def format_table(summary: list[dict]) -> str:
                 cells.append("-")
             elif c == "bal_acc":
                 cells.append(f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}")
-            elif c.startswith("sharp"):
+            elif c.startswith(("sharp", "marginal")):
                 cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}")
             else:
                 cells.append(f"{v['mean']:.1f} ± {v['std']:.1f}")
