@@ -47,8 +47,11 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
   after the coarsest gate are dropped.
 
-Both designs are measured in ``docs/models.md`` (``benchmarks/recipe_study.py``); see there for the
-numbers behind the default.
+Measured (``benchmarks/recipe_study.py``; U-Net encoder, features 8, synthetic-brain 64x64, 10 epochs,
+5 seeds, CPU): ``two_pass`` balanced accuracy 72.7 ± 3.0, AP vs tumour mask 30.0 (block3) / 34.5
+(block4), step time +21 % over the baseline; ``pool`` 64.3 ± 9.4, AP 31.1 / 40.1, sharper maps, step
+time -1 %. ``two_pass`` is the default because its decisions are better and steadier across seeds
+while its localisation is close; ``pool`` stays available. Full tables in ``docs/models.md``.
 """
 
 from __future__ import annotations
