@@ -30,3 +30,10 @@ def seed() -> int:
     np.random.seed(0)
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture(autouse=True)
+def _private_secrets_and_cache(tmp_path_factory, monkeypatch):
+    """Keys made by `prepare pet` and generated datasets go to temporary folders, never the user's home."""
+    monkeypatch.setenv("DUALATTN_SECRET_DIR", str(tmp_path_factory.mktemp("secrets")))
+    monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path_factory.getbasetemp() / "dualattn-cache"))

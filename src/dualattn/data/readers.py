@@ -157,8 +157,12 @@ def _check_npy_size(path: Path) -> None:
             else:
                 shape, _fortran, dtype = fmt.read_array_header_2_0(fh)
             offset = fh.tell()
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        # numpy parses the header dict with ast: a corrupt header raises SyntaxError/TokenError (a SyntaxError
+        # subclass on 3.12, tokenize.TokenError on 3.11 -- caught below).
         raise DataError(path, f"cannot read NPY header ({exc})") from exc
+    except Exception as exc:  # tokenize.TokenError and friends from a garbled header
+        raise DataError(path, f"cannot read NPY header ({type(exc).__name__}: {exc})") from exc
     if dtype.hasobject:
         return  # refused by np.load(allow_pickle=False) with its own message
     need = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -171,7 +175,7 @@ def _read_npy(path: Path) -> tuple[np.ndarray, Geometry]:
     _check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise DataError(path, f"cannot read NPY array ({exc})") from exc
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise DataError(path, f"NPY must hold a numeric array, got dtype {getattr(arr, 'dtype', None)}")
