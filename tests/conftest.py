@@ -33,7 +33,12 @@ def seed() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _private_secrets_and_cache(tmp_path_factory, monkeypatch):
-    """Keys made by `prepare pet` and generated datasets go to temporary folders, never the user's home."""
-    monkeypatch.setenv("DUALATTN_SECRET_DIR", str(tmp_path_factory.mktemp("secrets")))
-    monkeypatch.setenv("DUALATTN_CACHE", str(tmp_path_factory.getbasetemp() / "dualattn-cache"))
+def _private_secrets_and_cache(tmp_path_factory):
+    """Keys made by `prepare pet` and generated datasets go to temporary folders, never the user's home.
+
+    A private MonkeyPatch, so a test calling ``monkeypatch.undo()`` on its own keeps these.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DUALATTN_SECRET_DIR", str(tmp_path_factory.mktemp("secrets")))
+        mp.setenv("DUALATTN_CACHE", str(tmp_path_factory.getbasetemp() / "dualattn-cache"))
+        yield
