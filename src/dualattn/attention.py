@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,14 @@ class AttentionGate(nn.Module):
         embed_channels: embedding width ``E`` of the 1x1 conv ``U``.
         spatial_dims: 2 (maps ``(B, H, W)``) or 3 (maps ``(B, D, H, W)``).
         eps: floor of the L2 norm in the channel normalization.
+        scale: gain ``s`` of the potentials, ``phi = s <u, z>`` (1: the paper's gate). Because ``z`` has
+            unit norm, ``|phi| <= s ||u||``: with ``s = 1`` and PyTorch's initialisation (``||u|| ~ 0.6``)
+            the softmax over ``N`` positions can hardly leave uniform (the largest ratio of two weights
+            is ``exp(2 s ||u||)``), and Adam moves ``u`` only about ``lr`` per step. A gain lets the map
+            concentrate and multiplies the speed at which the potentials learn.
+        learn_scale: learn ``log s`` as a parameter (initialised at ``log scale``).
+        zero_init: start ``u`` at zero, so every map starts exactly uniform (the gate is the identity
+            weighting) whatever the gain; ``u`` leaves zero at the first step.
 
     Shapes:
         ``v``: ``(B, C, *grid)``; ``tau``: ``(B, *grid)`` with ``tau.sum() == 1`` per sample.
@@ -66,7 +75,17 @@ class AttentionGate(nn.Module):
     and return the input dtype.
     """
 
-    def __init__(self, in_channels: int, embed_channels: int, *, spatial_dims: int = 2, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        embed_channels: int,
+        *,
+        spatial_dims: int = 2,
+        eps: float = 1e-6,
+        scale: float = 1.0,
+        learn_scale: bool = False,
+        zero_init: bool = False,
+    ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("embed_channels", embed_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -75,6 +94,8 @@ class AttentionGate(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.in_channels = in_channels
         self.embed_channels = embed_channels
@@ -82,11 +103,25 @@ class AttentionGate(nn.Module):
         self.eps = float(eps)
         self.U = conv(in_channels, embed_channels, kernel_size=1, bias=False)
         self.u = conv(embed_channels, 1, kernel_size=1, bias=False)
+        if zero_init:
+            nn.init.zeros_(self.u.weight)
+        self.learn_scale = bool(learn_scale)
+        self._fixed_scale = float(scale)
+        self.log_scale: nn.Parameter | None = (
+            nn.Parameter(torch.tensor(math.log(float(scale)))) if self.learn_scale else None
+        )
+
+    @property
+    def scale(self) -> float:
+        """Current multiplier ``s`` of the potentials (``phi = s <u, z>``)."""
+        if self.log_scale is None:
+            return self._fixed_scale
+        return float(self.log_scale.detach().exp())
 
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, embed_channels={self.embed_channels}, "
-            f"spatial_dims={self.spatial_dims}"
+            f"spatial_dims={self.spatial_dims}, scale={self.scale:.4g}, learn_scale={self.learn_scale}"
         )
 
     def _check(self, v: Tensor) -> None:
@@ -106,9 +141,13 @@ class AttentionGate(nn.Module):
             z = z.float()
         z = F.relu(F.normalize(z, p=2.0, dim=1, eps=self.eps))
         if z.dtype == self.u.weight.dtype:
-            return self.u(z).squeeze(1)  # the module itself, so hooks on ``gate.u`` see it
-        # half-precision module with float32 z: the same 1x1 conv as a channel contraction in float32
-        return torch.einsum("bc...,c->b...", z, self.u.weight.reshape(-1).to(z.dtype))
+            phi = self.u(z).squeeze(1)  # the module itself, so hooks on ``gate.u`` see it
+        else:
+            # half-precision module with float32 z: the same 1x1 conv as a channel contraction in float32
+            phi = torch.einsum("bc...,c->b...", z, self.u.weight.reshape(-1).to(z.dtype))
+        if self.log_scale is not None:
+            return phi * self.log_scale.to(phi.dtype).exp()
+        return phi if self._fixed_scale == 1.0 else phi * self._fixed_scale
 
     def log_attention(self, v: Tensor) -> Tensor:
         """Log-softmax of the potentials over all positions per sample: ``(B, C, *grid) -> (B, *grid)``."""
