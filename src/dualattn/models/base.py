@@ -40,8 +40,14 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   computes every gate's ``tau``; ``mu`` is the exact projection; pass 2 restarts from the finest
   gated block's features weighted by ``N*mu`` and runs the rest of the network with every gated
   block weighted by its ``N*mu``. The decision depends only on attended features (every path to the
-  logits passes through all the weightings); the extra cost is re-running the stages between the
-  finest and the coarsest gate (block4 for ``exact``; block3 and block4 for ``multilevel``).
+  logits passes through all the weightings). The stages between the finest and the coarsest gate
+  (block4 for ``exact``; block3 and block4 for ``multilevel``) run twice. With
+  ``exact_proposal="detached"`` (default) their first run is a *proposal*: no gradient (the coarse
+  gate's own parameters still learn from it) and BatchNorm on its running statistics, which pass 2
+  alone updates, so train and eval compute the proposal alike and the statistics are those of the
+  weighted features the classifier sees. That makes the repeat a forward pass only (measured on the
+  U-Net at 128x128: 1.25x -> about 1.1x the baseline's step time, ``benchmarks/train_overhead.py``);
+  ``"grad"`` back-propagates through both runs, as before.
 * ``"pool"``: attention pooling after Jetley et al. ("Learn to Pay Attention", ICLR 2018): the
   stages run unweighted; each gated stage contributes ``g = sum_i mu_i v_i`` (a ``mu``-weighted
   average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
@@ -56,6 +62,7 @@ while its localisation is close; ``pool`` stays available. Full tables in ``docs
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -72,6 +79,7 @@ __all__ = [
     "CNNBackbone",
     "GatedClassifier",
     "GATED_BLOCKS",
+    "normalized_entropy",
     "weight_features",
 ]
 
@@ -84,7 +92,9 @@ class AttentionOutput(NamedTuple):
         tau: gate maps, block name -> ``(B, *grid)``, each sample a distribution.
         mu: consistent maps (``dual``, ``exact``, ``multilevel``), block name -> ``(B, *grid)``;
             empty when the variant has none.
-        penalty: scalar, the consistency term already multiplied by ``alpha`` (zero when none).
+        penalty: scalar added to the cross-entropy: the consistency term times ``alpha`` plus, when
+            ``entropy_weight > 0``, ``entropy_weight`` times the mean normalised entropy of the
+            feature-weighting maps (zero when neither applies).
     """
 
     logits: Tensor
@@ -108,6 +118,7 @@ GATED_BLOCKS: dict[str, tuple[str, ...]] = {
 
 _WITNESSES = ("global", "amortized")
 _EXACT_MODES = ("two_pass", "pool")
+_PROPOSALS = ("detached", "grad")
 _BACKBONE_PREFIXES = ("backbone.", "fc.")
 
 
@@ -128,6 +139,37 @@ def weight_features(features: Tensor, log_weights: Tensor) -> Tensor:
 def _log_normalize(logits: Tensor) -> Tensor:
     """Per-sample log-softmax over all positions of ``(B, *grid)``."""
     return logits.flatten(1).log_softmax(dim=1).view_as(logits)
+
+
+def normalized_entropy(log_maps: Sequence[Tensor], area: float | None = None) -> Tensor:
+    """Mean over maps and samples of the normalised entropy ``H(p) / log N`` of ``(B, *grid)`` log-maps.
+
+    1 for uniform maps, 0 for maps on one position (a map with ``N = 1`` counts as 0).
+
+    With ``area`` (a fraction ``rho`` in (0, 1]) it is the hinge ``max(0, H(p) - log(rho N)) / log N``:
+    zero once the map's effective area ``exp(H) / N`` is at most ``rho`` (a map spread evenly over a
+    region of that fraction of the image), whatever the resolution.
+
+    Example:
+        >>> four_of_16 = torch.full((1, 4, 4), -torch.inf)
+        >>> four_of_16[0, 0] = math.log(0.25)  # uniform on the 4 cells of the first row
+        >>> round(float(normalized_entropy([four_of_16])), 4)
+        0.5
+        >>> float(normalized_entropy([four_of_16], area=0.25)), float(normalized_entropy([four_of_16], area=0.125))
+        (0.0, 0.25)
+    """
+    terms = []
+    for log_p in log_maps:
+        flat = log_p.float().flatten(1)
+        n = flat.shape[1]
+        if n < 2:
+            terms.append(flat.new_zeros(()))
+            continue
+        ent = -(flat.exp() * flat.clamp_min(-1e4)).sum(1)
+        if area is not None:
+            ent = (ent - math.log(area * n)).clamp_min(0.0)
+        terms.append(ent.mean() / math.log(n))
+    return torch.stack(terms).mean()
 
 
 def _block_factors(fine: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...]:
@@ -185,8 +227,21 @@ class GatedClassifier(nn.Module):
             ``"amortized"`` (lambda predicted from the fine block's features), for ``dual``.
         exact_mode: ``"two_pass"`` or ``"pool"``, how ``exact``/``multilevel`` break the circularity
             (module docstring).
+        exact_proposal: how ``two_pass`` runs the stages of its first pass after the finest gated
+            block (the "proposal" that only feeds the coarser gates): ``"detached"`` (default) without
+            gradient and with BatchNorm on its running statistics, ``"grad"`` like the second pass
+            (train-mode BatchNorm, gradient through both passes). See the module docstring.
         gate_embed: embedding channels ``E`` of every gate (default: the gated block's channels, at
             most 256, so ResNet-50's 1024/2048-channel stages get gates of a sensible size).
+        gate_scale: multiplier ``s`` of every gate's potentials, ``phi = s <u, z>`` (see
+            :class:`~dualattn.attention.AttentionGate`); 1 is the paper's gate.
+        gate_learn_scale: learn ``log s`` (initialised at ``log gate_scale``).
+        gate_zero_init: start every gate's ``u`` at zero (uniform maps at initialisation).
+        entropy_weight: ``beta``, weight of the sharpness term added to the penalty: the mean over
+            the gated blocks of the normalised entropy ``H(w) / log N`` of the map ``w`` that weights
+            the features (``mu`` where the variant has it, else ``tau``); 0 (the paper) turns it off.
+        attention_area: with ``entropy_weight``, penalise the entropy only above that of a map spread
+            over this fraction of the image (:func:`normalized_entropy`'s hinge); None: always.
         img_size: input spatial size (int or one per dim); needed by the global witness.
         config: the ``create_model`` arguments that rebuild this model (``model.config``).
 
@@ -207,7 +262,13 @@ class GatedClassifier(nn.Module):
         alpha: float = 10.0,
         witness: str = "global",
         exact_mode: str = "two_pass",
+        exact_proposal: str = "detached",
         gate_embed: int | None = None,
+        gate_scale: float = 1.0,
+        gate_learn_scale: bool = False,
+        gate_zero_init: bool = False,
+        entropy_weight: float = 0.0,
+        attention_area: float | None = None,
         img_size: int | Sequence[int] | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -218,10 +279,25 @@ class GatedClassifier(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+        if (
+            isinstance(entropy_weight, bool)
+            or not isinstance(entropy_weight, (int, float))
+            or not math.isfinite(entropy_weight)
+            or entropy_weight < 0
+        ):
+            raise ValueError(f"entropy_weight must be a finite number >= 0, got {entropy_weight!r}")
+        if attention_area is not None and (
+            isinstance(attention_area, bool)
+            or not isinstance(attention_area, (int, float))
+            or not 0 < attention_area <= 1
+        ):
+            raise ValueError(f"attention_area must be a fraction in (0, 1] or None, got {attention_area!r}")
         if witness not in _WITNESSES:
             raise ValueError(f"unknown witness {witness!r}; valid: {', '.join(_WITNESSES)}")
         if exact_mode not in _EXACT_MODES:
             raise ValueError(f"unknown exact_mode {exact_mode!r}; valid: {', '.join(_EXACT_MODES)}")
+        if exact_proposal not in _PROPOSALS:
+            raise ValueError(f"unknown exact_proposal {exact_proposal!r}; valid: {', '.join(_PROPOSALS)}")
         if gate_embed is not None and (not isinstance(gate_embed, int) or gate_embed < 1):
             raise ValueError(f"gate_embed must be a positive int or None, got {gate_embed!r}")
         from ..attention import AttentionGate
@@ -229,8 +305,11 @@ class GatedClassifier(nn.Module):
         self.variant = variant
         self.num_classes = num_classes
         self.alpha = float(alpha)
+        self.entropy_weight = float(entropy_weight)
+        self.attention_area = None if attention_area is None else float(attention_area)
         self.witness_kind = witness
         self.exact_mode = exact_mode
+        self.exact_proposal = exact_proposal
         self.spatial_dims = backbone.spatial_dims
         self._config = copy.deepcopy(config or {})
         self._backbone_frozen = False
@@ -254,6 +333,9 @@ class GatedClassifier(nn.Module):
                     backbone.channels[b],
                     gate_embed or min(backbone.channels[b], 256),
                     spatial_dims=backbone.spatial_dims,
+                    scale=gate_scale,
+                    learn_scale=gate_learn_scale,
+                    zero_init=gate_zero_init,
                 )
                 for b in blocks
             }
@@ -421,6 +503,7 @@ class GatedClassifier(nn.Module):
         mus: dict[str, Tensor] = {}
         grids = self.backbone.grid_shapes(tuple(x.shape[2:]))
         lam: Tensor | None = None
+        weight_logs: list[Tensor] = []
         h = self._stem(x)
         for name, stage in self.backbone.stages.items():
             h = stage(h)
@@ -442,6 +525,7 @@ class GatedClassifier(nn.Module):
                         raise ValueError(f"coarse grid {tuple(h.shape[2:])} != witness grid {tuple(lam.shape[1:])}")
                     log_w = _log_normalize(log_tau + lam)
                 mus[name] = log_w.exp()
+            weight_logs.append(log_w)
             h = weight_features(h, log_w)
         logits = self._head(h)
         penalty = zero
@@ -454,6 +538,8 @@ class GatedClassifier(nn.Module):
             else:
                 term = kl_consistency(taus[fine], taus[coarse], reverse=self.variant == "kl_reverse")
             penalty = self.alpha * term
+        if self.entropy_weight > 0:
+            penalty = penalty + self.entropy_weight * normalized_entropy(weight_logs, self.attention_area)
         return AttentionOutput(logits, taus, mus, penalty)
 
     def _forward_exact(self, x: Tensor, zero: Tensor) -> AttentionOutput:
@@ -465,9 +551,15 @@ class GatedClassifier(nn.Module):
         last = names.index(blocks[-1])
         feats: dict[str, Tensor] = {}
         log_taus: dict[str, Tensor] = {}
+        first = names.index(blocks[0])
+        detach = self.exact_proposal == "detached" and not self._pooled
         h = self._stem(x)
         for name in names[: last + 1]:
-            h = self.backbone.stages[name](h)
+            if detach and names.index(name) > first:
+                with _proposal_mode(self.backbone.stages[name]):
+                    h = self.backbone.stages[name](h)
+            else:
+                h = self.backbone.stages[name](h)
             if name in self.gates:
                 feats[name] = h
                 log_taus[name] = self.gates[name].log_attention(h)
@@ -480,17 +572,33 @@ class GatedClassifier(nn.Module):
         log_mus = dict(zip(blocks, log_mu_list))
         taus = {b: log_taus[b].exp() for b in blocks}
         mus = {b: log_mus[b].exp() for b in blocks}
+        penalty = zero
+        if self.entropy_weight > 0:
+            penalty = self.entropy_weight * normalized_entropy(log_mu_list, self.attention_area)
         if self._pooled:
             pooled = [(feats[b] * mus[b].unsqueeze(1)).flatten(2).sum(-1) for b in blocks]
             logits = self.attn_fc(torch.cat(pooled, dim=1))
-            return AttentionOutput(logits, taus, mus, zero)
-        first = names.index(blocks[0])
+            return AttentionOutput(logits, taus, mus, penalty)
         h = weight_features(feats[blocks[0]], log_mus[blocks[0]])
         for name in names[first + 1 :]:
             h = self.backbone.stages[name](h)
             if name in log_mus:
                 h = weight_features(h, log_mus[name])
-        return AttentionOutput(self._head(h), taus, mus, zero)
+        return AttentionOutput(self._head(h), taus, mus, penalty)
+
+
+@contextlib.contextmanager
+def _proposal_mode(stage: nn.Module) -> Iterator[None]:
+    """Run ``stage`` without gradient, its BatchNorm layers on their running statistics (then restore)."""
+    switched = [m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in switched:
+        m.train(False)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m in switched:
+            m.train(True)
 
 
 def _normalize_size(size: int | Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] | None:
