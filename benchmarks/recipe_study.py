@@ -53,6 +53,77 @@ CONFIGS: list[tuple[str, str, str, dict]] = [
     ("multilevel", "multilevel", "scratch", {}),
 ]
 
+#: The gate gain / sharpness study (``--study sharpness``): the paper's gate (gain 1) against a gain
+#: ``s`` with ``u`` started at zero and the entropy term ``beta`` (``entropy_weight``); see
+#: ``dualattn.attention.AttentionGate``.
+_SHARP = {"gate_scale": 32.0, "gate_zero_init": True, "entropy_weight": 1.0}
+_GRAD = {"exact_proposal": "grad"}  # exact's first pass with gradient (the default before this study)
+_S16 = {**_SHARP, "gate_scale": 16.0}
+SHARPNESS_CONFIGS: list[tuple[str, str, str, dict]] = [
+    ("baseline", "baseline", "scratch", {}),
+    # round 1: gain x entropy weight on exact (first pass with gradient), the other variants at s32 b1
+    ("exact s1 b0 (paper gate)", "exact", "scratch", dict(_GRAD)),
+    ("exact s1 b1", "exact", "scratch", {**_GRAD, "entropy_weight": 1.0}),
+    ("exact s32 b0", "exact", "scratch", {**_GRAD, **_SHARP, "entropy_weight": 0.0}),
+    ("exact s16 b1", "exact", "scratch", {**_GRAD, **_S16}),
+    ("exact s32 b1", "exact", "scratch", {**_GRAD, **_SHARP}),
+    ("exact s32 b1 learned s", "exact", "scratch", {**_GRAD, **_SHARP, "gate_learn_scale": True}),
+    ("exact s32 b0.3", "exact", "scratch", {**_GRAD, **_SHARP, "entropy_weight": 0.3}),
+    ("dual a=1 s1 b0 (paper gate)", "dual", "scratch", {"alpha": 1.0}),
+    ("dual a=1 s32 b1", "dual", "scratch", {"alpha": 1.0, **_SHARP}),
+    ("unconstrained s32 b1", "unconstrained", "scratch", dict(_SHARP)),
+    ("kl a=1 s32 b1", "kl", "scratch", {"alpha": 1.0, **_SHARP}),
+    ("multilevel s32 b1", "multilevel", "scratch", {**_GRAD, **_SHARP}),
+    ("tau_k s32 b1", "tau_k", "scratch", dict(_SHARP)),
+    ("tau_l s32 b1", "tau_l", "scratch", dict(_SHARP)),
+    # round 2: gain 16, the detached first pass for exact/multilevel, stronger entropy for dual/kl
+    ("exact s16 b1 detached", "exact", "scratch", dict(_S16)),
+    ("exact s16 b1 pool", "exact", "scratch", {**_S16, "exact_mode": "pool"}),
+    ("exact s1 b0 detached", "exact", "scratch", {}),
+    ("multilevel s16 b1 detached", "multilevel", "scratch", dict(_S16)),
+    ("dual a=1 s16 b1", "dual", "scratch", {"alpha": 1.0, **_S16}),
+    ("dual a=1 s16 b3", "dual", "scratch", {"alpha": 1.0, **_S16, "entropy_weight": 3.0}),
+    ("dual a=0.1 s16 b1", "dual", "scratch", {"alpha": 0.1, **_S16}),
+    ("kl a=1 s16 b3", "kl", "scratch", {"alpha": 1.0, **_S16, "entropy_weight": 3.0}),
+    ("unconstrained s16 b1", "unconstrained", "scratch", dict(_S16)),
+    ("tau_k s16 b1", "tau_k", "scratch", dict(_S16)),
+    ("tau_l s16 b1", "tau_l", "scratch", dict(_S16)),
+]
+
+#: The confirmation run of the sharpness study's finalists on twice the data (``--study confirm --n 1200
+#: --epochs 12``): the paper's gate (gain 1, no entropy term) against gain 16 + zero init + entropy 1.
+CONFIRM_CONFIGS: list[tuple[str, str, str, dict]] = [
+    ("baseline", "baseline", "scratch", {}),
+    ("exact paper gate", "exact", "scratch", {}),
+    ("exact s16 b1", "exact", "scratch", dict(_S16)),
+    ("dual a=1 paper gate", "dual", "scratch", {"alpha": 1.0}),
+    ("dual a=1 s16 b1", "dual", "scratch", {"alpha": 1.0, **_S16}),
+    ("dual a=0.1 s16 b1", "dual", "scratch", {"alpha": 0.1, **_S16}),
+    ("multilevel paper gate", "multilevel", "scratch", {}),
+    ("multilevel s16 b1", "multilevel", "scratch", dict(_S16)),
+    ("unconstrained s16 b1", "unconstrained", "scratch", dict(_S16)),
+    ("kl a=1 s16 b1", "kl", "scratch", {"alpha": 1.0, **_S16}),
+    # round 2 of the confirmation: entropy 1 over-sharpens at this length (maps on 2-8 cells), so the
+    # gain alone, a weaker entropy term, and the hinge that stops at an effective area rho
+    ("exact s16 b0", "exact", "scratch", {**_S16, "entropy_weight": 0.0}),
+    ("exact s16 b0.1", "exact", "scratch", {**_S16, "entropy_weight": 0.1}),
+    ("exact s16 area0.25", "exact", "scratch", {**_S16, "attention_area": 0.25}),
+    ("exact s16 area0.1", "exact", "scratch", {**_S16, "attention_area": 0.1}),
+    ("dual a=1 s16 area0.25", "dual", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
+    ("multilevel s16 area0.25", "multilevel", "scratch", {**_S16, "attention_area": 0.25}),
+    # round 3: the remaining variants, paper gate vs the chosen gate recipe
+    ("unconstrained paper gate", "unconstrained", "scratch", {}),
+    ("unconstrained s16 area0.25", "unconstrained", "scratch", {**_S16, "attention_area": 0.25}),
+    ("kl a=1 paper gate", "kl", "scratch", {"alpha": 1.0}),
+    ("kl a=1 s16 area0.25", "kl", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
+    ("tau_k paper gate", "tau_k", "scratch", {}),
+    ("tau_k s16 area0.25", "tau_k", "scratch", {**_S16, "attention_area": 0.25}),
+    ("tau_l paper gate", "tau_l", "scratch", {}),
+    ("tau_l s16 area0.25", "tau_l", "scratch", {**_S16, "attention_area": 0.25}),
+]
+
+STUDIES = {"recipes": CONFIGS, "sharpness": SHARPNESS_CONFIGS, "confirm": CONFIRM_CONFIGS}
+
 
 def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from dualattn.data import FolderDataset
@@ -152,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     xtr, ytr, _ = load_split(data_dir, "train")
     xte, yte, mte = load_split(data_dir, "test")
     logger.info("train %s test %s (positives %d)", tuple(xtr.shape), tuple(xte.shape), int(yte.sum()))
-    configs = [c for c in CONFIGS if not args.only or c[0] in args.only]
+    configs = [c for c in STUDIES[args.study] if not args.only or c[0] in args.only]
     runs = []
     for seed in args.seeds:
         baseline_state = None
@@ -175,7 +246,10 @@ def run(args: argparse.Namespace) -> dict:
                 baseline_state = {k: v.clone() for k, v in model.state_dict().items()}
             row = {"label": label, "variant": variant, "recipe": recipe, "seed": seed, **kw, **stats, **res,
                    "train_s": wall}
+            if getattr(model, "gates", None):
+                row["learned_gate_scale"] = {b: g.scale for b, g in model.gates.items()}
             runs.append(row)
+            atomic_write_json(args.out, {"partial": True, "runs": runs})  # finished runs survive a crash
             logger.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     summary = summarize(runs)
     result = {
@@ -183,7 +257,8 @@ def run(args: argparse.Namespace) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, CPU",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "setup": {k: getattr(args, k) for k in ("n", "size", "features", "epochs", "batch", "lr", "seeds", "data_seed")},
+        "setup": {k: getattr(args, k) for k in ("study", "n", "size", "features", "epochs", "batch", "lr", "seeds",
+                                                "data_seed", "threads")},
         "dataset": "synthetic-brain",
         "backbone": "unet_encoder",
         "summary": summary,
@@ -267,9 +342,34 @@ def step_times(args: argparse.Namespace) -> dict:
     return result
 
 
+def merge(files: list[str], out: str) -> dict:
+    """One result file from several runs of this script (same setup, e.g. seed ranges run in parallel)."""
+    import json
+
+    from dualattn._io import atomic_write_json
+
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    unfinished = [f for f, part in zip(files, parts) if part.get("partial")]
+    if unfinished:
+        raise SystemExit(f"unfinished result files (a run still going or crashed): {unfinished}")
+    setups = [{k: v for k, v in part["setup"].items() if k != "seeds"} for part in parts]
+    if any(s != setups[0] for s in setups[1:]):
+        raise SystemExit(f"the files were run with different setups: {setups}")
+    runs = [r for part in parts for r in part["runs"]]
+    order = list(dict.fromkeys(r["label"] for r in runs))
+    runs.sort(key=lambda r: (order.index(r["label"]), r["seed"]))
+    result = {**parts[0], "setup": {**parts[0]["setup"], "seeds": sorted({r["seed"] for r in runs})},
+              "merged_from": [Path(f).name for f in files], "summary": summarize(runs), "runs": runs}  # fmt: skip
+    atomic_write_json(out, result)
+    print(format_table(result["summary"]))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
+    p.add_argument("--study", choices=sorted(STUDIES), default="recipes",
+                   help="which set of configurations: the training recipes, or the gate gain/sharpness study")
     p.add_argument("--data-dir", default=None, help="existing/cache folder for the generated dataset")
     p.add_argument("--n", type=int, default=600)
     p.add_argument("--size", type=int, default=64)
@@ -283,9 +383,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", default=None, help="config labels to run (baseline is needed first)")
     p.add_argument("--step-time", action="store_true", help="only time one training step per variant")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (--step-time)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine the runs of several result files (e.g. seeds run in parallel) into --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.step_time:
+    if args.merge:
+        merge(args.merge, args.out)
+    elif args.step_time:
         step_times(args)
     else:
         run(args)

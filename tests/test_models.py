@@ -83,6 +83,13 @@ def test_default_recipes_cover_every_variant():
         assert recipe["init"] in ("scratch", "baseline")
         assert isinstance(recipe["freeze_backbone"], bool)
         assert recipe["alpha"] >= 0
+    assert "model_kwargs" not in DEFAULT_RECIPES["baseline"]
+    for variant in CNN_VARIANTS[1:]:  # every gated variant's recipe builds, with the options it names
+        model = create_model("unet_encoder", variant=variant, features=2, img_size=32,
+                             **DEFAULT_RECIPES[variant]["model_kwargs"])  # fmt: skip
+        for key, value in DEFAULT_RECIPES[variant]["model_kwargs"].items():
+            assert model.config[key] == value
+        assert all(g.scale == model.config["gate_scale"] for g in model.gates.values())
 
 
 # --------------------------------------------------------------------- every backbone x variant

@@ -157,3 +157,23 @@ def test_augmentation_stream_depends_on_training_seed_and_epoch():
     assert streams[0][0] == streams[0][1]  # reproducible
     assert len(set(streams[0][0])) == 2  # a new stream per epoch
     assert not set(streams[0][0]) & set(streams[1][0])  # another training seed, other augmentations
+
+
+def test_recipe_gate_options_reach_the_model_and_the_config_overrides_them(monkeypatch):
+    """build_model: the variant's recipe fills gate options the config leaves unset, key by key."""
+    from dualattn import models
+    from dualattn.train import TrainConfig
+    from dualattn.train.run import build_model, resolve_recipe
+
+    recipe = {"init": "scratch", "freeze_backbone": False, "alpha": 1.0,
+              "model_kwargs": {"gate_scale": 8.0, "gate_zero_init": True, "entropy_weight": 0.5}}  # fmt: skip
+    monkeypatch.setitem(models.DEFAULT_RECIPES, "exact", recipe)
+    cfg = TrainConfig(variant="exact", model_kwargs={"features": 2, "entropy_weight": 0.25})
+    assert resolve_recipe(cfg)["model_kwargs"] == recipe["model_kwargs"]
+    model = build_model(cfg, in_channels=1, num_classes=2, spatial_dims=2, img_size=(32, 32))
+    assert model.gates["block3"].scale == 8.0 and float(model.gates["block3"].u.weight.abs().sum()) == 0.0
+    assert model.entropy_weight == 0.25  # the config's own model_kwargs win
+    assert model.config["gate_scale"] == 8.0 and model.config["entropy_weight"] == 0.25  # rebuilt from weights
+    base = build_model(TrainConfig(variant="baseline", model_kwargs={"features": 2}), in_channels=1, num_classes=2,
+                       spatial_dims=2)  # fmt: skip
+    assert "gate_scale" not in base.config

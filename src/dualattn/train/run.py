@@ -48,7 +48,9 @@ def resolve_recipe(config: TrainConfig) -> dict[str, Any]:
     ``freeze_backbone``, ``alpha``), else the paper's alpha = 10, training from scratch, no freezing.
 
     Returns:
-        ``{"alpha": float, "init": "scratch" | "baseline", "freeze_backbone": bool}``.
+        ``{"alpha": float, "init": "scratch" | "baseline", "freeze_backbone": bool, "model_kwargs": dict}``;
+        ``model_kwargs`` are the recipe's gate options (gain, initialisation, sharpness term), which the
+        config's own ``model_kwargs`` override key by key.
     """
     recipe: dict[str, Any] = {}
     try:
@@ -59,7 +61,12 @@ def resolve_recipe(config: TrainConfig) -> dict[str, Any]:
         pass
     alpha = config.alpha if config.alpha is not None else recipe.get("alpha", PAPER_ALPHA)
     freeze = config.freeze_backbone if config.freeze_backbone is not None else recipe.get("freeze_backbone", False)
-    return {"alpha": float(alpha), "init": recipe.get("init", "scratch"), "freeze_backbone": bool(freeze)}
+    return {
+        "alpha": float(alpha),
+        "init": recipe.get("init", "scratch"),
+        "freeze_backbone": bool(freeze),
+        "model_kwargs": dict(recipe.get("model_kwargs", {})),
+    }
 
 
 def build_model(
@@ -81,6 +88,8 @@ def build_model(
     if img_size is not None:
         kw.setdefault("img_size", [int(s) for s in img_size])
     recipe = resolve_recipe(config)
+    for key, value in recipe["model_kwargs"].items():  # only gated variants' recipes have any
+        kw.setdefault(key, value)
     if config.variant in PENALTY_VARIANTS:
         kw.setdefault("alpha", recipe["alpha"])
     elif config.alpha is not None:
@@ -466,6 +475,7 @@ def fit(
         "alpha": recipe["alpha"] if config.variant in PENALTY_VARIANTS else None,
         "init_from": str(source) if source is not None else None,
         "freeze_backbone": recipe["freeze_backbone"],
+        "model_config": dict(getattr(model, "config", {}) or {}),
         "val_balanced_accuracy": best_row["val_balanced_accuracy"] if best_row else math.nan,
         "test_balanced_accuracy": test_bal,
         "best_epoch": best_row["epoch"] if best_row else None,
