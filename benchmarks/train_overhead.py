@@ -11,7 +11,11 @@ Two measurements:
 
 Usage:
     python benchmarks/train_overhead.py [--steps 12] [--warmup 2] [--size 128] [--batch 16]
-        [--variants baseline,dual,exact] [--no-lightning] [--out benchmarks/results/train_overhead.json]
+        [--variants baseline,dual,exact,exact-grad] [--no-lightning] [--out benchmarks/results/train_overhead.json]
+
+A variant label may carry suffixes: ``-grad`` (exact's first pass with gradient, the former default),
+``-pool`` (attention pooling), ``-paper`` (the paper's gate: no gain, no sharpness term). Without a
+suffix a variant gets its training recipe's gate options (``dualattn.models.DEFAULT_RECIPES``).
 """
 
 from __future__ import annotations
@@ -42,14 +46,38 @@ def _stats(times: list[float]) -> dict[str, float]:
 def _models(variants: list[str], *, channels: int, size: int, features: int) -> dict[str, torch.nn.Module]:
     from dualattn.models import create_model
 
+    from dualattn.models import DEFAULT_RECIPES
+
     out = {}
-    for v in variants:
+    for label in variants:
+        v, options = _spec(label)
         torch.manual_seed(0)
-        kw: dict[str, Any] = {"features": features, "img_size": [size, size]}
+        # the variant as `dualattn train` builds it: its recipe's gate options, then the label's
+        kw: dict[str, Any] = {**DEFAULT_RECIPES.get(v, {}).get("model_kwargs", {}), **options}
+        kw.update({"features": features, "img_size": [size, size]})
         if v in ("dual", "kl", "kl_reverse"):
             kw["alpha"] = 10.0
-        out[v] = create_model("unet_encoder", variant=v, in_channels=channels, num_classes=2, **kw).train()
+        out[label] = create_model("unet_encoder", variant=v, in_channels=channels, num_classes=2, **kw).train()
     return out
+
+
+#: label suffixes selecting model options (e.g. ``exact-grad``: the first pass with gradient)
+_SUFFIXES: dict[str, dict[str, Any]] = {
+    "grad": {"exact_proposal": "grad"},
+    "pool": {"exact_mode": "pool"},
+    "paper": {"gate_scale": 1.0, "gate_zero_init": False, "entropy_weight": 0.0, "attention_area": None},
+}
+
+
+def _spec(label: str) -> tuple[str, dict[str, Any]]:
+    """``"exact-grad-sharp"`` -> (``"exact"``, the options of every suffix)."""
+    variant, *suffixes = label.split("-")
+    kw: dict[str, Any] = {}
+    for suffix in suffixes:
+        if suffix not in _SUFFIXES:
+            raise SystemExit(f"unknown variant suffix {suffix!r} in {label!r}; valid: {', '.join(_SUFFIXES)}")
+        kw.update(_SUFFIXES[suffix])
+    return variant, kw
 
 
 def bench_raw(variants: list[str], *, steps: int, warmup: int, batch: int, size: int, channels: int,
@@ -107,7 +135,7 @@ def bench_lightning(variants: list[str], *, steps: int, warmup: int, batch: int,
     models = _models(variants, channels=channels, size=size, features=features)
     out = {}
     for v in variants:  # one Trainer per variant (Lightning owns the loop), same batches
-        cfg = TrainConfig(variant=v, scheduler="none", accelerator="cpu", devices=1)
+        cfg = TrainConfig(variant=_spec(v)[0], scheduler="none", accelerator="cpu", devices=1)
         timer = Timer()
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -130,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--channels", type=int, default=4)
     p.add_argument("--features", type=int, default=32)
-    p.add_argument("--variants", default="baseline,dual,exact")
+    p.add_argument("--variants", default="baseline,dual,exact,exact-grad")
     p.add_argument("--no-lightning", action="store_true")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train_overhead.json")
     args = p.parse_args(argv)

@@ -388,8 +388,11 @@ def test_parameter_counts_pinned():
     assert count_parameters(r50) == 25_557_032
     with torch.device("meta"):
         gated = create_model("unet_encoder", variant="unconstrained", in_channels=4)
-    # two gates: U (C x E, E = C) and u (E x 1) for C = 128 and 256
-    assert count_parameters(gated) - count_parameters(unet) == 128 * 128 + 128 + 256 * 256 + 256
+    # two gates: U (C x E) and u (E x 1), E = min(C, 64), for C = 128 and 256
+    assert count_parameters(gated) - count_parameters(unet) == 128 * 64 + 64 + 256 * 64 + 64
+    with torch.device("meta"):
+        wide = create_model("unet_encoder", variant="unconstrained", in_channels=4, gate_embed=256)
+    assert count_parameters(wide) - count_parameters(unet) == 128 * 256 + 256 + 256 * 256 + 256
 
 
 # ------------------------------------------------------------------------------ Captum explainers
