@@ -40,7 +40,7 @@ def test_default_method_is_the_runs_own_map(tmp_path, variant, expected):
 
     run = make_run(tmp_path / "runs", variant=variant, size=16)
     scan = _png(tmp_path / "scan.png")
-    res = CliRunner().invoke(app, ["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(app, ["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o"), "--keep-name"])
     assert res.exit_code == 0, res.output
     pred = json.loads((tmp_path / "o" / "scan.prediction.json").read_text())
     assert pred["method"] == expected
@@ -64,17 +64,41 @@ def test_prediction_json_records_format_and_digest_not_the_path(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    js = tmp_path / "o" / "image.prediction.json"
+    sha = hashlib.sha256(scan.read_bytes()).hexdigest()
+    js = tmp_path / "o" / f"scan-{sha[:12]}.prediction.json"  # the file names carry no identifiers either
     pred = json.loads(js.read_text())
-    assert pred["scan"] == {"format": "png", "sha256": hashlib.sha256(scan.read_bytes()).hexdigest()}
+    assert pred["scan"] == {"format": "png", "sha256": sha}
     raw = js.read_bytes()
     for needle in (PATIENT["PatientID"], "Quintessa", folder.name, str(folder)):  # (the run folder is recorded)
         assert needle.encode() not in raw, needle
-    # opt in
+        assert not any(needle in p.name for p in (tmp_path / "o").iterdir()), needle
+    # opt in: the path in the JSON, independent of the file names
     res = runner.invoke(app, ["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o2"), "--record-path"])
     assert res.exit_code == 0, res.output
-    pred2 = json.loads((tmp_path / "o2" / "image.prediction.json").read_text())
+    pred2 = json.loads((tmp_path / "o2" / js.name).read_text())
     assert pred2["scan"]["path"] == str(scan) and pred2["scan"]["sha256"] == pred["scan"]["sha256"]
+    res = runner.invoke(app, ["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o3"), "--keep-name"])
+    assert res.exit_code == 0, res.output
+    pred3 = json.loads((tmp_path / "o3" / "image.prediction.json").read_text())
+    assert "path" not in pred3["scan"]
+
+
+def test_dicom_series_folder_named_by_patient_id_gets_a_digest_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from dualattn.cli import app
+    from dualattn.scan import scan_record
+
+    run = make_run(tmp_path / "runs", variant="exact", size=16)
+    series = dicom_series(tmp_path / PATIENT["PatientID"], (np.arange(3 * 16 * 16).reshape(3, 16, 16) % 97 * 5)
+                          .astype(np.uint16), pet=True)
+    res = CliRunner().invoke(app, ["explain", str(series), "--run", str(run), "--method", "exact",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    stem = "scan-" + scan_record(series)["sha256"][:12]
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert f"{stem}.prediction.json" in names and f"{stem}.heatmap.nii.gz" in names, names
+    assert not any(PATIENT["PatientID"] in n for n in names), names
 
 
 def test_scan_record_by_hand(tmp_path):

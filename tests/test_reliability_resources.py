@@ -34,7 +34,8 @@ def test_large_png_is_resized_with_a_note_and_mapped_back(tmp_path):
 
     run = make_run(tmp_path, size=32)
     scan = _png(tmp_path / "big.png", 1024)
-    res = CliRunner().invoke(app, ["explain", str(scan), "--run", str(run), "--method", "attention", "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(app, ["explain", str(scan), "--run", str(run), "--method", "attention", "--out", str(tmp_path / "o"),
+                                   "--keep-name"])
     assert res.exit_code == 0, res.output
     assert "note:" in res.output and "1024x1024" in res.output and "resized to 32x32" in res.output
     pred = json.loads((tmp_path / "o" / "big.prediction.json").read_text())

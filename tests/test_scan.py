@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -111,7 +112,11 @@ def test_explain_png_matches_reference(tmp_path):
     assert pred["model_input_shape"] == [32, 32] and pred["heatmap_shape"] == [64, 48]
     np.testing.assert_array_equal(np.load(files["heatmap_npy"]), result.heatmap)
     assert files["overlay_png"].read_bytes()[:4] == b"\x89PNG"
-    assert files["prediction_json"].name == "case 1.prediction.json"
+    # named after the content digest, not the scan's file name (which may carry identifiers)
+    sha12 = hashlib.sha256(png.read_bytes()).hexdigest()[:12]
+    assert {p.name for p in files.values()} == {f"scan-{sha12}.{k}" for k in ("prediction.json", "heatmap.npy",
+                                                                               "overlay.png")}
+    assert pred["files"]["overlay_png"] == f"scan-{sha12}.overlay.png"
 
 
 def test_explain_nifti_keeps_geometry(tmp_path):
@@ -183,10 +188,106 @@ def test_explain_cli_on_png(tmp_path):
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["method"] == "exact" and 0.0 <= summary["probability"] <= 1.0
     assert sum(summary["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-    assert (tmp_path / "o" / "a.overlay.png").is_file()
+    sha12 = hashlib.sha256((tmp_path / "a.png").read_bytes()).hexdigest()[:12]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        f"scan-{sha12}.heatmap.npy", f"scan-{sha12}.overlay.png", f"scan-{sha12}.prediction.json"]
+    assert summary["files"]["overlay_png"] == str(tmp_path / "o" / f"scan-{sha12}.overlay.png")
     bad = CliRunner().invoke(app, ["explain", str(tmp_path / "a.png"), "--run", str(run), "--method", "nope",
                                    "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2
+
+
+def _explained_png(tmp_path: Path, name: str, seed: int = 5, run: Path | None = None):
+    from PIL import Image
+
+    if run is None:
+        run, _ = _make_run(tmp_path, size=32)
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.random.default_rng(seed).random((32, 32)) * 255).astype(np.uint8)).save(path)
+    return explain_scan(path, run=run, method="exact"), run
+
+
+def test_default_output_names_are_the_content_digest_not_the_file_name(tmp_path):
+    result, _ = _explained_png(tmp_path, "P12345_Smith/Smith_John_T1.png")
+    files = write_scan_explanation(result, tmp_path / "out")
+    expect = "scan-" + hashlib.sha256(result.scan_path.read_bytes()).hexdigest()[:12]
+    assert {p.name for p in files.values()} == {f"{expect}.heatmap.npy", f"{expect}.overlay.png",
+                                                f"{expect}.prediction.json"}
+    listing = [p.name for p in (tmp_path / "out").iterdir()]
+    for needle in ("Smith", "John", "T1", "P12345"):
+        assert not any(needle.lower() in n.lower() for n in listing), (needle, listing)
+    pred = json.loads(files["prediction_json"].read_text())
+    assert pred["scan"]["sha256"].startswith(expect[len("scan-"):])
+    for needle in ("Smith", "John", "P12345"):
+        assert needle not in json.dumps(pred["files"]), needle
+
+
+def test_default_output_names_depend_on_content_only(tmp_path):
+    a, run = _explained_png(tmp_path, "Smith_John_T1.png", seed=5)
+    b, _ = _explained_png(tmp_path, "other/Doe_Jane.png", seed=5, run=run)  # same pixels, other name
+    c, _ = _explained_png(tmp_path, "Smith_John_T2.png", seed=6, run=run)  # other pixels
+    fa = write_scan_explanation(a, tmp_path / "oa")
+    fb = write_scan_explanation(b, tmp_path / "ob")
+    fc = write_scan_explanation(c, tmp_path / "oc")
+    assert a.scan_path.read_bytes() == b.scan_path.read_bytes()
+    assert fa["prediction_json"].name == fb["prediction_json"].name
+    assert fa["prediction_json"].name != fc["prediction_json"].name
+    # deterministic: the same scan written again gets the same names
+    assert write_scan_explanation(a, tmp_path / "oa2")["overlay_png"].name == fa["overlay_png"].name
+
+
+def test_keep_name_and_explicit_stem(tmp_path):
+    result, _ = _explained_png(tmp_path, "case 1.png")
+    files = write_scan_explanation(result, tmp_path / "keep", keep_name=True)
+    assert files["prediction_json"].name == "case 1.prediction.json"
+    assert files["overlay_png"].name == "case 1.overlay.png"
+    assert json.loads(files["prediction_json"].read_text())["files"]["heatmap_npy"] == "case 1.heatmap.npy"
+    # an explicit stem wins over keep_name
+    files = write_scan_explanation(result, tmp_path / "named", stem="study-7", keep_name=True)
+    assert sorted(p.name for p in files.values()) == ["study-7.heatmap.npy", "study-7.overlay.png",
+                                                      "study-7.prediction.json"]
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../up", "a\\b", "nul\0byte", "/abs"])
+def test_bad_explicit_stem_is_refused(tmp_path, bad):
+    result, _ = _explained_png(tmp_path, "x.png")
+    with pytest.raises(ValueError, match="invalid output name") as err:
+        write_scan_explanation(result, tmp_path / "out", stem=bad)
+    assert repr(bad) in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_explain_cli_keep_name_and_name(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dualattn.cli import app
+
+    run, _ = _make_run(tmp_path, size=32)
+    scan = tmp_path / "Smith_John_T1.png"
+    Image.fromarray((np.random.default_rng(7).random((32, 32)) * 255).astype(np.uint8)).save(scan)
+    runner = CliRunner()
+    base = ["explain", str(scan), "--run", str(run), "--method", "exact", "--out"]
+    res = runner.invoke(app, [*base, str(tmp_path / "keep"), "--keep-name"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == [
+        "Smith_John_T1.heatmap.npy", "Smith_John_T1.overlay.png", "Smith_John_T1.prediction.json"]
+    res = runner.invoke(app, [*base, str(tmp_path / "named"), "--name", "case-0042"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "named").iterdir()) == [
+        "case-0042.heatmap.npy", "case-0042.overlay.png", "case-0042.prediction.json"]
+    # --record-path does not change the names
+    res = runner.invoke(app, [*base, str(tmp_path / "rec"), "--record-path"])
+    assert res.exit_code == 0, res.output
+    sha12 = hashlib.sha256(scan.read_bytes()).hexdigest()[:12]
+    assert (tmp_path / "rec" / f"scan-{sha12}.prediction.json").is_file()
+    assert not any("Smith" in p.name for p in (tmp_path / "rec").iterdir())
+    # a bad --name: exit code 2 with the reason, nothing written
+    bad = runner.invoke(app, [*base, str(tmp_path / "bad"), "--name", "../escape"])
+    assert bad.exit_code == 2
+    assert "invalid output name" in bad.output
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "escape.prediction.json").exists()
 
 
 def test_class_names_from_the_training_dataset(tmp_path):

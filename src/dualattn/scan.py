@@ -18,6 +18,11 @@ Example:
     >>> from dualattn.scan import explain_scan, write_scan_explanation  # doctest: +SKIP
     >>> result = explain_scan("case.nii.gz", run="runs/exact/seed0", method="exact")  # doctest: +SKIP
     >>> write_scan_explanation(result, "out/")  # doctest: +SKIP
+
+Output file names: ``scan-<first 12 hex digits of the content SHA-256>.*`` by default (the same digest
+the prediction JSON records), never the scan's file or folder name, which often carry patient
+identifiers; ``keep_name=True`` (CLI ``--keep-name``) opts in to naming them after the scan, and
+``stem=`` (CLI ``--name``) sets the name explicitly.
 """
 
 from __future__ import annotations
@@ -483,37 +488,64 @@ def _is_nifti(path: Path) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
+def _validate_stem(stem: str) -> str:
+    """An explicit file-name stem: non-empty, one path component, no NUL."""
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or any(c in stem for c in "/\\\0"):
+        raise ValueError(f"invalid output name (stem) {stem!r}: it must be a non-empty file name without "
+                         "path separators ('/', '\\'), NUL, and not '.' or '..'")
+    return stem
+
+
+def _scan_name_stem(path: Path) -> str:
+    """The scan's file name without its extension (the old default; opt-in via ``keep_name``)."""
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".npy", ".dcm", ".nrrd"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return name or "scan"
+
+
 def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str], *,
-                           stem: str | None = None) -> dict[str, Path]:
+                           stem: str | None = None, keep_name: bool = False) -> dict[str, Path]:
     """Write the prediction JSON, the heatmap (NPY, NIfTI in the scan's geometry) and an overlay PNG.
 
-    Files (``stem`` defaults to the scan's name without extension):
+    Files:
         ``{stem}.prediction.json``  class, probability, shapes, notes, file names;
         ``{stem}.heatmap.npy``      the map on the scan grid ``S``;
         ``{stem}.heatmap.nii.gz``   the same map with the scan's affine (NIfTI/DICOM/NRRD scans, or any
                                     scan whose affine is not the identity);
         ``{stem}.overlay.png``      the scan (middle slice of the map's peak for volumes) with the heatmap.
 
+    ``stem`` defaults to ``scan-`` + the first 12 hex digits of the scan's content SHA-256 (the digest
+    of :func:`scan_record`, also in the JSON): deterministic, and free of the scan's file and folder
+    names, which often carry patient identifiers.
+
     Args:
         result: from :func:`explain_scan`.
         out: output folder (created).
-        stem: file-name stem.
+        stem: explicit file-name stem (wins over ``keep_name``); one file name: non-empty, no ``/`` or
+            ``\\``, no NUL, not ``.`` or ``..``.
+        keep_name: name the files after the scan's file name without extension (the old default) instead
+            of its digest. Opt-in: file names often carry patient identifiers.
 
     Returns:
         Kind -> path written.
+
+    Raises:
+        ValueError: an invalid explicit ``stem``.
     """
     from ._io import atomic_path, atomic_write_bytes, atomic_write_json
     from .report.figures import overlay_png
 
+    if stem is not None:
+        stem = _validate_stem(stem)
+    elif keep_name:
+        stem = _scan_name_stem(result.scan_path)
+    else:
+        stem = "scan-" + result.summary()["scan"]["sha256"][:12]  # summary() caches the record: hashed once
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if stem is None:
-        name = result.scan_path.name
-        for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".npy", ".dcm", ".nrrd"):
-            if name.lower().endswith(ext):
-                name = name[: -len(ext)]
-                break
-        stem = name or "scan"
     written: dict[str, Path] = {}
 
     npy = out_dir / f"{stem}.heatmap.npy"

@@ -1,8 +1,13 @@
 """CLI commands: explain (see dualattn.cli).
 
-``dualattn explain SCAN --run RUN [--method VARIANT] [--block block3] [--record-path] --out OUT`` explains one image or
-volume with a trained run and writes the prediction JSON, the heatmap (NPY; NIfTI in the scan's
-geometry) and an overlay PNG.
+``dualattn explain SCAN --run RUN [--method VARIANT] [--block block3] [--record-path] [--name STEM | --keep-name]
+--out OUT`` explains one image or volume with a trained run and writes the prediction JSON, the heatmap
+(NPY; NIfTI in the scan's geometry) and an overlay PNG.
+
+The output files are named ``scan-<first 12 hex digits of the content SHA-256>.*`` by default, not after
+the scan: file and folder names of scans often carry patient identifiers. ``--keep-name`` names them
+after the scan's file name, ``--name STEM`` explicitly. ``--record-path`` (the path in the JSON) is
+independent of the file names.
 """
 
 from __future__ import annotations
@@ -31,22 +36,30 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
         record_path: bool = typer.Option(False, "--record-path", help="Write the scan's path into the prediction "
                                          "JSON (default: only its format and SHA-256; paths often carry patient "
-                                         "identifiers)."),
+                                         "identifiers). Does not change the output file names (see --keep-name)."),
+        name: str = typer.Option(None, "--name", help="Output file-name stem: STEM.prediction.json, "
+                                 "STEM.overlay.png, ... (default: scan-<first 12 hex digits of the scan's "
+                                 "SHA-256>)."),
+        keep_name: bool = typer.Option(False, "--keep-name", help="Name the output files after the scan's file "
+                                       "name (without extension) instead of its digest. Off by default: file "
+                                       "names often carry patient identifiers."),
     ) -> None:
         """Predict and explain one scan: class + probability (JSON), heatmap overlay PNG, NPY and NIfTI."""
         from rich.console import Console
         from rich.markup import escape
 
-        from ..scan import explain_scan, write_scan_explanation
+        from ..scan import _validate_stem, explain_scan, write_scan_explanation
 
         console = Console(stderr=True)
         try:
+            if name is not None:
+                _validate_stem(name)  # before the model runs
             result = explain_scan(scan, run=run, method=method, block=block, which=which, target=target)
         except (ValueError, FileNotFoundError) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=2) from exc
         result.record_path = record_path
-        files = write_scan_explanation(result, out)
+        files = write_scan_explanation(result, out, stem=name, keep_name=keep_name)
         for note in result.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
         summary = result.summary()
