@@ -72,11 +72,19 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+        resume: bool = typer.Option(
+            True, "--resume/--no-resume",
+            help="Reuse the (method, run) units a previous, possibly interrupted, call finished: each is "
+            "recorded in OUT/.partial/ with a fingerprint of the runs' weights, data and settings, and is "
+            "recomputed when that fingerprint differs or the record is unreadable. --no-resume recomputes "
+            "every unit and overwrites the records.",
+        ),
     ) -> None:
         """Explain trained runs with every method; score implicit segmentation and input perturbation.
 
         Writes OUT/results.json (every metric per method and block, mean ± std over runs; schema in
         docs/evaluation.md) and the paper's Tables 1-3 (+ diagnostics) as Markdown and CSV.
+        An interrupted call resumes: finished (method, run) units are kept in OUT/.partial/.
         """
         from rich.console import Console
 
@@ -103,7 +111,7 @@ def register(app: typer.Typer) -> None:
                 all_runs, out=out, data=data, baseline=baseline or None, methods=method_arg, blocks=block_list,
                 split=split, size=size, max_images=max_images, batch_size=batch_size, perturbation=perturbation,
                 perturbation_steps=steps, sanity_images=sanity_images, ig_steps=ig_steps, seed=seed,
-                device=device, progress=progress,
+                device=device, progress=progress, resume=resume,
             )
         except ValueError as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)

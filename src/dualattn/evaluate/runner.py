@@ -29,10 +29,13 @@ aggregated as mean ± std (sample std) over runs. The ``results.json`` schema is
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import logging
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -436,6 +439,226 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------
+# resume: one (method, run) unit of work, its record under OUT/.partial/ and its merge
+# --------------------------------------------------------------------------------------------
+
+#: bump when a unit record's content or meaning changes: older records are then recomputed
+RESUME_FORMAT = 1
+#: folder under ``out`` holding one JSON record per finished (method, run) unit
+PARTIAL_DIR = ".partial"
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _encode_floats(obj: Any) -> Any:
+    """NaN/±Inf as the strings ``"nan"``/``"inf"``/``"-inf"`` (the JSON writer would turn them into null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _encode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_floats(v) for v in obj]
+    return obj
+
+
+def _decode_floats(obj: Any) -> Any:
+    if isinstance(obj, str):
+        if obj not in _NONFINITE:
+            raise ValueError(f"unexpected string {obj!r} where a number belongs")
+        return _NONFINITE[obj]
+    if isinstance(obj, bool) or obj is None:
+        raise ValueError(f"unexpected {obj!r} where a number belongs")
+    if isinstance(obj, (int, float)):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _decode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_floats(v) for v in obj]
+    raise ValueError(f"unexpected {type(obj).__name__} in a unit record")
+
+
+def _run_digest(info: RunInfo | None) -> dict[str, Any] | None:
+    """What identifies a run's weights: resolved path, weights file, its size and mtime (ns)."""
+    if info is None:
+        return None
+    weights = _weights_file(info.path)
+    st = weights.stat() if weights is not None else None
+    return {
+        "path": str(info.path.resolve()),
+        "weights": weights.name if weights is not None else None,
+        "size": st.st_size if st is not None else None,
+        "mtime_ns": st.st_mtime_ns if st is not None else None,
+    }
+
+
+def _unit_fingerprint(
+    common: dict[str, Any], *, method: str, k: int, method_blocks: Sequence[str], source: RunInfo,
+    classifier: RunInfo | None,
+) -> str:
+    """SHA-256 over every setting that changes a unit's numbers."""
+    payload = {
+        "resume_format": RESUME_FORMAT, **common, "method": method, "k": int(k), "method_blocks": list(method_blocks),
+        "source": _run_digest(source), "classifier": _run_digest(classifier),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _unit_filename(method: str, method_blocks: Sequence[str], k: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", method)
+    return f"{safe}__{'+'.join(method_blocks) or 'none'}__{int(k)}.json"
+
+
+def _save_unit(path: Path, record: dict[str, Any]) -> None:
+    rec = dict(record)
+    for key in ("metrics", "curves", "consistency"):
+        rec[key] = _encode_floats(rec[key])
+    atomic_write_json(path, rec)
+
+
+def _load_unit(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record at ``path`` if it parses and matches ``fingerprint``, else ``None`` (with a warning
+    when a file is there but unusable)."""
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rec, dict):
+            raise ValueError("not a JSON object")
+        if rec.get("format") != RESUME_FORMAT or rec.get("fingerprint") != fingerprint:
+            logger.warning("ignoring resume record %s: it was made with other settings, runs or data "
+                           "(fingerprint differs); recomputing", path)
+            return None
+        metrics = _decode_floats(rec["metrics"])
+        curves = _decode_floats(rec["curves"])
+        cons = rec["consistency"]
+        if cons is not None:
+            cons = {"pair": str(cons["pair"]), "value": _decode_floats(cons["value"])}
+        errors = [str(e) for e in rec["errors"]]
+        if not all(isinstance(v, dict) for v in (metrics, curves, *metrics.values(), *curves.values())):
+            raise ValueError("malformed metrics or curves")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.warning("ignoring unreadable resume record %s (%s); recomputing", path, exc)
+        return None
+    return {**rec, "metrics": metrics, "curves": curves, "consistency": cons, "errors": errors}
+
+
+def _append_at(lst_owner: dict[str, list[float]], name: str, value: float, k: int) -> None:
+    """Append ``value`` as run ``k``'s entry, padding the runs without one with NaN."""
+    lst = lst_owner.setdefault(name, [])
+    while len(lst) < k:
+        lst.append(math.nan)
+    lst.append(value)
+
+
+def _merge_unit(
+    record: dict[str, Any], *, method: str, k: int, per_run: dict, curves_raw: dict, notes: list[str],
+) -> None:
+    """Add a unit's record to the per-run metric lists, the raw curves and the notes."""
+    notes.extend(record["errors"])
+    for block, vals in record["metrics"].items():
+        target = per_run.setdefault(method, {}).setdefault(block, {})
+        for name, value in vals.items():
+            _append_at(target, name, value, k)
+        if block in record["curves"]:
+            crv = curves_raw.setdefault(method, {}).setdefault(block, {"least_first": [], "most_first": []})
+            for order, acc in record["curves"][block].items():
+                crv[order].append(acc)
+    cons = record.get("consistency")
+    if cons is not None:
+        _append_at(per_run.setdefault(method, {}).setdefault(cons["pair"], {}), "consistency_kl", cons["value"], k)
+
+
+def _evaluate_unit(
+    *, method: str, family: str, k: int, info: RunInfo, method_blocks: tuple[str, ...], blocks: tuple[str, ...],
+    x: Tensor, clf: RunInfo | None, xb: Tensor | None, test: TestSet, pos_idx: Tensor,
+    fractions_pt: tuple[float, ...], perturbation: str, sanity_images: int, ig_steps: int, seed: int,
+    batch_size: int, dev: torch.device, warm_up: bool, perturbation_predictions: Any, eval_mode: Any,
+) -> dict[str, Any]:
+    """Explain run ``k`` of ``method`` and score it: the unit's JSON-serializable record
+    (per-block metrics in the order they are added, perturbation curves, consistency KL, notes)."""
+    n_img = test.images.shape[0]
+    metrics: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    errors_out: list[str] = []
+    consistency: dict[str, Any] | None = None
+    maps_by_block: dict[str, Tensor] = {}
+    kw: dict[str, Any] = {}
+    if method == "integrated_gradients":
+        kw["n_steps"] = ig_steps
+    if method == "random":
+        kw["seed"] = seed
+    target_all = test.labels if family == "posthoc" else None
+    if warm_up:
+        # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
+        _maps_for_blocks(info.model, x[:1], method=method, blocks=method_blocks[:1],
+                         targets=None if target_all is None else target_all[:1], kw=kw,
+                         batch_size=1, device=dev)
+    all_maps, all_costs, errors = _maps_for_blocks(
+        info.model, x, method=method, blocks=method_blocks, targets=target_all, kw=kw,
+        batch_size=batch_size, device=dev,
+    )
+    for block, err in errors.items():
+        text = f"{method} at {block} on {info.path.name}: not computed ({err})"
+        logger.warning(text)
+        errors_out.append(text)
+    sanity_after: dict[str, Tensor] = {}
+    if sanity_images > 0 and family in ("attention", "cvx", "posthoc", "vit") and all_maps:
+        n_s = min(sanity_images, n_img)
+        rnd = randomized_copy(info.model, seed=seed + 1)
+        sanity_after, _, _ = _maps_for_blocks(
+            rnd, x[:n_s], method=method, blocks=tuple(all_maps), kw=kw, batch_size=batch_size, device=dev,
+            targets=None if target_all is None else target_all[:n_s],
+        )
+        del rnd
+    for block in method_blocks:
+        if block not in all_maps:
+            continue
+        maps, cost = all_maps[block], all_costs[block]
+        maps_by_block[block] = maps
+        vals = metrics.setdefault(block, {})
+        vals["cost_ms"] = cost
+        vals["sharpness"] = _nanmean(M.sharpness(maps))
+        if len(pos_idx):
+            pm, mk = maps[pos_idx], test.masks[pos_idx]
+            for name, q in QUANTILES.items():
+                vals[name] = 100.0 * _nanmean(M.iou_at_quantile(pm, mk, q))
+            vals["ap"] = 100.0 * _nanmean(M.average_precision(pm, mk))
+            vals["pointing_game"] = 100.0 * _nanmean(M.pointing_game(pm, mk))
+        if clf is not None and xb is not None:
+            crv = curves.setdefault(block, {})
+            for order in ("least_first", "most_first"):
+                preds = []
+                with eval_mode(clf.model):
+                    for s in _batches(n_img, batch_size):
+                        preds.append(perturbation_predictions(
+                            clf.model, xb[s].to(dev), maps[s].to(dev), fractions=fractions_pt, order=order,
+                            perturbation=perturbation,
+                        ).cpu())
+                pr = torch.cat(preds)
+                acc = [float(100.0 * M.balanced_accuracy(test.labels, pr[:, j])) for j in range(len(fractions_pt))]
+                crv[order] = acc
+                vals[f"auc_{order}"] = M.curve_auc(fractions_pt, [a / 100.0 for a in acc])
+        if block in sanity_after:
+            n_s = sanity_after[block].shape[0]
+            vals["randomization_spearman"] = _nanmean(M.spearman_rank_correlation(maps[:n_s], sanity_after[block]))
+    if len(blocks) >= 2 and all(b in maps_by_block for b in blocks[:2]):
+        fine, coarse = maps_by_block[blocks[0]], maps_by_block[blocks[1]]
+        if fine.shape[2:] != coarse.shape[2:]:
+            consistency = {"pair": f"{blocks[0]}+{blocks[1]}", "value": _nanmean(M.consistency_kl(fine, coarse))}
+    return {
+        "format": RESUME_FORMAT,
+        "method": method,
+        "k": int(k),
+        "run": str(info.path),
+        "classifier": None if clf is None else str(clf.path),
+        "blocks": list(method_blocks),
+        "metrics": {b: {n: float(v) for n, v in vals.items()} for b, vals in metrics.items()},
+        "curves": curves,
+        "consistency": consistency,
+        "errors": errors_out,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # the evaluation
 # --------------------------------------------------------------------------------------------
 
@@ -460,6 +683,7 @@ def evaluate_runs(
     cache_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    resume: bool = True,
 ) -> Path:
     """Explain every run with every applicable method and write ``results.json`` and the tables.
 
@@ -485,6 +709,11 @@ def evaluate_runs(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; models and batches go there,
             metrics are computed on the CPU.
         progress: show progress bars.
+        resume: reuse finished (method, run) units recorded under ``out/.partial/`` whose
+            fingerprint (method, run index, run path and weights, classifier run, data, split,
+            image size, labels, blocks, perturbation, fractions, sanity images, IG steps, seed)
+            matches; ``False`` recomputes every unit and overwrites the records. The records are
+            kept after ``results.json`` is written, so a re-run with more methods reuses them.
 
     Returns:
         Path of ``results.json``.
@@ -596,6 +825,23 @@ def evaluate_runs(
     per_run: dict[str, dict[str, dict[str, list[float]]]] = {}
     curves_raw: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
     sources: dict[str, dict[str, Any]] = {}
+    partial_dir = out / PARTIAL_DIR
+    common = {
+        "data_root": str(Path(test.root).resolve()),
+        "split": split,
+        "image_size": list(test.images.shape[2:]),
+        "n_images": n_img,
+        "labels_sha256": hashlib.sha256(test.labels.cpu().numpy().astype("int64").tobytes()).hexdigest(),
+        "positives_sha256": hashlib.sha256(pos_idx.cpu().numpy().astype("int64").tobytes()).hexdigest(),
+        "blocks": list(blocks),
+        "perturbation": perturbation,
+        "fractions": list(fractions_pt),
+        "sanity_images": sanity_images,
+        "ig_steps": ig_steps,
+        "seed": seed,
+    }
+    reused = 0
+    total_units = 0
     work = [(m, src) for m, src in plan]
     for method, src in _progress(work, progress, "methods"):
         sources[method] = {"variant": src[0].variant, "runs": [str(r.path) for r in src]}
@@ -608,86 +854,30 @@ def evaluate_runs(
                 notes.append(f"{method}: the model has attention maps only at {', '.join(gated) or 'no block'}; "
                              f"evaluated at {', '.join(kept) or 'none'}")
             method_blocks = kept
+        warmed_up = False
         for k, info in enumerate(src):
-            x = model_images(info)
-            maps_by_block: dict[str, Tensor] = {}
-            kw: dict[str, Any] = {}
-            if method == "integrated_gradients":
-                kw["n_steps"] = ig_steps
-            if method == "random":
-                kw["seed"] = seed
-            target_all = test.labels if family == "posthoc" else None
-            if k == 0:
-                # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
-                _maps_for_blocks(info.model, x[:1], method=method, blocks=method_blocks[:1],
-                                 targets=None if target_all is None else target_all[:1], kw=kw,
-                                 batch_size=1, device=dev)
-            all_maps, all_costs, errors = _maps_for_blocks(
-                info.model, x, method=method, blocks=method_blocks, targets=target_all, kw=kw,
-                batch_size=batch_size, device=dev,
+            total_units += 1
+            clf = base_infos[k % len(base_infos)] if base_infos else None
+            fingerprint = _unit_fingerprint(
+                common, method=method, k=k, method_blocks=method_blocks, source=info, classifier=clf,
             )
-            for block, err in errors.items():
-                text = f"{method} at {block} on {info.path.name}: not computed ({err})"
-                logger.warning(text)
-                notes.append(text)
-            sanity_after: dict[str, Tensor] = {}
-            if sanity_images > 0 and family in ("attention", "cvx", "posthoc", "vit") and all_maps:
-                n_s = min(sanity_images, n_img)
-                rnd = randomized_copy(info.model, seed=seed + 1)
-                sanity_after, _, _ = _maps_for_blocks(
-                    rnd, x[:n_s], method=method, blocks=tuple(all_maps), kw=kw, batch_size=batch_size, device=dev,
-                    targets=None if target_all is None else target_all[:n_s],
+            record_path = partial_dir / _unit_filename(method, method_blocks, k)
+            record = _load_unit(record_path, fingerprint) if resume else None
+            if record is not None:
+                logger.info("reusing %s (%s on %s, run %d)", record_path, method, info.path.name, k)
+                reused += 1
+            else:
+                record = _evaluate_unit(
+                    method=method, family=family, k=k, info=info, method_blocks=method_blocks, blocks=blocks,
+                    x=model_images(info), clf=clf, xb=model_images(clf) if clf is not None else None,
+                    test=test, pos_idx=pos_idx, fractions_pt=fractions_pt, perturbation=perturbation,
+                    sanity_images=sanity_images, ig_steps=ig_steps, seed=seed, batch_size=batch_size, dev=dev,
+                    warm_up=not warmed_up, perturbation_predictions=perturbation_predictions, eval_mode=eval_mode,
                 )
-                del rnd
-            for block in method_blocks:
-                if block not in all_maps:
-                    continue
-                maps, cost = all_maps[block], all_costs[block]
-                maps_by_block[block] = maps
-                vals = per_run.setdefault(method, {}).setdefault(block, {})
-
-                def add(name: str, value: float, _vals: dict[str, list[float]] = vals, _k: int = k) -> None:
-                    lst = _vals.setdefault(name, [])
-                    while len(lst) < _k:
-                        lst.append(math.nan)
-                    lst.append(value)
-
-                add("cost_ms", cost)
-                add("sharpness", _nanmean(M.sharpness(maps)))
-                if len(pos_idx):
-                    pm, mk = maps[pos_idx], test.masks[pos_idx]
-                    for name, q in QUANTILES.items():
-                        add(name, 100.0 * _nanmean(M.iou_at_quantile(pm, mk, q)))
-                    add("ap", 100.0 * _nanmean(M.average_precision(pm, mk)))
-                    add("pointing_game", 100.0 * _nanmean(M.pointing_game(pm, mk)))
-                if base_infos:
-                    clf = base_infos[k % len(base_infos)]
-                    xb = model_images(clf)
-                    crv = curves_raw.setdefault(method, {}).setdefault(block, {"least_first": [], "most_first": []})
-                    for order in ("least_first", "most_first"):
-                        preds = []
-                        with eval_mode(clf.model):
-                            for s in _batches(n_img, batch_size):
-                                preds.append(perturbation_predictions(
-                                    clf.model, xb[s].to(dev), maps[s].to(dev), fractions=fractions_pt, order=order,
-                                    perturbation=perturbation,
-                                ).cpu())
-                        pr = torch.cat(preds)
-                        acc = [100.0 * M.balanced_accuracy(test.labels, pr[:, j]) for j in range(len(fractions_pt))]
-                        crv[order].append(acc)
-                        add(f"auc_{order}", M.curve_auc(fractions_pt, [a / 100.0 for a in acc]))
-                if block in sanity_after:
-                    n_s = sanity_after[block].shape[0]
-                    add("randomization_spearman", _nanmean(M.spearman_rank_correlation(maps[:n_s], sanity_after[block])))
-            if len(blocks) >= 2 and all(b in maps_by_block for b in blocks[:2]):
-                fine, coarse = maps_by_block[blocks[0]], maps_by_block[blocks[1]]
-                pair = f"{blocks[0]}+{blocks[1]}"
-                if fine.shape[2:] != coarse.shape[2:]:
-                    vals = per_run.setdefault(method, {}).setdefault(pair, {})
-                    lst = vals.setdefault("consistency_kl", [])
-                    while len(lst) < k:
-                        lst.append(math.nan)
-                    lst.append(_nanmean(M.consistency_kl(fine, coarse)))
+                warmed_up = True
+                record["fingerprint"] = fingerprint
+                _save_unit(record_path, record)
+            _merge_unit(record, method=method, k=k, per_run=per_run, curves_raw=curves_raw, notes=notes)
 
     # ---- aggregate
     results = _assemble(
@@ -713,6 +903,7 @@ def evaluate_runs(
         "sanity_images": sanity_images,
         "device": str(dev),
         "ig_steps": ig_steps,
+        "reused_units": reused,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "wall_time_s": round(time.perf_counter() - t_start, 2),
@@ -722,7 +913,8 @@ def evaluate_runs(
     results["tables"] = write_tables(results, out)
     path = out / "results.json"
     atomic_write_json(path, results)
-    logger.info("wrote %s (%.1f s)", path, time.perf_counter() - t_start)
+    logger.info("wrote %s (%.1f s; reused %d of %d (method, run) units from %s)", path,
+                time.perf_counter() - t_start, reused, total_units, partial_dir)
     return path
 
 
