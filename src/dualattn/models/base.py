@@ -42,10 +42,11 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   block weighted by its ``N*mu``. The decision depends only on attended features (every path to the
   logits passes through all the weightings). The stages between the finest and the coarsest gate
   (block4 for ``exact``; block3 and block4 for ``multilevel``) run twice. With
-  ``exact_proposal="detached"`` (default) their first run is a *proposal*: no gradient (the coarse
-  gate's own parameters still learn from it) and BatchNorm on its running statistics, which pass 2
-  alone updates, so train and eval compute the proposal alike and the statistics are those of the
-  weighted features the classifier sees. That makes the repeat a forward pass only (measured on the
+  ``exact_proposal="detached"`` (default) their first run is, in training, a *proposal*: no gradient
+  (the coarse gate's own parameters still learn from it) and BatchNorm on its running statistics,
+  which pass 2 alone updates, so train and eval compute the proposal alike and the statistics are
+  those of the weighted features the classifier sees. In eval mode nothing is detached: gradients
+  w.r.t. the input (every gradient explainer) follow the whole function. That makes the repeat a forward pass only (measured on the
   U-Net at 128x128: 1.25x -> about 1.1x the baseline's step time, ``benchmarks/train_overhead.py``);
   ``"grad"`` back-propagates through both runs, as before.
 * ``"pool"``: attention pooling after Jetley et al. ("Learn to Pay Attention", ICLR 2018): the
@@ -557,7 +558,9 @@ class GatedClassifier(nn.Module):
         feats: dict[str, Tensor] = {}
         log_taus: dict[str, Tensor] = {}
         first = names.index(blocks[0])
-        detach = self.exact_proposal == "detached" and not self._pooled
+        # only while training: in eval mode the proposal already uses running statistics, and gradients
+        # w.r.t. the input (every gradient explainer) must follow the model's whole function
+        detach = self.exact_proposal == "detached" and self.training and not self._pooled
         h = self._stem(x)
         for name in names[: last + 1]:
             if detach and names.index(name) > first:
