@@ -371,7 +371,11 @@ def test_evaluate_crash_keeps_the_previous_results(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.time, "perf_counter", crash_later)
     with pytest.raises(SimulatedCrash):
-        evaluate_runs([run], **kw)
+        evaluate_runs([run], resume=False, **kw)  # recompute (a resumed run would reuse every unit)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]
+    # no temporary file anywhere: only the finished units' records (kept on purpose for resuming)
+    assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".") and p.name != ".partial"]
+    for record in (tmp_path / "eval" / ".partial").iterdir():
+        assert record.suffix == ".json" and not record.name.startswith(".")
+        json.loads(record.read_text())
