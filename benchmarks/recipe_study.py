@@ -24,6 +24,7 @@ Usage (about 18 min of CPU time on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import platform
@@ -230,8 +231,8 @@ def run(args: argparse.Namespace) -> dict:
         for label, variant, recipe, kw in configs:
             torch.manual_seed(seed)
             model = create_model(
-                "unet_encoder", variant=variant, in_channels=xtr.shape[1], features=args.features,
-                img_size=args.size, **kw,
+                args.model, variant=variant, in_channels=xtr.shape[1], features=args.features,
+                img_size=args.size, **{**json.loads(args.model_kwargs), **kw},
             )
             if recipe in ("frozen", "finetune"):
                 if baseline_state is None:
@@ -257,10 +258,11 @@ def run(args: argparse.Namespace) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, CPU",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "setup": {k: getattr(args, k) for k in ("study", "n", "size", "features", "epochs", "batch", "lr", "seeds",
+        "setup": {k: getattr(args, k) for k in ("study", "model", "model_kwargs", "n", "size", "features", "epochs", "batch", "lr", "seeds",
                                                 "data_seed", "threads")},
         "dataset": "synthetic-brain",
-        "backbone": "unet_encoder",
+        "backbone": args.model,
+        "backbone_kwargs": json.loads(args.model_kwargs),
         "summary": summary,
         "runs": runs,
     }
@@ -344,8 +346,6 @@ def step_times(args: argparse.Namespace) -> dict:
 
 def merge(files: list[str], out: str) -> dict:
     """One result file from several runs of this script (same setup, e.g. seed ranges run in parallel)."""
-    import json
-
     from dualattn._io import atomic_write_json
 
     parts = [json.loads(Path(f).read_text()) for f in files]
@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
     p.add_argument("--study", choices=sorted(STUDIES), default="recipes",
                    help="which set of configurations: the training recipes, or the gate gain/sharpness study")
+    p.add_argument("--model", default="unet_encoder", help="backbone (dualattn.models.list_models())")
+    p.add_argument("--model-kwargs", default="{}", help='extra create_model options as JSON, e.g. \'{"stem": "small"}\'')
     p.add_argument("--data-dir", default=None, help="existing/cache folder for the generated dataset")
     p.add_argument("--n", type=int, default=600)
     p.add_argument("--size", type=int, default=64)
