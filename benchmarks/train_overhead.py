@@ -7,7 +7,8 @@ machine load hits all of them alike, and the median over steps is reported.
 Two measurements:
   raw        a plain loop: loss = CE + penalty, backward, Adam step.
   lightning  the same steps inside ``dualattn.train``'s LightningModule under a Lightning Trainer
-             (timed from on_train_batch_start to on_train_batch_end): the loop's own overhead.
+             (timed from on_train_batch_start to on_train_batch_end): the loop's own overhead. The
+             variants alternate in 4 rounds of short fits (warm-up steps dropped in each).
 
 Usage:
     python benchmarks/train_overhead.py [--steps 12] [--warmup 2] [--size 128] [--batch 16]
@@ -124,25 +125,35 @@ def bench_lightning(variants: list[str], *, steps: int, warmup: int, batch: int,
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, size, size, generator=gen)
     y = torch.randint(0, 2, (batch,), generator=gen)
+    rounds = max(1, min(4, steps))
+    per_round = [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
+
     class Repeat(torch.utils.data.Dataset):
+        def __init__(self, n: int) -> None:
+            self.n = n
+
         def __len__(self) -> int:
-            return warmup + steps
+            return self.n
 
         def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
             return {"image": x, "label": y}
 
-    loader = torch.utils.data.DataLoader(Repeat(), batch_size=None)
     models = _models(variants, channels=channels, size=size, features=features)
-    out = {}
-    for v in variants:  # one Trainer per variant (Lightning owns the loop), same batches
-        cfg = TrainConfig(variant=_spec(v)[0], scheduler="none", accelerator="cpu", devices=1)
-        timer = Timer()
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             limit_val_batches=0, callbacks=[timer])  # fmt: skip
-        trainer.fit(ClassifierModule(models[v], config=cfg), train_dataloaders=loader)
-        out[v] = _stats(timer.times[warmup:])
-    return out
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    # Lightning owns the loop, so the variants cannot alternate step by step: they alternate in rounds
+    # (one short fit each, the order rotating), so a drift in machine speed hits them all alike
+    for r, n in enumerate(per_round):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            cfg = TrainConfig(variant=_spec(v)[0], scheduler="none", accelerator="cpu", devices=1)
+            timer = Timer()
+            trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                                 limit_val_batches=0, callbacks=[timer])  # fmt: skip
+            loader = torch.utils.data.DataLoader(Repeat(warmup + n), batch_size=None)
+            trainer.fit(ClassifierModule(models[v], config=cfg), train_dataloaders=loader)
+            times[v].extend(timer.times[warmup:])
+    return {v: _stats(t) for v, t in times.items()}
 
 
 def _ratios(stats: dict[str, Any], base: str = "baseline") -> dict[str, float]:
