@@ -121,6 +121,8 @@ CONFIRM_CONFIGS: list[tuple[str, str, str, dict]] = [
     ("tau_k s16 area0.25", "tau_k", "scratch", {**_S16, "attention_area": 0.25}),
     ("tau_l paper gate", "tau_l", "scratch", {}),
     ("tau_l s16 area0.25", "tau_l", "scratch", {**_S16, "attention_area": 0.25}),
+    ("kl_reverse a=1 paper gate", "kl_reverse", "scratch", {"alpha": 1.0}),
+    ("kl_reverse a=1 s16 area0.25", "kl_reverse", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
 ]
 
 STUDIES = {"recipes": CONFIGS, "sharpness": SHARPNESS_CONFIGS, "confirm": CONFIRM_CONFIGS}
@@ -352,7 +354,9 @@ def merge(files: list[str], out: str) -> dict:
     unfinished = [f for f, part in zip(files, parts) if part.get("partial")]
     if unfinished:
         raise SystemExit(f"unfinished result files (a run still going or crashed): {unfinished}")
-    setups = [{k: v for k, v in part["setup"].items() if k != "seeds"} for part in parts]
+    # files written before --model existed ran the U-Net with no extra options
+    defaults = {"model": "unet_encoder", "model_kwargs": "{}"}
+    setups = [{**defaults, **{k: v for k, v in part["setup"].items() if k != "seeds"}} for part in parts]
     if any(s != setups[0] for s in setups[1:]):
         raise SystemExit(f"the files were run with different setups: {setups}")
     runs = [r for part in parts for r in part["runs"]]
