@@ -123,6 +123,9 @@ CONFIRM_CONFIGS: list[tuple[str, str, str, dict]] = [
     ("tau_l s16 area0.25", "tau_l", "scratch", {**_S16, "attention_area": 0.25}),
     ("kl_reverse a=1 paper gate", "kl_reverse", "scratch", {"alpha": 1.0}),
     ("kl_reverse a=1 s16 area0.25", "kl_reverse", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
+    # round 4: with sharp maps the soft penalties leave larger violations; does the paper's alpha = 10 help now?
+    ("dual a=10 s16 area0.25", "dual", "scratch", {"alpha": 10.0, **_S16, "attention_area": 0.25}),
+    ("kl a=10 s16 area0.25", "kl", "scratch", {"alpha": 10.0, **_S16, "attention_area": 0.25}),
 ]
 
 STUDIES = {"recipes": CONFIGS, "sharpness": SHARPNESS_CONFIGS, "confirm": CONFIRM_CONFIGS}
