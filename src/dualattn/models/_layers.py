@@ -6,6 +6,8 @@ no ``nn.Identity`` placeholders are created, so Captum's DeepLIFT and LRP hook e
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 
@@ -21,6 +23,18 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_number(name: str, value: object, *, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
+    """Return ``value`` as a float if it is a finite number in ``[low, high]`` (``(low, high]`` when
+    ``low_inclusive`` is False), else raise ValueError naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and value <= high
+    if not ok:
+        lo = "[" if low_inclusive else "("
+        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}], got {value!r}")
+    return float(value)
 
 
 def conv(spatial_dims: int, cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0) -> nn.Module:

@@ -45,18 +45,18 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   ``exact_proposal="detached"`` (default) their first run is, in training, a *proposal*: no gradient
   (the coarse gate's own parameters still learn from it) and BatchNorm on its running statistics,
   which pass 2 alone updates, so train and eval compute the proposal alike and the statistics are
-  those of the weighted features the classifier sees. In eval mode nothing is detached: gradients
-  w.r.t. the input (every gradient explainer) follow the whole function. That makes the repeat a forward pass only (measured on the
-  U-Net at 128x128: 1.25x -> about 1.1x the baseline's step time, ``benchmarks/train_overhead.py``);
-  ``"grad"`` back-propagates through both runs, as before.
+  those of the weighted features the classifier sees. The repeat then costs a forward pass only
+  (U-Net at 128x128: 1.06-1.14x the baseline's step time vs 1.15-1.25x with ``"grad"``, which
+  back-propagates through both runs; ``benchmarks/train_overhead.py``). In eval mode nothing is
+  detached: gradients w.r.t. the input (every gradient explainer) follow the whole function.
 * ``"pool"``: attention pooling after Jetley et al. ("Learn to Pay Attention", ICLR 2018): the
   stages run unweighted; each gated stage contributes ``g = sum_i mu_i v_i`` (a ``mu``-weighted
   average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
   after the coarsest gate are dropped.
 
 Measured (``benchmarks/recipe_study.py``; U-Net encoder, features 8, synthetic-brain 64x64, 10 epochs,
-5 seeds, CPU): ``two_pass`` balanced accuracy 72.7 ± 3.0, AP vs tumour mask 30.0 (block3) / 34.5
-(block4), step time +21 % over the baseline; ``pool`` 64.3 ± 9.4, AP 31.1 / 40.1, sharper maps, step
+5 seeds, CPU, the paper's gate): ``two_pass`` balanced accuracy 72.7 ± 3.0, AP vs tumour mask 30.0
+(block3) / 34.5 (block4); ``pool`` 64.3 ± 9.4, AP 31.1 / 40.1, sharper maps, step
 time -1 %. ``two_pass`` is the default because its decisions are better and steadier across seeds
 while its localisation is close; ``pool`` stays available. Full tables in ``docs/models.md``.
 """
@@ -72,6 +72,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ._layers import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -283,21 +285,10 @@ class GatedClassifier(nn.Module):
             raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(GATED_BLOCKS)}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        if (
-            isinstance(entropy_weight, bool)
-            or not isinstance(entropy_weight, (int, float))
-            or not math.isfinite(entropy_weight)
-            or entropy_weight < 0
-        ):
-            raise ValueError(f"entropy_weight must be a finite number >= 0, got {entropy_weight!r}")
-        if attention_area is not None and (
-            isinstance(attention_area, bool)
-            or not isinstance(attention_area, (int, float))
-            or not 0 < attention_area <= 1
-        ):
-            raise ValueError(f"attention_area must be a fraction in (0, 1] or None, got {attention_area!r}")
+        check_number("alpha", alpha, low=0.0)
+        check_number("entropy_weight", entropy_weight, low=0.0)
+        if attention_area is not None:
+            check_number("attention_area", attention_area, low=0.0, high=1.0, low_inclusive=False)
         if witness not in _WITNESSES:
             raise ValueError(f"unknown witness {witness!r}; valid: {', '.join(_WITNESSES)}")
         if exact_mode not in _EXACT_MODES:
@@ -562,8 +553,8 @@ class GatedClassifier(nn.Module):
         # w.r.t. the input (every gradient explainer) must follow the model's whole function
         detach = self.exact_proposal == "detached" and self.training and not self._pooled
         h = self._stem(x)
-        for name in names[: last + 1]:
-            if detach and names.index(name) > first:
+        for i, name in enumerate(names[: last + 1]):
+            if detach and i > first:
                 with _proposal_mode(self.backbone.stages[name]):
                     h = self.backbone.stages[name](h)
             else:
