@@ -33,7 +33,7 @@ def _one_thread():
 def reference(tmp_path_factory):
     """Tiny runs and an uninterrupted evaluation with resume off (it still writes every record)."""
     torch.set_num_threads(1)
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     tmp = tmp_path_factory.mktemp("resume")
     data = _dataset(tmp / "data", n=8)
@@ -41,7 +41,7 @@ def reference(tmp_path_factory):
     for variant, seeds in (("baseline", (0, 1)), ("exact", (0,))):
         for s in seeds:
             _run(runs, variant, s, dataset=str(data))
-    path = evaluate_runs(runs, data=data, out=tmp / "ref", resume=False, **SETTINGS)
+    path = evaluate_runs(runs, out=tmp / "ref", settings=EvalSettings(data=data, resume=False, **SETTINGS))
     return data, runs, tmp / "ref", json.loads(path.read_text())
 
 
@@ -66,18 +66,18 @@ def _copy_out(ref_out: Path, dest: Path) -> Path:
 @pytest.fixture
 def count_units(monkeypatch):
     """Count (and optionally fail) the computed units."""
-    from dualattn.evaluate import runner
+    from dualattn.evaluate import units
 
-    real = runner._evaluate_unit
+    real = units.evaluate_unit
     state = {"calls": [], "fail_at": None}
 
-    def counted(**kw):
-        state["calls"].append((kw["method"], kw["k"]))
+    def counted(unit, ctx, **kw):
+        state["calls"].append((unit.method, unit.k))
         if state["fail_at"] is not None and len(state["calls"]) >= state["fail_at"]:
             raise RuntimeError("killed")
-        return real(**kw)
+        return real(unit, ctx, **kw)
 
-    monkeypatch.setattr(runner, "_evaluate_unit", counted)
+    monkeypatch.setattr(units, "evaluate_unit", counted)
     return state
 
 
@@ -91,7 +91,7 @@ def test_reference_writes_every_unit_record(reference):
 
 
 def test_second_call_reuses_every_unit(reference, tmp_path, monkeypatch, caplog):
-    from dualattn.evaluate import evaluate_runs, runner
+    from dualattn.evaluate import EvalSettings, evaluate_runs, units
 
     data, runs, ref_out, ref = reference
     out = _copy_out(ref_out, tmp_path / "out")
@@ -99,9 +99,9 @@ def test_second_call_reuses_every_unit(reference, tmp_path, monkeypatch, caplog)
     def no_explain(*a, **k):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(runner, "_maps_for_blocks", no_explain)
-    with caplog.at_level(logging.INFO, logger="dualattn.evaluate.runner"):
-        res = json.loads(evaluate_runs(runs, data=data, out=out, **SETTINGS).read_text())
+    monkeypatch.setattr(units, "explain_blocks", no_explain)
+    with caplog.at_level(logging.INFO, logger="dualattn.evaluate"):
+        res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **SETTINGS)).read_text())
     assert res["meta"]["reused_units"] == len(UNITS)
     assert _strip(res) == _strip(ref)
     # reused units keep their recorded cost
@@ -109,23 +109,23 @@ def test_second_call_reuses_every_unit(reference, tmp_path, monkeypatch, caplog)
     assert sum("reusing" in r.getMessage() for r in caplog.records) == len(UNITS)
     assert any(f"reused {len(UNITS)} of {len(UNITS)}" in r.getMessage() for r in caplog.records)
     # a setting outside the fingerprint (batch size) still reuses
-    res = json.loads(evaluate_runs(runs, data=data, out=out, **{**SETTINGS, "batch_size": 3}).read_text())
+    res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **{**SETTINGS, "batch_size": 3})).read_text())
     assert res["meta"]["reused_units"] == len(UNITS)
 
 
 def test_killed_run_resumes_with_only_the_missing_units(reference, tmp_path, count_units):
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     data, runs, _, ref = reference
     out = tmp_path / "out"
     count_units["fail_at"] = 2
     with pytest.raises(RuntimeError, match="killed"):
-        evaluate_runs(runs, data=data, out=out, **SETTINGS)
+        evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **SETTINGS))
     assert not (out / "results.json").exists()
     assert sorted(p.name for p in (out / ".partial").iterdir()) == UNITS[:1]  # no temporary file left either
     count_units["fail_at"] = None
     count_units["calls"].clear()
-    res = json.loads(evaluate_runs(runs, data=data, out=out, **SETTINGS).read_text())
+    res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **SETTINGS)).read_text())
     assert count_units["calls"] == [("gradcam", 0), ("gradcam", 1), ("random", 0), ("random", 1)]
     assert res["meta"]["reused_units"] == 1
     assert _strip(res) == _strip(ref)
@@ -134,48 +134,48 @@ def test_killed_run_resumes_with_only_the_missing_units(reference, tmp_path, cou
 
 @pytest.mark.parametrize("change", [{"perturbation_steps": 3}, {"seed": 1}])
 def test_changed_setting_recomputes(reference, tmp_path, count_units, caplog, change):
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     data, runs, ref_out, _ = reference
     out = _copy_out(ref_out, tmp_path / "out")
-    with caplog.at_level(logging.WARNING, logger="dualattn.evaluate.runner"):
-        res = json.loads(evaluate_runs(runs, data=data, out=out, **{**SETTINGS, **change}).read_text())
+    with caplog.at_level(logging.WARNING, logger="dualattn.evaluate"):
+        res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **{**SETTINGS, **change})).read_text())
     assert len(count_units["calls"]) == len(UNITS) and res["meta"]["reused_units"] == 0
     warned = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
     assert len(warned) == len(UNITS) and any(UNITS[0] in w for w in warned)
     # the records now hold the new settings: a repeat reuses them
     count_units["calls"].clear()
-    res = json.loads(evaluate_runs(runs, data=data, out=out, **{**SETTINGS, **change}).read_text())
+    res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **{**SETTINGS, **change})).read_text())
     assert count_units["calls"] == [] and res["meta"]["reused_units"] == len(UNITS)
 
 
 def test_changed_weights_recompute_that_run(reference, tmp_path, count_units):
     import os
 
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     data, runs, ref_out, _ = reference
     runs_copy = tmp_path / "runs"
     shutil.copytree(runs, runs_copy)
     out = tmp_path / "out"
-    evaluate_runs(runs_copy, data=data, out=out, **SETTINGS)
+    evaluate_runs(runs_copy, out=out, settings=EvalSettings(data=data, **SETTINGS))
     weights = runs_copy / "exact" / "seed0" / "best.safetensors"
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     count_units["calls"].clear()
-    evaluate_runs(runs_copy, data=data, out=out, **SETTINGS)
+    evaluate_runs(runs_copy, out=out, settings=EvalSettings(data=data, **SETTINGS))
     assert count_units["calls"] == [("exact", 0)]
 
 
 def test_corrupt_record_is_ignored_with_a_warning(reference, tmp_path, count_units, caplog):
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     data, runs, ref_out, ref = reference
     out = _copy_out(ref_out, tmp_path / "out")
     bad = out / ".partial" / UNITS[2]
     bad.write_text('{"format": 1, "fingerprint": ')
-    with caplog.at_level(logging.WARNING, logger="dualattn.evaluate.runner"):
-        res = json.loads(evaluate_runs(runs, data=data, out=out, **SETTINGS).read_text())
+    with caplog.at_level(logging.WARNING, logger="dualattn.evaluate"):
+        res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **SETTINGS)).read_text())
     assert any("unreadable" in r.getMessage() and str(bad) in r.getMessage() for r in caplog.records)
     assert count_units["calls"] == [("gradcam", 1)] and res["meta"]["reused_units"] == len(UNITS) - 1
     assert _strip(res) == _strip(ref)
@@ -205,20 +205,22 @@ def test_cli_no_resume_recomputes(reference, tmp_path, count_units):
 
 
 def test_record_round_trips_nan_and_padding(tmp_path):
-    from dualattn.evaluate import runner
+    from dualattn.evaluate import resume
+    from dualattn.evaluate.results import RunNumbers
 
-    rec = {"format": runner.RESUME_FORMAT, "fingerprint": "f" * 64, "method": "m", "k": 1,
+    rec = {"format": resume.RESUME_FORMAT, "fingerprint": "f" * 64, "method": "m", "k": 1,
            "metrics": {"block3": {"cost_ms": 1.5, "ap": math.nan, "sharpness": math.inf}},
            "curves": {"block3": {"least_first": [50.0, math.nan], "most_first": [1.0, 2.0]}},
            "consistency": {"pair": "block3+block4", "value": math.nan}, "errors": ["m at block4 on x: not computed"]}
     path = tmp_path / "r.json"
-    runner._save_unit(path, rec)
-    got = runner._load_unit(path, "f" * 64)
+    resume.save_unit(path, rec)
+    got = resume.load_unit(path, "f" * 64)
     assert math.isnan(got["metrics"]["block3"]["ap"]) and got["metrics"]["block3"]["sharpness"] == math.inf
     assert math.isnan(got["curves"]["block3"]["least_first"][1]) and math.isnan(got["consistency"]["value"])
-    assert runner._load_unit(path, "0" * 64) is None
-    per_run, curves, notes = {}, {}, []
-    runner._merge_unit(got, method="m", k=1, per_run=per_run, curves_raw=curves, notes=notes)
+    assert resume.load_unit(path, "0" * 64) is None
+    numbers = RunNumbers()
+    numbers.add(got, method="m", k=1)
+    per_run, curves, notes = numbers.per_run, numbers.curves, numbers.notes
     cost = per_run["m"]["block3"]["cost_ms"]
     assert math.isnan(cost[0]) and cost[1] == 1.5  # run 0 without a value: NaN-padded, as before
     assert math.isnan(per_run["m"]["block3+block4"]["consistency_kl"][0])

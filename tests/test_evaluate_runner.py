@@ -61,7 +61,7 @@ def _run(root: Path, variant: str, seed: int, *, in_channels: int = 1, image_siz
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     torch.set_num_threads(1)
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     tmp = tmp_path_factory.mktemp("eval")
     data = _dataset(tmp / "data")
@@ -69,10 +69,7 @@ def evaluated(tmp_path_factory):
     for variant, seeds in (("baseline", (0, 1)), ("exact", (0, 1)), ("unconstrained", (0,))):
         for s in seeds:
             _run(runs, variant, s, dataset=str(data))
-    path = evaluate_runs(
-        runs, data=data, out=tmp / "out", methods=["exact", "cvx", "gradcam", "lrp", "random", "raw_channel_0", "tau_k"],
-        perturbation_steps=4, sanity_images=2, batch_size=5,
-    )
+    path = evaluate_runs(runs, out=tmp / "out", settings=EvalSettings(data=data, methods=["exact", "cvx", "gradcam", "lrp", "random", "raw_channel_0", "tau_k"], perturbation_steps=4, sanity_images=2, batch_size=5))
     return tmp, data, runs, path, json.loads(path.read_text())
 
 
@@ -98,7 +95,7 @@ def test_results_layout_and_tables(evaluated):
 
 
 def _test_tensors(data):
-    from dualattn.evaluate.runner import load_test_set
+    from dualattn.evaluate.testset import load_test_set
 
     return load_test_set(data, size=32)
 
@@ -177,21 +174,25 @@ def test_perturbation_and_classification_match_direct_computation(evaluated):
 
 
 def test_size_and_channel_adaptation(tmp_path):
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     data = _dataset(tmp_path / "data", n=6, size=40)
     run = _run(tmp_path / "runs", "baseline", 0, in_channels=3, image_size=32, dataset=str(data))
-    path = evaluate_runs(run, data=data, size=40, out=tmp_path / "out", methods=["gradcam", "random"],
-                         perturbation_steps=2, sanity_images=0, blocks=("block3",))
+    path = evaluate_runs(run, out=tmp_path / "out", settings=EvalSettings(data=data, size=40, methods=["gradcam", "random"], perturbation_steps=2, sanity_images=0, blocks=("block3",)))
     res = json.loads(path.read_text())
     notes = " ".join(res["notes"])
     assert "repeated" in notes and "resized" in notes
     assert res["meta"]["image_size"] == [40, 40]
     assert math.isfinite(res["methods"]["gradcam"]["blocks"]["block3"]["iou@90"]["mean"])
-    four = _run(tmp_path / "runs4", "baseline", 0, in_channels=1, image_size=40, dataset=str(data))
+    # the one channel rule (as `dualattn explain`): several channels averaged into a single-channel model ...
     data4 = _dataset(tmp_path / "data4", n=4, size=40, channels=4)
-    with pytest.raises(ValueError, match="4 channels"):
-        evaluate_runs(four, data=data4, out=tmp_path / "out4", methods=["random"])
+    one = _run(tmp_path / "runs1", "baseline", 0, in_channels=1, image_size=40, dataset=str(data))
+    path = evaluate_runs(one, out=tmp_path / "out1", settings=EvalSettings(data=data4, methods=["random"], sanity_images=0))
+    assert any("4 channels were averaged" in n for n in json.loads(path.read_text())["notes"])
+    # ... and no mapping between two different multi-channel layouts
+    three = _run(tmp_path / "runs3", "baseline", 0, in_channels=3, image_size=40, dataset=str(data))
+    with pytest.raises(ValueError, match="4 channels but the model expects 3"):
+        evaluate_runs(three, out=tmp_path / "out3", settings=EvalSettings(data=data4, methods=["random"]))
 
 
 def test_cli(tmp_path, evaluated):
@@ -218,7 +219,7 @@ def test_cli(tmp_path, evaluated):
 def test_vit_runs_are_evaluated_on_their_patch_grid(tmp_path):
     import yaml
 
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
     from dualattn.models import create_model
     from dualattn.weights import save_model
 
@@ -230,8 +231,7 @@ def test_vit_runs_are_evaluated_on_their_patch_grid(tmp_path):
     run.mkdir(parents=True)
     save_model(vit, run / "best.safetensors")
     (run / "config.yaml").write_text(yaml.safe_dump({"variant": "baseline", "model": "vit_tiny", "image_size": 32, "seed": 0}))
-    path = evaluate_runs(tmp_path / "runs", data=data, out=tmp_path / "out",
-                         methods=["vit_attention", "vit_rollout", "gradcam"], perturbation_steps=2, sanity_images=2)
+    path = evaluate_runs(tmp_path / "runs", out=tmp_path / "out", settings=EvalSettings(data=data, methods=["vit_attention", "vit_rollout", "gradcam"], perturbation_steps=2, sanity_images=2))
     res = json.loads(path.read_text())
     assert set(res["methods"]["vit_rollout"]["blocks"]) == {"patches"}
     assert res["methods"]["gradcam"]["source"]["runs"] == [str(tmp_path / "runs" / "baseline" / "seed0")]
@@ -241,7 +241,7 @@ def test_vit_runs_are_evaluated_on_their_patch_grid(tmp_path):
 
 def test_evaluate_runs_3d(tmp_path):
     from dualattn.data import FolderWriter
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
     from dualattn.models import create_model
     from dualattn.weights import save_model
 
@@ -261,8 +261,7 @@ def test_evaluate_runs_3d(tmp_path):
         run.mkdir(parents=True)
         save_model(model, run / "best.safetensors")
         (run / "config.yaml").write_text(yaml.safe_dump({"variant": variant, "seed": 0, "image_size": 16}))
-    path = evaluate_runs(tmp_path / "runs", data=tmp_path / "data", out=tmp_path / "out",
-                         methods=["exact", "gradcam", "lrp", "random"], perturbation_steps=2, sanity_images=2)
+    path = evaluate_runs(tmp_path / "runs", out=tmp_path / "out", settings=EvalSettings(data=tmp_path / "data", methods=["exact", "gradcam", "lrp", "random"], perturbation_steps=2, sanity_images=2))
     res = json.loads(path.read_text())
     assert res["meta"]["image_size"] == [16, 16, 16] and res["meta"]["n_positive_with_mask"] == 3
     for method in ("exact", "gradcam", "lrp", "random"):

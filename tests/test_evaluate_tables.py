@@ -51,7 +51,7 @@ def test_write_tables(tmp_path):
 
 
 def test_randomized_copy_changes_every_weight_and_not_the_original():
-    from dualattn.evaluate.runner import randomized_copy
+    from dualattn.evaluate.scoring import randomized_copy
     from dualattn.models import create_model
 
     torch.manual_seed(0)

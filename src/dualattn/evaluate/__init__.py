@@ -1,12 +1,21 @@
 """Scoring explanations: pure per-sample metrics, perturbation curves, and ``evaluate_runs``.
 
-* :mod:`dualattn.evaluate.metrics` -- ``iou_at_quantile``, ``average_precision``, ``pointing_game``,
-  ``balanced_accuracy``, ``curve_auc``, ``consistency_kl``, ``spearman_rank_correlation``,
-  ``sharpness``, ``resize_mass`` and :data:`METRIC_DIRECTIONS` (which way each is better);
-* :mod:`dualattn.evaluate.perturbation` -- input-perturbation curves (least/most important first,
+One concept per module:
+
+* :mod:`~dualattn.evaluate.metrics` -- pure per-sample metrics (``iou_at_quantile``, ``average_precision``,
+  ``pointing_game``, ``balanced_accuracy``, ``curve_auc``, ``consistency_kl``, ``spearman_rank_correlation``,
+  ``sharpness``);
+* :mod:`~dualattn.evaluate.specs` -- the one metric table (:data:`METRICS`: label, description, direction);
+* :mod:`~dualattn.evaluate.perturbation` -- input-perturbation curves (least/most important first,
   injectable perturbation value);
-* :func:`evaluate_runs` -- the paper's protocols over trained runs -> ``results.json`` + Tables 1-3
-  (:mod:`dualattn.evaluate.runner`, schema in ``docs/evaluation.md``).
+* :mod:`~dualattn.evaluate.testset` -- the test images as tensors and the one rule fitting them to a model;
+* :mod:`~dualattn.evaluate.scoring` -- ``score_maps``: one block's maps -> the protocols' numbers;
+* :mod:`~dualattn.evaluate.units` -- one method on one run: plan, explain, score;
+* :mod:`~dualattn.evaluate.resume` -- unit records under ``OUT/.partial`` (fingerprints);
+* :mod:`~dualattn.evaluate.statistics` / :mod:`~dualattn.evaluate.results` -- mean ± std over runs,
+  ``results.json`` assembly; :mod:`~dualattn.evaluate.tables` -- Markdown/CSV tables;
+* :mod:`~dualattn.evaluate.settings` / :mod:`~dualattn.evaluate.runner` -- :class:`EvalSettings` and
+  :func:`evaluate_runs`, the orchestration (schema in ``docs/evaluation.md``).
 
 Example:
     >>> import torch
@@ -17,8 +26,6 @@ Example:
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .metrics import (
     METRIC_DIRECTIONS,
@@ -34,6 +41,7 @@ from .metrics import (
     sharpness,
     spearman_rank_correlation,
 )
+from .specs import METRICS, MetricSpec
 from .perturbation import (
     DEFAULT_FRACTIONS,
     PerturbationCurve,
@@ -42,8 +50,14 @@ from .perturbation import (
     perturbation_predictions,
     removal_masks,
 )
+from .runner import evaluate_runs
+from .settings import EvalSettings
+from .tables import write_tables
 
 __all__ = [
+    "METRICS",
+    "MetricSpec",
+    "EvalSettings",
     "METRIC_DIRECTIONS",
     "Direction",
     "average_precision",
@@ -65,16 +79,3 @@ __all__ = [
     "evaluate_runs",
     "write_tables",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # the runner and tables pull in the data/model/weights packages: load them on first use
-    if name == "evaluate_runs":
-        from .runner import evaluate_runs
-
-        return evaluate_runs
-    if name == "write_tables":
-        from .tables import write_tables
-
-        return write_tables
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .._io import atomic_write_text
+from .specs import METRICS
 
 __all__ = ["format_cell", "table_markdown", "table_csv", "write_tables", "TABLES"]
 
@@ -55,16 +56,12 @@ def _split(cell: Any) -> tuple[float, float | None, int]:
     return m, s, n
 
 
-#: Columns on a x100 scale: printed with one decimal.
-PERCENT_COLUMNS = frozenset({"iou@97.5", "iou@95", "iou@90", "ap", "pointing_game", "auc_least_first",
-                             "auc_most_first", "balanced_accuracy", "cost_ms"})
-
-
 def format_cell(cell: Any, *, column: str | None = None) -> str:
     """``"mean ± std"``; ``"—"`` when missing; the std only when more than one run contributed.
 
-    ×100 metrics (and ms) get one decimal, ``params`` an integer with thousands separators,
-    other metrics (KL, sharpness, correlations) three significant digits.
+    The column's :class:`~dualattn.evaluate.specs.MetricSpec` decides the format: ×100 metrics (and ms) one
+    decimal, ``params`` an integer with thousands separators, other metrics (KL, sharpness, correlations) and
+    unknown columns three significant digits.
 
     Example:
         >>> format_cell({"mean": 71.234, "std": 2.0, "n": 3}, column="ap")
@@ -76,10 +73,12 @@ def format_cell(cell: Any, *, column: str | None = None) -> str:
     if not math.isfinite(m):
         return "—"
 
+    style = METRICS[column].fmt if column in METRICS else "sig3"
+
     def fmt(v: float) -> str:
-        if column == "params":
+        if style == "int":
             return f"{int(round(v)):,}"
-        if column in PERCENT_COLUMNS:
+        if style == "pct":
             return f"{v:.1f}"
         return f"{v:.3g}"
 

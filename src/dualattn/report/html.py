@@ -32,14 +32,16 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..evaluate.specs import METRICS
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["render_report", "write_report", "paper_ordering_notes", "cell_value", "best_per_column", "pivot_blocks"]
 
-#: Columns that are descriptive, never ranked.
+#: Columns that are counts: descriptive, never ranked.
 UNRANKED_COLUMNS = frozenset({"params", "parameters", "n", "n_images", "count", "seeds"})
-#: Columns where lower is better unless the results say otherwise.
-LOWER_IS_BETTER = frozenset({"loss", "ece", "penalty", "consistency_kl", "kl", "time_s", "wall_time_s"})
+#: Columns that are not metrics of dualattn.evaluate where lower is better (results from elsewhere).
+LOWER_IS_BETTER = frozenset({"loss", "ece", "penalty", "kl", "time_s", "wall_time_s"})
 
 #: The methods the paper proposes (consistent attention), used for the honest-ordering note.
 PROPOSED_METHODS = ("dual", "exact", "multilevel")
@@ -111,16 +113,17 @@ def cell_value(cell: Any) -> tuple[float, float | None]:
 
 
 def _higher_is_better(column: str, overrides: Mapping[str, Any] | None) -> bool | None:
-    """True/False for ranked columns, None for descriptive ones."""
+    """True/False for ranked columns, None for descriptive ones: the results' own word, else the metric's
+    spec (:data:`dualattn.evaluate.specs.METRICS`), else guessed from the column's name."""
     if overrides and column in overrides:
         value = overrides[column]
         return None if value is None else bool(value)
+    if column in METRICS:
+        return METRICS[column].higher_is_better
     key = column.lower()
     if key in UNRANKED_COLUMNS:
         return None
-    if key in LOWER_IS_BETTER:
-        return False
-    return True
+    return key not in LOWER_IS_BETTER
 
 
 def best_per_column(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str],

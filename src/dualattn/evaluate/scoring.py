@@ -1,0 +1,105 @@
+"""Scoring one method's maps on the test set: the paper's two protocols and the diagnostics.
+
+:func:`score_maps` is pure (its inputs are not changed; no file, no global): maps of one block in, a dict of
+per-run numbers out. The model-randomization sanity check's copy comes from :func:`randomized_copy`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..explain._state import eval_mode  # TODO(arch): public name after merge
+from . import metrics as M
+from .perturbation import perturbation_predictions
+from .testset import TestSet, batches
+
+__all__ = ["QUANTILES", "ORDERS", "score_maps", "randomized_copy", "nanmean"]
+
+#: IoU columns -> quantile of the map's values used as the threshold (DESIGN.md §2)
+QUANTILES: dict[str, float] = {"iou@97.5": 0.975, "iou@95": 0.95, "iou@90": 0.90}
+#: perturbation orders: the paper's (least important removed first) and deletion (most first)
+ORDERS: tuple[str, ...] = ("least_first", "most_first")
+
+
+def nanmean(x: Tensor) -> float:
+    """Mean over the finite entries of ``x`` (float64); NaN when there is none."""
+    x = x.double()
+    ok = torch.isfinite(x)
+    return float(x[ok].mean()) if bool(ok.any()) else math.nan
+
+
+def score_maps(
+    maps: Tensor,
+    test: TestSet,
+    *,
+    classifier: nn.Module | None = None,
+    classifier_images: Tensor | None = None,
+    fractions: Sequence[float] = (),
+    perturbation: str = "zero",
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Score one block's maps of every test image.
+
+    Args:
+        maps: ``(N, 1, *grid)``, one map per test image, in test-set order.
+        test: the test set (labels, masks).
+        classifier: the baseline classifier of the perturbation protocol (``None``: no perturbation).
+        classifier_images: the test images as ``classifier`` takes them (:func:`fit_to_model`).
+        fractions: removed fractions of the perturbation curve (0 ... 1).
+        perturbation: value of removed pixels (:func:`dualattn.evaluate.perturbation.make_perturbation`).
+        batch_size: images per classifier call.
+        device: where the classifier runs.
+
+    Returns:
+        ``{"metrics": {name: value}, "curves": {order: [balanced accuracy x100 per fraction]}}``:
+        ``sharpness``; on the images with a non-empty mask the IoU at each quantile, ``ap`` and the
+        ``pointing_game`` (x100); with a classifier ``auc_least_first`` / ``auc_most_first`` (x100).
+    """
+    vals: dict[str, float] = {"sharpness": nanmean(M.sharpness(maps))}
+    curves: dict[str, list[float]] = {}
+    pos = test.positives
+    if len(pos):
+        pm, mk = maps[pos], test.masks[pos]
+        for name, q in QUANTILES.items():
+            vals[name] = 100.0 * nanmean(M.iou_at_quantile(pm, mk, q))
+        vals["ap"] = 100.0 * nanmean(M.average_precision(pm, mk))
+        vals["pointing_game"] = 100.0 * nanmean(M.pointing_game(pm, mk))
+    if classifier is not None and classifier_images is not None:
+        n = maps.shape[0]
+        for order in ORDERS:
+            preds = []
+            with eval_mode(classifier):
+                for s in batches(n, batch_size):
+                    preds.append(perturbation_predictions(
+                        classifier, classifier_images[s].to(device), maps[s].to(device), fractions=fractions,
+                        order=order, perturbation=perturbation,
+                    ).cpu())
+            pr = torch.cat(preds)
+            acc = [float(100.0 * M.balanced_accuracy(test.labels, pr[:, j])) for j in range(len(fractions))]
+            curves[order] = acc
+            vals[f"auc_{order}"] = M.curve_auc(fractions, [a / 100.0 for a in acc])
+    return {"metrics": vals, "curves": curves}
+
+
+def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every parameter re-initialized (``reset_parameters``; other
+    parameters redrawn from N(0, 0.02^2)) -- the model-randomization test of Adebayo et al. 2018."""
+    clone = copy.deepcopy(model).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        done: set[int] = set()
+        for m in clone.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+                done.update(id(p) for p in m.parameters(recurse=False))
+        with torch.no_grad():
+            for p in clone.parameters():
+                if id(p) not in done:
+                    p.normal_(0.0, 0.02)
+    return clone

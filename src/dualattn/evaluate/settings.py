@@ -1,0 +1,114 @@
+"""What an evaluation computes: one frozen, validated settings object (as ``TrainConfig`` and ``DemoPreset``).
+
+Example:
+    >>> from dualattn.evaluate.settings import EvalSettings
+    >>> s = EvalSettings(methods=("exact", "gradcam"), perturbation_steps=4)
+    >>> s.fractions
+    (0.0, 0.25, 0.5, 0.75, 1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["EvalSettings", "PERTURBATIONS"]
+
+#: values the removed pixels of the perturbation protocol take
+PERTURBATIONS: tuple[str, ...] = ("zero", "mean", "blur")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Everything that decides an evaluation's numbers (and where it runs).
+
+    Attributes:
+        data: dataset folder or embedded name; ``None``: the first run's ``config.yaml`` dataset.
+        methods: ``"all"`` or method names (:func:`dualattn.explain.list_methods`);
+            ``raw_channel_<k>`` are added for every data channel under ``"all"``.
+        blocks: blocks to explain (ViT maps use their patch grid, recorded as block ``"patches"``).
+        split: data split to evaluate on.
+        size: evaluation image size; ``None``: the runs' common training size (``image_size``).
+        max_images: evaluate at most this many images (the first ones, in split order).
+        batch_size: images per explain call.
+        perturbation: ``"zero"``, ``"mean"`` or ``"blur"`` (value replacing removed pixels).
+        perturbation_steps: fractions 0, 1/steps, ..., 1.
+        sanity_images: images used for the randomization check (0 disables it).
+        ig_steps: integrated-gradients steps.
+        seed: seed of the ``random`` reference and of the weight randomization.
+        cache_dir: cache for embedded datasets.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; models and batches go there,
+            metrics are computed on the CPU.
+        resume: reuse finished (method, run) units recorded under ``out/.partial/`` whose fingerprint
+            matches; ``False`` recomputes every unit and overwrites the records.
+
+    Raises:
+        ValueError: on construction, for an invalid value (the message names the field).
+    """
+
+    data: str | os.PathLike[str] | None = None
+    methods: str | tuple[str, ...] = "all"
+    blocks: tuple[str, ...] = ("block3", "block4")
+    split: str = "test"
+    size: int | tuple[int, ...] | None = None
+    max_images: int | None = None
+    batch_size: int = 16
+    perturbation: str = "zero"
+    perturbation_steps: int = 10
+    sanity_images: int = 8
+    ig_steps: int = 32
+    seed: int = 0
+    cache_dir: str | os.PathLike[str] | None = None
+    device: str = "cpu"
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        # normalize sequences to tuples so that the object stays hashable and comparable
+        if not isinstance(self.methods, str):
+            object.__setattr__(self, "methods", tuple(self.methods))
+            if self.methods == ("all",):
+                object.__setattr__(self, "methods", "all")
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if self.size is not None and not isinstance(self.size, int):
+            object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        object.__setattr__(self, "device", str(self.device))
+        if self.perturbation_steps < 1:
+            raise ValueError(f"perturbation_steps must be >= 1, got {self.perturbation_steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.blocks:
+            raise ValueError("blocks must name at least one block")
+        if self.perturbation not in PERTURBATIONS:
+            raise ValueError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, got {self.perturbation!r}")
+        if self.sanity_images < 0:
+            raise ValueError(f"sanity_images must be >= 0, got {self.sanity_images}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1 or None, got {self.max_images}")
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        """The perturbation curve's removed fractions ``0, 1/steps, ..., 1``."""
+        return tuple(round(i / self.perturbation_steps, 6) for i in range(self.perturbation_steps + 1))
+
+    def replace(self, **changes: Any) -> "EvalSettings":
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def torch_device(self) -> torch.device:
+        """The device models and batches run on.
+
+        Raises:
+            ValueError: an invalid device, or CUDA asked for where there is none.
+        """
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid device {self.device!r}: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        return dev

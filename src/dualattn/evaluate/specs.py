@@ -1,0 +1,135 @@
+"""The one table of what every reported metric means: label, description, better direction, format.
+
+``results.json`` (its ``metrics`` section and every table's ``column_labels`` / ``higher_is_better``), the
+Markdown/CSV tables and the HTML report all read :data:`METRICS`; nothing else keeps its own list.
+
+Example:
+    >>> from dualattn.evaluate.specs import METRICS, higher_is_better
+    >>> METRICS["ap"].label, higher_is_better("auc_most_first")
+    ('AP ×100', False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+__all__ = [
+    "Direction",
+    "MetricSpec",
+    "METRICS",
+    "metric_spec",
+    "higher_is_better",
+    "section_columns",
+    "SECTIONS",
+]
+
+
+class Direction(str, enum.Enum):
+    """Which way a metric is better."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+    NONE = "none"  # descriptive only (e.g. sharpness)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """One reported metric.
+
+    Attributes:
+        name: key in ``results.json`` (e.g. ``"ap"``).
+        label: column header (with its unit or scale, e.g. ``"AP ×100"``).
+        description: one sentence: what is measured, on which images, on which scale.
+        direction: which way is better (:class:`Direction`).
+        section: the results table it belongs to (``"segmentation"``, ``"perturbation"``,
+            ``"diagnostics"`` or ``"classification"``).
+        fmt: how a table prints it: ``"pct"`` one decimal (×100 metrics, milliseconds), ``"int"``
+            an integer with thousands separators, ``"sig3"`` three significant digits.
+    """
+
+    name: str
+    label: str
+    description: str
+    direction: Direction
+    section: str
+    fmt: str = "sig3"
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        """``True`` / ``False`` for ranked metrics, ``None`` for descriptive ones."""
+        return {Direction.HIGHER: True, Direction.LOWER: False}.get(self.direction)
+
+
+#: results.json table sections, in the order the tables are written.
+SECTIONS: tuple[str, ...] = ("segmentation", "perturbation", "classification", "diagnostics")
+
+_H, _L, _N = Direction.HIGHER, Direction.LOWER, Direction.NONE
+
+#: Every metric this package reports, in column order within each section.
+METRICS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec("iou@97.5", "IoU@97.5 ×100",
+                   "IoU of the map's top 2.5 % pixels with the mask, positive images, x100", _H, "segmentation", "pct"),
+        MetricSpec("iou@95", "IoU@95 ×100",
+                   "IoU of the map's top 5 % pixels with the mask, positive images, x100", _H, "segmentation", "pct"),
+        MetricSpec("iou@90", "IoU@90 ×100",
+                   "IoU of the map's top 10 % pixels with the mask, positive images, x100", _H, "segmentation", "pct"),
+        MetricSpec("ap", "AP ×100",
+                   "average precision of the map's pixel scores vs the mask (sklearn's), positive images, x100",
+                   _H, "segmentation", "pct"),
+        MetricSpec("pointing_game", "pointing game ×100",
+                   "share of positive images whose map maximum lies in the mask, x100", _H, "diagnostics", "pct"),
+        MetricSpec("auc_least_first", "AUC least-first ×100",
+                   "area under balanced accuracy vs fraction removed, least important first (paper), x100",
+                   _H, "perturbation", "pct"),
+        MetricSpec("auc_most_first", "AUC most-first ×100",
+                   "area under balanced accuracy vs fraction removed, most important first, x100",
+                   _L, "perturbation", "pct"),
+        MetricSpec("consistency_kl", "KL(marg fine ‖ coarse)",
+                   "KL(marginalize(fine map) || coarse map), mean over images", _L, "diagnostics"),
+        MetricSpec("randomization_spearman", "Spearman after weight randomization",
+                   "Spearman rank correlation of maps before/after randomizing all weights", _L, "diagnostics"),
+        MetricSpec("sharpness", "sharpness exp(H)/N",
+                   "exp(entropy)/N of the map: 1 uniform, 1/N a single cell (descriptive)", _N, "diagnostics"),
+        MetricSpec("cost_ms", "ms / image",
+                   "milliseconds per image to compute the map on this machine", _L, "diagnostics", "pct"),
+        MetricSpec("balanced_accuracy", "balanced accuracy ×100",
+                   "balanced accuracy on the test split, x100", _H, "classification", "pct"),
+        MetricSpec("params", "#params", "number of parameters", _N, "classification", "int"),
+    )
+}
+
+#: Column order of the diagnostics table (the pointing game first, then the map's own properties).
+_DIAGNOSTIC_ORDER = ("pointing_game", "sharpness", "randomization_spearman", "consistency_kl", "cost_ms")
+
+
+def metric_spec(name: str) -> MetricSpec:
+    """The spec of metric ``name``.
+
+    Raises:
+        ValueError: an unknown metric (the message lists the valid ones).
+    """
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}") from None
+
+
+def higher_is_better(name: str) -> bool | None:
+    """``True`` / ``False`` for a ranked metric, ``None`` for a descriptive one."""
+    return metric_spec(name).higher_is_better
+
+
+def section_columns(section: str) -> tuple[str, ...]:
+    """The metrics (columns) of a results table section, in order.
+
+    Raises:
+        ValueError: an unknown section.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+    if section == "diagnostics":
+        return _DIAGNOSTIC_ORDER
+    return tuple(name for name, s in METRICS.items() if s.section == section)
