@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dualattn.explain import explain, list_methods, method_family
-from dualattn.explain._pool import minmax_per_channel, normalize_and_pool
+from dualattn.explain import explain, list_methods, method_family, minmax_per_channel, normalize_and_pool
 
 
 @pytest.fixture(autouse=True)

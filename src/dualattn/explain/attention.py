@@ -34,23 +34,16 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from .. import consistency
+from ..models import CNN_VARIANTS
 from ._state import eval_mode
 
 __all__ = ["VARIANT_METHODS", "attention_map", "cvx_map", "model_variant"]
 
 logger = logging.getLogger(__name__)
 
-#: Methods named after a model variant; each explains a model of that variant.
-VARIANT_METHODS: tuple[str, ...] = (
-    "tau_k",
-    "tau_l",
-    "unconstrained",
-    "dual",
-    "kl",
-    "kl_reverse",
-    "exact",
-    "multilevel",
-)
+#: Methods named after a model variant (every gated CNN variant); each explains a model of that variant.
+VARIANT_METHODS: tuple[str, ...] = tuple(v for v in CNN_VARIANTS if v != "baseline")
 
 
 def model_variant(model: nn.Module) -> str | None:
@@ -118,8 +111,6 @@ def cvx_map(
     Returns:
         ``(B, 1, *grid)``: the consistent map ``mu`` of ``block``.
     """
-    from .. import consistency
-
     if solver not in ("closed_form", "cvxpy"):
         raise ValueError(f"solver must be 'closed_form' or 'cvxpy', got {solver!r}")
     out = _attention_output(model, images)

@@ -1,11 +1,10 @@
-"""Follow-ups of the reliability review for ``prepare pet`` / ``prepare brats`` (issues 4, 7, 8).
+"""``prepare pet``: pseudonym keys, SUV units, LABELS.csv series paths.
 
 * pseudonyms and resume fingerprints are HMACs keyed by a secret that never reaches the output
-  folder (an attacker holding the output cannot test candidate patient IDs);
+  folder (an attacker holding the output cannot test candidate patient IDs); where the per-user
+  key lives, and that racing processes create one complete key;
 * a missing ``Units`` tag (or CNTS without Philips' scale factor) is refused, never guessed;
-* LABELS.csv series paths that are absolute or contain ``..`` are refused by row;
-* a BraTS case without ``_seg`` (or without modalities) is reported, not silently ignored;
-* repeated CLI invocations in one process log to the current stderr (no "Logging error").
+* LABELS.csv series paths that are absolute or contain ``..`` are refused by row.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import csv
 import hashlib
 import hmac
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +72,7 @@ def _pseudonym(key: bytes, patient: str) -> str:
     return "pt-" + hmac.new(key, ("patient:" + patient).encode(), hashlib.sha256).hexdigest()[:12]
 
 
-# ----------------------------------------------------------------------------- 1. pseudonyms
+# ----------------------------------------------------------------------------- pseudonyms and keys
 
 
 def test_pseudonyms_use_a_per_user_key_outside_the_output(tmp_path, _secret_dir):
@@ -193,7 +191,7 @@ def test_cli_key_file_and_help_text(tmp_path):
     assert "never written" in help_text and "--key-file" in help_text
 
 
-# ----------------------------------------------------------------------------- 3. units
+# ----------------------------------------------------------------------------- units
 
 
 def _suv_ds(**tags) -> pydicom.Dataset:  # noqa: ANN003
@@ -270,7 +268,7 @@ def test_prepare_pet_refuses_missing_units_and_converts_philips_counts(tmp_path)
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- 4. paths
+# ----------------------------------------------------------------------------- series paths
 
 
 def test_series_paths_escaping_raw_are_refused_by_row(tmp_path):
@@ -304,117 +302,7 @@ def test_series_path_check_by_hand():
     for bad in ("/abs", "../x", "a/../../x", "a/..", "..", "C:\\x", "\\\\server\\share\\x", "a\\..\\..\\x"):
         assert _unsafe_series_path(bad) is not None, bad
 
-
-# ----------------------------------------------------------------------------- 2. brats
-
-
-def _brats_case(root: Path, case: str, *, skip: tuple[str, ...] = ()) -> None:
-    import nibabel as nib
-
-    folder = root / case
-    folder.mkdir(parents=True)
-    shape = (24, 20, 4)
-    rng = np.random.default_rng(len(case))
-    seg = np.zeros(shape, np.uint8)
-    seg[3:9, 6:12, 1:3] = 1
-    for mod in ("t1", "t1ce", "t2", "flair", "seg"):
-        if mod in skip:
-            continue
-        arr = seg if mod == "seg" else rng.uniform(50, 150, shape).astype(np.float32)
-        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(folder / f"{case}_{mod}.nii.gz"))
-
-
-def test_prepare_brats_reports_cases_without_seg_or_modalities(tmp_path):
-    from dualattn.data.brats import find_cases, prepare_brats
-
-    raw = tmp_path / "raw"
-    _brats_case(raw, "good")
-    _brats_case(raw, "noseg", skip=("seg",))
-    _brats_case(raw, "onlyflair", skip=("t1", "t1ce", "t2", "seg"))
-    _brats_case(raw, "noseg_not1", skip=("seg", "t1"))
-    _brats_case(raw / "batch2", "good")  # the same case id in another folder
-    cases = find_cases(raw)
-    assert set(cases) == {"good", "noseg", "onlyflair", "noseg_not1"}
-    assert cases["noseg"]["seg"] is None and cases["noseg"]["flair"] is not None
-    report = prepare_brats(raw, tmp_path / "out", min_area=5)
-    problems = {b["case"]: b["problem"] for b in report["bad_cases"]}
-    assert set(problems) == {"good", "noseg", "onlyflair", "noseg_not1"}, report
-    assert "segmentation file (_seg)" in problems["noseg"] and "['seg']" in problems["noseg"]
-    assert "['t1', 't1ce', 't2', 'seg']" in problems["onlyflair"]
-    assert "['t1', 'seg']" in problems["noseg_not1"]
-    assert "several folders" in problems["good"]
-    assert report["cases_total"] == 4 and report["cases_done"] == 0 and report["items"] == 0
-
-
-def test_prepare_brats_case_without_seg_beside_a_good_one(tmp_path):
-    from dualattn.data.brats import prepare_brats
-
-    raw = tmp_path / "raw"
-    _brats_case(raw, "A")
-    _brats_case(raw, "B", skip=("seg",))
-    report = prepare_brats(raw, tmp_path / "out", min_area=5)
-    assert report["cases_done"] == 1 and report["items"] == 2 * 2
-    assert [b["case"] for b in report["bad_cases"]] == ["B"]
-    saved = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
-    assert saved["bad_cases"] == report["bad_cases"]
-
-
-def test_brats_no_file_at_all_still_an_error(tmp_path):
-    from dualattn.data import DataError
-    from dualattn.data.brats import prepare_brats
-
-    (tmp_path / "raw" / "x").mkdir(parents=True)
-    (tmp_path / "raw" / "x" / "notes.nii.gz").write_bytes(b"")
-    with pytest.raises(DataError, match="no BraTS case"):
-        prepare_brats(tmp_path / "raw", tmp_path / "out")
-
-
-# ----------------------------------------------------------------------------- 5. CLI logging
-
-
-def test_repeated_cli_invocations_log_to_the_current_stderr(tmp_path, monkeypatch):
-    """Without pytest's capture handlers (as in a script driving CliRunner), the second invocation's
-    log records used to go to the first invocation's closed stream ("--- Logging error ---")."""
-    from typer.testing import CliRunner
-
-    from dualattn.cli import app
-
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [])
-    level = root.level
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    labels = tmp_path / "labels.csv"
-    labels.write_text("series,label\nnope,mild\n")
-    try:
-        outputs = []
-        for i in range(3):
-            args = (["-v"] if i == 1 else []) + ["prepare", "pet", str(raw), str(labels), str(tmp_path / f"o{i}"),
-                                                 "--salt", "0123456789"]
-            res = CliRunner().invoke(app, args)
-            assert res.exit_code == 0, res.output
-            outputs.append(res.output)
-        for out in outputs:
-            assert "Logging error" not in out and "closed file" not in out, out
-            assert "WARNING dualattn.data.pet: LABELS.csv row 2 skipped" in out, out
-        assert len(root.handlers) == 1  # one handler, re-used
-        assert root.level == logging.INFO  # -v of the second call did not stick
-    finally:
-        root.setLevel(level)
-
-
-def test_cli_leaves_a_foreign_logging_setup_alone(monkeypatch):
-    from dualattn.cli import _configure_logging
-
-    root = logging.getLogger()
-    mine = logging.NullHandler()
-    monkeypatch.setattr(root, "handlers", [mine])
-    level = root.level
-    try:
-        _configure_logging(verbose=True)
-        assert root.handlers == [mine] and root.level == level
-    finally:
-        root.setLevel(level)
+# ----------------------------------------------------------------------------- key location
 
 
 def test_default_key_location(tmp_path, monkeypatch):
