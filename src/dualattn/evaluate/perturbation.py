@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..explain._state import eval_mode
+from ..explain import eval_mode
 from .metrics import balanced_accuracy, curve_auc, resize_mass
 
 __all__ = [

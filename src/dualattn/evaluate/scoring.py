@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..explain._state import eval_mode  # TODO(arch): public name after merge
+from ..explain import eval_mode
 from . import metrics as M
 from .perturbation import perturbation_predictions
 from .testset import TestSet, batches

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..evaluate.specs import METRICS
+from ..explain import METHOD_ALIASES, method_family, methods_in_family
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,13 @@ LOWER_IS_BETTER = frozenset({"loss", "ece", "penalty", "kl", "time_s", "wall_tim
 
 #: The methods the paper proposes (consistent attention), used for the honest-ordering note.
 PROPOSED_METHODS = ("dual", "exact", "multilevel")
-#: Post-hoc explainers the paper compares against.
-POSTHOC_METHODS = ("gradcam", "ixg", "input_x_gradient", "deeplift", "lrp", "ig", "integrated_gradients", "cvx")
+#: Post-hoc explainers the paper compares against (row names start with one of these): the explain registry's
+#: post-hoc family, their short aliases, and ``cvx`` (Eq. 4 solved after training).
+POSTHOC_METHODS = (
+    *methods_in_family("posthoc"),
+    *(alias for alias, name in METHOD_ALIASES.items() if method_family(name) == "posthoc"),
+    "cvx",
+)
 
 #: Headings and legends of the optional sections ``dualattn.evaluate`` may add.
 _EXTRA_SECTIONS = {
