@@ -160,7 +160,7 @@ def bench_cvxpylayers(tau_k, tau_l, g_k, g_l, *, repeats: int) -> dict[str, Any]
         from cvxpylayers.torch import CvxpyLayer
     except ImportError as exc:
         return {"skipped": f"cvxpylayers not importable: {exc}"}
-    from dualattn._consistency_cvx import _block_sum_matrix
+    from dualattn.consistency.cvx import _block_sum_matrix
 
     fine, coarse = tuple(tau_k.shape[1:]), tuple(tau_l.shape[1:])
     n_k, n_l = tau_k[0].numel(), tau_l[0].numel()

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> None:
     import dualattn.models.base as base
     from dualattn._io import atomic_write_json
     from dualattn.data import make_dataset
-    from dualattn.models import SHARP_GATE, create_model
+    from dualattn.models import create_model
+    from dualattn.train.recipes import SHARP_GATE
 
     torch.set_num_threads(args.threads)
     base._GATE_EMBED_CAP = args.cap  # the default width rule under test

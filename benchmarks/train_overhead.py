@@ -16,7 +16,7 @@ Usage:
 
 A variant label may carry suffixes: ``-grad`` (exact's first pass with gradient, the former default),
 ``-pool`` (attention pooling), ``-paper`` (the paper's gate: no gain, no sharpness term). Without a
-suffix a variant gets its training recipe's gate options (``dualattn.models.DEFAULT_RECIPES``).
+suffix a variant gets its training recipe's gate options (``dualattn.train.recipes.DEFAULT_RECIPES``).
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ def _stats(times: list[float]) -> dict[str, float]:
 
 
 def _models(variants: list[str], *, channels: int, size: int, features: int) -> dict[str, torch.nn.Module]:
-    from dualattn.models import create_model
-
-    from dualattn.models import DEFAULT_RECIPES
+    from dualattn.models import PAPER_ALPHA, PENALTY_VARIANTS, create_model
+    from dualattn.train.recipes import DEFAULT_RECIPES
 
     out = {}
     for label in variants:
@@ -56,8 +55,8 @@ def _models(variants: list[str], *, channels: int, size: int, features: int) -> 
         # the variant as `dualattn train` builds it: its recipe's gate options, then the label's
         kw: dict[str, Any] = {**DEFAULT_RECIPES.get(v, {}).get("model_kwargs", {}), **options}
         kw.update({"features": features, "img_size": [size, size]})
-        if v in ("dual", "kl", "kl_reverse"):
-            kw["alpha"] = 10.0
+        if v in PENALTY_VARIANTS:
+            kw["alpha"] = PAPER_ALPHA
         out[label] = create_model("unet_encoder", variant=v, in_channels=channels, num_classes=2, **kw).train()
     return out
 

@@ -1,4 +1,5 @@
-"""AttentionGate (paper Eq. 1-3) against a naive per-position reference, 2D and 3D, dtypes and errors."""
+"""AttentionGate (paper Eq. 1-3) against a naive per-position reference, 2D and 3D, dtypes and errors;
+its gain (``scale``, ``learn_scale``) and zero initialisation."""
 
 from __future__ import annotations
 
@@ -122,3 +123,57 @@ def test_gate_runs_its_submodules_so_hooks_see_them():
         for h in with_handles:
             h.remove()
     assert seen == ["Conv2d", "Conv2d"]
+
+
+# ------------------------------------------------------------------ gain and zero initialisation
+# References: the gate's naive per-position loop above scaled by hand, and a gradcheck of the learned gain.
+
+
+def test_gain_multiplies_the_potentials():
+    torch.manual_seed(0)
+    plain = AttentionGate(6, 5).double()
+    gained = AttentionGate(6, 5, scale=7.5).double()
+    gained.load_state_dict(plain.state_dict())
+    v = torch.randn(2, 6, 4, 3, dtype=torch.float64)
+    torch.testing.assert_close(gained.potentials(v), 7.5 * plain.potentials(v), rtol=1e-12, atol=0)
+    # the softmax over all positions of the scaled potentials, written out
+    ref = torch.softmax(7.5 * plain.potentials(v).flatten(1), dim=1).reshape(2, 4, 3)
+    torch.testing.assert_close(gained(v)[1], ref, rtol=1e-12, atol=1e-15)
+    assert gained.scale == 7.5 and "scale=7.5" in repr(gained)
+
+
+def test_learned_gain_is_a_parameter_in_log_space_with_a_gradient():
+    torch.manual_seed(0)
+    gate = AttentionGate(4, 3, scale=4.0, learn_scale=True).double()
+    assert "log_scale" in dict(gate.named_parameters())
+    assert gate.scale == pytest.approx(4.0)
+    v = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    def tau_of(log_s):
+        return torch.func.functional_call(gate, {"log_scale": log_s}, (v,))[1]
+
+    assert torch.autograd.gradcheck(tau_of, (gate.log_scale.detach().clone().requires_grad_(),))
+    gate.potentials(v).sum().backward()
+    assert gate.log_scale.grad is not None and torch.isfinite(gate.log_scale.grad)
+    fixed = AttentionGate(4, 3, scale=4.0)
+    assert "log_scale" not in dict(fixed.named_parameters()) and "log_scale" not in fixed.state_dict()
+
+
+def test_zero_init_starts_uniform_and_leaves_zero_after_one_step():
+    torch.manual_seed(0)
+    gate = AttentionGate(4, 3, scale=32.0, zero_init=True)
+    v = torch.randn(2, 4, 5, 5)
+    _, tau = gate(v)
+    torch.testing.assert_close(tau, torch.full_like(tau, 1 / 25))
+    opt = torch.optim.Adam(gate.parameters(), lr=1e-2)
+    target = torch.zeros(2, 5, 5)
+    target[:, 0, 0] = 1
+    (-(gate.log_attention(v) * target).sum()).backward()
+    opt.step()
+    assert gate.u.weight.abs().sum() > 0
+    assert gate(v)[1][:, 0, 0].min() > 1 / 25
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_gain_is_rejected(scale):
+    with pytest.raises(ValueError, match="scale"):
+        AttentionGate(4, 3, scale=scale)

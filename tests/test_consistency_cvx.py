@@ -105,7 +105,7 @@ def test_solve_cvx_returns_input_dtype_and_is_a_distribution():
 
 
 def test_solve_cvx_missing_dependency_message(monkeypatch):
-    import dualattn._consistency_cvx as mod
+    import dualattn.consistency.cvx as mod
     from dualattn._optional import MissingDependencyError
 
     def boom(*args, **kwargs):

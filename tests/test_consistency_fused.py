@@ -1,13 +1,13 @@
-"""The fused exact projection (analytic backward) and the fast block helpers against references."""
+"""The fused exact projection (analytic backward) against the autograd and log-space paths.
+
+The block helpers it is built on are tested in ``test_grids.py``.
+"""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
 
-from dualattn._consistency_blocks import block_sum, upsample
 from dualattn.consistency import marginalize, project_exact, project_exact_log
 
 
@@ -19,30 +19,6 @@ def _one_thread():
 
 def softmax_map(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.flatten(1), 1).reshape(logits.shape)
-
-
-FACTOR_CASES = [((4, 6), (2, 3)), ((8, 8), (4, 4)), ((6, 6), (3, 1)), ((4, 2, 6), (2, 1, 3)), ((3, 3), (1, 1))]
-
-
-@pytest.mark.parametrize("fine,factors", FACTOR_CASES)
-def test_block_helpers_match_naive_loops(fine, factors):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, *fine, dtype=torch.float64, generator=gen)
-    coarse = tuple(f // k for f, k in zip(fine, factors))
-    expected = torch.zeros(2, *coarse, dtype=torch.float64)
-    for idx in itertools.product(*[range(f) for f in fine]):
-        parent = tuple(i // k for i, k in zip(idx, factors))
-        expected[(slice(None), *parent)] += x[(slice(None), *idx)]
-    got = block_sum(x, factors)
-    torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
-    assert got.data_ptr() != x.data_ptr()
-    y = torch.randn(2, *coarse, dtype=torch.float64, generator=gen)
-    up = upsample(y, factors)
-    for idx in itertools.product(*[range(f) for f in fine]):
-        parent = tuple(i // k for i, k in zip(idx, factors))
-        assert up[(slice(None), *idx)].tolist() == y[(slice(None), *parent)].tolist()
-    # adjointness
-    torch.testing.assert_close((block_sum(x, factors) * y).sum(), (x * upsample(y, factors)).sum())
 
 
 @pytest.mark.parametrize("fine,coarse", [((8, 8), (4, 4)), ((8, 6), (2, 3)), ((4, 4, 4), (2, 2, 1))])
@@ -135,14 +111,3 @@ def test_fused_per_sample_independence_bit_identical():
     b = project_exact(tk2, tl2, fused=True)
     for x, y in zip(a, b):
         assert torch.equal(x[1:], y[1:]) and not torch.equal(x[0], y[0])
-
-
-def test_public_upsample_keeps_non_finite_values_local():
-    from dualattn.consistency import upsample_blocks
-
-    x = torch.tensor([[[1.0, float("inf"), 2.0]]])
-    up = upsample_blocks(x, (1, 2))
-    assert up.tolist() == [[[1.0, 1.0, float("inf"), float("inf"), 2.0, 2.0]]]
-    # the fast matmul path is exact on finite values
-    y = torch.randn(2, 3, 5, dtype=torch.float64)
-    assert torch.equal(upsample(y, (2, 3)), upsample(y, (2, 3), use_matmul=False))

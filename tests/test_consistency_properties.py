@@ -15,13 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualattn._consistency_blocks import upsample
 from dualattn.consistency import (
     marginalize,
     project_exact,
     project_exact_chain,
     project_exact_chain_log,
 )
+from dualattn.grids import upsample_blocks
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def stationarity(mus, taus, weights):
         term = w[m] * (mu.log() - tau.log())
         for k in range(m - 1, -1, -1):  # bring level m down to the finest grid
             fac = tuple(a // b for a, b in zip(mus[k].shape[1:], mus[k + 1].shape[1:]))
-            term = upsample(term, fac)
+            term = upsample_blocks(term, fac, use_matmul=True)
         total = total + term
     return total
 

@@ -1,4 +1,4 @@
-"""dualattn.models: every backbone x variant x (2D, 3D), maps, consistency, recipes' building blocks.
+"""dualattn.models: every backbone x variant x (2D, 3D), maps, consistency, the sharpness term.
 
 References are independent: the closed form of the exact projection written as a naive loop, the
 consistency module's reparameterization, torchvision's published ResNet parameter counts, a hand
@@ -17,13 +17,15 @@ from torch.nn import functional as F
 
 from dualattn.models import (
     CNN_VARIANTS,
-    DEFAULT_RECIPES,
     GATED_BLOCKS,
+    PAPER_ALPHA,
+    PENALTY_VARIANTS,
     count_parameters,
     create_model,
     list_models,
     list_variants,
 )
+from dualattn.models.base import normalized_entropy
 
 CNNS = {"unet_encoder": 4, "resnet18": 4, "resnet50": 2}  # backbone -> tiny width for tests
 PENALIZED = {"dual", "kl", "kl_reverse"}
@@ -77,19 +79,14 @@ def test_registry_lists_and_rejects_unknown_names():
         create_model("unet_encoder", variant="kl", alpha=-1.0)
 
 
-def test_default_recipes_cover_every_variant():
-    assert set(DEFAULT_RECIPES) == set(CNN_VARIANTS)
-    for recipe in DEFAULT_RECIPES.values():
-        assert recipe["init"] in ("scratch", "baseline")
-        assert isinstance(recipe["freeze_backbone"], bool)
-        assert recipe["alpha"] >= 0
-    assert "model_kwargs" not in DEFAULT_RECIPES["baseline"]
-    for variant in CNN_VARIANTS[1:]:  # every gated variant's recipe builds, with the options it names
-        model = create_model("unet_encoder", variant=variant, features=2, img_size=32,
-                             **DEFAULT_RECIPES[variant]["model_kwargs"])  # fmt: skip
-        for key, value in DEFAULT_RECIPES[variant]["model_kwargs"].items():
-            assert model.config[key] == value
-        assert all(g.scale == model.config["gate_scale"] for g in model.gates.values())
+def test_create_model_alone_builds_the_papers_gate_and_alpha():
+    """Models hold architecture only: no recipe is applied by create_model."""
+    assert PAPER_ALPHA == 10.0 and set(PENALTY_VARIANTS) == {"dual", "kl", "kl_reverse"}
+    for variant in PENALTY_VARIANTS:
+        model = create_model("unet_encoder", variant=variant, features=2, img_size=32)
+        assert model.alpha == PAPER_ALPHA and model.entropy_weight == 0.0 and model.attention_area is None
+        assert all(g.scale == 1.0 for g in model.gates.values())
+        assert all(float(g.u.weight.abs().sum()) > 0 for g in model.gates.values())  # not zero-initialised
 
 
 # --------------------------------------------------------------------- every backbone x variant
@@ -511,3 +508,88 @@ def test_vit_b16_builds_and_runs_small_input():
     assert out.logits.shape == (1, 2) and out.tau["rollout"].shape == (1, 2, 2)
     with pytest.raises(ValueError, match="multiples"):
         create_model("vit_small", img_size=30)
+
+
+# ------------------------------------------------------- sharpness term and the detached exact proposal
+# References: entropies of hand-built maps, and the two exact proposals compared in eval mode, where
+# they compute the same thing.
+
+
+def _unet(variant: str, **kw):
+    return create_model("unet_encoder", variant=variant, features=4, img_size=32, **kw)
+
+
+def test_normalized_entropy_hand_computed():
+    uniform = torch.full((3, 4, 4), -math.log(16))
+    assert float(normalized_entropy([uniform])) == pytest.approx(1.0, abs=1e-6)
+    one_hot = torch.full((2, 4, 4), -torch.inf)
+    one_hot[:, 1, 2] = 0.0
+    assert float(normalized_entropy([one_hot])) == pytest.approx(0.0, abs=1e-7)
+    # half the mass on one cell, half spread evenly on 2 more: H = 0.5 log 2 + 2 * 0.25 log 4 = 1.5 log 2
+    mixed = torch.full((1, 2, 4), -torch.inf)
+    mixed[0, 0, 0], mixed[0, 0, 1], mixed[0, 1, 3] = math.log(0.5), math.log(0.25), math.log(0.25)
+    assert float(normalized_entropy([mixed])) == pytest.approx(1.5 * math.log(2) / math.log(8), rel=1e-6)
+    # the mean over maps: (1 + 0) / 2
+    assert float(normalized_entropy([uniform[:2], one_hot])) == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["tau_k", "unconstrained", "kl", "dual", "exact", "multilevel"])
+def test_entropy_weight_adds_beta_times_the_entropy_of_the_weighting_maps(variant):
+    torch.manual_seed(0)
+    kw = {"alpha": 0.0} if variant in ("kl", "dual") else {}
+    model = _unet(variant, gate_scale=8.0, entropy_weight=0.7, **kw).train()
+    x = torch.randn(3, 1, 32, 32)
+    out = model.forward_with_attention(x)
+    maps = out.mu if out.mu else out.tau
+    expected = 0.7 * normalized_entropy([m.clamp_min(1e-38).log() for m in maps.values()])
+    torch.testing.assert_close(out.penalty, expected, rtol=1e-5, atol=1e-6)
+    plain = _unet(variant, gate_scale=8.0, **kw)
+    plain.load_state_dict(model.state_dict())
+    assert float(plain.train().forward_with_attention(x).penalty.detach()) == 0.0
+    with pytest.raises(ValueError, match="entropy_weight"):
+        _unet(variant, entropy_weight=-1.0)
+
+
+def test_entropy_term_sharpens_the_maps_when_trained():
+    torch.manual_seed(0)
+    model = _unet("exact", gate_scale=16.0, gate_zero_init=True, entropy_weight=1.0).train()
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 1, 0])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    first = None
+    for _ in range(15):
+        out = model.forward_with_attention(x)
+        first = float(out.penalty) if first is None else first
+        opt.zero_grad()
+        # a uniform map is a stationary point of the entropy: the cross-entropy moves u off zero first
+        (F.cross_entropy(out.logits, y) + out.penalty).backward()
+        opt.step()
+    assert first == pytest.approx(1.0, abs=1e-5)  # zero-initialised gates: uniform maps
+    with torch.no_grad():
+        assert float(model.forward_with_attention(x).penalty) < 0.8
+
+
+@pytest.mark.parametrize("variant", ["exact", "multilevel"])
+def test_detached_proposal_equals_the_graded_one_in_eval_and_saves_the_backward(variant):
+    torch.manual_seed(0)
+    det = _unet(variant, gate_scale=4.0)
+    grad = _unet(variant, gate_scale=4.0, exact_proposal="grad")
+    grad.load_state_dict(det.state_dict())
+    x = torch.randn(3, 1, 32, 32)
+    det.eval(), grad.eval()
+    with torch.no_grad():
+        a, b = det.forward_with_attention(x), grad.forward_with_attention(x)
+    torch.testing.assert_close(a.logits, b.logits)
+    for blk in a.mu:
+        torch.testing.assert_close(a.mu[blk], b.mu[blk])
+    # training: the proposal stages' BatchNorm statistics move once per step (the second pass only)
+    det.train()
+    bn = [m for m in det.backbone.stages["block4"].modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    before = int(bn.num_batches_tracked)
+    out = det.forward_with_attention(x)
+    assert int(bn.num_batches_tracked) == before + 1 and bn.training
+    F.cross_entropy(out.logits, torch.tensor([0, 1, 0])).backward()
+    # the coarse gate still learns (its input is a detached proposal), the stages learn from pass 2
+    assert det.gates["block4"].U.weight.grad.abs().sum() > 0
+    assert det.backbone.stages["block4"][1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="exact_proposal"):
+        _unet(variant, exact_proposal="nope")

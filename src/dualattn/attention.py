@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dualattn._checks import check_positive_int, check_spatial_dims
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AttentionGate", "log_softmax_grid"]
@@ -87,11 +89,9 @@ class AttentionGate(nn.Module):
         zero_init: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("embed_channels", embed_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("embed_channels", embed_channels)
+        check_spatial_dims(spatial_dims)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:

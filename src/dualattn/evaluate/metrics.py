@@ -28,6 +28,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..grids import resize_mass
+
 __all__ = [
     "Direction",
     "METRIC_DIRECTIONS",
@@ -98,59 +100,6 @@ def _mask_spatial_dims(masks: Tensor) -> int:
     if masks.dim() in (3, 4):
         return masks.dim() - 1
     raise ValueError(f"masks must be (B, 1, *S) or (B, *S) in 2D/3D, got shape {tuple(masks.shape)}")
-
-
-def _resize_matrix(n_in: int, n_out: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(n_out, n_in) matrix whose columns sum to 1: mass-preserving 1-D resize."""
-    mat = torch.zeros(n_out, n_in, dtype=dtype, device=device)
-    if n_out >= n_in:
-        # nearest upsampling (PyTorch's 'nearest': src = floor(dst * n_in / n_out)),
-        # each source cell's mass split evenly over the output cells it feeds
-        src = torch.div(torch.arange(n_out, device=device) * n_in, n_out, rounding_mode="floor")
-        counts = torch.bincount(src, minlength=n_in).to(dtype)
-        mat[torch.arange(n_out, device=device), src] = 1.0 / counts[src]
-    else:
-        # sum pooling into bins: dst = floor(src * n_out / n_in)
-        dst = torch.div(torch.arange(n_in, device=device) * n_out, n_in, rounding_mode="floor")
-        mat[dst, torch.arange(n_in, device=device)] = 1.0
-    return mat
-
-
-def resize_mass(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """Resize maps to ``size`` preserving each sample's total mass.
-
-    Along each axis independently: upsampling is nearest-neighbour with each value divided by
-    the number of output cells it is copied to (the block area when the factor is an integer);
-    downsampling sums the input cells falling into each output cell (sum-pooling). The total
-    of every sample is unchanged (exactly, up to float rounding).
-
-    Args:
-        maps: ``(B, C, *grid)`` tensor (``C`` channels kept, e.g. ``C = 1``).
-        size: target spatial size, one integer per spatial axis.
-
-    Returns:
-        ``(B, C, *size)`` tensor in the dtype of ``maps`` (float).
-
-    Example:
-        >>> import torch
-        >>> resize_mass(torch.ones(1, 1, 2, 2), (4, 4)).sum().item()
-        4.0
-    """
-    size = tuple(int(s) for s in size)
-    spatial = maps.dim() - 2
-    if spatial < 1 or len(size) != spatial:
-        raise ValueError(f"size {size} does not match the {spatial} spatial dims of maps {tuple(maps.shape)}")
-    if any(s < 1 for s in size):
-        raise ValueError(f"size must be positive, got {size}")
-    out = maps if maps.is_floating_point() else maps.float()
-    for axis, n_out in enumerate(size):
-        dim = 2 + axis
-        n_in = out.shape[dim]
-        if n_in == n_out:
-            continue
-        mat = _resize_matrix(n_in, n_out, dtype=out.dtype, device=out.device)
-        out = torch.movedim(torch.movedim(out, dim, -1) @ mat.T, -1, dim)
-    return out
 
 
 def match_mask_grid(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..grids import resize_mass
 from ._state import eval_mode
 
 __all__ = ["normalize_and_pool", "minmax_per_channel", "block_grid", "hooked_output", "resolve_target"]
@@ -46,8 +47,6 @@ def normalize_and_pool(attr: Tensor, grid: Sequence[int]) -> Tensor:
     Returns:
         ``(B, 1, *grid)`` float tensor.
     """
-    from ..evaluate.metrics import resize_mass
-
     summed = minmax_per_channel(attr).sum(dim=1, keepdim=True)
     return resize_mass(summed, tuple(grid))
 

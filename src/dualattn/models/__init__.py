@@ -5,6 +5,10 @@ one activation module per use, no ``nn.Identity``), and MONAI ViTs ``vit_b16``, 
 ``vit_tiny`` (attention-only baselines). Variants of the CNN backbones: see :data:`GATED_BLOCKS` and
 :mod:`dualattn.models.base`.
 
+Models hold architecture only: ``create_model`` alone builds the paper's gate with the paper's
+``alpha`` (:data:`PAPER_ALPHA`); the training recipes (gate options, alpha per variant) live in
+:mod:`dualattn.train.recipes`.
+
 Example:
     >>> import torch
     >>> from dualattn.models import create_model
@@ -18,12 +22,22 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from typing import Any
 
 from torch import nn
 
+from . import resnet, unet, vit  # noqa: F401  (their @register_model decorators fill the registry)
 from ._registry import CNN_VARIANTS, get_entry, list_models, list_variants, register_model
-from .base import GATED_BLOCKS, AttentionOutput, CNNBackbone, GatedClassifier, weight_features
+from .base import (
+    GATED_BLOCKS,
+    PAPER_ALPHA,
+    PENALTY_VARIANTS,
+    AttentionOutput,
+    CNNBackbone,
+    GatedClassifier,
+    weight_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +45,9 @@ __all__ = [
     "AttentionOutput",
     "CNNBackbone",
     "CNN_VARIANTS",
-    "DEFAULT_RECIPES",
-    "SHARP_GATE",
     "GATED_BLOCKS",
+    "PAPER_ALPHA",
+    "PENALTY_VARIANTS",
     "GatedClassifier",
     "count_parameters",
     "create_model",
@@ -42,40 +56,6 @@ __all__ = [
     "register_model",
     "weight_features",
 ]
-
-#: Gate options of every gated variant's recipe: gain 16 on the potentials, ``u`` started at zero
-#: (uniform maps at step 0), and the sharpness term (weight 1) until a map's effective area
-#: ``exp(H)/N`` is at most a quarter of the image. Chosen from ``benchmarks/recipe_study.py --study
-#: sharpness`` / ``--study confirm`` (docs/models.md, "Sharp attention"): with the paper's gate every
-#: map stayed uniform (``exp(H)/N`` 0.95-1.0); with these options ``exact`` reaches AP 61.6 / 58.7
-#: (paper gate 44.9 / 51.4) at the same balanced accuracy, with maps on 14-23 % of the image.
-SHARP_GATE: dict[str, Any] = {
-    "gate_scale": 16.0,
-    "gate_zero_init": True,
-    "entropy_weight": 1.0,
-    "attention_area": 0.25,
-}
-
-#: Default training recipe per variant, chosen from ``benchmarks/recipe_study.py`` (docs/models.md):
-#: ``init`` = ``"scratch"`` (train end to end) or ``"baseline"`` (start from a trained baseline's
-#: weights via ``load_backbone_state``); ``freeze_backbone`` = train only the gates (and witness);
-#: ``alpha`` = weight of the consistency penalty (ignored by variants without one); ``model_kwargs`` =
-#: ``create_model`` options the recipe sets unless the training config sets them (:data:`SHARP_GATE`).
-#: Measured (unet_encoder, synthetic-brain, 5 seeds): frozen-baseline fine-tuning leaves the maps
-#: near chance AP, so every variant trains end to end; alpha = 1 beats the paper's 10 on accuracy and
-#: AP for ``dual`` and ``kl`` (10 flattens the maps); see docs/models.md.
-DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
-    "baseline": {"init": "scratch", "freeze_backbone": False, "alpha": 0.0},
-    **{
-        variant: {
-            "init": "scratch",
-            "freeze_backbone": False,
-            "alpha": 1.0 if variant in ("dual", "kl", "kl_reverse") else 0.0,
-            "model_kwargs": dict(SHARP_GATE),
-        }
-        for variant in ("tau_k", "tau_l", "unconstrained", "dual", "kl", "kl_reverse", "exact", "multilevel")
-    },
-}
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,3 +134,19 @@ def create_model(
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (the paper's Table 3 "# Param."); ``trainable_only`` counts requires_grad ones."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+#: Names that moved to :mod:`dualattn.train.recipes` (models hold architecture only).
+_MOVED_TO_RECIPES = ("DEFAULT_RECIPES", "SHARP_GATE")
+
+
+def __getattr__(name: str) -> Any:
+    # Transitional: remove once every caller imports these from dualattn.train.recipes.
+    if name in _MOVED_TO_RECIPES:
+        warnings.warn(
+            f"dualattn.models.{name} moved to dualattn.train.recipes.{name}", DeprecationWarning, stacklevel=2
+        )
+        from dualattn.train import recipes  # the training layer sits above models: imported on demand only
+
+        return getattr(recipes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,39 +2,12 @@
 
 Every activation and pooling module is created once per use (never reused inside a forward), and
 no ``nn.Identity`` placeholders are created, so Captum's DeepLIFT and LRP hook every layer correctly.
+Argument checks live in :mod:`dualattn._checks`.
 """
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
-
-
-def check_spatial_dims(spatial_dims: int) -> int:
-    """Return ``spatial_dims`` if it is 2 or 3, else raise ValueError naming it."""
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is a positive int, else raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: object, *, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
-    """Return ``value`` as a float if it is a finite number in ``[low, high]`` (``(low, high]`` when
-    ``low_inclusive`` is False), else raise ValueError naming ``name``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value >= low if low_inclusive else value > low) and value <= high
-    if not ok:
-        lo = "[" if low_inclusive else "("
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}], got {value!r}")
-    return float(value)
 
 
 def conv(spatial_dims: int, cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0) -> nn.Module:

@@ -88,18 +88,12 @@ def register_model(
     return decorator
 
 
-def _ensure_loaded() -> None:
-    # Importing the backbone modules runs their @register_model decorators.
-    from . import resnet, unet, vit  # noqa: F401
-
-
 def get_entry(name: str) -> ModelEntry:
     """Return the registry entry of ``name``.
 
     Raises:
         ValueError: unknown name (the message lists the registered ones).
     """
-    _ensure_loaded()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -107,7 +101,6 @@ def get_entry(name: str) -> ModelEntry:
 
 def list_models() -> list[str]:
     """Names of all registered backbones, sorted."""
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 

@@ -46,19 +46,17 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   (the coarse gate's own parameters still learn from it) and BatchNorm on its running statistics,
   which pass 2 alone updates, so train and eval compute the proposal alike and the statistics are
   those of the weighted features the classifier sees. The repeat then costs a forward pass only
-  (U-Net at 128x128: 1.06-1.14x the baseline's step time vs 1.15-1.25x with ``"grad"``, which
-  back-propagates through both runs; ``benchmarks/train_overhead.py``). In eval mode nothing is
+  (``"grad"`` back-propagates through both runs and costs more; step times measured by
+  ``benchmarks/train_overhead.py`` are in docs/training.md). In eval mode nothing is
   detached: gradients w.r.t. the input (every gradient explainer) follow the whole function.
 * ``"pool"``: attention pooling after Jetley et al. ("Learn to Pay Attention", ICLR 2018): the
   stages run unweighted; each gated stage contributes ``g = sum_i mu_i v_i`` (a ``mu``-weighted
   average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
   after the coarsest gate are dropped.
 
-Measured (``benchmarks/recipe_study.py``; U-Net encoder, features 8, synthetic-brain 64x64, 10 epochs,
-5 seeds, CPU, the paper's gate): ``two_pass`` balanced accuracy 72.7 ± 3.0, AP vs tumour mask 30.0
-(block3) / 34.5 (block4); ``pool`` 64.3 ± 9.4, AP 31.1 / 40.1, sharper maps, step
-time -1 %. ``two_pass`` is the default because its decisions are better and steadier across seeds
-while its localisation is close; ``pool`` stays available. Full tables in ``docs/models.md``.
+``two_pass`` is the default because, measured by ``benchmarks/recipe_study.py``, its decisions are
+better and steadier across seeds while its localisation is close; ``pool`` stays available. The numbers
+and the command that produced them: docs/models.md, "Recipes: measured defaults".
 """
 
 from __future__ import annotations
@@ -73,7 +71,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._layers import check_number
+from dualattn._checks import check_number, check_positive_int
+from dualattn.attention import AttentionGate
+from dualattn.consistency import (
+    AmortizedWitness,
+    GlobalWitness,
+    dual_penalty,
+    kl_consistency,
+    project_exact_chain_log,
+    project_exact_log,
+)
+from dualattn.grids import block_factors, upsample_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +90,16 @@ __all__ = [
     "CNNBackbone",
     "GatedClassifier",
     "GATED_BLOCKS",
+    "PAPER_ALPHA",
+    "PENALTY_VARIANTS",
     "normalized_entropy",
     "weight_features",
 ]
+
+#: The paper's weight of the consistency penalty (``dual``, ``kl``, ``kl_reverse``): the default of
+#: :class:`GatedClassifier` and of ``create_model``. Training recipes may choose another
+#: (``dualattn.train.recipes``).
+PAPER_ALPHA = 10.0
 
 
 class AttentionOutput(NamedTuple):
@@ -119,13 +134,15 @@ GATED_BLOCKS: dict[str, tuple[str, ...]] = {
     "multilevel": ("block2", "block3", "block4"),
 }
 
+#: Variants whose loss has a consistency penalty weighted by ``alpha``.
+PENALTY_VARIANTS: tuple[str, ...] = ("dual", "kl", "kl_reverse")
+
 _WITNESSES = ("global", "amortized")
 _EXACT_MODES = ("two_pass", "pool")
 _PROPOSALS = ("detached", "grad")
 #: Default gate width: ``E = min(C, 64)``. The gate's 1x1 convs and channel normalisation scale with
-#: ``E`` and were most of the gated variants' step-time overhead at E = C (block3 of the U-Net at
-#: 128x128: 38 ms of a 411 ms step at E = 128, 20 ms at E = 64); every recipe-study model
-#: (``features=8``: C = 32, 64) already had E <= 64.
+#: ``E`` and were most of the gated variants' step-time overhead at E = C (measurements and the quality
+#: check ``benchmarks/gate_width_check.py``: docs/models.md, "Variants").
 _GATE_EMBED_CAP = 64
 _BACKBONE_PREFIXES = ("backbone.", "fc.")
 
@@ -180,23 +197,15 @@ def normalized_entropy(log_maps: Sequence[Tensor], area: float | None = None) ->
     return torch.stack(terms).mean()
 
 
-def _block_factors(fine: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...]:
-    if len(fine) != len(coarse) or any(c <= 0 or f % c for f, c in zip(fine, coarse)):
+def _gate_factors(fine: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...]:
+    """:func:`dualattn.grids.block_factors` of two gated blocks' grids, with a hint about the input size."""
+    try:
+        return block_factors(fine, coarse)
+    except ValueError as exc:
         raise ValueError(
-            f"the fine attention grid {tuple(fine)} is not an integer multiple of the coarse grid "
-            f"{tuple(coarse)}; choose an input size divisible by the backbone's total downsampling"
-        )
-    return tuple(f // c for f, c in zip(fine, coarse))
-
-
-def _expand(coarse_values: Tensor, fine_shape: Sequence[int]) -> Tensor:
-    """Copy every coarse cell's value onto its block of fine cells: ``(B, *coarse) -> (B, *fine)``."""
-    factors = _block_factors(tuple(fine_shape), tuple(coarse_values.shape[1:]))
-    out = coarse_values
-    for dim, f in enumerate(factors, start=1):
-        if f > 1:
-            out = out.repeat_interleave(f, dim=dim)
-    return out
+            f"the attention grids do not nest: {exc}; choose an input size divisible by the backbone's "
+            "total downsampling"
+        ) from exc
 
 
 class CNNBackbone(nn.Module):
@@ -230,7 +239,8 @@ class GatedClassifier(nn.Module):
         backbone: the :class:`CNNBackbone`.
         variant: one of :data:`GATED_BLOCKS`.
         num_classes: number of output logits.
-        alpha: weight of the consistency penalty (``dual``, ``kl``, ``kl_reverse``); the paper's 10.
+        alpha: weight of the consistency penalty (``dual``, ``kl``, ``kl_reverse``); default
+            :data:`PAPER_ALPHA`, the paper's value.
         witness: ``"global"`` (one learned lambda per coarse cell; needs ``img_size``) or
             ``"amortized"`` (lambda predicted from the fine block's features), for ``dual``.
         exact_mode: ``"two_pass"`` or ``"pool"``, how ``exact``/``multilevel`` break the circularity
@@ -267,7 +277,7 @@ class GatedClassifier(nn.Module):
         backbone: CNNBackbone,
         variant: str,
         num_classes: int,
-        alpha: float = 10.0,
+        alpha: float = PAPER_ALPHA,
         witness: str = "global",
         exact_mode: str = "two_pass",
         exact_proposal: str = "detached",
@@ -283,8 +293,7 @@ class GatedClassifier(nn.Module):
         super().__init__()
         if variant not in GATED_BLOCKS:
             raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(GATED_BLOCKS)}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_positive_int("num_classes", num_classes)
         check_number("alpha", alpha, low=0.0)
         check_number("entropy_weight", entropy_weight, low=0.0)
         if attention_area is not None:
@@ -297,8 +306,6 @@ class GatedClassifier(nn.Module):
             raise ValueError(f"unknown exact_proposal {exact_proposal!r}; valid: {', '.join(_PROPOSALS)}")
         if gate_embed is not None and (not isinstance(gate_embed, int) or gate_embed < 1):
             raise ValueError(f"gate_embed must be a positive int or None, got {gate_embed!r}")
-        from ..attention import AttentionGate
-
         self.variant = variant
         self.num_classes = num_classes
         self.alpha = float(alpha)
@@ -339,8 +346,6 @@ class GatedClassifier(nn.Module):
         )
         self.witness: nn.Module | None = None
         if variant == "dual":
-            from ..consistency import AmortizedWitness, GlobalWitness
-
             fine, coarse = blocks
             if witness == "global":
                 if self.img_size is None:
@@ -349,7 +354,7 @@ class GatedClassifier(nn.Module):
                         "size its one-lambda-per-coarse-cell witness; pass img_size=... or witness='amortized'"
                     )
                 grids = backbone.grid_shapes(self.img_size)
-                _block_factors(grids[fine], grids[coarse])
+                _gate_factors(grids[fine], grids[coarse])
                 self.witness = GlobalWitness(tuple(grids[coarse]))
             else:
                 self.witness = AmortizedWitness(backbone.channels[fine], spatial_dims=backbone.spatial_dims)
@@ -512,9 +517,9 @@ class GatedClassifier(nn.Module):
             if self.variant == "dual":
                 fine, coarse = self.attention_blocks
                 if name == fine:
-                    _block_factors(h.shape[2:], grids[coarse])
+                    factors = _gate_factors(h.shape[2:], grids[coarse])
                     lam = self._witness_lambda(h, tuple(grids[coarse]))
-                    log_w = _log_normalize(log_tau - _expand(lam, h.shape[2:]))
+                    log_w = _log_normalize(log_tau - upsample_blocks(lam, factors))
                 else:
                     if lam is None:  # pragma: no cover - the fine block precedes the coarse one
                         raise RuntimeError("dual: coarse gate reached before the fine gate")
@@ -526,9 +531,7 @@ class GatedClassifier(nn.Module):
             h = weight_features(h, log_w)
         logits = self._head(h)
         penalty = zero
-        if self.variant in ("dual", "kl", "kl_reverse"):
-            from ..consistency import dual_penalty, kl_consistency
-
+        if self.variant in PENALTY_VARIANTS:
             fine, coarse = self.attention_blocks
             if self.variant == "dual":
                 term = dual_penalty(taus[fine], taus[coarse], lam)
@@ -541,8 +544,6 @@ class GatedClassifier(nn.Module):
 
     def _forward_exact(self, x: Tensor, zero: Tensor) -> AttentionOutput:
         """Exact consistent maps weight the features (module docstring: two_pass / pool)."""
-        from ..consistency import project_exact_chain_log, project_exact_log
-
         blocks = self.attention_blocks
         names = list(self.backbone.stages)
         last = names.index(blocks[-1])
@@ -563,7 +564,7 @@ class GatedClassifier(nn.Module):
                 feats[name] = h
                 log_taus[name] = self.gates[name].log_attention(h)
         for fine, coarse in zip(blocks[:-1], blocks[1:]):
-            _block_factors(log_taus[fine].shape[1:], log_taus[coarse].shape[1:])
+            _gate_factors(log_taus[fine].shape[1:], log_taus[coarse].shape[1:])
         if len(blocks) == 2:
             log_mu_list = list(project_exact_log(log_taus[blocks[0]], log_taus[blocks[1]]))
         else:

@@ -6,7 +6,9 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ._layers import batch_norm, check_positive_int, check_spatial_dims, conv, init_weights, max_pool, relu
+from dualattn._checks import check_positive_int, check_spatial_dims
+
+from ._layers import batch_norm, conv, init_weights, max_pool, relu
 from ._registry import register_model
 from .base import CNNBackbone, GatedClassifier
 

@@ -18,7 +18,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._layers import check_positive_int, check_spatial_dims
+from dualattn._checks import check_positive_int, check_spatial_dims
+
 from ._registry import register_model
 from .base import AttentionOutput
 

@@ -46,8 +46,10 @@ class TrainConfig:
         model: registered model name (``dualattn.models.list_models()``).
         variant: attention variant (``baseline``, ``dual``, ``exact``, ...).
         model_kwargs: extra keyword arguments for ``create_model`` (set one with
-            ``--set model_kwargs.NAME=VALUE``).
-        alpha: weight of the consistency penalty (paper: 10). None: the variant's recipe, else 10.
+            ``--set model_kwargs.NAME=VALUE``); keys left unset come from the variant's recipe
+            (:data:`dualattn.train.recipes.DEFAULT_RECIPES`).
+        alpha: weight of the consistency penalty. None: the variant's recipe
+            (:mod:`dualattn.train.recipes`), else the paper's :data:`dualattn.models.PAPER_ALPHA`.
         init_from: a trained run folder (or ``.safetensors`` file) whose backbone initialises this
             model (None: the variant's recipe; ``""`` or ``"scratch"``: from scratch).
         freeze_backbone: train only the gates/witness (None: the variant's recipe, else False).

@@ -29,44 +29,13 @@ from torch import nn
 from dualattn._io import atomic_write_json
 
 from .config import TrainConfig, save_config
+from .recipes import PENALTY_VARIANTS, resolve_recipe
 
 __all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model"]
 
 logger = logging.getLogger(__name__)
 
-#: Variants whose loss has a consistency penalty weighted by ``alpha``.
-PENALTY_VARIANTS = ("dual", "kl", "kl_reverse")
-#: The paper's penalty weight, used when neither the config nor a recipe gives one.
-PAPER_ALPHA = 10.0
 _RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "summary.json")
-
-
-def resolve_recipe(config: TrainConfig) -> dict[str, Any]:
-    """Fill ``alpha``, ``init_from`` and ``freeze_backbone`` left as None from the variant's recipe.
-
-    Uses ``dualattn.models.DEFAULT_RECIPES[variant]`` when it exists (keys ``init``,
-    ``freeze_backbone``, ``alpha``), else the paper's alpha = 10, training from scratch, no freezing.
-
-    Returns:
-        ``{"alpha": float, "init": "scratch" | "baseline", "freeze_backbone": bool, "model_kwargs": dict}``;
-        ``model_kwargs`` are the recipe's gate options (gain, initialisation, sharpness term), which the
-        config's own ``model_kwargs`` override key by key.
-    """
-    recipe: dict[str, Any] = {}
-    try:
-        from dualattn.models import DEFAULT_RECIPES
-
-        recipe = dict(DEFAULT_RECIPES.get(config.variant, {}))
-    except ImportError:  # pragma: no cover - models without recipes
-        pass
-    alpha = config.alpha if config.alpha is not None else recipe.get("alpha", PAPER_ALPHA)
-    freeze = config.freeze_backbone if config.freeze_backbone is not None else recipe.get("freeze_backbone", False)
-    return {
-        "alpha": float(alpha),
-        "init": recipe.get("init", "scratch"),
-        "freeze_backbone": bool(freeze),
-        "model_kwargs": dict(recipe.get("model_kwargs", {})),
-    }
 
 
 def build_model(

@@ -1,4 +1,6 @@
-"""cvxpy reference solver for the consistency problems (private; see ``dualattn.consistency.solve_cvx``).
+"""The conic-solver reference for the consistency problems: :func:`solve_cvx`, :func:`solve_cvx_chain`.
+
+cvxpy is an optional dependency (extra ``cvx``), imported on first use only.
 
 One exponential-cone program per shape is built once (DPP: the log-maps are parameters) and re-solved
 for every sample. Variables: the finest map ``x`` (its coarser levels are ``A_m x`` with ``A_m`` the
@@ -18,6 +20,10 @@ import torch
 from torch import Tensor
 
 from dualattn._optional import optional_import
+
+from ._maps import _check_chain, _check_pair, _check_weights
+
+__all__ = ["solve_cvx", "solve_cvx_chain"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +131,48 @@ def solve_chain_numpy(
         level = prev.reshape(view_shape).sum(axis=tuple(2 + 2 * a for a in range(len(shapes[m]))))
         results.append(level)
     return [torch.from_numpy(np.ascontiguousarray(r)).to(device=t.device, dtype=t.dtype) for r, t in zip(results, taus)]
+
+
+def solve_cvx(tau_fine: Tensor, tau_coarse: Tensor, **solver_kwargs: object) -> tuple[Tensor, Tensor]:
+    """Reference solution of Eq. 4 with cvxpy (exponential cone), one problem per sample.
+
+    Slow (a conic solve per image); used by the tests and as the paper's "CVX" post-hoc baseline.
+    Needs the optional extra ``cvx`` (``pip install 'dualattn[cvx]'``).
+
+    Args:
+        tau_fine: ``(B, *fine)`` fine map.
+        tau_coarse: ``(B, *coarse)`` coarse map.
+        **solver_kwargs: passed to ``cvxpy.Problem.solve`` (default: Clarabel at tight tolerances).
+
+    Returns:
+        ``(mu_fine, mu_coarse)`` detached, in the input dtypes, on the input device.
+
+    Example:
+        >>> tau_k = torch.softmax(torch.randn(1, 16, dtype=torch.float64), -1).reshape(1, 4, 4)
+        >>> tau_l = torch.softmax(torch.randn(1, 4, dtype=torch.float64), -1).reshape(1, 2, 2)
+        >>> from dualattn.consistency import project_exact
+        >>> mu_k, _ = solve_cvx(tau_k, tau_l)  # doctest: +SKIP
+        >>> bool((mu_k - project_exact(tau_k, tau_l)[0]).abs().max() < 1e-6)  # doctest: +SKIP
+        True
+    """
+    _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
+    mus = solve_chain_numpy([tau_fine, tau_coarse], None, solver_kwargs)
+    return mus[0], mus[1]
+
+
+def solve_cvx_chain(
+    taus: Sequence[Tensor], weights: Sequence[float] | None = None, **solver_kwargs: object
+) -> list[Tensor]:
+    """Reference solution of the M-level chain problem (see :func:`project_exact_chain_log`) with cvxpy.
+
+    Args:
+        taus: ``[tau_0, ..., tau_{M-1}]`` finest first.
+        weights: optional positive weights of the KL terms.
+        **solver_kwargs: passed to ``cvxpy.Problem.solve``.
+
+    Returns:
+        ``[mu_0, ..., mu_{M-1}]`` detached, in the input dtypes.
+    """
+    _check_chain(taus, "taus")
+    w = _check_weights(weights, len(taus))
+    return solve_chain_numpy(list(taus), w, solver_kwargs)

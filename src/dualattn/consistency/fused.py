@@ -1,4 +1,4 @@
-r"""Fused two-level exact projection with an analytic backward (private; see ``project_exact(..., fused=True)``).
+r"""Fused two-level exact projection with an analytic backward (used by ``project_exact(..., fused=True)``).
 
 Forward, in probability space on floored maps ``t_k = max(tau_k, tiny)``, ``t_l = max(tau_l, tiny)``::
 
@@ -9,9 +9,10 @@ Forward, in probability space on floored maps ``t_k = max(tau_k, tiny)``, ``t_l 
     mu_k = t_k * M^T r             (M^T: copy each coarse value over its block)
 
 Every quantity is a normal floating-point number (``s >= tiny``), so there is no NaN or division by zero,
-and the result equals the autograd version in ``dualattn.consistency`` and the log-space
+and the result equals the autograd version in :mod:`dualattn.consistency.projection` and the log-space
 :func:`dualattn.consistency.project_exact_log` (same floors). The backward below needs five fine-grid
-passes and saves autograd's graph bookkeeping: about 1.35x faster forward+backward than autograd.
+passes and saves autograd's graph bookkeeping, so forward+backward is faster than autograd's
+(measured by ``benchmarks/consistency_speed.py``: docs/consistency.md, "Speed").
 
 Backward (``g_k = dL/dmu_k``, ``g_l = dL/dmu_l``; derived by hand, checked by ``gradcheck``)::
 
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from dualattn._consistency_blocks import block_sum, upsample
+from dualattn.grids import block_sum, upsample_blocks
 
 
 class ExactPairFunction(torch.autograd.Function):
@@ -51,7 +52,7 @@ class ExactPairFunction(torch.autograd.Function):
         s = torch.sqrt(tl) * torch.sqrt(big_t)
         mu_l = s / s.reshape(batch, -1).sum(1).reshape(norm_shape)
         r = mu_l / big_t
-        r_up = upsample(r, factors)
+        r_up = upsample_blocks(r, factors, use_matmul=True)
         mu_k = tk * r_up
 
         ctx.save_for_backward(tk, tl, big_t, mu_l, r, r_up)
@@ -89,7 +90,7 @@ class ExactPairFunction(torch.autograd.Function):
         grad_k = None
         if ctx.needs_input_grad[0]:
             d_t = (d - big_g * r) / big_t if big_g is not None else d / big_t
-            d_up = upsample(d_t, factors)
+            d_up = upsample_blocks(d_t, factors, use_matmul=True)
             grad_k = torch.addcmul(d_up, g_k, r_up) if g_k is not None else d_up
             if floored_k:
                 grad_k = torch.where(tk > tiny, grad_k, torch.zeros((), dtype=tk.dtype))

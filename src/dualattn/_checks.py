@@ -1,0 +1,43 @@
+"""Argument checks shared by every layer (lowest layer: imports nothing from dualattn).
+
+Each check returns the value it accepts and raises :class:`ValueError` naming the argument and the
+offending value otherwise (never ``assert``, which ``python -O`` strips).
+
+Example:
+    >>> check_positive_int("features", 8)
+    8
+    >>> check_number("alpha", 1, low=0.0)
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_number", "check_positive_int", "check_spatial_dims"]
+
+
+def check_spatial_dims(spatial_dims: int) -> int:
+    """Return ``spatial_dims`` if it is 2 or 3, else raise ValueError naming it."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return spatial_dims
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is a positive int (not a bool), else raise ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: object, *, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
+    """Return ``value`` as a float if it is a finite number in ``[low, high]`` (``(low, high]`` when
+    ``low_inclusive`` is False), else raise ValueError naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and value <= high
+    if not ok:
+        lo = "[" if low_inclusive else "("
+        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}], got {value!r}")
+    return float(value)

@@ -1,0 +1,84 @@
+"""Training recipes: the gate options and penalty weight ``dualattn train`` gives each variant.
+
+Models hold architecture only: ``create_model`` alone builds the paper's gate with the paper's alpha
+(:data:`dualattn.models.PAPER_ALPHA`). A recipe is what training adds on top, chosen from measurements
+(``benchmarks/recipe_study.py``; the numbers and commands are in docs/models.md, sections "Recipes:
+measured defaults" and "Sharp attention"):
+
+* every variant trains end to end (``init="scratch"``, no frozen backbone);
+* ``alpha = 1`` for the penalty variants (``dual``, ``kl``, ``kl_reverse``) instead of the paper's 10,
+  which flattens the maps;
+* every gated variant uses the sharp gate (:data:`SHARP_GATE`).
+
+:func:`resolve_recipe` fills what a :class:`~dualattn.train.config.TrainConfig` leaves unset.
+
+Example:
+    >>> from dualattn.train.config import TrainConfig
+    >>> resolve_recipe(TrainConfig(variant="dual"))["alpha"]
+    1.0
+    >>> sorted(SHARP_GATE)
+    ['attention_area', 'entropy_weight', 'gate_scale', 'gate_zero_init']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS
+
+from .config import TrainConfig
+
+__all__ = ["DEFAULT_RECIPES", "PAPER_ALPHA", "PENALTY_VARIANTS", "SHARP_GATE", "resolve_recipe"]
+
+#: Gate options of every gated variant's recipe: gain 16 on the potentials, ``u`` started at zero
+#: (uniform maps at step 0), and the sharpness term (weight 1) until a map's effective area
+#: ``exp(H)/N`` is at most a quarter of the image. Chosen with ``benchmarks/recipe_study.py --study
+#: sharpness`` / ``--study confirm``: with the paper's gate every map stayed nearly uniform (docs/models.md,
+#: "Sharp attention", has the numbers).
+SHARP_GATE: dict[str, Any] = {
+    "gate_scale": 16.0,
+    "gate_zero_init": True,
+    "entropy_weight": 1.0,
+    "attention_area": 0.25,
+}
+
+#: Default training recipe per variant: ``init`` = ``"scratch"`` (train end to end) or ``"baseline"``
+#: (start from a trained baseline's weights via ``load_backbone_state``); ``freeze_backbone`` = train
+#: only the gates (and witness); ``alpha`` = weight of the consistency penalty (ignored by variants
+#: without one); ``model_kwargs`` = ``create_model`` options the recipe sets unless the training config
+#: sets them (:data:`SHARP_GATE`). Why these values: docs/models.md, "Recipes: measured defaults".
+DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
+    "baseline": {"init": "scratch", "freeze_backbone": False, "alpha": 0.0},
+    **{
+        variant: {
+            "init": "scratch",
+            "freeze_backbone": False,
+            "alpha": 1.0 if variant in PENALTY_VARIANTS else 0.0,
+            "model_kwargs": dict(SHARP_GATE),
+        }
+        for variant in CNN_VARIANTS
+        if variant != "baseline"
+    },
+}
+
+
+def resolve_recipe(config: TrainConfig) -> dict[str, Any]:
+    """Fill ``alpha``, ``init_from`` and ``freeze_backbone`` left as None from the variant's recipe.
+
+    Uses :data:`DEFAULT_RECIPES` ``[variant]`` when it exists (keys ``init``, ``freeze_backbone``,
+    ``alpha``), else the paper's alpha (:data:`PAPER_ALPHA`), training from scratch, no freezing.
+
+    Returns:
+        ``{"alpha": float, "init": "scratch" | "baseline", "freeze_backbone": bool, "model_kwargs": dict}``;
+        ``model_kwargs`` are the recipe's gate options (gain, initialisation, sharpness term), which the
+        config's own ``model_kwargs`` override key by key.
+    """
+    recipe: dict[str, Any] = dict(DEFAULT_RECIPES.get(config.variant, {}))
+    alpha = config.alpha if config.alpha is not None else recipe.get("alpha", PAPER_ALPHA)
+    freeze = config.freeze_backbone if config.freeze_backbone is not None else recipe.get("freeze_backbone", False)
+    return {
+        "alpha": float(alpha),
+        "init": recipe.get("init", "scratch"),
+        "freeze_backbone": bool(freeze),
+        "model_kwargs": dict(recipe.get("model_kwargs", {})),
+    }

@@ -1,0 +1,57 @@
+"""dualattn.train.recipes: every variant has a recipe that builds, alpha has one default, the recipe
+fills what the config leaves unset (and the config wins), and the old import path still resolves."""
+
+from __future__ import annotations
+
+import pytest
+
+from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS, create_model
+from dualattn.train.config import TrainConfig
+from dualattn.train.recipes import DEFAULT_RECIPES, SHARP_GATE, resolve_recipe
+
+
+def test_default_recipes_cover_every_variant():
+    assert set(DEFAULT_RECIPES) == set(CNN_VARIANTS)
+    for recipe in DEFAULT_RECIPES.values():
+        assert recipe["init"] in ("scratch", "baseline")
+        assert isinstance(recipe["freeze_backbone"], bool)
+        assert recipe["alpha"] >= 0
+    assert "model_kwargs" not in DEFAULT_RECIPES["baseline"]
+    for variant in CNN_VARIANTS[1:]:  # every gated variant's recipe builds, with the options it names
+        model = create_model("unet_encoder", variant=variant, features=2, img_size=32,
+                             **DEFAULT_RECIPES[variant]["model_kwargs"])  # fmt: skip
+        for key, value in DEFAULT_RECIPES[variant]["model_kwargs"].items():
+            assert model.config[key] == value
+        assert all(g.scale == model.config["gate_scale"] for g in model.gates.values())
+
+
+def test_sharp_gate_values_and_penalty_alpha():
+    assert SHARP_GATE == {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.25}
+    for variant in CNN_VARIANTS[1:]:
+        assert DEFAULT_RECIPES[variant]["model_kwargs"] == SHARP_GATE
+        assert DEFAULT_RECIPES[variant]["model_kwargs"] is not SHARP_GATE  # each recipe owns its copy
+        assert DEFAULT_RECIPES[variant]["alpha"] == (1.0 if variant in PENALTY_VARIANTS else 0.0)
+
+
+def test_resolve_recipe_fills_unset_fields_and_the_config_wins():
+    got = resolve_recipe(TrainConfig(variant="dual"))
+    assert got == {"alpha": 1.0, "init": "scratch", "freeze_backbone": False, "model_kwargs": SHARP_GATE}
+    got = resolve_recipe(TrainConfig(variant="kl", alpha=3.0, freeze_backbone=True))
+    assert got["alpha"] == 3.0 and got["freeze_backbone"] is True
+
+
+def test_a_variant_without_recipe_gets_the_papers_alpha(monkeypatch):
+    monkeypatch.delitem(DEFAULT_RECIPES, "dual")
+    got = resolve_recipe(TrainConfig(variant="dual"))
+    assert got == {"alpha": PAPER_ALPHA, "init": "scratch", "freeze_backbone": False, "model_kwargs": {}}
+
+
+def test_old_models_import_path_resolves_with_a_deprecation_warning():
+    import dualattn.models as models
+
+    with pytest.warns(DeprecationWarning, match="dualattn.train.recipes"):
+        assert models.DEFAULT_RECIPES is DEFAULT_RECIPES
+    with pytest.warns(DeprecationWarning, match="dualattn.train.recipes"):
+        assert models.SHARP_GATE is SHARP_GATE
+    with pytest.raises(AttributeError):
+        models.NOT_A_NAME  # noqa: B018
