@@ -16,12 +16,12 @@ exception): the segmentation metrics (:func:`iou_at_quantile`, :func:`average_pr
 :func:`pointing_game`) are NaN for an empty mask; :func:`spearman_rank_correlation` is NaN when
 either map is constant. Aggregate with ``torch.nanmean``.
 
-Each metric's better direction is in :data:`METRIC_DIRECTIONS`.
+Each metric's label, description and better direction are in :data:`dualattn.evaluate.specs.METRICS`
+(:data:`METRIC_DIRECTIONS` is its direction column).
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import Sequence
 
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..grids import resize_mass
+from .specs import METRICS, Direction
 
 __all__ = [
     "Direction",
@@ -46,30 +47,9 @@ __all__ = [
 ]
 
 
-class Direction(str, enum.Enum):
-    """Which way a metric is better."""
-
-    HIGHER = "higher"
-    LOWER = "lower"
-    NONE = "none"  # descriptive only (e.g. sharpness)
-
-
-#: Better direction of every metric this package reports (key = results.json metric name).
-METRIC_DIRECTIONS: dict[str, Direction] = {
-    "iou@97.5": Direction.HIGHER,
-    "iou@95": Direction.HIGHER,
-    "iou@90": Direction.HIGHER,
-    "ap": Direction.HIGHER,
-    "pointing_game": Direction.HIGHER,
-    "auc_least_first": Direction.HIGHER,
-    "auc_most_first": Direction.LOWER,
-    "consistency_kl": Direction.LOWER,
-    "randomization_spearman": Direction.LOWER,
-    "sharpness": Direction.NONE,
-    "cost_ms": Direction.LOWER,
-    "balanced_accuracy": Direction.HIGHER,
-    "params": Direction.NONE,
-}
+#: Better direction of every metric this package reports (key = results.json metric name), read off the one
+#: metric table :data:`dualattn.evaluate.specs.METRICS`.
+METRIC_DIRECTIONS: dict[str, Direction] = {name: spec.direction for name, spec in METRICS.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..explain import eval_mode
-from .metrics import balanced_accuracy, curve_auc, resize_mass
+from ..grids import resize_mass
+from .metrics import balanced_accuracy, curve_auc
 
 __all__ = [
     "PerturbationCurve",

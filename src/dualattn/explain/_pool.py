@@ -38,7 +38,7 @@ def minmax_per_channel(attr: Tensor) -> Tensor:
 
 def normalize_and_pool(attr: Tensor, grid: Sequence[int]) -> Tensor:
     """DESIGN.md §2 for pixel-level explainers: per-channel min-max per sample, sum over
-    channels, sum-pool (mass-preserving, :func:`dualattn.evaluate.metrics.resize_mass`) to ``grid``.
+    channels, sum-pool (mass-preserving, :func:`dualattn.grids.resize_mass`) to ``grid``.
 
     Args:
         attr: ``(B, C, *S)`` pixel attributions.
