@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualattn.demo import PRESETS, DemoPreset, get_preset, load_examples, method_sources, run_demo
+from dualattn.pipelines.demo import PRESETS, DemoPreset, get_preset, load_examples, method_sources, run_demo
 
 STEPS = ["data", *[f"train-{v}-seed0" for v in ("baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact",
                                                 "multilevel")], "evaluate", "examples"]
@@ -99,7 +99,7 @@ def test_tiny_demo_runs_under_budget(tiny_demo):
 
 
 def test_tiny_demo_results_hold_every_table(tiny_demo):
-    from dualattn.demo import _available_methods
+    from dualattn.pipelines.demo import _available_methods
 
     outcome, _, _ = tiny_demo
     results = json.loads(outcome.results.read_text())

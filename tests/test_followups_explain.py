@@ -36,7 +36,7 @@ def test_default_method_is_the_runs_own_map(tmp_path, variant, expected):
     from typer.testing import CliRunner
 
     from dualattn.cli import app
-    from dualattn.scan import explain_scan
+    from dualattn.pipelines.scan import explain_scan
 
     run = make_run(tmp_path / "runs", variant=variant, size=16)
     scan = _png(tmp_path / "scan.png")
@@ -87,7 +87,7 @@ def test_dicom_series_folder_named_by_patient_id_gets_a_digest_name(tmp_path):
     from typer.testing import CliRunner
 
     from dualattn.cli import app
-    from dualattn.scan import scan_record
+    from dualattn.pipelines.scan import scan_record
 
     run = make_run(tmp_path / "runs", variant="exact", size=16)
     series = dicom_series(tmp_path / PATIENT["PatientID"], (np.arange(3 * 16 * 16).reshape(3, 16, 16) % 97 * 5)
@@ -102,7 +102,7 @@ def test_dicom_series_folder_named_by_patient_id_gets_a_digest_name(tmp_path):
 
 
 def test_scan_record_by_hand(tmp_path):
-    from dualattn.scan import scan_record
+    from dualattn.pipelines.scan import scan_record
 
     nii = tmp_path / "a.NII.GZ"
     nii.write_bytes(b"abc")

@@ -57,7 +57,7 @@ def test_load_run_and_scan_refuse_a_hostile_run(tmp_path, marker):
     import numpy as np
 
     from dualattn.cli import app
-    from dualattn.scan import explain_scan
+    from dualattn.pipelines.scan import explain_scan
     from dualattn.train import load_run
     from dualattn.weights import WeightsError
 
