@@ -334,3 +334,15 @@ def dicom_series(
         dicom_slice(folder / names[k], sl, position=(0.0, 0.0, 2.0 * k), instance=k + 1, tags=tags, pet=pet,
                     slope=slope)
     return folder
+
+
+def small_png(path: Path, seed: int = 0) -> Path:
+    """A 16x16 8-bit grey PNG with a bright rectangle (a scan for ``dualattn explain``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    px = (rng.random((16, 16)) * 255).astype(np.uint8)
+    px[4:9, 5:11] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(px).save(path)
+    return path

@@ -172,7 +172,7 @@ def test_parse_dicom_time_and_suv_factor_by_hand():
         parse_dicom_time("")
     ds = pydicom.Dataset()
     ds.PatientWeight = 70
-    ds.Units = "BQML"  # a missing Units tag is refused (tests/test_followups_data.py)
+    ds.Units = "BQML"  # a missing Units tag is refused (tests/test_data_pet.py)
     info = pydicom.Dataset()
     info.RadionuclideTotalDose, info.RadionuclideHalfLife, info.RadiopharmaceuticalStartTime = 370e6, 6586.2, "100000"
     ds.RadiopharmaceuticalInformationSequence = [info]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualattn.demo import PRESETS, DemoPreset, get_preset, load_examples, method_sources, run_demo
+from dualattn.pipelines.demo import PRESETS, DemoPreset, get_preset, load_examples, method_sources, run_demo
 
 STEPS = ["data", *[f"train-{v}-seed0" for v in ("baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact",
                                                 "multilevel")], "evaluate", "examples"]
@@ -99,7 +99,7 @@ def test_tiny_demo_runs_under_budget(tiny_demo):
 
 
 def test_tiny_demo_results_hold_every_table(tiny_demo):
-    from dualattn.demo import _available_methods
+    from dualattn.pipelines.demo import _available_methods
 
     outcome, _, _ = tiny_demo
     results = json.loads(outcome.results.read_text())
@@ -258,3 +258,46 @@ def test_evaluate_cli_accepts_a_demo_folder(tiny_demo, tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "ev" / "results.json"), "--out",
                                    str(tmp_path / "ev" / "report.html")])
     assert res.exit_code == 0, res.output
+
+
+# ----------------------------------------------------------------------------- golden results
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_demo_results.json"
+#: fields that legitimately differ between two runs of the same code: clocks, reuse counts, the machine
+_VOLATILE = {"created", "wall_time_s", "step_seconds", "reused_steps", "cost_ms", "reused_units", "machine", "versions"}
+
+
+def _normalized(obj, out: str):
+    """results.json without its volatile fields, the output folder replaced by ``<OUT>``."""
+    if isinstance(obj, dict):
+        return {k: _normalized(v, out) for k, v in obj.items() if k not in _VOLATILE}
+    if isinstance(obj, list):
+        return [_normalized(v, out) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(out, "<OUT>")
+    return obj
+
+
+def _assert_same(got, want, where="results"):
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (where, sorted(set(got) ^ set(want)))
+        for k in want:
+            _assert_same(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6, nan_ok=True), where
+    else:
+        assert got == want, where
+
+
+def test_tiny_demo_results_match_the_golden_file(tiny_demo):
+    """The tiny demo's results.json (clock, machine and path fields aside) is the one recorded in
+    tests/golden/: refactors must not change a number. Regenerate the file only for an intended change
+    (`python -m dualattn demo --preset tiny --out OUT` with OMP_NUM_THREADS=1, paths replaced by <OUT>)."""
+    outcome, _, _ = tiny_demo
+    got = _normalized(json.loads(outcome.results.read_text()), str(outcome.out))
+    want = _normalized(json.loads(GOLDEN.read_text()), "<OUT>")
+    _assert_same(got, want)

@@ -73,7 +73,9 @@ def test_randomized_copy_changes_every_weight_and_not_the_original():
 
 
 def test_discover_runs_errors(tmp_path):
-    from dualattn.evaluate.runner import discover_runs
+    from dualattn.runs import RunDir
+
+    discover_runs = RunDir.discover
 
     with pytest.raises(ValueError, match="does not exist"):
         discover_runs(tmp_path / "nope")

@@ -350,14 +350,14 @@ def test_evaluate_crash_keeps_the_previous_results(tmp_path, monkeypatch):
     previous complete results (never a truncated JSON) and no temporary file."""
     from _reliability_helpers import make_run
 
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
     import dualattn.evaluate.runner as runner
 
     run = make_run(tmp_path, size=16, variant="baseline")
     data = write_blobs(tmp_path / "data", n=12, size=16)
-    kw = dict(out=tmp_path / "eval", data=str(data), methods=["random"], blocks=["block3"], split="all",
-              sanity_images=0, perturbation_steps=2, progress=False)
-    path = evaluate_runs([run], **kw)
+    settings = EvalSettings(data=str(data), methods=["random"], blocks=["block3"], split="all", sanity_images=0,
+                            perturbation_steps=2)
+    path = evaluate_runs([run], out=tmp_path / "eval", settings=settings)
     before = path.read_bytes()
     json.loads(before)
     real = runner.time.perf_counter
@@ -371,7 +371,7 @@ def test_evaluate_crash_keeps_the_previous_results(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.time, "perf_counter", crash_later)
     with pytest.raises(SimulatedCrash):
-        evaluate_runs([run], resume=False, **kw)  # recompute (a resumed run would reuse every unit)
+        evaluate_runs([run], out=tmp_path / "eval", settings=settings.replace(resume=False))  # recompute (a resumed run would reuse every unit)
     monkeypatch.undo()
     assert path.read_bytes() == before
     # no temporary file anywhere: only the finished units' records (kept on purpose for resuming)

@@ -145,7 +145,7 @@ def test_patient_pseudonyms_cannot_be_reversed_from_the_output_alone(tmp_path, m
     """Pseudonyms in labels.csv must not be reversible by someone holding only the output folder:
     patient IDs have little entropy, so hashing them with a salt stored in that folder is not enough.
     (Fixed: the pseudonyms are HMACs keyed by a secret kept outside the output; see
-    tests/test_followups_data.py for the positive control with the real key.)"""
+    tests/test_data_pet.py for the positive control with the real key.)"""
     import csv
     import hashlib
     import hmac

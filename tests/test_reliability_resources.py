@@ -47,7 +47,7 @@ def test_large_png_is_resized_with_a_note_and_mapped_back(tmp_path):
 
 def test_run_without_recorded_size_is_bounded(tmp_path):
     """No training size in config.yaml: a 1024^2 image is not run at full size (512^2 at most)."""
-    from dualattn.scan import MAX_MODEL_VOXELS, explain_scan
+    from dualattn.pipelines.scan import MAX_MODEL_VOXELS, explain_scan
 
     run = make_run(tmp_path, size=32)
     (run / "config.yaml").write_text("model: unet_encoder\nvariant: exact\n")
@@ -63,7 +63,7 @@ def test_run_without_recorded_size_is_bounded(tmp_path):
 def test_explain_a_3d_volume_with_a_3d_model(tmp_path):
     import nibabel as nib
 
-    from dualattn.scan import explain_scan, write_scan_explanation
+    from dualattn.pipelines.scan import explain_scan, write_scan_explanation
 
     run = make_run(tmp_path, size=16, spatial_dims=3)
     vol = np.random.default_rng(0).random((40, 36, 30)).astype(np.float32)
@@ -89,7 +89,7 @@ _PEAK = textwrap.dedent(
     import numpy as np
     sys.path.insert(0, {tests!r})
     from _reliability_helpers import make_run
-    from dualattn.scan import explain_scan, write_scan_explanation
+    from dualattn.pipelines.scan import explain_scan, write_scan_explanation
     root = Path({root!r})
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     import torch, nibabel as nib

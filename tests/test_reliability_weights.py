@@ -57,7 +57,7 @@ def test_load_run_and_scan_refuse_a_hostile_run(tmp_path, marker):
     import numpy as np
 
     from dualattn.cli import app
-    from dualattn.scan import explain_scan
+    from dualattn.pipelines.scan import explain_scan
     from dualattn.train import load_run
     from dualattn.weights import WeightsError
 
@@ -83,13 +83,13 @@ def test_load_run_and_scan_refuse_a_hostile_run(tmp_path, marker):
 
 
 def test_evaluate_refuses_a_hostile_run(tmp_path, marker):
-    from dualattn.evaluate import evaluate_runs
+    from dualattn.evaluate import EvalSettings, evaluate_runs
 
     run = make_run(tmp_path, size=16, variant="baseline")
     (run / "best.safetensors").write_bytes(evil_pickle_bytes(marker))
     data = write_blobs(tmp_path / "data", n=8, size=16)
     with pytest.raises(ValueError, match="best.safetensors"):
-        evaluate_runs([run], out=tmp_path / "eval", data=str(data), methods=["random"], blocks=["block3"])
+        evaluate_runs([run], out=tmp_path / "eval", settings=EvalSettings(data=str(data), methods=["random"], blocks=["block3"]))
     assert not marker.exists()
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualattn.scan import explain_scan, map_to_scan_grid, run_input_size, scan_to_model_input, write_scan_explanation
+from dualattn.pipelines.scan import explain_scan, map_to_scan_grid, run_input_size, scan_to_model_input, write_scan_explanation
 
 
 def _make_run(root: Path, *, variant: str = "exact", size: int = 32, seed: int = 0) -> tuple[Path, torch.nn.Module]:
@@ -293,7 +293,7 @@ def test_explain_cli_keep_name_and_name(tmp_path):
 def test_class_names_from_the_training_dataset(tmp_path):
     import yaml
 
-    from dualattn.scan import run_class_names
+    from dualattn.pipelines.scan import run_class_names
 
     run, _ = _make_run(tmp_path, size=32)
     (run / "summary.json").write_text("{}", encoding="utf-8")

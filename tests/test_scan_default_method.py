@@ -13,18 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _reliability_helpers import make_run
-
-
-def _png(path: Path, seed: int = 0) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    px = (rng.random((16, 16)) * 255).astype(np.uint8)
-    px[4:9, 5:11] = 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(px).save(path)
-    return path
+from _reliability_helpers import make_run, small_png as _png
 
 
 @pytest.mark.parametrize("variant,expected", [("baseline", "gradcam"), ("unconstrained", "unconstrained"),
@@ -33,7 +22,7 @@ def test_default_method_is_the_runs_own_map(tmp_path, variant, expected):
     from typer.testing import CliRunner
 
     from dualattn.cli import app
-    from dualattn.scan import explain_scan
+    from dualattn.pipelines.scan import explain_scan
 
     run = make_run(tmp_path / "runs", variant=variant, size=16)
     scan = _png(tmp_path / "scan.png")

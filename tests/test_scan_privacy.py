@@ -13,18 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _reliability_helpers import PATIENT, dicom_series, make_run
-
-
-def _png(path: Path, seed: int = 0) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    px = (rng.random((16, 16)) * 255).astype(np.uint8)
-    px[4:9, 5:11] = 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(px).save(path)
-    return path
+from _reliability_helpers import PATIENT, dicom_series, make_run, small_png as _png
 
 
 def test_prediction_json_records_format_and_digest_not_the_path(tmp_path):
@@ -61,7 +50,7 @@ def test_dicom_series_folder_named_by_patient_id_gets_a_digest_name(tmp_path):
     from typer.testing import CliRunner
 
     from dualattn.cli import app
-    from dualattn.scan import scan_record
+    from dualattn.pipelines.scan import scan_record
 
     run = make_run(tmp_path / "runs", variant="exact", size=16)
     series = dicom_series(tmp_path / PATIENT["PatientID"], (np.arange(3 * 16 * 16).reshape(3, 16, 16) % 97 * 5)
@@ -76,7 +65,7 @@ def test_dicom_series_folder_named_by_patient_id_gets_a_digest_name(tmp_path):
 
 
 def test_scan_record_by_hand(tmp_path):
-    from dualattn.scan import scan_record
+    from dualattn.pipelines.scan import scan_record
 
     nii = tmp_path / "a.NII.GZ"
     nii.write_bytes(b"abc")

@@ -46,12 +46,8 @@ def test_a_variant_without_recipe_gets_the_papers_alpha(monkeypatch):
     assert got == {"alpha": PAPER_ALPHA, "init": "scratch", "freeze_backbone": False, "model_kwargs": {}}
 
 
-def test_old_models_import_path_resolves_with_a_deprecation_warning():
+def test_models_hold_architecture_only():
     import dualattn.models as models
 
-    with pytest.warns(DeprecationWarning, match="dualattn.train.recipes"):
-        assert models.DEFAULT_RECIPES is DEFAULT_RECIPES
-    with pytest.warns(DeprecationWarning, match="dualattn.train.recipes"):
-        assert models.SHARP_GATE is SHARP_GATE
-    with pytest.raises(AttributeError):
-        models.NOT_A_NAME  # noqa: B018
+    assert not hasattr(models, "DEFAULT_RECIPES") and not hasattr(models, "SHARP_GATE")
+    assert models.PAPER_ALPHA == 10.0  # the one default of alpha: the paper's, used by create_model

@@ -12,7 +12,7 @@ import torch
 
 from dualattn.train.callbacks import METRIC_COLUMNS, _metrics_text, read_metrics, state_digest
 from dualattn.train.datamodule import EpochSampler, _set_dataset_epoch, epoch_seed
-from dualattn.train.module import balanced_accuracy
+from dualattn.evaluate.metrics import balanced_accuracy  # the one implementation training uses too
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ from dualattn.train.module import balanced_accuracy
     ],
 )
 def test_balanced_accuracy_hand_cases(preds, labels, expected):
-    assert balanced_accuracy(torch.tensor(preds), torch.tensor(labels)) == pytest.approx(expected, abs=1e-15)
+    assert balanced_accuracy(torch.tensor(labels), torch.tensor(preds)) == pytest.approx(expected, abs=1e-15)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -40,7 +40,7 @@ def test_balanced_accuracy_matches_sklearn(seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns about classes only predicted
         ref = balanced_accuracy_score(y, p)
-    assert balanced_accuracy(torch.from_numpy(p), torch.from_numpy(y)) == pytest.approx(ref, abs=1e-12)
+    assert balanced_accuracy(torch.from_numpy(y), torch.from_numpy(p)) == pytest.approx(ref, abs=1e-12)
 
 
 def test_balanced_accuracy_errors_and_empty():
@@ -161,13 +161,13 @@ def test_augmentation_stream_depends_on_training_seed_and_epoch():
 
 def test_recipe_gate_options_reach_the_model_and_the_config_overrides_them(monkeypatch):
     """build_model: the variant's recipe fills gate options the config leaves unset, key by key."""
-    from dualattn import models
+    from dualattn.train import recipes
     from dualattn.train import TrainConfig
     from dualattn.train.run import build_model, resolve_recipe
 
     recipe = {"init": "scratch", "freeze_backbone": False, "alpha": 1.0,
               "model_kwargs": {"gate_scale": 8.0, "gate_zero_init": True, "entropy_weight": 0.5}}  # fmt: skip
-    monkeypatch.setitem(models.DEFAULT_RECIPES, "exact", recipe)
+    monkeypatch.setitem(recipes.DEFAULT_RECIPES, "exact", recipe)
     cfg = TrainConfig(variant="exact", model_kwargs={"features": 2, "entropy_weight": 0.25})
     assert resolve_recipe(cfg)["model_kwargs"] == recipe["model_kwargs"]
     model = build_model(cfg, in_channels=1, num_classes=2, spatial_dims=2, img_size=(32, 32))

@@ -9,8 +9,7 @@ Importing the package has no side effects and imports nothing heavy: submodules
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,18 +23,11 @@ _SUBMODULES = (
     "train",
     "report",
     "weights",
+    "runs",
+    "pipelines",
 )
 
 __all__ = ["__version__", *_SUBMODULES]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"{__name__}.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'dualattn' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, submodules=_SUBMODULES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_number", "check_positive_int", "check_spatial_dims"]
+__all__ = ["check_feature_map", "check_number", "check_positive_int", "check_spatial_dims"]
 
 
 def check_spatial_dims(spatial_dims: int) -> int:
@@ -41,3 +41,13 @@ def check_number(name: str, value: object, *, low: float, high: float = math.inf
         lo = "[" if low_inclusive else "("
         raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}], got {value!r}")
     return float(value)
+
+
+def check_feature_map(name: str, value: object, *, spatial_dims: int, channels: int) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a ``(B, channels, *grid)`` tensor with
+    ``spatial_dims`` spatial axes."""
+    shape = tuple(getattr(value, "shape", ()))
+    if getattr(value, "ndim", None) != spatial_dims + 2 or not hasattr(value, "dtype"):
+        raise ValueError(f"{name} must be (B, C, *grid) with {spatial_dims} spatial dims, got shape {shape}")
+    if shape[1] != channels:
+        raise ValueError(f"{name} has {shape[1]} channels (shape {shape}), expected {channels}")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dualattn._checks import check_positive_int, check_spatial_dims
+from dualattn._checks import check_feature_map, check_positive_int, check_spatial_dims
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +125,7 @@ class AttentionGate(nn.Module):
         )
 
     def _check(self, v: Tensor) -> None:
-        if not isinstance(v, Tensor) or v.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"v must be (B, C, *grid) with {self.spatial_dims} spatial dims, "
-                f"got shape {tuple(getattr(v, 'shape', ()))}"
-            )
-        if v.shape[1] != self.in_channels:
-            raise ValueError(f"v has {v.shape[1]} channels (shape {tuple(v.shape)}), expected {self.in_channels}")
+        check_feature_map("v", v, spatial_dims=self.spatial_dims, channels=self.in_channels)
 
     def potentials(self, v: Tensor) -> Tensor:
         """Unnormalized log-attention ``phi``: ``(B, C, *grid) -> (B, *grid)`` (float32 for half inputs)."""

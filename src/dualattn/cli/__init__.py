@@ -2,14 +2,16 @@
 
 ``dualattn prepare | data | models | train | explain | evaluate | report | demo | bench``
 
-Each command group lives in its own module (``_data.py``, ``_train.py`` ...) exposing
-``register(app)``; heavy libraries (torch, MONAI, Captum) are imported inside the commands so
-``dualattn --help`` stays fast.
+Each command group lives in its own module (``_data.py``, ``_train.py`` ...) as a Typer sub-app
+``app``, added to the root app here; every command reports user errors through the one handler in
+``_errors.py`` (``error: <message>``, exit code 2). Heavy libraries (torch, MONAI, Captum) are
+imported inside the commands so ``dualattn --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -34,8 +36,6 @@ class _CurrentStderrHandler(logging.StreamHandler):
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
-        import sys
-
         return sys.stderr
 
     @stream.setter
@@ -63,8 +63,9 @@ def _root(
     _configure_logging(verbose=verbose)
 
 
-for _module in (_data, _models, _train, _explain, _evaluate, _demo):
-    _module.register(app)
+# the order of the help's command list: single commands first, then the command groups
+for _module in (_models, _train, _explain, _evaluate, _demo, _data):
+    app.add_typer(_module.app)
 
 
 def main() -> None:

@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
+from ._errors import user_errors
+
 data_app = typer.Typer(help="Embedded datasets: list them, write one in the folder format.", no_args_is_help=True)
 prepare_app = typer.Typer(help="The paper's preprocessing: BraTS halves, PET coronal MIPs.", no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=2)
+#: The ``data`` and ``prepare`` command groups, added to the root app.
+app = typer.Typer()
+app.add_typer(data_app, name="data")
+app.add_typer(prepare_app, name="prepare")
 
 
 @data_app.command("list")
@@ -22,7 +23,7 @@ def data_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..data._registry import dataset_info, list_datasets
+    from ..data import dataset_info, list_datasets
 
     table = Table("name", "default n", "default size", "masks", "description")
     for name in list_datasets():
@@ -32,6 +33,7 @@ def data_list() -> None:
 
 
 @data_app.command("make")
+@user_errors()
 def data_make(
     name: str = typer.Argument(..., help="Embedded dataset name (see `dualattn data list`)."),
     out: Path = typer.Argument(..., help="Destination folder (folder format: labels.csv + files)."),
@@ -40,17 +42,14 @@ def data_make(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed -> identical files)."),
 ) -> None:
     """Write an embedded dataset (synthetic-brain, synthetic-pet, br35h) to OUT."""
-    from ..data import DataError
-    from ..data._registry import make_dataset
+    from ..data import make_dataset
 
-    try:
-        path = make_dataset(name, out, n=n, size=size, seed=seed)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    path = make_dataset(name, out, n=n, size=size, seed=seed)
     typer.echo(f"wrote {path}")
 
 
 @prepare_app.command("brats")
+@user_errors()
 def prepare_brats_cmd(
     raw: Path = typer.Argument(..., help="Folder of BraTS cases (*_t1, *_t1ce, *_t2, *_flair, *_seg NIfTI)."),
     out: Path = typer.Argument(..., help="Destination folder (folder format)."),
@@ -59,13 +58,9 @@ def prepare_brats_cmd(
     workers: int = typer.Option(1, "--workers", help="Parallel processes."),
 ) -> None:
     """BraTS volumes -> tumor / no-tumor hemisphere halves (4 channels + masks). Resumable."""
-    from ..data import DataError
     from ..data.brats import prepare_brats
 
-    try:
-        report = prepare_brats(raw, out, min_area=min_area, size=size, workers=workers)
-    except (DataError, ValueError) as exc:
-        _fail(exc)
+    report = prepare_brats(raw, out, min_area=min_area, size=size, workers=workers)
     typer.echo(
         f"{report['cases_done']} cases done ({report['cases_skipped_resume']} already done), "
         f"{len(report['bad_cases'])} bad, {report['items']} items -> {out} (report: {out / 'prepare_report.json'})"
@@ -73,6 +68,7 @@ def prepare_brats_cmd(
 
 
 @prepare_app.command("pet")
+@user_errors()
 def prepare_pet_cmd(
     raw: Path = typer.Argument(..., help="Folder with one sub-folder (or more) per PET DICOM series."),
     labels: Path = typer.Argument(..., help="CSV with columns series,label (label: normal/mild/severe)."),
@@ -90,17 +86,7 @@ def prepare_pet_cmd(
     Re-run with the same key to resume. The output holds no patient identifier and nothing that lets
     one test a candidate patient ID without the key.
     """
-    from ..data import DataError
     from ..data.pet import prepare_pet
 
-    try:
-        report = prepare_pet(raw, labels, out, size=size, salt=salt, key_file=key_file)
-    except (DataError, ValueError) as exc:
-        _fail(exc)
+    report = prepare_pet(raw, labels, out, size=size, salt=salt, key_file=key_file)
     typer.echo(f"{report['items']} series written, {len(report['bad_series'])} bad -> {out}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``data`` and ``prepare`` command groups to app."""
-    app.add_typer(data_app, name="data")
-    app.add_typer(prepare_app, name="prepare")

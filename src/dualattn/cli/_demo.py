@@ -6,86 +6,78 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import typer
 
+from ._errors import fail, user_errors
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+app = typer.Typer()
 
-    @app.command("demo")
-    def demo_cmd(
-        preset: str = typer.Option("default", "--preset", "-p", help="tiny (< 1 min), default (~10 min on 2 CPU "
-                                   "cores) or full (the paper's protocol, for a GPU)."),
-        dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic-brain (default), synthetic-pet, "
-                                    "br35h, or a folder in the dataset folder format."),
-        out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder; re-running with the same "
-                                 "folder reuses finished steps."),
-        training_progress: bool = typer.Option(False, "--training-progress", help="Show Lightning's progress bars."),
-        threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice). Use 1 "
-                                    "when other jobs share the cores: oversubscribed threads slow training many-fold."),
-    ) -> None:
-        """Train the baseline and every attention variant, explain with every method, evaluate, write the report."""
-        import logging
 
-        from rich.console import Console
+@app.command("demo")
+@user_errors()
+def demo_cmd(
+    preset: str = typer.Option("default", "--preset", "-p", help="tiny (< 1 min), default (~10 min on 2 CPU "
+                               "cores) or full (the paper's protocol, for a GPU)."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic-brain (default), synthetic-pet, "
+                                "br35h, or a folder in the dataset folder format."),
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder; re-running with the same "
+                             "folder reuses finished steps."),
+    training_progress: bool = typer.Option(False, "--training-progress", help="Show Lightning's progress bars."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice). Use 1 "
+                                "when other jobs share the cores: oversubscribed threads slow training many-fold."),
+) -> None:
+    """Train the baseline and every attention variant, explain with every method, evaluate, write the report."""
+    from rich.console import Console
 
-        from ..demo import run_demo
+    from ..pipelines.demo import run_demo
 
-        console = Console(stderr=True)
-        if threads is not None:
-            if threads < 1:
-                console.print(f"error: --threads must be >= 1, got {threads}", style="red", markup=False)
-                raise typer.Exit(code=2)
-            import torch
+    console = Console(stderr=True)
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads must be >= 1, got {threads}")
+        import torch
 
-            torch.set_num_threads(threads)
-        if not training_progress:  # Lightning's per-run banners drown the demo's own progress lines
-            for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
-                         "lightning.fabric.utilities.rank_zero"):
-                logging.getLogger(name).setLevel(logging.WARNING)
+        torch.set_num_threads(threads)
+    if not training_progress:  # Lightning's per-run banners drown the demo's own progress lines
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                     "lightning.fabric.utilities.rank_zero"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
-        def show(message: str) -> None:
-            style = "green" if message.startswith("[done]") else "cyan" if message.startswith("[reuse]") else "bold"
-            console.print(message, style=style, markup=False, highlight=False)
+    def show(message: str) -> None:
+        style = "green" if message.startswith("[done]") else "cyan" if message.startswith("[reuse]") else "bold"
+        console.print(message, style=style, markup=False, highlight=False)
 
-        try:
-            outcome = run_demo(preset=preset, dataset=dataset, out=out, progress=show,
-                               show_training_progress=training_progress,
-                               show_evaluation_progress=console.is_terminal)
-        except ValueError as exc:
-            console.print(f"error: {exc}", style="red", markup=False)
-            raise typer.Exit(code=2) from exc
-        console.print(f"results: {outcome.results}\nreport:  {outcome.report}\nwall time: "
-                      f"{outcome.wall_time_s:.0f} s", markup=False, highlight=False)
+    outcome = run_demo(preset=preset, dataset=dataset, out=out, progress=show,
+                       show_training_progress=training_progress,
+                       show_evaluation_progress=console.is_terminal)
+    console.print(f"results: {outcome.results}\nreport:  {outcome.report}\nwall time: "
+                  f"{outcome.wall_time_s:.0f} s", markup=False, highlight=False)
 
-    @app.command("report")
-    def report_cmd(
-        results: Path = typer.Argument(..., help="results.json written by `dualattn evaluate` or `dualattn demo`."),
-        out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
-        examples: Path = typer.Option(None, "--examples", help="examples.npz from a demo folder (default: the "
-                                      "one beside RESULTS.json, if any)."),
-    ) -> None:
-        """Render a results file as one self-contained HTML report."""
-        import json
 
-        from rich.console import Console
+@app.command("report")
+@user_errors()
+def report_cmd(
+    results: Path = typer.Argument(..., help="results.json written by `dualattn evaluate` or `dualattn demo`."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    examples: Path = typer.Option(None, "--examples", help="examples.npz from a demo folder (default: the "
+                                  "one beside RESULTS.json, if any)."),
+) -> None:
+    """Render a results file as one self-contained HTML report."""
+    from rich.console import Console
 
-        from ..demo import load_examples
-        from ..report import write_report
+    from ..pipelines.demo import load_examples
+    from ..report import write_report
 
-        console = Console(stderr=True)
-        try:
-            data = json.loads(results.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            console.print(f"error: cannot read {results}: {exc}", style="red", markup=False)
-            raise typer.Exit(code=2) from exc
-        if examples is None and (results.parent / "examples.npz").is_file():
-            examples = results.parent / "examples.npz"
-        try:
-            path = write_report(data, out, examples=load_examples(examples) if examples else None)
-        except ValueError as exc:
-            console.print(f"error: {exc}", style="red", markup=False)
-            raise typer.Exit(code=2) from exc
-        console.print(f"report: {path}", markup=False, highlight=False)
+    console = Console(stderr=True)
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {results}: {exc}")
+    if examples is None and (results.parent / "examples.npz").is_file():
+        examples = results.parent / "examples.npz"
+    path = write_report(data, out, examples=load_examples(examples) if examples else None)
+    console.print(f"report: {path}", markup=False, highlight=False)

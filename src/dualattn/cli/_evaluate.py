@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from ._errors import fail, user_errors
+
+app = typer.Typer()
 
 
 def parse_blocks(text: str) -> list[str]:
@@ -37,91 +42,77 @@ def parse_methods(text: str) -> str | list[str]:
     return "all" if parts == ["all"] else parts
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+@app.command(
+    "evaluate",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+)
+@user_errors(typer.BadParameter)
+def evaluate(
+    ctx: typer.Context,
+    runs: List[Path] = typer.Option(
+        ..., "--runs", "-r",
+        help="Run folders, or folders holding runs (searched recursively). Several may follow one --runs.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: results.json, table*.md/.csv, tables.md."),
+    baseline: Optional[List[Path]] = typer.Option(
+        None, "--baseline", "-b",
+        help="Baseline run(s): post-hoc explainers and the perturbation classifier. "
+        "Default: the runs of variant 'baseline'.",
+    ),
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d", help="Dataset folder or embedded name. Default: the runs' training dataset."
+    ),
+    methods: str = typer.Option("all", "--methods", "-m", help="'all' or a comma list, e.g. exact,gradcam,random."),
+    blocks: str = typer.Option("3,4", "--blocks", help="Blocks to explain: 3,4 or block3,block4."),
+    split: str = typer.Option("test", "--split", help="Data split: test, val, train or all."),
+    size: Optional[int] = typer.Option(None, "--size", help="Evaluation image size. Default: the runs' training size."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate at most this many images."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per explain call."),
+    perturbation: str = typer.Option("zero", "--perturbation", help="Value of removed pixels: zero, mean or blur."),
+    steps: int = typer.Option(10, "--steps", help="Perturbation fractions 0, 1/steps, ..., 1."),
+    sanity_images: int = typer.Option(8, "--sanity-images", help="Images for the weight-randomization check (0: off)."),
+    ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume",
+        help="Reuse the (method, run) units a previous, possibly interrupted, call finished: each is "
+        "recorded in OUT/.partial/ with a fingerprint of the runs' weights, data and settings, and is "
+        "recomputed when that fingerprint differs or the record is unreadable. --no-resume recomputes "
+        "every unit and overwrites the records.",
+    ),
+) -> None:
+    """Explain trained runs with every method; score implicit segmentation and input perturbation.
 
-    @app.command(
-        "evaluate",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": False},
+    Writes OUT/results.json (every metric per method and block, mean ± std over runs; schema in
+    docs/evaluation.md) and the paper's Tables 1-3 (+ diagnostics) as Markdown and CSV.
+    An interrupted call resumes: finished (method, run) units are kept in OUT/.partial/.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    extra = [a for a in ctx.args]
+    bad = [a for a in extra if a.startswith("-")]
+    if bad:
+        fail(f"unknown option(s) {bad}")
+    all_runs = [*runs, *(Path(a) for a in extra)]
+    block_list = parse_blocks(blocks)
+    method_arg = parse_methods(methods)
+    if perturbation not in ("zero", "mean", "blur"):
+        fail(f"--perturbation must be zero, mean or blur, got {perturbation!r}")
+    from dualattn.evaluate import EvalSettings, evaluate_runs
+
+    settings = EvalSettings(
+        data=data, methods=method_arg, blocks=tuple(block_list), split=split, size=size, max_images=max_images,
+        batch_size=batch_size, perturbation=perturbation, perturbation_steps=steps, sanity_images=sanity_images,
+        ig_steps=ig_steps, seed=seed, device=device, resume=resume,
     )
-    def evaluate(
-        ctx: typer.Context,
-        runs: List[Path] = typer.Option(
-            ..., "--runs", "-r",
-            help="Run folders, or folders holding runs (searched recursively). Several may follow one --runs.",
-        ),
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder: results.json, table*.md/.csv, tables.md."),
-        baseline: Optional[List[Path]] = typer.Option(
-            None, "--baseline", "-b",
-            help="Baseline run(s): post-hoc explainers and the perturbation classifier. "
-            "Default: the runs of variant 'baseline'.",
-        ),
-        data: Optional[str] = typer.Option(
-            None, "--data", "-d", help="Dataset folder or embedded name. Default: the runs' training dataset."
-        ),
-        methods: str = typer.Option("all", "--methods", "-m", help="'all' or a comma list, e.g. exact,gradcam,random."),
-        blocks: str = typer.Option("3,4", "--blocks", help="Blocks to explain: 3,4 or block3,block4."),
-        split: str = typer.Option("test", "--split", help="Data split: test, val, train or all."),
-        size: Optional[int] = typer.Option(None, "--size", help="Evaluation image size. Default: the runs' training size."),
-        max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate at most this many images."),
-        batch_size: int = typer.Option(16, "--batch-size", help="Images per explain call."),
-        perturbation: str = typer.Option("zero", "--perturbation", help="Value of removed pixels: zero, mean or blur."),
-        steps: int = typer.Option(10, "--steps", help="Perturbation fractions 0, 1/steps, ..., 1."),
-        sanity_images: int = typer.Option(8, "--sanity-images", help="Images for the weight-randomization check (0: off)."),
-        ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
-        device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-        resume: bool = typer.Option(
-            True, "--resume/--no-resume",
-            help="Reuse the (method, run) units a previous, possibly interrupted, call finished: each is "
-            "recorded in OUT/.partial/ with a fingerprint of the runs' weights, data and settings, and is "
-            "recomputed when that fingerprint differs or the record is unreadable. --no-resume recomputes "
-            "every unit and overwrites the records.",
-        ),
-    ) -> None:
-        """Explain trained runs with every method; score implicit segmentation and input perturbation.
-
-        Writes OUT/results.json (every metric per method and block, mean ± std over runs; schema in
-        docs/evaluation.md) and the paper's Tables 1-3 (+ diagnostics) as Markdown and CSV.
-        An interrupted call resumes: finished (method, run) units are kept in OUT/.partial/.
-        """
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        extra = [a for a in ctx.args]
-        bad = [a for a in extra if a.startswith("-")]
-        if bad:
-            console.print(f"[red]error:[/red] unknown option(s) {bad}")
-            raise typer.Exit(2)
-        all_runs = [*runs, *(Path(a) for a in extra)]
-        try:
-            block_list = parse_blocks(blocks)
-            method_arg = parse_methods(methods)
-        except typer.BadParameter as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
-        if perturbation not in ("zero", "mean", "blur"):
-            console.print(f"[red]error:[/red] --perturbation must be zero, mean or blur, got {perturbation!r}")
-            raise typer.Exit(2)
-        from dualattn.evaluate import evaluate_runs
-
-        try:
-            path = evaluate_runs(
-                all_runs, out=out, data=data, baseline=baseline or None, methods=method_arg, blocks=block_list,
-                split=split, size=size, max_images=max_images, batch_size=batch_size, perturbation=perturbation,
-                perturbation_steps=steps, sanity_images=sanity_images, ig_steps=ig_steps, seed=seed,
-                device=device, progress=progress, resume=resume,
-            )
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        import json
-
-        results = json.loads(path.read_text(encoding="utf-8"))
-        for note in results.get("notes") or []:
-            console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
-        tables = out / "tables.md"
-        if tables.is_file():
-            typer.echo(tables.read_text(encoding="utf-8"))
-        console.print(f"wrote {path}")
+    path = evaluate_runs(all_runs, out=out, settings=settings, baseline=baseline or None, progress=progress)
+    results = json.loads(path.read_text(encoding="utf-8"))
+    for note in results.get("notes") or []:
+        console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    tables = out / "tables.md"
+    if tables.is_file():
+        typer.echo(tables.read_text(encoding="utf-8"))
+    console.print(f"wrote {path}")

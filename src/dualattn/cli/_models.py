@@ -12,7 +12,7 @@ def _table_rows(*, in_channels: int, spatial_dims: int, img_size: int, num_class
     import torch
 
     from ..models import CNN_VARIANTS, count_parameters, create_model, list_models
-    from ..models._registry import get_entry
+    from ..models import get_entry
 
     rows = []
     for name in list_models():
@@ -35,44 +35,44 @@ def _table_rows(*, in_channels: int, spatial_dims: int, img_size: int, num_class
     return rows
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+app = typer.Typer()
 
-    @app.command("models")
-    def models_cmd(
-        in_channels: int = typer.Option(1, "--in-channels", help="Input channels (4 for BraTS)."),
-        spatial_dims: int = typer.Option(2, "--spatial-dims", help="2 or 3."),
-        img_size: int = typer.Option(224, "--img-size", help="Input size (ViTs and the dual global witness)."),
-        num_classes: int = typer.Option(2, "--num-classes"),
-        features: Optional[int] = typer.Option(None, "--features", help="Base width of the CNNs (default: each one's)."),
-        json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    ) -> None:
-        """List the backbones x variants with parameter counts (the paper's Table 3 "# Param.")."""
-        import json
 
-        from rich.console import Console
-        from rich.table import Table
+@app.command("models")
+def models_cmd(
+    in_channels: int = typer.Option(1, "--in-channels", help="Input channels (4 for BraTS)."),
+    spatial_dims: int = typer.Option(2, "--spatial-dims", help="2 or 3."),
+    img_size: int = typer.Option(224, "--img-size", help="Input size (ViTs and the dual global witness)."),
+    num_classes: int = typer.Option(2, "--num-classes"),
+    features: Optional[int] = typer.Option(None, "--features", help="Base width of the CNNs (default: each one's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the backbones x variants with parameter counts (the paper's Table 3 "# Param.")."""
+    import json
 
-        from ..models import CNN_VARIANTS
+    from rich.console import Console
+    from rich.table import Table
 
-        try:
-            rows = _table_rows(
-                in_channels=in_channels, spatial_dims=spatial_dims, img_size=img_size,
-                num_classes=num_classes, features=features,
-            )
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-        if json_out:
-            typer.echo(json.dumps(rows, indent=2))
-            return
-        table = Table(title=f"parameters per backbone x variant ({spatial_dims}D, {in_channels} input channel(s))")
-        table.add_column("variant", style="bold", no_wrap=True)
+    from ..models import CNN_VARIANTS
+
+    try:
+        rows = _table_rows(
+            in_channels=in_channels, spatial_dims=spatial_dims, img_size=img_size,
+            num_classes=num_classes, features=features,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"parameters per backbone x variant ({spatial_dims}D, {in_channels} input channel(s))")
+    table.add_column("variant", style="bold", no_wrap=True)
+    for row in rows:
+        table.add_column(row["name"], justify="right", no_wrap=True)
+    for v in CNN_VARIANTS:
+        cells = [v]
         for row in rows:
-            table.add_column(row["name"], justify="right", no_wrap=True)
-        for v in CNN_VARIANTS:
-            cells = [v]
-            for row in rows:
-                n = row["params"][v]
-                cells.append("-" if n is None else (f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n:,}"))
-            table.add_row(*cells)
-        Console(width=max(100, Console().width)).print(table)
+            n = row["params"][v]
+            cells.append("-" if n is None else (f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n:,}"))
+        table.add_row(*cells)
+    Console(width=max(100, Console().width)).print(table)

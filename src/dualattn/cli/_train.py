@@ -7,6 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from ._errors import user_errors
+
+app = typer.Typer()
+
 
 def _parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` or ``"0-4"`` (inclusive range) -> list of ints."""
@@ -28,60 +32,50 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+@app.command("train")
+@user_errors()
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (with --seeds: parent of seed0, seed1, ...)."),
+    config: Optional[str] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML config file, or the name of a shipped one (e.g. paper-dual.yaml). "
+        "Default: the built-in defaults, or OUT/config.yaml with --resume.",
+    ),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set lr=5e-4 (repeatable)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="One run per seed, e.g. 0,1,2,3,4 or 0-4."),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="A trained (baseline) run folder whose backbone initialises this model."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in OUT."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+) -> None:
+    """Train a classifier from a config: metrics.csv, best/last weights, summary.json in OUT."""
+    from rich.console import Console
 
-    @app.command("train")
-    def train(
-        out: Path = typer.Option(..., "--out", "-o", help="Run folder (with --seeds: parent of seed0, seed1, ...)."),
-        config: Optional[str] = typer.Option(
-            None,
-            "--config",
-            "-c",
-            help="YAML config file, or the name of a shipped one (e.g. paper-dual.yaml). "
-            "Default: the built-in defaults, or OUT/config.yaml with --resume.",
-        ),
-        set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key: --set lr=5e-4 (repeatable)."),
-        seeds: Optional[str] = typer.Option(None, "--seeds", help="One run per seed, e.g. 0,1,2,3,4 or 0-4."),
-        init_from: Optional[Path] = typer.Option(
-            None, "--init-from", help="A trained (baseline) run folder whose backbone initialises this model."
-        ),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in OUT."),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
-    ) -> None:
-        """Train a classifier from a config: metrics.csv, best/last weights, summary.json in OUT."""
-        from rich.console import Console
+    from dualattn.train import load_config
 
-        from dualattn.train import load_config
+    console = Console(stderr=True)
+    source = config
+    if source is None and resume:
+        saved = out / "config.yaml"
+        if saved.is_file():
+            source = str(saved)
+    cfg = load_config(source, set_)
+    if print_config:
+        typer.echo(cfg.to_yaml(), nl=False)
+        return
+    from dualattn.train import fit, fit_seeds
 
-        console = Console(stderr=True)
-        source = config
-        if source is None and resume:
-            saved = out / "config.yaml"
-            if saved.is_file():
-                source = str(saved)
-        try:
-            cfg = load_config(source, set_)
-        except (ValueError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        if print_config:
-            typer.echo(cfg.to_yaml(), nl=False)
-            return
-        from dualattn.train import fit, fit_seeds
-
-        kwargs = dict(resume=resume, init_from=init_from, progress=progress, overwrite=overwrite)
-        try:
-            if seeds is not None:
-                run = fit_seeds(cfg, _parse_seeds(seeds), out, **kwargs)
-            else:
-                run = fit(cfg, out=out, **kwargs)
-        except (ValueError, FileExistsError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        _print_summary(console, Path(run), multi=seeds is not None)
+    kwargs = dict(resume=resume, init_from=init_from, progress=progress, overwrite=overwrite)
+    if seeds is not None:
+        run = fit_seeds(cfg, _parse_seeds(seeds), out, **kwargs)
+    else:
+        run = fit(cfg, out=out, **kwargs)
+    _print_summary(console, Path(run), multi=seeds is not None)
 
 
 def _print_summary(console: object, run: Path, *, multi: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from dualattn._checks import check_positive_int, check_spatial_dims
+from dualattn._checks import check_feature_map, check_positive_int, check_spatial_dims
 
 __all__ = ["AmortizedWitness", "GlobalWitness"]
 
@@ -88,11 +88,5 @@ class AmortizedWitness(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """``(B, C, *coarse) -> lam (B, *coarse)``."""
-        if not isinstance(features, Tensor) or features.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"features must be (B, C, *grid) with {self.spatial_dims} spatial dims, "
-                f"got shape {tuple(getattr(features, 'shape', ()))}"
-            )
-        if features.shape[1] != self.in_channels:
-            raise ValueError(f"features have {features.shape[1]} channels, expected in_channels={self.in_channels}")
+        check_feature_map("features", features, spatial_dims=self.spatial_dims, channels=self.in_channels)
         return self.conv2(self.act(self.conv1(features))).squeeze(1)

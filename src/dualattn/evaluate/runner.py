@@ -144,7 +144,7 @@ def _load_data(settings: EvalSettings, run_dirs: Sequence[RunDir], progress: boo
     """The test set at the runs' common input size (unless ``settings.size``), split as they were trained."""
     first = run_dirs[0].config
     size = settings.size
-    sizes = {tuple(r.input_spec()[1] or ()) for r in run_dirs if not r.is_vit}
+    sizes = {tuple(r.model_input()[1] or ()) for r in run_dirs if not r.is_vit}
     if size is None and len(sizes) == 1 and () not in sizes:
         size = next(iter(sizes))
         size = size[0] if len(set(size)) == 1 else size

@@ -56,7 +56,7 @@ class EvalContext:
         """The test images fitted to ``run``'s model (computed once per run; each change noted once)."""
         key = id(run)
         if key not in self._inputs:
-            in_ch, size = run.input_spec()
+            in_ch, size = run.model_input()
             x, fit_notes = fit_to_model(self.test.images, in_channels=in_ch, size=size)
             for note in fit_notes:
                 text = f"{run.path.name} ({run.variant}): {note}"

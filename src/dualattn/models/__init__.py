@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from typing import Any
 
 from torch import nn
@@ -51,6 +50,7 @@ __all__ = [
     "GatedClassifier",
     "count_parameters",
     "create_model",
+    "get_entry",
     "list_models",
     "list_variants",
     "register_model",
@@ -134,19 +134,3 @@ def create_model(
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (the paper's Table 3 "# Param."); ``trainable_only`` counts requires_grad ones."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-#: Names that moved to :mod:`dualattn.train.recipes` (models hold architecture only).
-_MOVED_TO_RECIPES = ("DEFAULT_RECIPES", "SHARP_GATE")
-
-
-def __getattr__(name: str) -> Any:
-    # Transitional: remove once every caller imports these from dualattn.train.recipes.
-    if name in _MOVED_TO_RECIPES:
-        warnings.warn(
-            f"dualattn.models.{name} moved to dualattn.train.recipes.{name}", DeprecationWarning, stacklevel=2
-        )
-        from dualattn.train import recipes  # the training layer sits above models: imported on demand only
-
-        return getattr(recipes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

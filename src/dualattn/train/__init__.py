@@ -16,24 +16,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_exports
 
 from .config import TrainConfig, config_keys, load_config, save_config
 
 __all__ = ["TrainConfig", "config_keys", "fit", "fit_seeds", "load_config", "load_run", "save_config"]
 
-_LAZY = {"fit": "run", "fit_seeds": "run", "load_run": "run"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, {"fit": "run", "fit_seeds": "run", "load_run": "run"})

@@ -4,7 +4,7 @@ At the end of every epoch (after validation) the :class:`RunRecorder`
   1. reduces the epoch's training sums over ranks and reads the validation balanced accuracy,
   2. appends a row to ``metrics.csv`` (rewritten atomically: a reader never sees half a file),
   3. writes ``last.safetensors`` and, when the validation balanced accuracy strictly improves,
-     ``best.safetensors`` (through ``dualattn.weights.save_model``),
+     ``best.safetensors`` (through :meth:`dualattn.runs.RunDir.save_weights`),
   4. writes the resume state ``checkpoints/last.ckpt``.
 
 Resume state: Lightning's own checkpoint (model, optimizer, loop progress, callback state, our
@@ -23,12 +23,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from dualattn._io import atomic_write_json, atomic_write_text
+from dualattn.runs import RunDir
 
 __all__ = ["RunRecorder", "METRIC_COLUMNS", "read_metrics", "state_digest"]
 
@@ -81,21 +82,19 @@ class RunRecorder(pl.Callback):
 
     Args:
         run_dir: the run folder.
-        save_weights: ``save_weights(model, path, metadata)`` (``dualattn.weights.save_model``).
         metadata: extra metadata stored with the weights (str -> str).
         checkpoint: write ``checkpoints/last.ckpt`` every epoch (the resume state).
     """
 
     def __init__(
         self,
-        run_dir: str | os.PathLike[str],
+        run_dir: RunDir | str | os.PathLike[str],
         *,
-        save_weights: Callable[[torch.nn.Module, Path, dict[str, str]], None],
         metadata: dict[str, str] | None = None,
         checkpoint: bool = True,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.save_weights = save_weights
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run_dir = self.run.path
         self.metadata = dict(metadata or {})
         self.checkpoint = checkpoint
         self.rows: list[dict[str, Any]] = []
@@ -106,7 +105,7 @@ class RunRecorder(pl.Callback):
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.ckpt"
+        return self.run.checkpoint_file
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": [dict(r) for r in self.rows], "best": self.best, "best_epoch": self.best_epoch}
@@ -140,11 +139,11 @@ class RunRecorder(pl.Callback):
             self.best, self.best_epoch = float(score), epoch + 1
         model = pl_module.model  # the bare model (not the DDP wrapper)
         if trainer.is_global_zero:
-            atomic_write_text(self.run_dir / "metrics.csv", _metrics_text(self.rows))
+            atomic_write_text(self.run.metrics_file, _metrics_text(self.rows))
             meta = {**self.metadata, "epoch": str(epoch + 1), "val_balanced_accuracy": repr(float(score))}
-            self.save_weights(model, self.run_dir / "last.safetensors", meta)
+            self.run.save_weights(model, "last", meta)
             if improved:
-                self.save_weights(model, self.run_dir / "best.safetensors", meta)
+                self.run.save_weights(model, "best", meta)
         if trainer.is_global_zero:
             logger.info(
             "epoch %d: loss %.4f (ce %.4f, penalty %.4f), val balanced accuracy %.4f, lr %.2e, %.1fs",

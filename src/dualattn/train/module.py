@@ -15,42 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluate.metrics import balanced_accuracy
 from .config import TrainConfig
 from .datamodule import epoch_seed, seed_all
 
-__all__ = ["ClassifierModule", "balanced_accuracy", "evaluate_balanced_accuracy"]
+__all__ = ["ClassifierModule", "evaluate_balanced_accuracy"]
 
 logger = logging.getLogger(__name__)
 
 
-def balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean per-class recall over the classes present in ``labels`` (sklearn's definition).
-
-    Args:
-        preds: (N,) predicted class indices.
-        labels: (N,) true class indices.
-
-    Returns:
-        A float in [0, 1]; NaN when N == 0.
-
-    Example:
-        >>> balanced_accuracy(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]))
-        0.8333333333333333
-    """
-    preds = preds.reshape(-1).long()
-    labels = labels.reshape(-1).long()
-    if preds.shape != labels.shape:
-        raise ValueError(f"preds shape {tuple(preds.shape)} != labels shape {tuple(labels.shape)}")
-    if labels.numel() == 0:
-        return float("nan")
-    n = int(max(int(labels.max()), int(preds.max()))) + 1
-    support = torch.bincount(labels, minlength=n).double()
-    hits = torch.bincount(labels[preds == labels], minlength=n).double()
-    present = support > 0
-    return float((hits[present] / support[present]).mean())
-
-
-@torch.no_grad()
 def evaluate_balanced_accuracy(
     model: nn.Module,
     loader: Any,
@@ -77,7 +50,7 @@ def evaluate_balanced_accuracy(
     if not preds:
         return float("nan"), 0
     p, y = torch.cat(preds), torch.cat(labels)
-    return balanced_accuracy(p, y), int(y.numel())
+    return balanced_accuracy(y, p), int(y.numel())
 
 
 class ClassifierModule(pl.LightningModule):
@@ -226,7 +199,7 @@ class ClassifierModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             loss = self.trainer.strategy.reduce(loss.clone(), reduce_op="sum")
         n = int(labels.numel())
-        bal = balanced_accuracy(preds.cpu(), labels.cpu())
+        bal = balanced_accuracy(labels.cpu(), preds.cpu())
         self.epoch_metrics = {"val_balanced_accuracy": bal, "val_loss": float(loss) / max(n, 1)}
         self._val_preds, self._val_labels = [], []
         if self.trainer.sanity_checking:

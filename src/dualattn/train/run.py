@@ -14,11 +14,12 @@ Run folder::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
+import pickle
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -26,16 +27,18 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from dualattn._env import versions
 from dualattn._io import atomic_write_json
+from dualattn.evaluate.statistics import mean_std
+from dualattn.runs import RunDir
+from dualattn.weights import load_model
 
-from .config import TrainConfig, save_config
+from .config import TrainConfig, load_config, save_config
 from .recipes import PENALTY_VARIANTS, resolve_recipe
 
 __all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model"]
 
 logger = logging.getLogger(__name__)
-
-_RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "summary.json")
 
 
 def build_model(
@@ -73,18 +76,6 @@ def build_model(
     )
 
 
-def _weights_file(run: str | os.PathLike[str], which: str = "best") -> Path:
-    path = Path(run)
-    if path.is_file():
-        return path
-    if which not in ("best", "last"):
-        raise ValueError(f"which={which!r} must be 'best' or 'last'")
-    file = path / f"{which}.safetensors"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} does not exist: is {str(run)!r} a finished training run?")
-    return file
-
-
 def load_run(run_dir: str | os.PathLike[str], which: str = "best") -> nn.Module:
     """Rebuild the trained model of a run folder (never unpickles anything).
 
@@ -99,16 +90,9 @@ def load_run(run_dir: str | os.PathLike[str], which: str = "best") -> nn.Module:
         >>> model = load_run("runs/baseline")  # doctest: +SKIP
         >>> logits = model(images)              # doctest: +SKIP
     """
-    from dualattn.weights import load_model
-
-    model = load_model(_weights_file(run_dir, which))
-    return model.eval()
-
-
-def _save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    from dualattn.weights import save_model
-
-    save_model(model, path, metadata=metadata)
+    if Path(run_dir).is_file():  # a weights file: ``which`` does not apply
+        return load_model(run_dir).eval()
+    return RunDir(run_dir).load_model(which)
 
 
 def _init_from(model: nn.Module, source: str, *, freeze: bool) -> None:
@@ -125,19 +109,6 @@ def _init_from(model: nn.Module, source: str, *, freeze: bool) -> None:
         if not callable(freezer):
             raise ValueError(f"freeze_backbone=True but {type(model).__name__} has no freeze_backbone()")
         freezer(True)
-
-
-def _versions() -> dict[str, str]:
-    import lightning
-
-    import dualattn
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "dualattn": dualattn.__version__,
-    }
 
 
 def _count(model: nn.Module) -> tuple[int, int]:
@@ -197,8 +168,6 @@ def _check_resume_checkpoint(path: Path) -> None:
     Raises:
         ValueError: the checkpoint cannot be read safely.
     """
-    import pickle
-
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -211,23 +180,19 @@ def _check_resume_checkpoint(path: Path) -> None:
         ) from None
 
 
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _prepare_out(run: RunDir, *, resume: bool, overwrite: bool) -> None:
     if not _is_launch_primary():
-        out.mkdir(parents=True, exist_ok=True)
+        run.path.mkdir(parents=True, exist_ok=True)
         return
-    existing = [f for f in _RUN_FILES if (out / f).exists()]
+    existing = run.existing_run_files()
     if existing and not resume:
         if not overwrite:
             raise FileExistsError(
-                f"{out} already holds a run ({', '.join(existing)}); resume it (--resume), "
+                f"{run.path} already holds a run ({', '.join(existing)}); resume it (--resume), "
                 "choose another --out, or pass overwrite=True"
             )
-        for name in existing:
-            (out / name).unlink()
-        ckpt = out / "checkpoints" / "last.ckpt"
-        if ckpt.exists():
-            ckpt.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        run.remove_run_files()
+    run.path.mkdir(parents=True, exist_ok=True)
 
 
 #: Keys that may change when a run is resumed (they do not change what is computed).
@@ -250,8 +215,6 @@ def _check_resumable(config: TrainConfig, saved_file: Path) -> None:
     """A resumed run must compute what the interrupted one computed: only some keys may differ."""
     if not saved_file.is_file():
         return
-    from .config import load_config
-
     saved = load_config(saved_file).to_dict()
     new = config.to_dict()
     moved = [k for k in RESUME_MOVES if new[k] != saved.get(k)]
@@ -321,22 +284,21 @@ def fit(
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     t_start = time.perf_counter()
     out = Path(out)
-    ckpt = out / "checkpoints" / "last.ckpt"
+    run = RunDir(out)
+    ckpt = run.checkpoint_file
     if init_from is not None:
         config = config.replace(init_from=str(init_from))
-    _prepare_out(out, resume=resume, overwrite=overwrite)
+    _prepare_out(run, resume=resume, overwrite=overwrite)
     resume_from = ckpt if resume and ckpt.is_file() else None
     if resume and resume_from is None:
         logger.warning("nothing to resume in %s: starting a new run", out)
     if resume_from is not None:
         _check_resume_checkpoint(resume_from)
     if resume_from is not None:
-        _check_resumable(config, out / "config.yaml")
+        _check_resumable(config, run.config_file)
     previous_wall = 0.0
-    if resume_from is not None and (out / "summary.json").is_file():
-        import json
-
-        done = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    if resume_from is not None and run.summary_file.is_file():
+        done = json.loads(run.summary_file.read_text(encoding="utf-8"))
         previous_wall = float(done.get("wall_time_s") or 0.0)
         if int(done.get("epochs", 0)) >= config.max_epochs:
             logger.info("%s already finished %s epochs", out, done.get("epochs"))
@@ -370,7 +332,7 @@ def fit(
         if callable(freezer):
             freezer(True)
     if _is_launch_primary():
-        save_config(config, out / "config.yaml")  # on resume: the new max_epochs etc.
+        run.write_config(config)  # on resume: the new max_epochs etc.
 
     module = ClassifierModule(model, config=config)
     data = TrainDataModule(dict(datasets), config=config)
@@ -381,7 +343,7 @@ def fit(
         "model": str(config.model),
         "variant": str(config.variant),
     }
-    recorder = RunRecorder(out, save_weights=_save_weights, metadata=metadata)
+    recorder = RunRecorder(run, metadata=metadata)
     callbacks: list[pl.Callback] = [recorder]
     if config.early_stopping_patience is not None:
         callbacks.append(
@@ -422,7 +384,7 @@ def fit(
     if not trainer.is_global_zero:
         return out
 
-    rows = read_metrics(out / "metrics.csv")
+    rows = read_metrics(run.metrics_file)
     best_row = max(
         (r for r in rows if not math.isnan(r["val_balanced_accuracy"])),
         key=lambda r: (r["val_balanced_accuracy"], -r["epoch"]),
@@ -430,9 +392,9 @@ def fit(
     )
     test_bal, n_test = math.nan, 0
     test_ds = datasets.get("test") if hasattr(datasets, "get") else None
-    if test_ds is not None and len(test_ds) > 0 and (out / "best.safetensors").is_file():
+    if test_ds is not None and len(test_ds) > 0 and run.weights_path("best").is_file():
         device = torch.device("cuda" if accelerator == "gpu" and torch.cuda.is_available() else "cpu")
-        best_model = load_run(out, "best").to(device)
+        best_model = run.load_model("best").to(device)
         loader = data.loader("test", train=False, shard=False)
         test_bal, n_test = evaluate_balanced_accuracy(best_model, loader, device=device)
     summary = {
@@ -461,9 +423,9 @@ def fit(
         "world_size": trainer.world_size,
         "precision": config.precision,
         "resumed": resume_from is not None,
-        "versions": _versions(),
+        "versions": versions(("torch", "lightning", "dualattn")),
     }
-    atomic_write_json(out / "summary.json", summary)
+    run.write_summary(summary)
     logger.info(
         "%s: val balanced accuracy %.4f (epoch %s), test %.4f, %.1fs",
         out,
@@ -479,13 +441,6 @@ def _device_name(accelerator: str) -> str:
     if accelerator == "gpu" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
-    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    mean = statistics.fmean(finite) if finite else math.nan
-    std = statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else math.nan)
-    return {"mean": mean, "std": std, "values": [None if v is None else float(v) for v in values]}
 
 
 AGGREGATED = ("val_balanced_accuracy", "test_balanced_accuracy", "epochs", "wall_time_s", "parameters")
@@ -514,8 +469,6 @@ def fit_seeds(
     Returns:
         ``out``.
     """
-    import json
-
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must name at least one seed")
@@ -526,12 +479,10 @@ def fit_seeds(
         save_config(config, out / "config.yaml")
     summaries = []
     for seed in seeds:
-        run_dir = out / f"seed{seed}"
-        done = run_dir / "summary.json"
-        fit(config.replace(seed=seed), out=run_dir, resume=resume, **fit_kwargs)
-        if not done.is_file():  # a non-zero DDP rank
+        run = RunDir(fit(config.replace(seed=seed), out=out / f"seed{seed}", resume=resume, **fit_kwargs))
+        if not run.summary_file.is_file():  # a non-zero DDP rank
             return out
-        summaries.append(json.loads(done.read_text(encoding="utf-8")))
+        summaries.append(run.summary)
     aggregate = {
         "model": config.model,
         "variant": config.variant,
@@ -539,7 +490,7 @@ def fit_seeds(
         "seeds": seeds,
         "runs": [f"seed{s}" for s in seeds],
         "std_ddof": 1,
-        "metrics": {key: _mean_std([s.get(key, math.nan) for s in summaries]) for key in AGGREGATED},
+        "metrics": {key: mean_std([s.get(key, math.nan) for s in summaries]) for key in AGGREGATED},
     }
     atomic_write_json(out / "summary.json", aggregate)
     m = aggregate["metrics"]

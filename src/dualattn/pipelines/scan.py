@@ -15,7 +15,7 @@ reads):
    (for NIfTI inputs, or whenever the geometry has an affine), and as an overlay PNG with the prediction.
 
 Example:
-    >>> from dualattn.scan import explain_scan, write_scan_explanation  # doctest: +SKIP
+    >>> from dualattn.pipelines.scan import explain_scan, write_scan_explanation  # doctest: +SKIP
     >>> result = explain_scan("case.nii.gz", run="runs/exact/seed0", method="exact")  # doctest: +SKIP
     >>> write_scan_explanation(result, "out/")  # doctest: +SKIP
 
@@ -28,17 +28,29 @@ identifiers; ``keep_name=True`` (CLI ``--keep-name``) opts in to naming them aft
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._io import atomic_path, atomic_write_bytes, atomic_write_json
+from ..data import read_volume
+from ..data.readers import write_nifti
+from ..data.transforms import normalize
+from ..evaluate.testset import fit_to_model
+from ..explain import explain, list_methods
+from ..report.figures import overlay_png
+from ..runs import RunDir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScanExplanation", "explain_scan", "write_scan_explanation", "run_input_size", "scan_to_model_input",
-           "map_to_scan_grid", "scan_record"]
+__all__ = ["ScanExplanation", "explain_scan", "write_scan_explanation", "run_input_size", "run_class_names",
+           "scan_to_model_input", "map_to_scan_grid", "scan_record"]
 
 
 @dataclasses.dataclass
@@ -116,8 +128,6 @@ def scan_record(path: str | os.PathLike[str]) -> dict[str, str]:
         ``{"format": "png" | "nii.gz" | ... | "dicom-series", "sha256": hex}``. For a folder the digest is
         the SHA-256 of the sorted SHA-256 digests of its (non-hidden) files, so file names do not count.
     """
-    import hashlib
-
     def digest(f: Path) -> str:
         h = hashlib.sha256()
         with open(f, "rb") as fh:
@@ -138,33 +148,10 @@ def _default_method(model: Any) -> str:
     """The run's own map: the variant-named attention method (e.g. ``exact``, ``dual``, ``tau_l``: mu where
     the variant has it, else tau) for a gated model, ``attention`` for a gated model of an unlisted variant,
     ``gradcam`` for one without gates (the baseline)."""
-    from .explain import list_methods
-
     if not tuple(getattr(model, "attention_blocks", ()) or ()):
         return "gradcam"
     variant = (getattr(model, "config", {}) or {}).get("variant")
     return variant if isinstance(variant, str) and variant in list_methods() else "attention"
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return data if isinstance(data, dict) else {}
-
-
-def _find_key(cfg: Mapping[str, Any], names: Sequence[str]) -> Any:
-    """First value found under any of ``names``, searched at the top level then one level down."""
-    for name in names:
-        if name in cfg and cfg[name] is not None:
-            return cfg[name]
-    for value in cfg.values():
-        if isinstance(value, Mapping):
-            for name in names:
-                if name in value and value[name] is not None:
-                    return value[name]
-    return None
 
 
 def run_input_size(run: str | os.PathLike[str]) -> tuple[int, ...] | None:
@@ -174,61 +161,19 @@ def run_input_size(run: str | os.PathLike[str]) -> tuple[int, ...] | None:
         run: run folder (``config.yaml``, ``best.safetensors`` ...).
 
     Returns:
-        A tuple of ints, e.g. ``(64, 64)``, or ``None``.
+        A tuple of ints, e.g. ``(64, 64)``, or ``None`` (:attr:`dualattn.runs.RunDir.recorded_size`).
     """
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
-        return None
-    size = _find_key(_read_yaml(path), ("size", "image_size", "input_size", "img_size"))
-    if size is None:
-        return None
-    if isinstance(size, (int, float)):
-        return (int(size),)
-    try:
-        return tuple(int(s) for s in size)
-    except (TypeError, ValueError):
-        return None
+    return RunDir(run).recorded_size
 
 
 def run_class_names(run: str | os.PathLike[str]) -> list[str] | None:
     """Class names recorded in a run's ``summary.json``/``config.yaml`` or in its training dataset's
-    ``dataset.json``, or ``None``."""
-    import json
-
-    run = Path(run)
-    for name in ("summary.json",):
-        p = run / name
-        if p.is_file():
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                data = {}
-            names = _find_key(data, ("class_names",)) if isinstance(data, dict) else None
-            if names:
-                return [str(n) for n in names]
-    p = run / "config.yaml"
-    if p.is_file():
-        cfg = _read_yaml(p)
-        names = _find_key(cfg, ("class_names",))
-        if names:
-            return [str(n) for n in names]
-        dataset = cfg.get("dataset")
-        if isinstance(dataset, str) and Path(dataset).is_dir():  # the training folder's dataset.json
-            from .data.folder import read_dataset_meta
-
-            try:
-                names = read_dataset_meta(dataset).get("class_names")
-            except ValueError:
-                names = None
-            if names:
-                return [str(n) for n in names]
-    return None
+    ``dataset.json``, or ``None`` (:attr:`dualattn.runs.RunDir.class_names`)."""
+    return RunDir(run).class_names
 
 
 def _normalize_per_sample(x: Any, *, method: str = "zscore") -> Any:
     """Per-sample, per-channel normalization of a batch ``(1, C, *S)`` like the folder datasets'."""
-    from .data.transforms import normalize
-
     return normalize(x[0], method=method)[None]
 
 
@@ -236,9 +181,10 @@ def scan_to_model_input(scan: np.ndarray, *, in_channels: int, size: Sequence[in
                         notes: list[str] | None = None, normalization: str = "zscore") -> Any:
     """Turn a scan ``(C, *S)`` into a model batch ``(1, in_channels, *size)`` float32 tensor.
 
-    Channels are averaged (scan has more) or repeated (scan has one); the grid is resized with
-    (bi/tri)linear interpolation (antialiased when shrinking 2-D) when ``size`` differs from ``S``, exactly
-    as :mod:`dualattn.data.transforms` does for training; intensities are normalized per sample and channel.
+    Channels and grid are fitted by the one rule the evaluation uses too
+    (:func:`dualattn.evaluate.testset.fit_to_model`: several channels averaged into a single-channel model, one
+    channel repeated, the grid resized as training resizes); intensities are then normalized per sample and
+    channel.
 
     Args:
         scan: array ``(C, *S)``.
@@ -253,37 +199,13 @@ def scan_to_model_input(scan: np.ndarray, *, in_channels: int, size: Sequence[in
     Raises:
         ValueError: on a channel count that cannot be converted or a size of the wrong dimensionality.
     """
-    import torch
-
     notes = notes if notes is not None else []
     arr = np.asarray(scan, dtype=np.float32)
     if arr.ndim < 3:
         raise ValueError(f"scan must be channels-first (C, *spatial), got shape {arr.shape}")
     x = torch.from_numpy(np.nan_to_num(arr)).unsqueeze(0)
-    c = x.shape[1]
-    if c != in_channels:
-        if in_channels == 1:
-            x = x.mean(dim=1, keepdim=True)
-            notes.append(f"the scan's {c} channels were averaged into the model's single channel")
-        elif c == 1:
-            x = x.expand(-1, in_channels, *x.shape[2:]).contiguous()
-            notes.append(f"the scan's single channel was repeated to the model's {in_channels} channels")
-        else:
-            raise ValueError(f"scan has {c} channels but the model expects {in_channels}")
-    spatial = tuple(x.shape[2:])
-    if size is not None:
-        size = tuple(int(s) for s in size)
-        if len(size) == 1:
-            size = size * len(spatial)
-        if len(size) != len(spatial):
-            raise ValueError(f"model input size {size} does not match the scan's {len(spatial)}-D grid {spatial}")
-        if size != spatial:
-            from .data.transforms import resize
-
-            x = resize(x[0], size)[None]
-            direction = "larger" if np.prod(spatial) > np.prod(size) else "smaller"
-            notes.append(f"the scan ({'x'.join(map(str, spatial))}) is {direction} than the model input; it was "
-                         f"resized to {'x'.join(map(str, size))} and the heatmap resized back to the scan grid")
+    x, fit_notes = fit_to_model(x, in_channels=in_channels, size=size, normalization=None)
+    notes.extend(fit_notes)
     return _normalize_per_sample(x, method=normalization)
 
 
@@ -303,9 +225,6 @@ def map_to_scan_grid(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     Raises:
         ValueError: if the dimensionalities differ.
     """
-    import torch
-    import torch.nn.functional as F
-
     hm = np.asarray(heatmap, dtype=np.float32)
     shape = tuple(int(s) for s in shape)
     if hm.ndim != len(shape):
@@ -318,30 +237,6 @@ def map_to_scan_grid(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         raise ValueError(f"maps must be 1-, 2- or 3-D, got {hm.ndim}-D")
     out = F.interpolate(t, size=shape, mode=mode, align_corners=False)[0, 0].numpy()
     return (out * (hm.size / out.size)).astype(np.float32)
-
-
-def _load_run(run: Path, *, which: str) -> Any:
-    """The run's model through :func:`dualattn.train.load_run` (or its safetensors file directly)."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
-    try:
-        from .train import load_run
-    except ImportError:  # training extras missing: the weights file alone suffices
-        load_run = None
-    if load_run is not None:
-        return load_run(run, which=which)
-    from .weights import load_model
-
-    path = run / f"{which}.safetensors"
-    if not path.is_file():
-        raise ValueError(f"run folder {run} has no {path.name}")
-    return load_model(path)
-
-
-def _read_scan(path: Path) -> tuple[np.ndarray, Any]:
-    from .data import read_volume
-
-    return read_volume(path)
 
 
 def _model_meta(model: Any) -> tuple[int, int]:
@@ -378,11 +273,8 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
 
     Raises:
         ValueError: on an unknown method, a missing run or an unreadable scan (``DataError``).
+        FileNotFoundError: the run has no weights file ``which``.
     """
-    import torch
-
-    from .explain import explain, list_methods
-
     scan_path = Path(scan)
     run_dir = Path(run)
     if not scan_path.exists():
@@ -393,8 +285,10 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     if method is not None and method not in methods:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
 
-    model = _load_run(run_dir, which=which)
-    model.eval()
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    run_info = RunDir(run_dir)
+    model = run_info.load_model(which)
     if method is None:
         method = _default_method(model)
     gated = tuple(getattr(model, "attention_blocks", ()) or ())
@@ -402,11 +296,11 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     if block is None and method in ("attention", variant) and gated and "block3" not in gated:
         block = gated[0]  # e.g. a tau_l run gates only block4: its attention map is there
     in_channels, model_dims = _model_meta(model)
-    array, geometry = _read_scan(scan_path)
+    array, geometry = read_volume(scan_path)
     array = np.asarray(array, dtype=np.float32)
     notes: list[str] = []
     if size is None:
-        size = run_input_size(run_dir)
+        size = run_info.recorded_size
     spatial = tuple(array.shape[1:])
     if size is None:
         size = _bounded_size(spatial[:model_dims] if len(spatial) > model_dims else spatial, notes)
@@ -444,7 +338,7 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
         heatmap = np.stack([map_to_scan_grid(m, spatial[:2]) for m in slice_maps], axis=-1)
     else:
         raise ValueError(f"scan {scan_path} has a {len(spatial)}-D grid {spatial} but the model is {model_dims}-D")
-    names = run_class_names(run_dir)
+    names = run_info.class_names
     class_name = names[pred] if names and pred < len(names) else str(pred)
     return ScanExplanation(
         scan_path=scan_path, run=run_dir, method=method, block=blk, predicted_class=pred, class_name=class_name,
@@ -535,8 +429,6 @@ def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str],
     Raises:
         ValueError: an invalid explicit ``stem``.
     """
-    from ._io import atomic_path, atomic_write_bytes, atomic_write_json
-    from .report.figures import overlay_png
 
     if stem is not None:
         stem = _validate_stem(stem)
@@ -555,8 +447,6 @@ def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str],
     written["heatmap_npy"] = npy
 
     if _wants_nifti(result):
-        from .data.readers import write_nifti
-
         nii = out_dir / f"{stem}.heatmap.nii.gz"
         write_nifti(nii, result.heatmap.astype(np.float32), geometry=result.geometry)
         written["heatmap_nifti"] = nii

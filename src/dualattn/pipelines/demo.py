@@ -21,7 +21,7 @@ Every file is written atomically, so an interrupted run leaves either a finished
 with the same ``DIR`` resumes at the first unfinished step (training runs that finished are not redone).
 
 Example:
-    >>> from dualattn.demo import run_demo  # doctest: +SKIP
+    >>> from dualattn.pipelines.demo import run_demo  # doctest: +SKIP
     >>> outcome = run_demo(preset="tiny", out="demo-out")  # doctest: +SKIP
     >>> outcome.report  # doctest: +SKIP
     PosixPath('demo-out/report.html')
@@ -39,6 +39,19 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
+import yaml
+
+from .._env import versions
+from .._io import atomic_path, atomic_write_json
+from ..data import FolderDataset, resolve_dataset
+from ..evaluate import EvalSettings, evaluate_runs
+from ..explain import explain, list_methods, method_sources
+from ..models import CNN_VARIANTS, list_variants
+from ..report import write_report
+from ..runs import RunDir
+from ..train import TrainConfig, fit
+from ..train.recipes import DEFAULT_RECIPES
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +61,7 @@ __all__ = [
     "get_preset",
     "DemoOutcome",
     "run_demo",
-    "discover_runs",
+    "runs_by_variant",
     "method_sources",
     "DEMO_DATASETS",
 ]
@@ -56,10 +69,8 @@ __all__ = [
 #: Embedded dataset names the demo accepts besides a folder path.
 DEMO_DATASETS: tuple[str, ...] = ("synthetic-brain", "synthetic-pet", "br35h")
 
-ALL_VARIANTS: tuple[str, ...] = ("baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel")
-#: Post-hoc explainers: applied to the baseline classifier.
-POSTHOC_METHODS: tuple[str, ...] = ("gradcam", "gradcam_norelu", "input_x_gradient", "deeplift", "lrp",
-                                     "integrated_gradients")
+#: The variants a demo trains: every CNN variant but the two KL ablations (the paper's Table 3 rows and ours).
+ALL_VARIANTS: tuple[str, ...] = tuple(v for v in CNN_VARIANTS if v not in ("kl", "kl_reverse"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +220,6 @@ class _Steps:
             return None
 
     def mark(self, name: str, payload: Mapping[str, Any]) -> None:
-        from ._io import atomic_write_json
-
         atomic_write_json(self.dir / f"{name}.json", dict(payload))
 
     def say(self, message: str) -> None:
@@ -240,64 +249,31 @@ class _Steps:
 # ----------------------------------------------------------------------------- runs and methods
 
 
-def discover_runs(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
-    """Finished training runs under ``root`` grouped by variant (from each run's ``config.yaml``).
+def runs_by_variant(root: str | os.PathLike[str]) -> dict[str, list[Path]]:
+    """The demo's training runs under ``root`` grouped by variant (from each run's ``config.yaml``).
 
-    A run is a folder holding ``best.safetensors`` (or ``last.safetensors``) and ``config.yaml``; the demo
-    lays them out as ``runs/<variant>/seed<k>``. Folders are visited in sorted order.
+    A run here is a folder holding ``best.safetensors`` (or ``last.safetensors``) and ``config.yaml``; the
+    demo lays them out as ``runs/<variant>/seed<k>`` (a run whose config names no variant is grouped by its
+    parent folder's name; one whose config is not YAML is skipped). Folders are visited in sorted order.
+    (:meth:`dualattn.runs.RunDir.discover` finds runs without grouping them.)
 
     Returns:
         variant -> run folders (sorted).
     """
-    import yaml
-
     found: dict[str, list[Path]] = {}
     for cfg in sorted(Path(root).rglob("config.yaml")):
-        run = cfg.parent
-        if not ((run / "best.safetensors").is_file() or (run / "last.safetensors").is_file()):
+        run = RunDir(cfg.parent)
+        if run.weights_file is None:
             continue
         try:
-            data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+            variant = str(run.config.get("variant", run.path.parent.name))
         except yaml.YAMLError:
             continue
-        variant = str(data.get("variant", run.parent.name))
-        found.setdefault(variant, []).append(run)
+        found.setdefault(variant, []).append(run.path)
     return found
 
 
-def method_sources(methods: Sequence[str], variants: Sequence[str]) -> dict[str, str]:
-    """Which trained variant each explanation method explains (the paper's protocol).
-
-    Variant-named methods (``tau_k``, ``dual``, ``exact`` ...) explain the model of that variant; ``cvx`` solves
-    Eq. 4 post hoc on the ``unconstrained`` model; ``attention`` is not used by the demo; every other method
-    (GradCAM, Input x Gradient, DeepLIFT, LRP, Integrated Gradients, ...) explains the ``baseline``.
-    Methods whose model was not trained are left out.
-
-    Example:
-        >>> method_sources(["gradcam", "exact", "cvx", "dual"], ["baseline", "exact", "unconstrained"])
-        {'gradcam': 'baseline', 'exact': 'exact', 'cvx': 'unconstrained'}
-    """
-    from .explain.attention import VARIANT_METHODS
-
-    out: dict[str, str] = {}
-    have = set(variants)
-    for method in methods:
-        if method == "attention":
-            continue
-        if method in VARIANT_METHODS:
-            source = method
-        elif method == "cvx":
-            source = "unconstrained"
-        else:
-            source = "baseline"
-        if source in have:
-            out[method] = source
-    return out
-
-
 def _available_methods(preset: DemoPreset) -> list[str]:
-    from .explain import list_methods
-
     known = list(list_methods())
     if preset.methods is None:
         return [m for m in known
@@ -309,8 +285,6 @@ def _available_methods(preset: DemoPreset) -> list[str]:
 
 
 def _variants_for(preset: DemoPreset) -> list[str]:
-    from .models import list_variants
-
     offered = set(list_variants(preset.model))
     dropped = [v for v in preset.variants if v not in offered]
     if dropped:
@@ -318,24 +292,10 @@ def _variants_for(preset: DemoPreset) -> list[str]:
     return [v for v in preset.variants if v in offered]
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("dualattn", "torch", "monai", "captum", "lightning", "numpy", "scikit-learn"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, progress: bool) -> Any:
-    from .train import TrainConfig
-
+def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, progress: bool) -> TrainConfig:
     return TrainConfig(
         dataset=str(data),
         image_size=preset.image_size,
@@ -353,20 +313,9 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
     )
 
 
-def _run_is_finished(run: Path) -> bool:
-    return (run / "summary.json").is_file() and (run / "best.safetensors").is_file()
-
-
 def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequence[Path]],
                       methods: Sequence[str], out_file: Path) -> dict[str, Any]:
     """Compute every method's map on a few positive test scans with seed-0 models; save them as NPZ."""
-    import torch
-
-    from ._io import atomic_path
-    from .data import FolderDataset
-    from .explain import explain
-    from .train import load_run
-
     test = FolderDataset(data, split="test", size=preset.image_size, seed=0)
     picked = [i for i in range(len(test)) if bool(test[i]["has_mask"]) and int(test[i]["label"]) > 0]
     if len(picked) > preset.n_examples:  # spread over the split (neighbouring items are often one patient)
@@ -385,15 +334,13 @@ def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequ
         "label": np.array([int(it["label"]) for it in items]),
         "id": np.array([Path(str(it["id"])).name.split(".")[0] for it in items]),
     }
-    baseline = load_run(runs["baseline"][0])
-    baseline.eval()
+    baseline = RunDir(runs["baseline"][0]).load_model("best")
     with torch.no_grad():
         arrays["pred"] = baseline(images).argmax(dim=1).numpy()
     names = []
     for method, variant in sources.items():
         if variant not in models:
-            models[variant] = load_run(runs[variant][0])
-            models[variant].eval()
+            models[variant] = RunDir(runs[variant][0]).load_model("best")
         model = models[variant]
         maps = None
         for block in ("block3", "block4"):  # the fine gate's map; a coarse-only model (tau_l) has block4
@@ -451,8 +398,6 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
     Raises:
         ValueError: unknown preset or dataset, or ``out`` holds a demo run with a different preset/dataset.
     """
-    from ._io import atomic_write_json
-
     t_start = time.perf_counter()
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     dataset = dataset or cfg.dataset
@@ -476,8 +421,6 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
 
     # 1. data
     def make_data() -> dict[str, Any]:
-        from .data import resolve_dataset
-
         path = Path(resolve_dataset(dataset, cache_dir=out_dir / "data", n=cfg.n, size=cfg.image_size, seed=0))
         try:  # inside the demo folder: stored relative, so the folder can be moved
             return {"path": str(path.resolve().relative_to(out_dir.resolve())), "relative": True}
@@ -488,9 +431,6 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
     data = (out_dir / data_step["path"]) if data_step.get("relative") else Path(data_step["path"])
 
     # 2. training, baseline first
-    from .models import DEFAULT_RECIPES
-    from .train import fit
-
     variants = _variants_for(cfg)
     runs: dict[str, list[Path]] = {}
     total = len(variants) * len(cfg.seeds)
@@ -502,7 +442,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
             name = f"train-{variant}-seed{seed}"
 
             def train_one(variant: str = variant, seed: int = seed, run_dir: Path = run_dir) -> dict[str, Any]:
-                if _run_is_finished(run_dir):
+                if RunDir(run_dir).finished:
                     return {"run": str(run_dir), "reused": True}
                 config = _train_config(cfg, data=data, variant=variant, seed=seed, progress=show_training_progress)
                 init = None
@@ -520,14 +460,12 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
     eval_dir = out_dir / "eval"
 
     def evaluate() -> dict[str, Any]:
-        from .evaluate import evaluate_runs
-
-        path = evaluate_runs(
-            out_dir / "runs", out=eval_dir, data=data,
-            methods="all" if (cfg.methods is None and cfg.references) else list(methods),
+        settings = EvalSettings(
+            data=data, methods="all" if (cfg.methods is None and cfg.references) else tuple(methods),
             size=cfg.image_size, max_images=cfg.max_eval_images, perturbation_steps=cfg.perturbation_steps,
-            ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images, progress=show_evaluation_progress,
+            ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images,
         )
+        path = evaluate_runs(out_dir / "runs", out=eval_dir, settings=settings, progress=show_evaluation_progress)
         return {"results": str(Path(path).resolve().relative_to(out_dir.resolve()))}
 
     evaluated = steps.run("evaluate", "explain with every method, implicit segmentation + perturbation", evaluate)
@@ -551,7 +489,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
         "image_size": f"{cfg.image_size}x{cfg.image_size}",
         "epochs": cfg.max_epochs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, accelerator {cfg.accelerator}",
-        "versions": _versions(),
+        "versions": versions(),
         "wall_time_s": round(wall, 1),
     })
     results["meta"] = meta
@@ -559,8 +497,6 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
                        "reused_steps": steps.skipped, "runs": {v: [str(p) for p in ps] for v, ps in runs.items()}}
     results_path = out_dir / "results.json"
     atomic_write_json(results_path, results)
-    from .report import write_report
-
     report = write_report(results, out_dir / "report.html", examples=load_examples(examples_file),
                           title="dualattn demo report")
     steps.say(f"[done]  {results_path} and {report} ({time.perf_counter() - t_start:.1f} s)")
