@@ -202,25 +202,43 @@ def test_render_handles_nan_and_missing_sections():
     assert "—" in page and 'class="best"' not in page
 
 
-def test_paper_ordering_notes_honest():
-    holds = paper_ordering_notes(mock_results(best_seg="exact"))
-    seg_holds = [ok for ok, s in holds if s.startswith("implicit segmentation")]
-    assert seg_holds == [True] * 4
-    fails = paper_ordering_notes(mock_results(best_seg="gradcam"))
-    seg = [(ok, s) for ok, s in fails if s.startswith("implicit segmentation")]
-    assert [ok for ok, _ in seg] == [False] * 4
-    assert "gradcam is best" in seg[0][1] and "does not reproduce" in seg[0][1]
-    page = render_report(mock_results(best_seg="gradcam"))
-    assert "Honest note" in page
-    # all tied: said so, not "X is best"
-    tied = paper_ordering_notes({"perturbation": {"rows": {"gradcam": {"auc": 50.0}, "exact": {"auc": 50.0}}}})
-    assert tied[0][0] is False and "does not separate" in tied[0][1]
-    # a consistent method sharing the best value counts as best
-    shared = paper_ordering_notes({"perturbation": {"rows": {"gradcam": {"auc": 70.0}, "exact": {"auc": 70.0},
-                                                             "ig": {"auc": 10.0}}}})
-    assert shared == [(True, "perturbation, auc: a consistent-attention method (exact) is best, as in the paper.")]
-    # no consistent-attention row at all: nothing to claim
-    assert paper_ordering_notes({"segmentation": {"rows": {"gradcam": {"ap": 1}, "ig": {"ap": 2}}}}) == []
+def _comparison(**kw) -> dict:
+    rec = {"metric": "ap", "block": "block3", "ours": "exact", "ours_value": 60.0, "best_other": "deeplift",
+           "other_value": 50.0, "ratio": 1.2, "ci_low": 1.1, "ci_high": 1.3, "p_value": 0.002, "holds": True,
+           "difference": 10.0, "diff_ci_low": 5.0, "diff_ci_high": 15.0, "direction": "higher", "claim_blocked": None}
+    rec.update(kw)
+    return rec
+
+
+def test_paper_ordering_notes_come_from_comparisons_only():
+    # the tables alone never make a claim, whatever they show
+    assert paper_ordering_notes(mock_results(best_seg="exact")) == []
+    holds = paper_ordering_notes({"comparisons": [_comparison()]})
+    assert holds == [(True, "AP ×100 at block3: exact 60.0 vs deeplift 50.0, ratio 1.20 (95 % CI 1.10–1.30), "
+                            "p = 0.002. Holds: the interval excludes 1 in favour of exact.")]
+    # an interval that includes 1: no claim although ours is ahead
+    (ok, text), = paper_ordering_notes({"comparisons": [_comparison(ci_low=0.95, holds=False)]})
+    assert ok is False and "interval includes 1" in text
+    # the other side ahead
+    (ok, text), = paper_ordering_notes({"comparisons": [_comparison(ours_value=40.0, ratio=0.8, ci_low=0.7,
+                                                                    ci_high=0.9, holds=False)]})
+    assert ok is False and "deeplift scores better" in text
+    # lower is better: a ratio below 1 favours ours
+    (ok, text), = paper_ordering_notes({"comparisons": [_comparison(metric="auc_most_first@road", ours_value=40.0,
+                                                                    ratio=0.8, ci_low=0.7, ci_high=0.9,
+                                                                    direction="lower", holds=False)]})
+    assert ok is False and "interval includes 1" in text
+    # blocked claims say why, even when the interval would hold
+    (ok, text), = paper_ordering_notes({"comparisons": [_comparison(claim_blocked="only 8 positive images (< 30)",
+                                                                    holds=False)]})
+    assert ok is False and "No claim: only 8 positive images" in text
+    # SRG with an undefined ratio reports the difference interval
+    (ok, text), = paper_ordering_notes({"comparisons": [_comparison(metric="srg@road", ratio=None, ci_low=None,
+                                                                    ci_high=None)]})
+    assert ok is True and "difference +10.0 (95 % CI +5.0 to +15.0)" in text
+    page = render_report({**mock_results(), "comparisons": [_comparison(holds=False, ci_low=0.9)],
+                          "warnings": ["exact [block3]: the attention map is nearly uniform"]})
+    assert "Does not hold, or no claim" in page and "nearly uniform" in page
 
 
 def test_write_report_atomic(tmp_path):

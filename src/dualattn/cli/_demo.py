@@ -54,6 +54,10 @@ def demo_cmd(
     outcome = run_demo(preset=preset, dataset=dataset, out=out, progress=show,
                        show_training_progress=training_progress,
                        show_evaluation_progress=console.is_terminal)
+    import json
+
+    for warning in json.loads(outcome.results.read_text(encoding="utf-8")).get("warnings") or []:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     console.print(f"results: {outcome.results}\nreport:  {outcome.report}\nwall time: "
                   f"{outcome.wall_time_s:.0f} s", markup=False, highlight=False)
 

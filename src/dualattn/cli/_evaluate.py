@@ -68,7 +68,12 @@ def evaluate(
     size: Optional[int] = typer.Option(None, "--size", help="Evaluation image size. Default: the runs' training size."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate at most this many images."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per explain call."),
-    perturbation: str = typer.Option("zero", "--perturbation", help="Value of removed pixels: zero, mean or blur."),
+    fills: str = typer.Option(
+        "mean,background,blur,road", "--fills", "--perturbation",
+        help="What replaces removed pixels in the perturbation protocol, a comma list of mean (the paper's), "
+        "background, blur, road (ROAD's noisy linear imputation) and zero; each gets its own AUC and SRG keys, "
+        "the first also the un-suffixed ones.",
+    ),
     steps: int = typer.Option(10, "--steps", help="Perturbation fractions 0, 1/steps, ..., 1."),
     sanity_images: int = typer.Option(8, "--sanity-images", help="Images for the weight-randomization check (0: off)."),
     ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps."),
@@ -99,19 +104,20 @@ def evaluate(
     all_runs = [*runs, *(Path(a) for a in extra)]
     block_list = parse_blocks(blocks)
     method_arg = parse_methods(methods)
-    if perturbation not in ("zero", "mean", "blur"):
-        fail(f"--perturbation must be zero, mean or blur, got {perturbation!r}")
+    fill_list = tuple(f.strip() for f in fills.split(",") if f.strip())
     from dualattn.evaluate import EvalSettings, evaluate_runs
 
     settings = EvalSettings(
         data=data, methods=method_arg, blocks=tuple(block_list), split=split, size=size, max_images=max_images,
-        batch_size=batch_size, perturbation=perturbation, perturbation_steps=steps, sanity_images=sanity_images,
+        batch_size=batch_size, fills=fill_list, perturbation_steps=steps, sanity_images=sanity_images,
         ig_steps=ig_steps, seed=seed, device=device, resume=resume,
     )
     path = evaluate_runs(all_runs, out=out, settings=settings, baseline=baseline or None, progress=progress)
     results = json.loads(path.read_text(encoding="utf-8"))
     for note in results.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    for warning in results.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}", soft_wrap=True)
     tables = out / "tables.md"
     if tables.is_file():
         typer.echo(tables.read_text(encoding="utf-8"))

@@ -29,7 +29,12 @@ class RunNumbers:
 
     def __init__(self) -> None:
         self.per_run: dict[str, dict[str, dict[str, list[float]]]] = {}
-        self.curves: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
+        #: method -> block -> fill -> order -> one curve per run
+        self.curves: dict[str, dict[str, dict[str, dict[str, list[list[float]]]]]] = {}
+        #: method -> block -> metric -> one list of per-image values per run (index k)
+        self.per_image: dict[str, dict[str, dict[str, dict[int, list[float]]]]] = {}
+        #: method -> block -> fill -> order -> one (N, F) prediction table per run (index k)
+        self.predictions: dict[str, dict[str, dict[str, dict[str, dict[int, list[list[int]]]]]]] = {}
         self.notes: list[str] = []
 
     def _append(self, method: str, block: str, name: str, value: float, k: int) -> None:
@@ -39,16 +44,23 @@ class RunNumbers:
         lst.append(value)
 
     def add(self, record: Mapping[str, Any], *, method: str, k: int) -> None:
-        """Add run ``k``'s unit record of ``method`` (its metrics, curves, consistency and notes)."""
+        """Add run ``k``'s unit record of ``method`` (metrics, curves, per-image values, predictions,
+        consistency and notes)."""
         self.notes.extend(record["errors"])
         for block, vals in record["metrics"].items():
             self.per_run.setdefault(method, {}).setdefault(block, {})
             for name, value in vals.items():
                 self._append(method, block, name, value, k)
-            if block in record["curves"]:
-                crv = self.curves.setdefault(method, {}).setdefault(block, {"least_first": [], "most_first": []})
-                for order, acc in record["curves"][block].items():
-                    crv[order].append(acc)
+            for fill, orders in record["curves"].get(block, {}).items():
+                crv = self.curves.setdefault(method, {}).setdefault(block, {}).setdefault(fill, {})
+                for order, acc in orders.items():
+                    crv.setdefault(order, []).append(acc)
+            for metric, values in record.get("per_image", {}).get(block, {}).items():
+                self.per_image.setdefault(method, {}).setdefault(block, {}).setdefault(metric, {})[k] = values
+            for fill, orders in record.get("predictions", {}).get(block, {}).items():
+                for order, table in orders.items():
+                    (self.predictions.setdefault(method, {}).setdefault(block, {}).setdefault(fill, {})
+                     .setdefault(order, {}))[k] = table
         cons = record.get("consistency")
         if cons is not None:
             self._append(method, cons["pair"], "consistency_kl", cons["value"], k)
@@ -84,10 +96,12 @@ def assemble(
         run_rows: one row per run: run, variant, model, seed, balanced_accuracy, params.
         blocks: the evaluated blocks (the report's curves are those of the first).
     """
-    seg_cols, pert_cols, diag_cols = (section_columns(s) for s in ("segmentation", "perturbation", "diagnostics"))
+    seg_cols, pert_cols, fill_cols, diag_cols = (
+        section_columns(s) for s in ("segmentation", "perturbation", "perturbation_fills", "diagnostics"))
     methods_out: dict[str, Any] = {}
     seg_rows: dict[str, dict[str, Any]] = {}
     pert_rows: dict[str, dict[str, Any]] = {}
+    fill_rows: dict[str, dict[str, Any]] = {}
     diag_rows: dict[str, dict[str, Any]] = {}
     for method, by_block in numbers.per_run.items():
         entry: dict[str, Any] = {"source": sources.get(method, {}), "blocks": {}}
@@ -104,6 +118,8 @@ def assemble(
                 seg_rows[row] = {c: stats[c] for c in seg_cols if c in stats}
             if any(c in stats for c in pert_cols):
                 pert_rows[row] = {c: stats[c] for c in pert_cols if c in stats}
+            if any(c in stats for c in fill_cols):
+                fill_rows[row] = {c: stats[c] for c in fill_cols if c in stats}
             diag_rows[row] = {c: stats[c] for c in diag_cols if c in stats}
         if pair_kl is not None:
             for block in entry["blocks"]:
@@ -113,14 +129,20 @@ def assemble(
     curves: dict[str, Any] = {}
     report_curves: dict[str, Any] = {}
     for method, by_block in numbers.curves.items():
-        for block, orders in by_block.items():
-            c: dict[str, Any] = {"fractions": list(fractions)}
-            for order, runs in orders.items():
-                if not runs:
-                    continue
-                mean, std = _curve_stats(runs)
-                c[order] = {"mean": mean, "std": std, "runs": runs,
-                            "auc": methods_out[method]["blocks"][block].get(f"auc_{order}")}
+        for block, by_fill in by_block.items():
+            c: dict[str, Any] = {"fractions": list(fractions), "fills": {}}
+            for i, (fill, orders) in enumerate(by_fill.items()):
+                entry_fill: dict[str, Any] = {}
+                for order, runs in orders.items():
+                    if not runs:
+                        continue
+                    mean, std = _curve_stats(runs)
+                    key = f"auc_{order}" if i == 0 else f"auc_{order}@{fill}"
+                    entry_fill[order] = {"mean": mean, "std": std, "runs": runs,
+                                         "auc": methods_out[method]["blocks"][block].get(key)}
+                c["fills"][fill] = entry_fill
+                if i == 0:  # the paper's fill also under the un-suffixed keys
+                    c.update(entry_fill)
             curves.setdefault(method, {})[block] = c
             if block == blocks[0] or block == "patches":
                 lf = c.get("least_first")
@@ -149,6 +171,7 @@ def assemble(
         "curves": curves,
         "segmentation": section(seg_rows, "segmentation"),
         "perturbation": {**section(pert_rows, "perturbation"), "curves": report_curves},
+        "perturbation_fills": section(fill_rows, "perturbation_fills"),
         "classification": section(cls_rows, "classification"),
         "diagnostics": section(diag_rows, "diagnostics"),
         "runs": list(run_rows),

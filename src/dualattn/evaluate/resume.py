@@ -23,11 +23,11 @@ __all__ = ["RESUME_FORMAT", "PARTIAL_DIR", "unit_fingerprint", "unit_filename", 
 logger = logging.getLogger(__name__)
 
 #: bump when a unit record's content or meaning changes: older records are then recomputed
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2
 #: folder under ``out`` holding one JSON record per finished (method, run) unit
 PARTIAL_DIR = ".partial"
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-_NUMERIC_KEYS = ("metrics", "curves", "consistency")
+_NUMERIC_KEYS = ("metrics", "curves", "per_image", "consistency")
 
 
 def _encode_floats(obj: Any) -> Any:
@@ -105,6 +105,10 @@ def load_unit(path: Path, fingerprint: str) -> dict[str, Any] | None:
             return None
         metrics = _decode_floats(rec["metrics"])
         curves = _decode_floats(rec["curves"])
+        per_image = _decode_floats(rec["per_image"])
+        predictions = rec["predictions"]
+        if not isinstance(predictions, dict):
+            raise ValueError("malformed predictions")
         cons = rec["consistency"]
         if cons is not None:
             cons = {"pair": str(cons["pair"]), "value": _decode_floats(cons["value"])}
@@ -114,4 +118,5 @@ def load_unit(path: Path, fingerprint: str) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("ignoring unreadable resume record %s (%s); recomputing", path, exc)
         return None
-    return {**rec, "metrics": metrics, "curves": curves, "consistency": cons, "errors": errors}
+    return {**rec, "metrics": metrics, "curves": curves, "per_image": per_image, "predictions": predictions,
+            "consistency": cons, "errors": errors}

@@ -31,6 +31,8 @@ from ..models import count_parameters
 from ..runs import RunDir
 from . import metrics as M
 from . import units as U
+from .checks import result_warnings
+from .evidence import claimable_comparisons
 from .results import RunNumbers, assemble
 from .resume import PARTIAL_DIR, load_unit, save_unit, unit_filename, unit_fingerprint
 from .settings import EvalSettings
@@ -78,9 +80,11 @@ def evaluate_runs(
     if len(pos_idx) == 0:
         notes.append("no test image has a mask: implicit-segmentation metrics are empty")
     ctx = U.EvalContext(settings, test, dev, notes)
+    if "center" in methods_wanted(settings, test):
+        ctx.lesion_fraction = _lesion_fraction(settings, run_dirs[0].config)
     run_rows = [_classify(run, ctx) for run in progress_bar(run_dirs, progress, "classifying")]
 
-    methods = U.resolve_methods(settings.methods, test.images.shape[1])
+    methods = methods_wanted(settings, test)
     units, sources = U.plan_units(methods, run_dirs, baselines, settings.blocks, notes)
     common = _fingerprint_settings(settings, test, pos_idx)
     reused, warmed = 0, set()
@@ -105,6 +109,11 @@ def evaluate_runs(
 
     results = assemble(numbers, fractions=settings.fractions, sources=sources, run_rows=run_rows,
                        blocks=settings.blocks)
+    results["comparisons"] = claimable_comparisons(
+        numbers, labels=test.labels.numpy(), fractions=settings.fractions, run_rows=run_rows, sources=sources,
+        n_positives=len(pos_idx), num_classes=len(test.class_names), n_boot=settings.n_boot, seed=settings.seed,
+    )
+    results["warnings"] = result_warnings(results)
     results["meta"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": str(data), "data_path": str(test.root), "split": settings.split, "n_images": len(test.ids),
@@ -113,7 +122,7 @@ def evaluate_runs(
         "runs": [str(r.path) for r in run_dirs], "baselines": [str(r.path) for r in baselines],
         "seeds": sorted({r.seed for r in run_dirs if r.seed is not None}), "methods": list(sources),
         "blocks": list(settings.blocks),
-        "perturbation": {"value": settings.perturbation, "fractions": list(settings.fractions),
+        "perturbation": {"fills": list(settings.fills), "fractions": list(settings.fractions),
                          "classifier": "baseline run k mod #baselines"},
         "sanity_images": settings.sanity_images, "device": str(dev), "ig_steps": settings.ig_steps,
         "reused_units": reused,
@@ -160,6 +169,28 @@ def _load_data(settings: EvalSettings, run_dirs: Sequence[RunDir], progress: boo
     return test, data
 
 
+def methods_wanted(settings: EvalSettings, test: TestSet) -> list[str]:
+    """The method names this evaluation runs (``"all"``: every one that applies to the data's channels)."""
+    return U.resolve_methods(settings.methods, test.images.shape[1])
+
+
+def _lesion_fraction(settings: EvalSettings, first: dict[str, Any]) -> float | None:
+    """Mean lesion area (fraction of the image) over the TRAIN split's positive masks: the size of the
+    ``center`` control's Gaussian, measured without looking at the test masks."""
+    try:
+        train = load_test_set(
+            settings.data if settings.data is not None else first.get("dataset"), split="train",
+            seed=int(first.get("split_seed", 0) or 0), fractions=tuple(first.get("split_fractions") or (0.7, 0.15, 0.15)),
+            cache_dir=settings.cache_dir if settings.cache_dir is not None else first.get("cache_dir"),
+            n=first.get("data_n"),
+        )
+    except ValueError as exc:
+        logger.warning("no train split to size the center control (%s): its default size is used", exc)
+        return None
+    areas = train.masks[train.positives].flatten(1).gt(0.5).double().mean(1)
+    return float(areas.mean()) if len(areas) else None
+
+
 @torch.no_grad()
 def _classify(run: RunDir, ctx: U.EvalContext) -> dict[str, Any]:
     """Table 3's row of one run: balanced accuracy on the test images and the parameter count."""
@@ -178,6 +209,6 @@ def _fingerprint_settings(settings: EvalSettings, test: TestSet, pos_idx: torch.
     return {
         "data_root": str(Path(test.root).resolve()), "split": settings.split, "image_size": list(test.images.shape[2:]),
         "n_images": len(test.ids), "labels_sha256": digest(test.labels), "positives_sha256": digest(pos_idx),
-        "blocks": list(settings.blocks), "perturbation": settings.perturbation, "fractions": list(settings.fractions),
+        "blocks": list(settings.blocks), "fills": list(settings.fills), "fractions": list(settings.fractions),
         "sanity_images": settings.sanity_images, "ig_steps": settings.ig_steps, "seed": settings.seed,
     }

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..explain import eval_mode
 from . import metrics as M
-from .perturbation import perturbation_predictions
+from .perturbation import make_fill, perturbation_predictions
 from .testset import TestSet, batches
 
 __all__ = ["QUANTILES", "ORDERS", "score_maps", "randomized_copy", "nanmean"]
@@ -40,9 +40,10 @@ def score_maps(
     classifier: nn.Module | None = None,
     classifier_images: Tensor | None = None,
     fractions: Sequence[float] = (),
-    perturbation: str = "zero",
+    fills: Sequence[str] = ("mean",),
     batch_size: int = 16,
     device: torch.device | str = "cpu",
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score one block's maps of every test image.
 
@@ -52,39 +53,58 @@ def score_maps(
         classifier: the baseline classifier of the perturbation protocol (``None``: no perturbation).
         classifier_images: the test images as ``classifier`` takes them (:func:`fit_to_model`).
         fractions: removed fractions of the perturbation curve (0 ... 1).
-        perturbation: value of removed pixels (:func:`dualattn.evaluate.perturbation.make_perturbation`).
+        fills: what replaces removed pixels (:data:`dualattn.evaluate.perturbation.FILLS`); the first is the
+            one behind the un-suffixed keys (the paper's protocol).
         batch_size: images per classifier call.
         device: where the classifier runs.
+        seed: seed of the noisy fills (ROAD), offset by each image's index so that batching does not matter.
 
     Returns:
-        ``{"metrics": {name: value}, "curves": {order: [balanced accuracy x100 per fraction]}}``:
-        ``sharpness``; on the images with a non-empty mask the IoU at each quantile, ``ap`` and the
-        ``pointing_game`` (x100); with a classifier ``auc_least_first`` / ``auc_most_first`` (x100).
+        ``{"metrics", "curves", "per_image", "predictions"}``:
+
+        * ``metrics``: ``sharpness``; on the images with a non-empty mask the IoU at each quantile, ``ap`` and
+          ``pointing_game`` (x100); with a classifier, per fill ``auc_least_first@<fill>``,
+          ``auc_most_first@<fill>`` and ``srg@<fill>`` (x100), and the first fill's under the un-suffixed keys;
+        * ``curves``: fill -> order -> balanced accuracy x100 per fraction;
+        * ``per_image``: segmentation metric -> one value per positive image (x100, NaN where undefined);
+        * ``predictions``: fill -> order -> ``(N, F)`` predicted classes (what the paired bootstrap resamples).
     """
     vals: dict[str, float] = {"sharpness": nanmean(M.sharpness(maps))}
-    curves: dict[str, list[float]] = {}
+    per_image: dict[str, list[float]] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    predictions: dict[str, dict[str, list[list[int]]]] = {}
     pos = test.positives
     if len(pos):
         pm, mk = maps[pos], test.masks[pos]
         for name, q in QUANTILES.items():
-            vals[name] = 100.0 * nanmean(M.iou_at_quantile(pm, mk, q))
-        vals["ap"] = 100.0 * nanmean(M.average_precision(pm, mk))
-        vals["pointing_game"] = 100.0 * nanmean(M.pointing_game(pm, mk))
+            per_image[name] = (100.0 * M.iou_at_quantile(pm, mk, q)).tolist()
+        per_image["ap"] = (100.0 * M.average_precision(pm, mk)).tolist()
+        per_image["pointing_game"] = (100.0 * M.pointing_game(pm, mk)).tolist()
+        for name, values in per_image.items():
+            vals[name] = nanmean(torch.tensor(values))
     if classifier is not None and classifier_images is not None:
         n = maps.shape[0]
-        for order in ORDERS:
-            preds = []
-            with eval_mode(classifier):
-                for s in batches(n, batch_size):
-                    preds.append(perturbation_predictions(
-                        classifier, classifier_images[s].to(device), maps[s].to(device), fractions=fractions,
-                        order=order, perturbation=perturbation,
-                    ).cpu())
-            pr = torch.cat(preds)
-            acc = [float(100.0 * M.balanced_accuracy(test.labels, pr[:, j])) for j in range(len(fractions))]
-            curves[order] = acc
-            vals[f"auc_{order}"] = M.curve_auc(fractions, [a / 100.0 for a in acc])
-    return {"metrics": vals, "curves": curves}
+        for k, fill in enumerate(fills):
+            aucs = {}
+            for order in ORDERS:
+                preds = []
+                with eval_mode(classifier):
+                    for s in batches(n, batch_size):
+                        preds.append(perturbation_predictions(
+                            classifier, classifier_images[s].to(device), maps[s].to(device), fractions=fractions,
+                            order=order, fill=make_fill(fill, seed=seed + s.start),
+                        ).cpu())
+                pr = torch.cat(preds)
+                acc = [float(100.0 * M.balanced_accuracy(test.labels, pr[:, j])) for j in range(len(fractions))]
+                curves.setdefault(fill, {})[order] = acc
+                predictions.setdefault(fill, {})[order] = pr.tolist()
+                aucs[order] = M.curve_auc(fractions, [a / 100.0 for a in acc])
+                vals[f"auc_{order}@{fill}"] = aucs[order]
+            vals[f"srg@{fill}"] = aucs["least_first"] - aucs["most_first"]
+            if k == 0:
+                vals.update({"auc_least_first": aucs["least_first"], "auc_most_first": aucs["most_first"],
+                             "srg": vals[f"srg@{fill}"]})
+    return {"metrics": vals, "curves": curves, "per_image": per_image, "predictions": predictions}
 
 
 def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:

@@ -15,10 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["EvalSettings", "PERTURBATIONS"]
+from .perturbation import FILLS
 
-#: values the removed pixels of the perturbation protocol take
-PERTURBATIONS: tuple[str, ...] = ("zero", "mean", "blur")
+__all__ = ["EvalSettings", "FILLS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +33,9 @@ class EvalSettings:
         size: evaluation image size; ``None``: the runs' common training size (``image_size``).
         max_images: evaluate at most this many images (the first ones, in split order).
         batch_size: images per explain call.
-        perturbation: ``"zero"``, ``"mean"`` or ``"blur"`` (value replacing removed pixels).
+        fills: what replaces the removed pixels of the perturbation protocol, each scored
+            (:data:`dualattn.evaluate.perturbation.FILLS`: ``mean``, ``background``, ``blur``, ``road``; ``zero``
+            too); the first is the one behind the un-suffixed keys (``auc_least_first``: the paper's protocol).
         perturbation_steps: fractions 0, 1/steps, ..., 1.
         sanity_images: images used for the randomization check (0 disables it).
         ig_steps: integrated-gradients steps.
@@ -44,6 +45,7 @@ class EvalSettings:
             metrics are computed on the CPU.
         resume: reuse finished (method, run) units recorded under ``out/.partial/`` whose fingerprint
             matches; ``False`` recomputes every unit and overwrites the records.
+        n_boot: replicates of the paired bootstrap behind ``comparisons``.
 
     Raises:
         ValueError: on construction, for an invalid value (the message names the field).
@@ -56,7 +58,7 @@ class EvalSettings:
     size: int | tuple[int, ...] | None = None
     max_images: int | None = None
     batch_size: int = 16
-    perturbation: str = "zero"
+    fills: tuple[str, ...] = FILLS
     perturbation_steps: int = 10
     sanity_images: int = 8
     ig_steps: int = 32
@@ -64,6 +66,7 @@ class EvalSettings:
     cache_dir: str | os.PathLike[str] | None = None
     device: str = "cpu"
     resume: bool = True
+    n_boot: int = 2000
 
     def __post_init__(self) -> None:
         # normalize sequences to tuples so that the object stays hashable and comparable
@@ -72,6 +75,7 @@ class EvalSettings:
             if self.methods == ("all",):
                 object.__setattr__(self, "methods", "all")
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "fills", (self.fills,) if isinstance(self.fills, str) else tuple(self.fills))
         if self.size is not None and not isinstance(self.size, int):
             object.__setattr__(self, "size", tuple(int(s) for s in self.size))
         object.__setattr__(self, "device", str(self.device))
@@ -81,8 +85,12 @@ class EvalSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.blocks:
             raise ValueError("blocks must name at least one block")
-        if self.perturbation not in PERTURBATIONS:
-            raise ValueError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, got {self.perturbation!r}")
+        known = (*FILLS, "zero")
+        bad = [f for f in self.fills if f not in known]
+        if bad or not self.fills or len(set(self.fills)) != len(self.fills):
+            raise ValueError(f"fills must be distinct names among {', '.join(known)}, got {list(self.fills)}")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
         if self.sanity_images < 0:
             raise ValueError(f"sanity_images must be >= 0, got {self.sanity_images}")
         if self.max_images is not None and self.max_images < 1:

@@ -22,6 +22,7 @@ __all__ = [
     "higher_is_better",
     "section_columns",
     "SECTIONS",
+    "FILL_NAMES",
 ]
 
 
@@ -42,8 +43,8 @@ class MetricSpec:
         label: column header (with its unit or scale, e.g. ``"AP ×100"``).
         description: one sentence: what is measured, on which images, on which scale.
         direction: which way is better (:class:`Direction`).
-        section: the results table it belongs to (``"segmentation"``, ``"perturbation"``,
-            ``"diagnostics"`` or ``"classification"``).
+        section: the results table it belongs to (``"segmentation"``, ``"perturbation"`` (the paper's fill),
+            ``"perturbation_fills"`` (every fill), ``"diagnostics"`` or ``"classification"``).
         fmt: how a table prints it: ``"pct"`` one decimal (×100 metrics, milliseconds), ``"int"``
             an integer with thousands separators, ``"sig3"`` three significant digits.
     """
@@ -62,7 +63,7 @@ class MetricSpec:
 
 
 #: results.json table sections, in the order the tables are written.
-SECTIONS: tuple[str, ...] = ("segmentation", "perturbation", "classification", "diagnostics")
+SECTIONS: tuple[str, ...] = ("segmentation", "perturbation", "perturbation_fills", "classification", "diagnostics")
 
 _H, _L, _N = Direction.HIGHER, Direction.LOWER, Direction.NONE
 
@@ -87,12 +88,17 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("auc_most_first", "AUC most-first ×100",
                    "area under balanced accuracy vs fraction removed, most important first, x100",
                    _L, "perturbation", "pct"),
+        MetricSpec("srg", "SRG ×100",
+                   "symmetric relevance gain: AUC least-first minus AUC most-first (Blücher et al. 2024), x100",
+                   _H, "perturbation", "pct"),
         MetricSpec("consistency_kl", "KL(marg fine ‖ coarse)",
                    "KL(marginalize(fine map) || coarse map), mean over images", _L, "diagnostics"),
-        MetricSpec("randomization_spearman", "Spearman after weight randomization",
-                   "Spearman rank correlation of maps before/after randomizing all weights", _L, "diagnostics"),
+        MetricSpec("randomization_spearman", "|Spearman| after weight randomization",
+                   "absolute Spearman rank correlation of maps before/after randomizing all weights "
+                   "(0: the map depends on the weights, as it should)", _L, "diagnostics"),
         MetricSpec("sharpness", "sharpness exp(H)/N",
-                   "exp(entropy)/N of the map: 1 uniform, 1/N a single cell (descriptive)", _N, "diagnostics"),
+                   "exp(entropy)/N of the map: 1 uniform, 1/N a single cell (descriptive; n/a for pixel-level "
+                   "explainers, whose min-max scaled maps are not distributions)", _N, "diagnostics"),
         MetricSpec("cost_ms", "ms / image",
                    "milliseconds per image to compute the map on this machine", _L, "diagnostics", "pct"),
         MetricSpec("balanced_accuracy", "balanced accuracy ×100",
@@ -100,6 +106,22 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("params", "#params", "number of parameters", _N, "classification", "int"),
     )
 }
+
+#: Fills of the perturbation protocol that get their own metric keys (``auc_least_first@road`` ...).
+FILL_NAMES: tuple[str, ...] = ("mean", "background", "blur", "road")
+_FILL_WORDS = {
+    "mean": "removed pixels set to the image's own mean (the paper's protocol on z-scored scans)",
+    "background": "removed pixels set to the image's own background intensity (1st percentile)",
+    "blur": "removed pixels taken from a Gaussian-blurred copy of the image",
+    "road": "removed pixels imputed from their neighbours plus noise (ROAD, Rong et al. 2022)",
+}
+for _fill in FILL_NAMES:
+    for _base in ("auc_least_first", "auc_most_first", "srg"):
+        _b = METRICS[_base]
+        METRICS[f"{_base}@{_fill}"] = dataclasses.replace(
+            _b, name=f"{_base}@{_fill}", label=f"{_b.label} [{_fill}]",
+            description=f"{_b.description}; {_FILL_WORDS[_fill]}", section="perturbation_fills",
+        )
 
 #: Column order of the diagnostics table (the pointing game first, then the map's own properties).
 _DIAGNOSTIC_ORDER = ("pointing_game", "sharpness", "randomization_spearman", "consistency_kl", "cost_ms")

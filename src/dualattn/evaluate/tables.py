@@ -27,6 +27,8 @@ __all__ = ["format_cell", "table_markdown", "table_csv", "write_tables", "TABLES
 #: results.json section -> (file stem, title)
 TABLES: dict[str, tuple[str, str]] = {
     "perturbation": ("table1_perturbation", "Table 1: input perturbation, AUC of balanced accuracy x100"),
+    "perturbation_fills": ("table1b_perturbation_fills",
+                           "Table 1b: input perturbation under every fill: AUC least-/most-first and SRG x100"),
     "segmentation": ("table2_segmentation", "Table 2: implicit segmentation, IoU at quantiles and AP x100"),
     "classification": ("table3_classification", "Table 3: classification, balanced accuracy x100 and parameters"),
     "diagnostics": ("table4_diagnostics", "Diagnostics: pointing game, sharpness, sanity check, consistency, cost"),

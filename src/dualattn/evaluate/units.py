@@ -50,6 +50,8 @@ class EvalContext:
         self.test = test
         self.device = device
         self.notes = notes
+        #: mean lesion area (fraction of the image) of the train split: the ``center`` control's size
+        self.lesion_fraction: float | None = None
         self._inputs: dict[int, Tensor] = {}
 
     def images_for(self, run: Any) -> Tensor:
@@ -158,7 +160,9 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
 
     Returns:
         The unit's JSON-serializable record: per-block metrics (in the order they are added), perturbation
-        curves, the fine-vs-coarse consistency KL, and notes of blocks that could not be explained.
+        curves per fill, per-image segmentation values and perturbation predictions (for the paired bootstrap),
+        the fine-vs-coarse consistency KL (not for pixel-level explainers, whose maps are no distributions), and
+        notes of blocks that could not be explained.
     """
     s, test = ctx.settings, ctx.test
     model = unit.run.model
@@ -168,6 +172,8 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
         options["n_steps"] = s.ig_steps
     if unit.method == "random":
         options["seed"] = s.seed
+    if unit.method == "center" and ctx.lesion_fraction is not None:
+        options["lesion_fraction"] = ctx.lesion_fraction
     targets = test.labels if unit.family == "posthoc" else None
     if warm_up:
         # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
@@ -186,26 +192,34 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
                                    tuple(maps))
         del rnd
     clf = unit.classifier
+    pixel_level = unit.method in PIXEL_METHODS
     metrics: dict[str, dict[str, float]] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
+    curves: dict[str, dict[str, dict[str, list[float]]]] = {}
+    per_image: dict[str, dict[str, list[float]]] = {}
+    predictions: dict[str, dict[str, dict[str, list[list[int]]]]] = {}
     for block in unit.blocks:
         if block not in maps:
             continue
         scored = score_maps(
             maps[block], test, classifier=None if clf is None else clf.model,
             classifier_images=None if clf is None else ctx.images_for(clf), fractions=s.fractions,
-            perturbation=s.perturbation, batch_size=s.batch_size, device=ctx.device,
+            fills=s.fills, batch_size=s.batch_size, device=ctx.device, seed=s.seed,
         )
         vals = {"cost_ms": costs[block], **scored["metrics"]}
-        if scored["curves"]:
-            curves[block] = scored["curves"]
+        if pixel_level:
+            # min-max scaled pixel attributions are no distribution: their sharpness would say nothing
+            vals.pop("sharpness", None)
+        for key in ("curves", "per_image", "predictions"):
+            if scored[key]:
+                {"curves": curves, "per_image": per_image, "predictions": predictions}[key][block] = scored[key]
         if block in after:
             n_s = after[block].shape[0]
-            vals["randomization_spearman"] = nanmean(M.spearman_rank_correlation(maps[block][:n_s], after[block]))
+            rho = M.spearman_rank_correlation(maps[block][:n_s], after[block])
+            vals["randomization_spearman"] = nanmean(rho.abs())
         metrics[block] = vals
     consistency = None
     first_two = s.blocks[:2]
-    if len(s.blocks) >= 2 and all(b in maps for b in first_two):
+    if len(s.blocks) >= 2 and all(b in maps for b in first_two) and not pixel_level:
         fine, coarse = maps[first_two[0]], maps[first_two[1]]
         if fine.shape[2:] != coarse.shape[2:]:
             consistency = {"pair": "+".join(first_two), "value": nanmean(M.consistency_kl(fine, coarse))}
@@ -218,6 +232,8 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
         "blocks": list(unit.blocks),
         "metrics": {b: {n: float(v) for n, v in vals.items()} for b, vals in metrics.items()},
         "curves": curves,
+        "per_image": per_image,
+        "predictions": predictions,
         "consistency": consistency,
         "errors": notes,
     }

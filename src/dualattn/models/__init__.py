@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from . import resnet, unet, vit  # noqa: F401  (their @register_model decorators fill the registry)
-from ._registry import CNN_VARIANTS, get_entry, list_models, list_variants, register_model
+from ._registry import CNN_VARIANTS, CONSISTENT_VARIANTS, get_entry, list_models, list_variants, register_model
 from .base import (
     GATED_BLOCKS,
     PAPER_ALPHA,
@@ -44,6 +44,7 @@ __all__ = [
     "AttentionOutput",
     "CNNBackbone",
     "CNN_VARIANTS",
+    "CONSISTENT_VARIANTS",
     "GATED_BLOCKS",
     "PAPER_ALPHA",
     "PENALTY_VARIANTS",

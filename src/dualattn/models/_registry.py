@@ -25,6 +25,10 @@ CNN_VARIANTS: tuple[str, ...] = (
     "exact",
     "multilevel",
 )
+#: The consistent-attention variants: maps that agree across blocks by construction or by the paper's dual
+#: witness (the methods the paper proposes, and ours); the report's claims compare the best of them with the
+#: best post-hoc explainer.
+CONSISTENT_VARIANTS: tuple[str, ...] = ("dual", "exact", "multilevel")
 
 
 @dataclasses.dataclass(frozen=True)
