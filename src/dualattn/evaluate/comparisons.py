@@ -191,9 +191,13 @@ class Curves:
         p = np.asarray(self.preds)
         y = np.asarray(self.labels)
         if p.ndim != 3 or 0 in p.shape or not np.issubdtype(p.dtype, np.integer):
-            raise ValueError(f"Curves preds must be a non-empty integer array (R, N, F), got dtype {p.dtype} shape {p.shape}")
+            raise ValueError(
+                f"Curves preds must be a non-empty integer array (R, N, F), got dtype {p.dtype} shape {p.shape}"
+            )
         if y.shape != (p.shape[1],) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"Curves labels must be integer (N,) with N = {p.shape[1]}, got dtype {y.dtype} shape {y.shape}")
+            raise ValueError(
+                f"Curves labels must be integer (N,) with N = {p.shape[1]}, got dtype {y.dtype} shape {y.shape}"
+            )
         fr = tuple(float(f) for f in np.asarray(self.fractions, dtype=np.float64).ravel())
         if len(fr) != p.shape[2] or len(fr) < 2 or not all(b > a for a, b in zip(fr, fr[1:])):
             raise ValueError(f"Curves fractions must be {p.shape[2]} >= 2 strictly increasing numbers, got {list(fr)}")
@@ -421,7 +425,9 @@ def paired_bootstrap(
         ratio = va / vb
         ci_low, ci_high = percentile_interval(rep_a[keep] / rep_b[keep], level)
     elif kept:
-        notes.append("ratio undefined: the denominator's value or one of its replicates is <= 0; the difference decides")
+        notes.append(
+            "ratio undefined: the denominator's value or one of its replicates is <= 0; the difference decides"
+        )
     return PairedBootstrap(
         a=va,
         b=vb,
@@ -513,7 +519,9 @@ def comparisons(
     if both:
         raise ValueError(f"ours and others must be disjoint, both contain {both}")
     if not isinstance(evidence, Mapping):
-        raise ValueError(f"evidence must be a mapping method -> block -> metric -> evidence, got {type(evidence).__name__}")
+        raise ValueError(
+            f"evidence must be a mapping method -> block -> metric -> evidence, got {type(evidence).__name__}"
+        )
     for method, blocks in evidence.items():
         for block, metrics in blocks.items():
             for metric, ev in metrics.items():
