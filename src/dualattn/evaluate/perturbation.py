@@ -2,7 +2,7 @@
 
 The paper's protocol (DESIGN.md §2): rank the pixels of each image by *ascending* importance
 (``order="least_first"``), replace the least important fraction ``f`` of pixels (all channels)
-by a perturbation value, feed the perturbed images to a fixed classifier (the baseline) and
+by a fill, feed the perturbed images to a fixed classifier (the baseline) and
 record the balanced accuracy per fraction; a faithful map keeps accuracy high, so a higher
 area under that curve is better. ``order="most_first"`` removes the most important pixels
 first (deletion); there a faster drop, a lower AUC, is better. Both orders share one loop.
@@ -43,7 +43,7 @@ from .._checks import check_number, check_positive_int
 from ..explain import eval_mode
 from ..grids import resize_mass
 from .metrics import balanced_accuracy, curve_auc
-from .road import NOISE_STD, road_impute
+from .road import MAX_ITER, NOISE_STD, TOL, road_impute
 
 __all__ = [
     "BACKGROUND_PERCENTILE",
@@ -182,7 +182,9 @@ class RoadFill:
         tol, max_iter: the conjugate-gradient stopping rule (see :func:`road_impute`).
     """
 
-    def __init__(self, *, noise_std: float = NOISE_STD, seed: int = 0, tol: float = 1e-5, max_iter: int = 1000) -> None:
+    def __init__(
+        self, *, noise_std: float = NOISE_STD, seed: int = 0, tol: float = TOL, max_iter: int = MAX_ITER
+    ) -> None:
         self.noise_std = check_number("noise_std", noise_std, low=0.0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")

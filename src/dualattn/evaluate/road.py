@@ -49,12 +49,17 @@ from torch import Tensor
 
 from .._checks import check_number, check_positive_int
 
-__all__ = ["NOISE_STD", "neighbour_weights", "road_impute"]
+__all__ = ["MAX_ITER", "NOISE_STD", "TOL", "neighbour_weights", "road_impute"]
 
 logger = logging.getLogger(__name__)
 
 #: ROAD's noise (absolute, in the images' units; dualattn's images are z-scored)
 NOISE_STD: float = 0.01
+#: default relative residual at which a system stops: small enough that the solver's error stays
+#: far below the noise in float32 (tests/test_evaluate_fills.py checks it against a dense solve)
+TOL: float = 1e-7
+#: default cap on the conjugate-gradient iterations
+MAX_ITER: int = 2000
 
 
 def neighbour_weights(spatial_dims: int, *, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -190,8 +195,8 @@ def road_impute(
     *,
     noise_std: float = NOISE_STD,
     generator: torch.Generator | None = None,
-    tol: float = 1e-5,
-    max_iter: int = 1000,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
 ) -> Tensor:
     """Replace the removed pixels by ROAD's noisy linear imputation (see the module doc).
 
