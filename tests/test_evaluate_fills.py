@@ -344,13 +344,31 @@ def test_fill_inputs_are_not_mutated():
 
 
 def test_road_fill_seed_and_noise():
-    x = torch.randn(2, 1, 8, 8)
-    removed = torch.rand(2, 1, 8, 8) < 0.5
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 2, 16, 16, generator=g)
+    removed = _smooth_mask(3, (16, 16), 0.5, g)
     a, b = make_fill("road", seed=1)(x, removed), make_fill("road", seed=1)(x, removed)
     c = make_fill("road", seed=2)(x, removed)
     assert torch.equal(a, b) and not torch.equal(a, c)
     clean = make_fill("road", noise_std=0.0)(x, removed)
     torch.testing.assert_close(clean, road_impute(x, removed, noise_std=0.0))
+    keep = ~removed.expand_as(x)
+    assert torch.equal(a[keep], x[keep])
+    noise = (make_fill("road", noise_std=0.2)(x, removed) - clean)[~keep]
+    assert noise.std().item() == pytest.approx(0.2, rel=0.1)
+
+
+def test_road_fill_batched_equals_one_by_one_with_noise():
+    # the noise field is shared by the images of a batch: batch size and order change nothing
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(4, 2, 12, 12, generator=g)
+    removed = _smooth_mask(4, (12, 12), 0.6, g)
+    fill = make_fill("road", seed=5)
+    batched = fill(x, removed)
+    for i in range(4):
+        torch.testing.assert_close(batched[i : i + 1], fill(x[i : i + 1], removed[i : i + 1]), rtol=0, atol=1e-5)
+    rev = fill(x.flip(0), removed.flip(0)).flip(0)
+    torch.testing.assert_close(batched, rev, rtol=0, atol=1e-5)
 
 
 def test_fill_errors_name_the_value():

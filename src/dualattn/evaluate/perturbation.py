@@ -24,8 +24,9 @@ background flatters them), so :data:`FILLS` names four, computed per image and c
   weighted mean of its neighbours, plus Gaussian noise (:func:`dualattn.evaluate.road.road_impute`).
   It depends on which pixels are removed, the first three do not.
 
-Every fill is a pure function of ``(images, removed)``; ``"road"`` draws its noise from a new
-generator seeded with ``seed`` on every call, so the same inputs give the same output.
+Every fill is a pure function of ``(images, removed)`` and fills each image on its own: another
+image in the batch never changes it. ``"road"`` draws its noise from a new generator seeded with
+``seed`` on every call (:class:`RoadFill`), so the same inputs give the same output.
 """
 
 from __future__ import annotations
@@ -173,8 +174,10 @@ class ReplacementFill:
 class RoadFill:
     """ROAD's noisy linear imputation as a fill (:func:`dualattn.evaluate.road.road_impute`).
 
-    Every call draws the noise from a new CPU generator seeded with ``seed``: a pure function of
-    ``(images, removed)``; the noise a pixel gets depends on its position in the batch only.
+    The noise is one field ``noise_std * N(0, 1)`` of shape ``(C, *S)``, drawn on every call from
+    a new CPU generator seeded with ``seed`` and shared by every image of the batch: an image's
+    fill depends on that image and its removed pixels only, never on the batch it comes in (so
+    the batch size does not change a curve), and a pixel gets the same noise at every fraction.
 
     Args:
         noise_std: standard deviation of the noise on the imputed pixels (>= 0).
@@ -195,10 +198,14 @@ class RoadFill:
 
     def __call__(self, images: Tensor, removed: Tensor) -> Tensor:
         _check_removed(images, removed)
-        gen = torch.Generator().manual_seed(self.seed)
-        return road_impute(
-            images, removed, noise_std=self.noise_std, generator=gen, tol=self.tol, max_iter=self.max_iter
-        )
+        out = road_impute(images, removed, noise_std=0.0, tol=self.tol, max_iter=self.max_iter)
+        if self.noise_std > 0 and bool(removed.any()):
+            gen = torch.Generator().manual_seed(self.seed)
+            dt = torch.float64 if images.dtype == torch.float64 else torch.float32
+            noise = torch.randn(tuple(images.shape[1:]), generator=gen, dtype=dt)
+            noise = (self.noise_std * noise).to(device=images.device, dtype=images.dtype)
+            out = torch.where(removed, out + noise, out)
+        return out
 
     def __repr__(self) -> str:
         return f"RoadFill(noise_std={self.noise_std}, seed={self.seed}, tol={self.tol}, max_iter={self.max_iter})"
