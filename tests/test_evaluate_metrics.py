@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from dualattn.evaluate import metrics as M
-from dualattn.evaluate.perturbation import make_perturbation, perturbation_curve, perturbation_predictions
+from dualattn.evaluate.perturbation import (
+    RoadFill,
+    make_fill,
+    make_perturbation,
+    perturbation_curve,
+    perturbation_predictions,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +139,9 @@ def test_curve_auc():
         M.curve_auc([0, 0, 1], [1, 1, 1])
 
 
-def _naive_curve(clf, images, labels, maps, fractions, order, value):
-    """Slow reference: for every fraction and image, remove pixels one by one in rank order."""
+def _naive_curve(clf, images, labels, maps, fractions, order, fill):
+    """Slow reference: for every fraction and image, mark the pixels to remove one by one in rank
+    order, then fill that one image."""
     from sklearn.metrics import balanced_accuracy_score
 
     b, c, h, w = images.shape
@@ -143,19 +150,25 @@ def _naive_curve(clf, images, labels, maps, fractions, order, value):
     for f in fractions:
         preds = []
         for i in range(b):
-            img = images[i].clone()
-            repl = value(images[i : i + 1])[0]
+            removed = torch.zeros(1, 1, h, w, dtype=torch.bool)
             vals = up[i, 0].flatten().tolist()
             idx = sorted(range(h * w), key=lambda j: (vals[j], j) if order == "least_first" else (-vals[j], j))
             for j in idx[: int(round(f * h * w))]:
-                img[:, j // w, j % w] = repl[:, j // w, j % w]
-            preds.append(int(clf(img[None]).argmax(1)))
+                removed[0, 0, j // w, j % w] = True
+            img = fill(images[i : i + 1], removed)
+            preds.append(int(clf(img).argmax(1)))
         accs.append(balanced_accuracy_score(labels.numpy(), np.array(preds)))
     return accs
 
 
+def _replacement_fill(kind):
+    """The fill written out from the replacement interface: removed pixels take ``replacement(image)``."""
+    repl = make_perturbation(kind)
+    return lambda x, removed: torch.where(removed, repl(x), x)
+
+
 @pytest.mark.parametrize("order", ["least_first", "most_first"])
-@pytest.mark.parametrize("kind", ["zero", "mean", "blur"])
+@pytest.mark.parametrize("kind", ["zero", "mean", "background", "blur", "road"])
 def test_perturbation_curve_equals_naive_loop(order, kind):
     g = torch.Generator().manual_seed(3)
     images = torch.rand(6, 2, 6, 6, generator=g)
@@ -168,14 +181,35 @@ def test_perturbation_curve_equals_naive_loop(order, kind):
         return lin(x.flatten(1))
 
     fr = (0.0, 0.25, 0.5, 0.75, 1.0)
-    curve = perturbation_curve(clf, images, labels, maps, fractions=fr, order=order, perturbation=kind)
-    ref = _naive_curve(clf, images, labels, maps, fr, order, make_perturbation(kind))
+    if kind == "road":  # with its noise: an image's fill does not depend on its batch
+        fill, ref_fill = RoadFill(seed=4), RoadFill(seed=4)
+    else:
+        fill, ref_fill = kind, _replacement_fill(kind)
+    curve = perturbation_curve(clf, images, labels, maps, fractions=fr, order=order, fill=fill)
+    ref = _naive_curve(clf, images, labels, maps, fr, order, ref_fill)
     assert curve.balanced_accuracy == pytest.approx(tuple(ref))
     assert curve.auc == pytest.approx(M.curve_auc(fr, ref))
 
 
+@pytest.mark.parametrize("kind", ["zero", "blur"])
+def test_perturbation_keyword_still_accepted(kind):
+    g = torch.Generator().manual_seed(8)
+    images, maps = torch.randn(4, 2, 6, 6, generator=g), torch.rand(4, 1, 3, 3, generator=g)
+    clf = torch.nn.Linear(72, 3)
+    fr = (0.0, 0.3, 0.6, 1.0)
+    new = perturbation_predictions(lambda x: clf(x.flatten(1)), images, maps, fractions=fr, fill=kind)
+    old = perturbation_predictions(lambda x: clf(x.flatten(1)), images, maps, fractions=fr, perturbation=kind)
+    replacement = perturbation_predictions(
+        lambda x: clf(x.flatten(1)), images, maps, fractions=fr, perturbation=make_perturbation(kind)
+    )
+    assert torch.equal(new, old) and torch.equal(new, replacement)
+    with pytest.raises(ValueError, match="not both"):
+        perturbation_predictions(clf, images, maps, fill=kind, perturbation=kind)
+
+
 def test_perturbation_all_channels_and_orders():
-    # a classifier that sums all channels; removing everything yields the zero image in every channel
+    # at fraction 1 every pixel of every channel is removed: the default fill ("mean") gives each
+    # image's own per-channel mean, "zero" gives 0
     images = torch.rand(3, 3, 4, 4) + 1
     maps = torch.rand(3, 1, 4, 4)
     seen = []
@@ -184,8 +218,14 @@ def test_perturbation_all_channels_and_orders():
         seen.append(x.clone())
         return torch.zeros(x.shape[0], 2)
 
-    perturbation_predictions(clf, images, maps, fractions=(0.0, 1.0))
-    assert torch.equal(seen[0], images) and torch.equal(seen[1], torch.zeros_like(images))
+    for order in ("least_first", "most_first"):
+        seen.clear()
+        perturbation_predictions(clf, images, maps, fractions=(0.0, 1.0), order=order)
+        assert torch.equal(seen[0], images)
+        torch.testing.assert_close(seen[1], images.mean((2, 3), keepdim=True).expand_as(images))
+        seen.clear()
+        perturbation_predictions(clf, images, maps, fractions=(0.0, 1.0), order=order, fill="zero")
+        assert torch.equal(seen[0], images) and torch.equal(seen[1], torch.zeros_like(images))
 
 
 def test_blur_of_constant_is_constant_3d():
@@ -272,6 +312,8 @@ def test_argument_errors_name_the_value():
         perturbation_predictions(lambda x: x, torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), order="most")
     with pytest.raises(ValueError, match="sparkle"):
         make_perturbation("sparkle")
+    with pytest.raises(ValueError, match="sparkle"):
+        make_fill("sparkle")
     with pytest.raises(ValueError, match=r"\(1, 2, 3\)"):
         M.resize_mass(torch.rand(1, 1, 4, 4), (1, 2, 3))
     with pytest.raises(ValueError, match="batch"):
