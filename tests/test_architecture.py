@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "runs": {"models", "weights", "data"},
     "explain": {"consistency", "attention", "models"},
     "evaluate": {"data", "models", "weights", "runs", "explain"},
-    "report": {"evaluate", "explain"},
+    "report": {"evaluate", "explain", "models"},
     "train": {"consistency", "attention", "models", "weights", "data", "runs", "evaluate"},
     "pipelines": {"consistency", "attention", "models", "weights", "data", "runs", "explain", "evaluate", "report",
                   "train"},

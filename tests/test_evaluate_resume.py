@@ -87,7 +87,14 @@ def test_reference_writes_every_unit_record(reference):
     assert res["meta"]["reused_units"] == 0
     rec = json.loads((ref_out / ".partial" / UNITS[1]).read_text())
     assert rec["method"] == "gradcam" and rec["k"] == 0 and len(rec["fingerprint"]) == 64
-    assert set(rec["metrics"]) == {"block3", "block4"} and set(rec["curves"]["block3"]) == {"least_first", "most_first"}
+    assert set(rec["metrics"]) == {"block3", "block4"} and set(rec["curves"]["block3"]) == {"mean", "background",
+                                                                                             "blur", "road"}
+    assert all(set(orders) == {"least_first", "most_first"} for orders in rec["curves"]["block3"].values())
+    # what the paired bootstrap resamples: per-image values and per-image predictions at every fraction
+    n_pos = res["meta"]["n_positive_with_mask"]
+    assert all(len(v) == n_pos for v in rec["per_image"]["block3"].values())
+    table = rec["predictions"]["block3"]["road"]["most_first"]
+    assert len(table) == res["meta"]["n_images"] and all(len(row) == 3 for row in table)
 
 
 def test_second_call_reuses_every_unit(reference, tmp_path, monkeypatch, caplog):
@@ -210,13 +217,16 @@ def test_record_round_trips_nan_and_padding(tmp_path):
 
     rec = {"format": resume.RESUME_FORMAT, "fingerprint": "f" * 64, "method": "m", "k": 1,
            "metrics": {"block3": {"cost_ms": 1.5, "ap": math.nan, "sharpness": math.inf}},
-           "curves": {"block3": {"least_first": [50.0, math.nan], "most_first": [1.0, 2.0]}},
+           "curves": {"block3": {"mean": {"least_first": [50.0, math.nan], "most_first": [1.0, 2.0]}}},
+           "per_image": {"block3": {"ap": [12.5, math.nan]}},
+           "predictions": {"block3": {"mean": {"least_first": [[1, 0], [1, 1]], "most_first": [[0, 0], [1, 0]]}}},
            "consistency": {"pair": "block3+block4", "value": math.nan}, "errors": ["m at block4 on x: not computed"]}
     path = tmp_path / "r.json"
     resume.save_unit(path, rec)
     got = resume.load_unit(path, "f" * 64)
     assert math.isnan(got["metrics"]["block3"]["ap"]) and got["metrics"]["block3"]["sharpness"] == math.inf
-    assert math.isnan(got["curves"]["block3"]["least_first"][1]) and math.isnan(got["consistency"]["value"])
+    assert math.isnan(got["curves"]["block3"]["mean"]["least_first"][1]) and math.isnan(got["consistency"]["value"])
+    assert math.isnan(got["per_image"]["block3"]["ap"][1]) and got["predictions"] == rec["predictions"]
     assert resume.load_unit(path, "0" * 64) is None
     numbers = RunNumbers()
     numbers.add(got, method="m", k=1)
@@ -224,4 +234,6 @@ def test_record_round_trips_nan_and_padding(tmp_path):
     cost = per_run["m"]["block3"]["cost_ms"]
     assert math.isnan(cost[0]) and cost[1] == 1.5  # run 0 without a value: NaN-padded, as before
     assert math.isnan(per_run["m"]["block3+block4"]["consistency_kl"][0])
-    assert curves["m"]["block3"]["most_first"] == [[1.0, 2.0]] and notes == rec["errors"]
+    assert curves["m"]["block3"]["mean"]["most_first"] == [[1.0, 2.0]] and notes == rec["errors"]
+    assert numbers.per_image["m"]["block3"]["ap"][1][0] == 12.5 and 0 not in numbers.per_image["m"]["block3"]["ap"]
+    assert numbers.predictions["m"]["block3"]["mean"]["least_first"] == {1: [[1, 0], [1, 1]]}

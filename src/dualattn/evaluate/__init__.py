@@ -43,7 +43,9 @@ from .metrics import (
 )
 from .specs import METRICS, MetricSpec
 from .perturbation import (
+    FILLS,
     DEFAULT_FRACTIONS,
+    make_fill,
     PerturbationCurve,
     make_perturbation,
     perturbation_curve,
@@ -71,6 +73,8 @@ __all__ = [
     "sharpness",
     "spearman_rank_correlation",
     "DEFAULT_FRACTIONS",
+    "FILLS",
+    "make_fill",
     "PerturbationCurve",
     "make_perturbation",
     "perturbation_curve",

@@ -30,6 +30,7 @@ from ..explain import eval_mode
 from ..models import count_parameters
 from ..runs import RunDir
 from . import metrics as M
+from . import road
 from . import units as U
 from .checks import result_warnings
 from .evidence import claimable_comparisons
@@ -210,5 +211,6 @@ def _fingerprint_settings(settings: EvalSettings, test: TestSet, pos_idx: torch.
         "data_root": str(Path(test.root).resolve()), "split": settings.split, "image_size": list(test.images.shape[2:]),
         "n_images": len(test.ids), "labels_sha256": digest(test.labels), "positives_sha256": digest(pos_idx),
         "blocks": list(settings.blocks), "fills": list(settings.fills), "fractions": list(settings.fractions),
+        "road": {"noise_std": road.NOISE_STD, "tol": road.TOL, "max_iter": road.MAX_ITER},
         "sanity_images": settings.sanity_images, "ig_steps": settings.ig_steps, "seed": settings.seed,
     }

@@ -44,6 +44,7 @@ def score_maps(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    cache: dict[Any, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Score one block's maps of every test image.
 
@@ -57,7 +58,10 @@ def score_maps(
             one behind the un-suffixed keys (the paper's protocol).
         batch_size: images per classifier call.
         device: where the classifier runs.
-        seed: seed of the noisy fills (ROAD), offset by each image's index so that batching does not matter.
+        seed: seed of the noisy fills (ROAD; its noise does not depend on the batching).
+        cache: a dict kept across calls with the same classifier and images (e.g. every method of one run):
+            the predictions at the fractions that do not depend on the map (0: nothing removed; 1: everything
+            removed) are computed once per fill and looked up afterwards.
 
     Returns:
         ``{"metrics", "curves", "per_image", "predictions"}``:
@@ -83,18 +87,11 @@ def score_maps(
         for name, values in per_image.items():
             vals[name] = nanmean(torch.tensor(values))
     if classifier is not None and classifier_images is not None:
-        n = maps.shape[0]
         for k, fill in enumerate(fills):
             aucs = {}
             for order in ORDERS:
-                preds = []
-                with eval_mode(classifier):
-                    for s in batches(n, batch_size):
-                        preds.append(perturbation_predictions(
-                            classifier, classifier_images[s].to(device), maps[s].to(device), fractions=fractions,
-                            order=order, fill=make_fill(fill, seed=seed + s.start),
-                        ).cpu())
-                pr = torch.cat(preds)
+                pr = _predictions(classifier, classifier_images, maps, fractions=fractions, order=order, fill=fill,
+                                  seed=seed, batch_size=batch_size, device=device, cache=cache)
                 acc = [float(100.0 * M.balanced_accuracy(test.labels, pr[:, j])) for j in range(len(fractions))]
                 curves.setdefault(fill, {})[order] = acc
                 predictions.setdefault(fill, {})[order] = pr.tolist()
@@ -105,6 +102,41 @@ def score_maps(
                 vals.update({"auc_least_first": aucs["least_first"], "auc_most_first": aucs["most_first"],
                              "srg": vals[f"srg@{fill}"]})
     return {"metrics": vals, "curves": curves, "per_image": per_image, "predictions": predictions}
+
+
+def _predictions(
+    classifier: nn.Module, images: Tensor, maps: Tensor, *, fractions: Sequence[float], order: str, fill: str,
+    seed: int, batch_size: int, device: torch.device | str, cache: dict[Any, Tensor] | None,
+) -> Tensor:
+    """``(N, F)`` predictions of ``classifier`` on the images perturbed by ``maps`` at every fraction.
+
+    With a ``cache``, the map-independent end fractions (0 and 1) come from it (computed on first use), and
+    only the fractions in between are perturbed by this map.
+    """
+    fr = [float(f) for f in fractions]
+    ends = [f for f in fr if f in (0.0, 1.0)]
+    inner = [f for f in fr if f not in (0.0, 1.0)]
+    if cache is None or not ends or len(inner) < 2:
+        ends, inner = [], fr
+    make = make_fill(fill, seed=seed)
+    cols: dict[float, Tensor] = {}
+    with eval_mode(classifier):
+        if inner:
+            out = torch.cat([perturbation_predictions(
+                classifier, images[s].to(device), maps[s].to(device), fractions=inner, order=order, fill=make,
+            ).cpu() for s in batches(maps.shape[0], batch_size)])
+            cols.update({f: out[:, j] for j, f in enumerate(inner)})
+        for f in ends:
+            key = (id(classifier), id(images), fill, seed, f)
+            if key not in cache:
+                # nothing or everything removed: any map gives the same images (rank by a constant map)
+                flat = torch.ones_like(maps)
+                cache[key] = torch.cat([perturbation_predictions(
+                    classifier, images[s].to(device), flat[s].to(device), fractions=(0.0, 1.0), order=order,
+                    fill=make,
+                ).cpu()[:, 0 if f == 0.0 else 1] for s in batches(maps.shape[0], batch_size)])
+            cols[f] = cache[key]
+    return torch.stack([cols[f] for f in fr], dim=1)
 
 
 def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:

@@ -52,6 +52,8 @@ class EvalContext:
         self.notes = notes
         #: mean lesion area (fraction of the image) of the train split: the ``center`` control's size
         self.lesion_fraction: float | None = None
+        #: predictions at the map-independent fractions, per classifier and fill (see ``score_maps``)
+        self.prediction_cache: dict[Any, Tensor] = {}
         self._inputs: dict[int, Tensor] = {}
 
     def images_for(self, run: Any) -> Tensor:
@@ -204,6 +206,7 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
             maps[block], test, classifier=None if clf is None else clf.model,
             classifier_images=None if clf is None else ctx.images_for(clf), fractions=s.fractions,
             fills=s.fills, batch_size=s.batch_size, device=ctx.device, seed=s.seed,
+            cache=ctx.prediction_cache,
         )
         vals = {"cost_ms": costs[block], **scored["metrics"]}
         if pixel_level:
