@@ -136,14 +136,20 @@ def test_reused_relu_is_split(method):
     torch.testing.assert_close(
         explain(reused, x, method=method, target=t), explain(separate, x, method=method, target=t)
     )
-    # and separate ReLUs give Captum's own DeepLIFT / LRP result
+    # and separate ReLUs give Captum's own DeepLIFT / LRP result (LRP: the composite set by hand on the
+    # three weight layers -- input: epsilon 0.25, middle: epsilon 0.25, upper: LRP-0; pooling LRP-0)
     from captum.attr import LRP, DeepLift
+    from captum.attr._utils.lrp_rules import EpsilonRule
 
     ref_model = copy.deepcopy(separate)
     xr = x.clone().requires_grad_(True)
     if method == "deeplift":
         raw = DeepLift(ref_model).attribute(xr, baselines=torch.zeros_like(x), target=t)
     else:
+        ref_model.stage3[0].rule = EpsilonRule(epsilon=0.25)
+        ref_model.stage4[0].rule = EpsilonRule(epsilon=0.25)
+        ref_model.fc.rule = EpsilonRule(epsilon=1e-9)
+        ref_model.pool.rule = EpsilonRule(epsilon=1e-9)
         raw = LRP(ref_model).attribute(xr, target=t)
     torch.testing.assert_close(explain(separate, x, method=method, target=t), normalize_and_pool(raw.detach(), (4, 4)))
 

@@ -8,7 +8,8 @@ Methods (:func:`list_methods`):
   :mod:`dualattn.explain.attention`), ``attention`` (the same for any variant) and ``cvx``
   (Eq. 4 solved post hoc on an unconstrained model's maps);
 * post-hoc, through Captum (:mod:`dualattn.explain.posthoc`): ``gradcam``, ``gradcam_norelu``,
-  ``input_x_gradient``, ``deeplift``, ``lrp``, ``integrated_gradients``;
+  ``input_x_gradient``, ``deeplift``, ``lrp`` (a composite rule set, :mod:`dualattn.explain.lrp`:
+  :data:`LRP_RULES`, :func:`describe_lrp_rules`), ``integrated_gradients``;
 * ViT (:mod:`dualattn.explain.vit`): ``vit_attention``, ``vit_rollout``;
 * references (:mod:`dualattn.explain.reference`): ``raw_channel_<k>`` and ``random``.
 
@@ -55,6 +56,7 @@ from ._registry import (
 )
 from ._state import eval_mode, isolated_copy
 from .attention import VARIANT_METHODS, model_variant
+from .lrp import LRP_DESCRIPTION, LRP_RULES, LRPRule, describe_lrp_rules
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, pixel_attribution
 
 __all__ = [
@@ -81,6 +83,10 @@ __all__ = [
     "normalize_and_pool",
     "resolve_target",
     "pixel_attribution",
+    "LRP_RULES",
+    "LRP_DESCRIPTION",
+    "LRPRule",
+    "describe_lrp_rules",
     "eval_mode",
     "isolated_copy",
 ]
