@@ -337,7 +337,7 @@ def test_errors_and_listing():
         explain(model, torch.randn(2, 32, 32), method="exact")
     with pytest.raises(ValueError, match="block9"):
         explain(model, x, method="gradcam", block="block9")
-    assert method_family("raw_channel_3") == "reference" and method_family("cvx") == "cvx"
+    assert method_family("raw_channel_3") == "control" and method_family("cvx") == "cvx"
     names = list_methods(in_channels=2)
     assert {"tau_k", "exact", "cvx", "gradcam_norelu", "vit_rollout", "raw_channel_1", "random"} <= set(names)
     assert "cvx" not in list_methods(_unet("baseline"))
