@@ -330,9 +330,9 @@ def method_sources(methods: Sequence[str], variants: Sequence[str]) -> dict[str,
     ``baseline``. Methods whose model is not among ``variants`` are left out.
 
     Example:
-        >>> method_sources(["gradcam", "exact", "cvx", "dual", "prior", "center"],
+        >>> method_sources(["gradcam", "exact", "cvx", "prior", "center"],
         ...                ["baseline", "exact", "unconstrained", "dual"])
-        {'gradcam': 'baseline', 'exact': 'exact', 'cvx': 'unconstrained', 'dual': 'dual', 'prior': 'dual', 'center': 'baseline'}
+        {'gradcam': 'baseline', 'exact': 'exact', 'cvx': 'unconstrained', 'prior': 'dual', 'center': 'baseline'}
     """
     out: dict[str, str] = {}
     have = set(variants)

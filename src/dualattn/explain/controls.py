@@ -161,7 +161,7 @@ def dual_tau_map(model: nn.Module, images: Tensor, *, block: str) -> Tensor:
 
 
 def center_sigma(grid: Sequence[int], lesion_fraction: float) -> float:
-    """Sigma (in grid cells) of ``center``: the one-sigma ball of ``len(grid)`` dims has ``lesion_fraction`` of the cells.
+    """Sigma (in grid cells) of ``center``: its one-sigma ball has ``lesion_fraction`` of the grid's cells.
 
     ``V_d sigma^d = f N`` with ``V_d = pi^(d/2) / Gamma(d/2 + 1)`` (``pi`` in 2-D, ``4/3 pi`` in 3-D).
 
@@ -175,7 +175,8 @@ def center_sigma(grid: Sequence[int], lesion_fraction: float) -> float:
     grid = tuple(int(g) for g in grid)
     if not grid or any(g < 1 for g in grid):
         raise ValueError(f"grid must be positive sizes, got {grid}")
-    if isinstance(lesion_fraction, bool) or not isinstance(lesion_fraction, (int, float)) or not 0 < lesion_fraction <= 1:
+    number = isinstance(lesion_fraction, (int, float)) and not isinstance(lesion_fraction, bool)
+    if not number or not 0 < lesion_fraction <= 1:
         raise ValueError(f"lesion_fraction must be a number in (0, 1], got {lesion_fraction!r}")
     d = len(grid)
     unit_ball = math.pi ** (d / 2) / math.gamma(d / 2 + 1)

@@ -49,9 +49,10 @@ tolerance ``1e-4``); otherwise LRP runs on the uncanonized copy (BatchNorm with 
 plain sums) and a warning says so.
 
 Conservation: the sum of the input relevance equals the target logit when the network has no biases
-and the epsilons are ~0 (gamma rules conserve too); folded BatchNorm creates biases, and the middle
-third's epsilon absorbs relevance by design, so for the default composite on a trained model the sum
-is smaller than the logit -- that is the epsilon rule's purpose, not an error. On gated models the
+and the epsilons are ~0 (gamma rules conserve too; the tests check it on the U-Net encoder and the
+ResNets, 2-D and 3-D). Folded BatchNorm creates biases, which take their share, and the input and
+middle epsilons absorb weak relevance by design, so for the default composite on a trained model the
+sum differs from the logit -- the epsilon rule's purpose, not an error. On gated models the
 attention weighting (a product of features and maps) and on a ViT the attention products and layer
 norms have no LRP rule: relevance flows through them as gradients do (no transformer-specific rules).
 
@@ -341,12 +342,15 @@ def split_residual_sums(model: nn.Module, example: Tensor) -> list[str]:
         if len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
             candidates[name] = m
     seen: dict[str, Tensor] = {}
-    handles = [
-        m.register_forward_pre_hook(
-            lambda mod, inp, name=name: seen.setdefault(name, inp[0]) if len(inp) == 1 and isinstance(inp[0], Tensor) else None
-        )
-        for name, m in candidates.items()
-    ]
+
+    def record(name: str) -> Any:
+        def hook(_mod: nn.Module, inp: tuple[Any, ...]) -> None:
+            if len(inp) == 1 and isinstance(inp[0], Tensor):
+                seen.setdefault(name, inp[0])
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in candidates.items()]
     try:
         with torch.no_grad():
             model(example)
