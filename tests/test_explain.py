@@ -136,14 +136,20 @@ def test_reused_relu_is_split(method):
     torch.testing.assert_close(
         explain(reused, x, method=method, target=t), explain(separate, x, method=method, target=t)
     )
-    # and separate ReLUs give Captum's own DeepLIFT / LRP result
+    # and separate ReLUs give Captum's own DeepLIFT / LRP result (LRP: the composite set by hand on the
+    # three weight layers -- input: epsilon 0.25, middle: epsilon 0.25, upper: LRP-0; pooling LRP-0)
     from captum.attr import LRP, DeepLift
+    from captum.attr._utils.lrp_rules import EpsilonRule
 
     ref_model = copy.deepcopy(separate)
     xr = x.clone().requires_grad_(True)
     if method == "deeplift":
         raw = DeepLift(ref_model).attribute(xr, baselines=torch.zeros_like(x), target=t)
     else:
+        ref_model.stage3[0].rule = EpsilonRule(epsilon=0.25)
+        ref_model.stage4[0].rule = EpsilonRule(epsilon=0.25)
+        ref_model.fc.rule = EpsilonRule(epsilon=1e-9)
+        ref_model.pool.rule = EpsilonRule(epsilon=1e-9)
         raw = LRP(ref_model).attribute(xr, target=t)
     torch.testing.assert_close(explain(separate, x, method=method, target=t), normalize_and_pool(raw.detach(), (4, 4)))
 
@@ -331,7 +337,7 @@ def test_errors_and_listing():
         explain(model, torch.randn(2, 32, 32), method="exact")
     with pytest.raises(ValueError, match="block9"):
         explain(model, x, method="gradcam", block="block9")
-    assert method_family("raw_channel_3") == "reference" and method_family("cvx") == "cvx"
+    assert method_family("raw_channel_3") == "control" and method_family("cvx") == "cvx"
     names = list_methods(in_channels=2)
     assert {"tau_k", "exact", "cvx", "gradcam_norelu", "vit_rollout", "raw_channel_1", "random"} <= set(names)
     assert "cvx" not in list_methods(_unet("baseline"))

@@ -49,12 +49,14 @@ def test_names_come_from_one_place():
     assert methods_in_family("posthoc") == ("gradcam", "gradcam_norelu", "input_x_gradient", "deeplift", "lrp",
                                             "integrated_gradients")
     assert methods_in_family("vit") == ("vit_attention", "vit_rollout")
-    assert methods_in_family("reference") == ("raw_channel_<k>", "random")
+    assert methods_in_family("control") == ("prior", "dual_tau", "center", "raw_channel_<k>", "random")
     assert methods_in_family("cvx") == ("cvx",)
     assert [m for m in methods_in_family("posthoc") if get_method(m).pixel_level] == list(E.PIXEL_METHODS)
     assert list(METHOD_FAMILIES) == list(E.FAMILIES)
-    with pytest.raises(ValueError, match="attention, cvx, posthoc, vit, reference"):
+    with pytest.raises(ValueError, match="attention, cvx, posthoc, vit, control"):
         methods_in_family("nope")
+    with pytest.raises(ValueError, match="unknown method family 'reference'"):
+        methods_in_family("reference")  # the references are controls now
 
 
 def test_lookup_by_name_alias_and_channel_pattern():
@@ -66,7 +68,7 @@ def test_lookup_by_name_alias_and_channel_pattern():
     raw = get_method("raw_channel_12")
     assert raw.name == "raw_channel_<k>" and raw.per_channel and raw.channel("raw_channel_12") == 12
     assert raw.names(3) == ["raw_channel_0", "raw_channel_1", "raw_channel_2"]
-    assert get_method("raw_channel_0") is raw and method_family("raw_channel_7") == "reference"
+    assert get_method("raw_channel_0") is raw and method_family("raw_channel_7") == "control"
     for bad in ("raw_channel_", "raw_channel_<k>", "raw_channel_1x", "nope", "IG"):
         with pytest.raises(ValueError, match="unknown method .*; valid: tau_k, .*raw_channel_0, random"):
             get_method(bad)
@@ -99,9 +101,9 @@ def test_register_a_method(_scratch_registry):
         calls.append((method, block, target))
         return torch.full((images.shape[0], 1, 2, 2), float(scale))
 
-    spec = register_method("ones", family="reference", source_variant="baseline", compute=ones,
+    spec = register_method("ones", family="control", source_variant="baseline", compute=ones,
                            options=("scale",), aliases=("one",))
-    assert get_method("one") is spec and list_methods()[-1] == "ones" and "ones" in METHOD_FAMILIES["reference"]
+    assert get_method("one") is spec and list_methods()[-1] == "ones" and "ones" in METHOD_FAMILIES["control"]
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(explain(None, x, method="one", block="b", target=1, scale=2.0), torch.full((2, 1, 2, 2), 2.0))
     assert calls == [("ones", "b", 1)]
@@ -109,8 +111,8 @@ def test_register_a_method(_scratch_registry):
         explain(None, x, method="ones", seed=1)
     for name in ("ones", "one", "gradcam", "ig", "raw_channel_3"):
         with pytest.raises(ValueError, match="already registered"):
-            register_method(name, family="reference", source_variant="baseline", compute=ones)
-    with pytest.raises(ValueError, match="unknown method family 'nope'; valid: attention, cvx, posthoc, vit, reference"):
+            register_method(name, family="control", source_variant="baseline", compute=ones)
+    with pytest.raises(ValueError, match="unknown method family 'nope'; valid: attention, cvx, posthoc, vit, control"):
         register_method("new", family="nope", source_variant="baseline", compute=ones)
 
 
@@ -118,8 +120,13 @@ def test_register_a_method(_scratch_registry):
 _VARIANT_METHODS = ("tau_k", "tau_l", "unconstrained", "dual", "kl", "kl_reverse", "exact", "multilevel")
 
 
+_DUAL_CONTROLS = ("prior", "dual_tau")
+
+
 def _old_source_runs(method, runs, baselines):  # noqa: ANN001, ANN202
-    """evaluate.runner._source_runs as of commit 92fa480 (the reference)."""
+    """evaluate.runner._source_runs as of commit 92fa480 (the reference), plus the dual model's controls."""
+    if method in _DUAL_CONTROLS:
+        return [r for r in runs if not r.is_vit and r.variant == "dual"]
     family = method_family(method)
     if family == "attention":
         return [r for r in runs if not r.is_vit and r.variant == method] if method in _VARIANT_METHODS else []
@@ -131,12 +138,13 @@ def _old_source_runs(method, runs, baselines):  # noqa: ANN001, ANN202
 
 
 def _old_method_sources(methods, variants):  # noqa: ANN001, ANN202
-    """demo.method_sources as of commit 92fa480 (the reference)."""
+    """demo.method_sources as of commit 92fa480 (the reference), plus the dual model's controls."""
     out, have = {}, set(variants)
     for method in methods:
         if method == "attention":
             continue
         source = method if method in _VARIANT_METHODS else "unconstrained" if method == "cvx" else "baseline"
+        source = "dual" if method in _DUAL_CONTROLS else source
         if source in have:
             out[method] = source
     return out

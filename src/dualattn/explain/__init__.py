@@ -8,9 +8,13 @@ Methods (:func:`list_methods`):
   :mod:`dualattn.explain.attention`), ``attention`` (the same for any variant) and ``cvx``
   (Eq. 4 solved post hoc on an unconstrained model's maps);
 * post-hoc, through Captum (:mod:`dualattn.explain.posthoc`): ``gradcam``, ``gradcam_norelu``,
-  ``input_x_gradient``, ``deeplift``, ``lrp``, ``integrated_gradients``;
+  ``input_x_gradient``, ``deeplift``, ``lrp`` (a composite rule set, :mod:`dualattn.explain.lrp`:
+  :data:`LRP_RULES`, :func:`describe_lrp_rules`), ``integrated_gradients``;
 * ViT (:mod:`dualattn.explain.vit`): ``vit_attention``, ``vit_rollout``;
-* references (:mod:`dualattn.explain.reference`): ``raw_channel_<k>`` and ``random``.
+* controls, family ``"control"`` (:mod:`dualattn.explain.controls`, :mod:`dualattn.explain.reference`):
+  ``prior`` (a ``dual`` model's image-independent map), ``dual_tau`` (its gate map before the
+  reparameterization), ``center`` (a centered Gaussian of the lesions' mean size),
+  ``raw_channel_<k>`` and ``random``.
 
 Every method is one entry of a registry (:func:`register_method`, :func:`get_method`,
 :class:`MethodSpec`): its family, its options, the runs it explains (:func:`select_sources`,
@@ -55,6 +59,8 @@ from ._registry import (
 )
 from ._state import eval_mode, isolated_copy
 from .attention import VARIANT_METHODS, model_variant
+from .controls import DEFAULT_LESION_FRACTION, center_map, center_sigma, dual_tau_map, prior_map
+from .lrp import LRP_DESCRIPTION, LRP_RULES, LRPRule, describe_lrp_rules
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, pixel_attribution
 
 __all__ = [
@@ -81,6 +87,15 @@ __all__ = [
     "normalize_and_pool",
     "resolve_target",
     "pixel_attribution",
+    "DEFAULT_LESION_FRACTION",
+    "center_map",
+    "center_sigma",
+    "dual_tau_map",
+    "prior_map",
+    "LRP_RULES",
+    "LRP_DESCRIPTION",
+    "LRPRule",
+    "describe_lrp_rules",
     "eval_mode",
     "isolated_copy",
 ]
@@ -116,8 +131,11 @@ def explain(
             do not depend on the class.
         **kw: method options (:attr:`MethodSpec.options`): ``solver`` (cvx:
             ``"closed_form"``/``"cvxpy"``), ``n_steps`` and ``internal_batch_size`` (integrated
-            gradients), ``seed`` (random), ``grid`` (pixel and reference methods: override the
-            block's grid).
+            gradients), ``seed`` (random), ``grid`` (pixel methods and controls on the baseline:
+            override the block's grid), ``population`` (prior: the images an amortized witness's
+            factor is averaged over; the evaluation passes the whole test set), ``lesion_fraction``
+            (center: mean lesion area as a fraction of the image; the evaluation passes the train
+            split's).
 
     Returns:
         ``(B, 1, *grid)`` float tensor (detached, on the images' device).

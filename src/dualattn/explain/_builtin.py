@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ._pool import block_grid
 from ._registry import VIT_SOURCE, get_method, register_method
 from .attention import VARIANT_METHODS, attention_map, cvx_map
+from .controls import DEFAULT_LESION_FRACTION, center_map, dual_tau_map, prior_map
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, posthoc_map
 from .reference import random_map, raw_channel_map
 from .vit import VIT_METHODS, vit_map
@@ -23,7 +24,7 @@ from .vit import VIT_METHODS, vit_map
 __all__: list[str] = []
 
 # Adapters to the registry's signature compute(model, images, *, method, block, target, **options);
-# attention, ViT and reference maps do not depend on the target class.
+# attention, ViT and control maps do not depend on the target class.
 
 
 def _attention(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
@@ -49,6 +50,23 @@ def _random(
     grid: Sequence[int] | None = None,
 ) -> Tensor:
     return random_map(images, grid=_grid(model, images, block, grid), seed=int(seed))
+
+
+def _prior(
+    model: nn.Module, images: Tensor, *, method: str, block: str, target: Any, population: Tensor | None = None,
+) -> Tensor:
+    return prior_map(model, images, block=block, population=population)
+
+
+def _dual_tau(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
+    return dual_tau_map(model, images, block=block)
+
+
+def _center(
+    model: nn.Module, images: Tensor, *, method: str, block: str, target: Any,
+    lesion_fraction: float = DEFAULT_LESION_FRACTION, grid: Sequence[int] | None = None,
+) -> Tensor:
+    return center_map(images, grid=_grid(model, images, block, grid), lesion_fraction=lesion_fraction)
 
 
 def _raw_channel(
@@ -91,12 +109,25 @@ for _name in VIT_METHODS:
         description=f"a ViT's {VIT_METHODS[_name]} attention to the patches",
     )
 
+# controls (dualattn.explain.controls, dualattn.explain.reference)
 register_method(
-    "raw_channel_<k>", family="reference", source_variant="baseline", compute=_raw_channel,
+    "prior", family="control", source_variant="dual", compute=_prior, options=("population",),
+    description="the dual witness's image-independent factor exp(-/+lambda), normalized (a fixed spatial prior)",
+)
+register_method(
+    "dual_tau", family="control", source_variant="dual", compute=_dual_tau,
+    description="the dual model's gate map tau, before the reparameterization by lambda",
+)
+register_method(
+    "center", family="control", source_variant="baseline", compute=_center, options=("lesion_fraction", "grid"),
+    description="a centered isotropic Gaussian whose one-sigma disk/ball has the lesions' mean area",
+)
+register_method(
+    "raw_channel_<k>", family="control", source_variant="baseline", compute=_raw_channel,
     options=("seed", "grid"), description="input channel k as the map (does the data do the work?)",
 )
 register_method(
-    "random", family="reference", source_variant="baseline", compute=_random, options=("seed", "grid"),
+    "random", family="control", source_variant="baseline", compute=_random, options=("seed", "grid"),
     description="uniform random values (chance level)",
 )
 del _name

@@ -9,8 +9,10 @@ methods are registered in :mod:`dualattn.explain._builtin`.
 Which runs a method explains (the paper's protocol), read from ``source_variant``:
 
 * a variant's own name (``tau_k``, ``dual``, ``exact`` ...): the runs of that variant;
-  ``cvx`` has ``"unconstrained"`` (Eq. 4 solved post hoc on that model's maps);
-* ``"baseline"``: post-hoc methods and reference maps explain the baseline classifier;
+  ``cvx`` has ``"unconstrained"`` (Eq. 4 solved post hoc on that model's maps); the controls
+  ``prior`` and ``dual_tau`` have ``"dual"``;
+* ``"baseline"``: post-hoc methods and the other controls (``center``, ``raw_channel_<k>``,
+  ``random``) explain the baseline classifier;
 * :data:`VIT_SOURCE`: ViT maps explain the ViT runs (whose variant is ``"baseline"``);
 * ``None``: ``attention`` (any gated variant's own map; used by the scan command, not by the
   evaluation or the demo).
@@ -44,8 +46,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Method families, in the order :func:`list_methods` shows them.
-FAMILIES: tuple[str, ...] = ("attention", "cvx", "posthoc", "vit", "reference")
+#: Method families, in the order :func:`list_methods` shows them. ``control``: maps that a method
+#: must beat to mean anything (a dual model's image-independent prior and its raw gate map, a centered
+#: Gaussian, each input channel, random values); scored like the methods.
+FAMILIES: tuple[str, ...] = ("attention", "cvx", "posthoc", "vit", "control")
 
 #: ``source_variant`` of the ViT maps: they explain the ViT runs, whatever their variant.
 VIT_SOURCE = "vit"
@@ -215,7 +219,7 @@ def get_method(method: str) -> MethodSpec:
 
 
 def method_family(method: str) -> str:
-    """``"attention"``, ``"cvx"``, ``"posthoc"``, ``"vit"`` or ``"reference"``.
+    """``"attention"``, ``"cvx"``, ``"posthoc"``, ``"vit"`` or ``"control"``.
 
     Raises:
         ValueError: for an unknown method.
@@ -244,8 +248,9 @@ def list_methods(model: nn.Module | None = None, *, in_channels: int | None = No
     Args:
         model: when given, only the methods that apply to it (its variant's attention map,
             ``attention`` and -- with 2+ gates -- ``cvx``; post-hoc methods when it has feature
-            layers; ViT maps and the pixel-level post-hoc methods for a ViT; one ``raw_channel_<k>``
-            per input channel; ``random``).
+            layers; ViT maps and the pixel-level post-hoc methods for a ViT; the controls: those
+            of its variant (``prior``, ``dual_tau`` for a ``dual`` model) and those explaining a
+            baseline (``center``, one ``raw_channel_<k>`` per input channel, ``random``)).
         in_channels: number of ``raw_channel_<k>`` entries (default: the model's ``in_channels``, else 1).
 
     Returns:
@@ -271,7 +276,9 @@ def list_methods(model: nn.Module | None = None, *, in_channels: int | None = No
                 out += list(METHOD_FAMILIES["cvx"])
         if hasattr(model, "feature_layers"):
             out += list(posthoc)
-    return out + _expand(METHOD_FAMILIES["reference"], n)
+    variant = model_variant(model)
+    controls = [c for c in METHOD_FAMILIES["control"] if _REGISTRY[c].source_variant in ("baseline", variant)]
+    return out + _expand(controls, n)
 
 
 class _Run(Protocol):
@@ -293,12 +300,12 @@ def select_sources(method: str, runs: Sequence[R], baselines: Sequence[R]) -> li
     Args:
         method: a method name or alias.
         runs: every run, objects with ``.variant`` (str) and ``.is_vit`` (bool).
-        baselines: the baseline classifiers that post-hoc and reference maps explain.
+        baselines: the baseline classifiers that post-hoc maps and most controls explain.
 
     Returns:
         A variant-named attention method: the non-ViT runs of that variant; ``cvx``: the non-ViT
-        ``unconstrained`` runs; ViT maps: the ViT runs; post-hoc and reference maps:
-        ``baselines``; ``attention``: none.
+        ``unconstrained`` runs; ``prior`` and ``dual_tau``: the non-ViT ``dual`` runs; ViT maps:
+        the ViT runs; post-hoc maps and the other controls: ``baselines``; ``attention``: none.
 
     Raises:
         ValueError: for an unknown method.
@@ -317,13 +324,15 @@ def method_sources(methods: Sequence[str], variants: Sequence[str]) -> dict[str,
     """Which trained variant each method explains (the demo's protocol: one model per variant).
 
     Variant-named methods (``tau_k``, ``dual``, ``exact`` ...) explain the model of that variant;
-    ``cvx`` the ``unconstrained`` model; ``attention`` is left out; every other method (post-hoc,
-    reference maps, ViT maps -- a ViT's variant is ``baseline`` -- and names the registry does not
-    know) explains the ``baseline``. Methods whose model is not among ``variants`` are left out.
+    ``cvx`` the ``unconstrained`` model; ``prior`` and ``dual_tau`` the ``dual`` model;
+    ``attention`` is left out; every other method (post-hoc, the other controls, ViT maps -- a
+    ViT's variant is ``baseline`` -- and names the registry does not know) explains the
+    ``baseline``. Methods whose model is not among ``variants`` are left out.
 
     Example:
-        >>> method_sources(["gradcam", "exact", "cvx", "dual"], ["baseline", "exact", "unconstrained"])
-        {'gradcam': 'baseline', 'exact': 'exact', 'cvx': 'unconstrained'}
+        >>> method_sources(["gradcam", "exact", "cvx", "prior", "center"],
+        ...                ["baseline", "exact", "unconstrained", "dual"])
+        {'gradcam': 'baseline', 'exact': 'exact', 'cvx': 'unconstrained', 'prior': 'dual', 'center': 'baseline'}
     """
     out: dict[str, str] = {}
     have = set(variants)

@@ -1,4 +1,5 @@
-"""Reference maps that every table shows beside the explainers.
+"""Two of the controls every table shows beside the explainers (family ``"control"``; the others are in
+:mod:`dualattn.explain.controls`).
 
 * ``raw_channel_<k>``: input channel ``k`` used as the heatmap (per-sample min-max, sum-pooled
   to the block's grid like the pixel-level explainers). If it scores well, the data (a bright

@@ -1,0 +1,602 @@
+"""Layer-wise relevance propagation as its practitioners use it: a composite rule set, through Captum.
+
+With the epsilon rule everywhere (epsilon -> 0) on a ReLU network, LRP is Gradient x Input: the
+table would list one method twice. ``lrp`` therefore uses the composite of Montavon et al.,
+"Layer-Wise Relevance Propagation: An Overview" (2019, section 10.2.2), by depth thirds of the
+network's weight layers (convolutions and linear layers, 1-D to 3-D), counted in the order a
+forward pass runs them (:data:`LRP_RULES`):
+
+======  =============================  ====================================================
+role    rule                           why
+======  =============================  ====================================================
+input   epsilon, ``epsilon = 0.25``    the first layer sees signed (z-scored) pixels, where
+                                       gamma is undefined; Captum has no z^B rule
+lower   gamma, ``gamma = 0.25``        favours positive contributions: stable, less noisy
+middle  epsilon, ``epsilon = 0.25``    absorbs weak, contradictory relevance
+upper   LRP-0 (epsilon ``1e-9``)       faithful to the decision near the output
+======  =============================  ====================================================
+
+Layer ``i`` of ``n`` (0 = nearest the input) is *lower* when ``3 i < n - 1``, *middle* when
+``3 i < 2 (n - 1)``, *upper* otherwise (:func:`depth_third`); the first layer then takes the *input*
+rule and the last (the classifier head) is always upper; a single-layer model is upper (LRP-0, which
+is ``x * W`` for a linear model). The gamma rule assumes that relevance reaches only positive
+pre-activations, which holds when the layer's output goes straight into a ReLU (after folded
+BatchNorm); a lower-third layer whose output goes elsewhere -- into a residual sum, where a negative
+pre-activation can carry relevance and make the gamma denominator vanish -- takes the middle rule
+instead (its row in :func:`describe_lrp_rules` says so). Captum's epsilon is absolute
+(``z + epsilon * sign(z)``); after BatchNorm folding the activations are roughly unit scale, so
+``0.25`` is about a quarter of their spread.
+
+Every other leaf: ReLU, dropout and tanh pass relevance unchanged (Captum's own handling), as do other
+elementwise activations (identity rule); max-pooling sends it to the maximum, average pooling,
+residual sums and any other layer use LRP-0.
+
+Canonization (on the private copy, never on the caller's model; :func:`prepare_lrp_model`):
+
+* **BatchNorm is folded** into the convolution that feeds it (``W' = W s``, ``b' = (b - mean) s +
+  beta`` with ``s = gamma / sqrt(var + eps)``, eval-mode statistics) and replaced by an identity, so
+  the conv + BN pair is one linear layer with a rule of its own (the U-Net encoder and the ResNets, 2-D
+  and 3-D). A BatchNorm that no convolution feeds directly keeps its place and passes relevance
+  unchanged (identity rule).
+* **Residual sums** ``a + b`` written as a plain ``+`` inside a submodule's ``forward`` (the ResNet
+  blocks) are replaced, through ``torch.fx``, by Captum's ``Addition_Module``, which splits the
+  relevance of the sum in proportion to ``a`` and ``b``; a plain ``+`` would hand the whole relevance
+  to both branches. Only submodules whose ``forward`` takes one argument and traces are rewritten.
+* Reused modules are split (one copy per call) and in-place activations made out-of-place.
+
+The canonized copy must compute the same logits as the model (checked on the first image, relative
+tolerance ``1e-4``); otherwise LRP runs on the uncanonized copy (BatchNorm with the identity rule,
+plain sums) and a warning says so.
+
+Conservation: the sum of the input relevance equals the target logit when the network has no biases
+and the epsilons are ~0 (gamma rules conserve too; the tests check it on the U-Net encoder and the
+ResNets, 2-D and 3-D). Folded BatchNorm creates biases, which take their share, and the input and
+middle epsilons absorb weak relevance by design, so for the default composite on a trained model the
+sum differs from the logit -- the epsilon rule's purpose, not an error. On gated models the
+attention weighting (a product of features and maps) and on a ViT the attention products and layer
+norms have no LRP rule: relevance flows through them as gradients do (no transformer-specific rules).
+
+Example:
+    >>> import torch
+    >>> from dualattn.models import create_model
+    >>> model = create_model("unet_encoder", features=4).eval()
+    >>> x = torch.randn(2, 1, 32, 32)
+    >>> lrp_attribution(model, x, target=torch.tensor([0, 1])).shape
+    torch.Size([2, 1, 32, 32])
+    >>> [row["role"] for row in describe_lrp_rules(model, x)["layers"]][:5]
+    ['input', 'lower', 'lower', 'lower', 'middle']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import inspect
+import logging
+import operator
+import types
+import warnings
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .._optional import optional_import
+from ._modules import LeafCall, leaf_calls, leaves, make_out_of_place, replace_module, split_reused_modules
+from ._state import isolated_copy
+
+__all__ = [
+    "LRP_DESCRIPTION",
+    "LRP_RULES",
+    "LRPPlan",
+    "LRPRule",
+    "attach_rules",
+    "composite_description",
+    "depth_third",
+    "describe_lrp_rules",
+    "fold_batchnorm",
+    "lrp_attribution",
+    "prepare_lrp_model",
+    "split_residual_sums",
+]
+
+logger = logging.getLogger(__name__)
+
+_RULE_KINDS = ("gamma", "epsilon", "zero", "identity", "alpha1beta0")
+_ROLES = ("input", "lower", "middle", "upper")
+#: Leaf types that LRP treats as weight layers (split into depth thirds).
+_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Elementwise activations (same shape in and out) that Captum does not know: identity rule.
+_ELEMENTWISE = (
+    nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Sigmoid, nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Identity,
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softmax,
+)
+#: Captum handles these itself (relevance passes unchanged); no rule is set on them.
+_CAPTUM_NONLINEAR = (nn.ReLU, nn.Dropout, nn.Tanh)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+@dataclasses.dataclass(frozen=True)
+class LRPRule:
+    """One LRP rule of the composite.
+
+    Attributes:
+        kind: ``"gamma"`` (Captum ``GammaRule(gamma=value)``), ``"epsilon"`` (``EpsilonRule(value)``),
+            ``"zero"`` (LRP-0: ``EpsilonRule(1e-9)``, ``value`` ignored), ``"identity"``
+            (``IdentityRule``: relevance passes unchanged) or ``"alpha1beta0"``
+            (``Alpha1_Beta0_Rule``: positive contributions only).
+        value: gamma or epsilon.
+    """
+
+    kind: str
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _RULE_KINDS:
+            raise ValueError(f"unknown LRP rule kind {self.kind!r}; valid: {', '.join(_RULE_KINDS)}")
+        if self.kind in ("gamma", "epsilon") and (self.value is None or not self.value >= 0):
+            raise ValueError(f"LRP rule {self.kind!r} needs a value >= 0, got {self.value!r}")
+
+    @property
+    def label(self) -> str:
+        """Human-readable name, e.g. ``"gamma (gamma=0.25)"``."""
+        if self.kind == "gamma":
+            return f"gamma (gamma={self.value:g})"
+        if self.kind == "epsilon":
+            return f"epsilon (epsilon={self.value:g})"
+        return {"zero": "LRP-0 (epsilon=1e-9)", "identity": "identity", "alpha1beta0": "alpha1-beta0"}[self.kind]
+
+    def build(self) -> Any:
+        """A fresh Captum ``PropagationRule`` (Captum keeps per-call state on it: one per layer)."""
+        rules = _captum_rules()
+        if self.kind == "gamma":
+            return rules.GammaRule(gamma=float(self.value))
+        if self.kind == "epsilon":
+            return rules.EpsilonRule(epsilon=float(self.value))
+        if self.kind == "zero":
+            return rules.EpsilonRule(epsilon=1e-9)
+        if self.kind == "identity":
+            return _pass_rule_class()()
+        return rules.Alpha1_Beta0_Rule()
+
+
+#: The composite: the rule of each role of a weight layer (module docstring). Read-only.
+LRP_RULES: Mapping[str, LRPRule] = types.MappingProxyType({
+    "input": LRPRule("epsilon", 0.25),
+    "lower": LRPRule("gamma", 0.25),
+    "middle": LRPRule("epsilon", 0.25),
+    "upper": LRPRule("zero"),
+})
+
+def composite_description(rules: Mapping[str, LRPRule] | None = None) -> str:
+    """One sentence for reports: what ``lrp`` computes with ``rules`` (default :data:`LRP_RULES`)."""
+    rules = LRP_RULES if rules is None else rules
+    _check_rules(rules)
+    return (
+        "composite LRP (Montavon et al. 2019) through Captum, by depth thirds of the conv/linear layers: "
+        f"{rules['input'].label} on the input layer, {rules['lower'].label} on the rest of the lower "
+        f"third (the middle rule where a layer's output is not followed by a ReLU), {rules['middle'].label} "
+        f"on the middle third, {rules['upper'].label} on the upper third (the classifier head included); "
+        "BatchNorm folded into the preceding convolution; residual sums split in proportion to their inputs"
+    )
+
+
+def _captum_rules() -> Any:
+    return optional_import("captum.attr._utils.lrp_rules", extra="dev", purpose="LRP")
+
+
+@functools.cache
+def _pass_rule_class() -> type:
+    """Captum's ``IdentityRule``, also for a layer that returns its input tensor itself (``nn.Identity``).
+
+    Captum hooks the input and the output tensor of a layer; when they are one tensor, the input hook
+    runs before the output hook and fails. Such a layer does not need hooks: its output is cloned and
+    relevance passes through the clone unchanged.
+    """
+
+    class PassRule(_captum_rules().IdentityRule):
+        def forward_hook(self, module: nn.Module, inputs: Any, outputs: Any) -> Any:
+            ins = inputs if isinstance(inputs, tuple) else (inputs,)
+            if any(t is outputs for t in ins):
+                return outputs.clone()
+            return super().forward_hook(module, inputs, outputs)
+
+    return PassRule
+
+
+def _check_rules(rules: Mapping[str, LRPRule]) -> None:
+    if set(rules) != set(_ROLES) or not all(isinstance(r, LRPRule) for r in rules.values()):
+        raise ValueError(f"rules must map each of {list(_ROLES)} to an LRPRule, got {dict(rules)!r}")
+
+
+#: :func:`composite_description` of :data:`LRP_RULES`.
+LRP_DESCRIPTION = composite_description()
+
+
+def depth_third(index: int, n: int) -> str:
+    """``"lower"``, ``"middle"`` or ``"upper"`` for weight layer ``index`` of ``n`` (0 = nearest the input).
+
+    Example:
+        >>> [depth_third(i, 5) for i in range(5)]
+        ['lower', 'lower', 'middle', 'upper', 'upper']
+        >>> depth_third(0, 1), depth_third(0, 2), depth_third(1, 2)
+        ('upper', 'lower', 'upper')
+    """
+    if n < 1 or not 0 <= index < n:
+        raise ValueError(f"layer index {index} out of range for {n} weight layers")
+    if 3 * index < n - 1:
+        return "lower"
+    if 3 * index < 2 * (n - 1):
+        return "middle"
+    return "upper"
+
+
+# ---------------------------------------------------------------------------- canonization
+def fold_batchnorm(model: nn.Module, example: Tensor) -> list[tuple[str, str]]:
+    """Fold every eval-mode BatchNorm fed directly by a convolution into it; the BatchNorm becomes an identity.
+
+    Modifies ``model`` in place: call it on a private copy. A pair is folded when, in one no-grad
+    forward of ``example``, every call of the BatchNorm takes the output of the same convolution and
+    nothing else (no other leaf module) reads that convolution's output; the BatchNorm uses running
+    statistics (eval mode, ``track_running_stats``). The convolution then computes
+    ``conv(x) * s + (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``: the same function.
+
+    Args:
+        model: the (copied) model, in eval mode.
+        example: an input batch (``(1, C, *S)`` suffices).
+
+    Returns:
+        The folded ``(conv name, batchnorm name)`` pairs, in forward order.
+    """
+    calls, _ = leaf_calls(model, example)
+    producer: dict[int, LeafCall] = {id(c.output): c for c in calls if isinstance(c.output, Tensor)}
+    readers: dict[int, set[str]] = {}
+    for c in calls:
+        for t in c.inputs:
+            if isinstance(t, Tensor):
+                readers.setdefault(id(t), set()).add(c.name)
+    sources: dict[str, set[str]] = {}
+    for c in calls:
+        if not isinstance(c.module, _BATCHNORMS):
+            continue
+        src = producer.get(id(c.inputs[0])) if c.inputs and isinstance(c.inputs[0], Tensor) else None
+        ok = src is not None and isinstance(src.module, _CONVS) and readers.get(id(src.output)) == {c.name}
+        sources.setdefault(c.name, set()).add(src.name if ok and src is not None else "")
+    conv_calls: dict[str, list[LeafCall]] = {}
+    for c in calls:
+        if isinstance(c.module, _CONVS):
+            conv_calls.setdefault(c.name, []).append(c)
+    folded: list[tuple[str, str]] = []
+    named = dict(model.named_modules())
+    for bn_name, convs in sources.items():
+        bn = named[bn_name]
+        if len(convs) != 1 or "" in convs or bn.training or bn.running_mean is None or bn.running_var is None:
+            continue
+        (conv_name,) = convs
+        # every call of that convolution must feed this BatchNorm alone
+        if any(readers.get(id(c.output)) != {bn_name} for c in conv_calls[conv_name]):
+            continue
+        if any(conv_name == c for c, _ in folded):
+            continue
+        _fold_pair(named[conv_name], bn)
+        replace_module(model, bn_name, nn.Identity())
+        folded.append((conv_name, bn_name))
+    del calls, producer, readers
+    return folded
+
+
+def _fold_pair(conv: nn.Module, bn: nn.Module) -> None:
+    with torch.no_grad():
+        w = conv.weight.double()
+        scale = (bn.running_var.double() + bn.eps).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = bn.bias.double() if bn.bias is not None else torch.zeros_like(scale)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        new_w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+        new_b = (bias - bn.running_mean.double()) * scale + shift
+        grad = conv.weight.requires_grad
+        conv.weight = nn.Parameter(new_w.to(conv.weight.dtype), requires_grad=grad)
+        conv.bias = nn.Parameter(new_b.to(conv.weight.dtype), requires_grad=grad)
+
+
+def split_residual_sums(model: nn.Module, example: Tensor) -> list[str]:
+    """Replace each tensor sum ``a + b`` inside a submodule's ``forward`` by a Captum ``Addition_Module``.
+
+    Modifies ``model`` in place: call it on a private copy. Each non-container submodule whose
+    ``forward`` takes one tensor is traced by ``torch.fx`` with its children as opaque calls; every
+    ``+`` of two tensors of the same shape (shapes from running the trace on the input the submodule
+    got in a no-grad forward of ``example``) becomes a call of a new child ``lrp_sum<k>``, and the
+    submodule's ``forward`` becomes the rewritten code (looking its children up on the submodule itself,
+    so later replacements of a child are seen). Submodules that do not trace are left alone.
+
+    Args:
+        model: the (copied) model.
+        example: an input batch.
+
+    Returns:
+        The names of the rewritten submodules.
+    """
+    fx = torch.fx
+    from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+    addition = optional_import("captum.attr._utils.custom_modules", extra="dev", purpose="LRP").Addition_Module
+
+    class _Shallow(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:  # noqa: ARG002
+            return True
+
+    candidates = {}
+    for name, m in model.named_modules():
+        if not name or not list(m.children()) or isinstance(m, _CONTAINERS):
+            continue
+        try:
+            params = list(inspect.signature(m.forward).parameters.values())
+        except (TypeError, ValueError):
+            continue
+        if len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            candidates[name] = m
+    seen: dict[str, Tensor] = {}
+
+    def record(name: str) -> Any:
+        def hook(_mod: nn.Module, inp: tuple[Any, ...]) -> None:
+            if len(inp) == 1 and isinstance(inp[0], Tensor):
+                seen.setdefault(name, inp[0])
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in candidates.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    rewritten: list[str] = []
+    for name, m in candidates.items():
+        if name not in seen:
+            continue
+        try:
+            graph = _Shallow().trace(m)
+            traced = fx.GraphModule(m, graph)
+            with torch.no_grad():
+                ShapeProp(traced).propagate(seen[name])
+        except Exception as exc:  # noqa: BLE001 - any tracing failure leaves the submodule as it is
+            logger.debug("LRP: %s does not trace (%s); its sums are left as they are", name, exc)
+            continue
+
+        def is_tensor(node: Any) -> bool:
+            return isinstance(node, fx.Node) and isinstance(node.meta.get("tensor_meta"), TensorMetadata)
+
+        sums = [
+            node for node in graph.nodes
+            if node.op == "call_function" and node.target in (operator.add, torch.add) and not node.kwargs
+            and len(node.args) == 2 and all(is_tensor(a) for a in node.args)
+            and node.args[0].meta["tensor_meta"].shape == node.args[1].meta["tensor_meta"].shape
+        ]
+        if not sums:
+            continue
+        for k, node in enumerate(sums):
+            child = f"lrp_sum{k}"
+            while hasattr(m, child):
+                child += "_"
+            module = addition()
+            m.add_module(child, module)
+            traced.add_module(child, module)  # the graph's owning module checks its targets
+            with graph.inserting_after(node):
+                new = graph.call_module(child, args=tuple(node.args))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        graph.lint()
+        code = fx.GraphModule(m, graph)
+        m.forward = types.MethodType(type(code).forward, m)
+        rewritten.append(name)
+    return rewritten
+
+
+def _feeds_relu_only(out: Any, readers: dict[int, list[LeafCall]]) -> bool:
+    """Whether every path from ``out`` reaches a ReLU, through identities and BatchNorms only.
+
+    Uses of ``out`` outside leaf modules (a functional ``+``, a product) are not seen: a tensor that no
+    leaf reads counts as not followed by a ReLU.
+    """
+    frontier, seen = [out], set()
+    while frontier:
+        t = frontier.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        calls = readers.get(id(t), [])
+        if not calls:
+            return False
+        for c in calls:
+            if isinstance(c.module, nn.ReLU):
+                continue
+            if not isinstance(c.module, (nn.Identity, *_BATCHNORMS)) or not isinstance(c.output, Tensor):
+                return False
+            if c.output is not t:
+                frontier.append(c.output)
+    return True
+
+
+def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRule]) -> tuple[list[dict[str, str]],
+                                                                                         dict[int, LRPRule]]:
+    """The rule of every leaf (by ``id``) and the weight layers' rows, from the order one forward runs them."""
+    calls, _ = leaf_calls(model, example)
+    readers: dict[int, list[LeafCall]] = {}
+    for c in calls:
+        for t in c.inputs:
+            if isinstance(t, Tensor):
+                readers.setdefault(id(t), []).append(c)
+    order: list[tuple[str, nn.Module]] = []
+    outputs: dict[int, list[Any]] = {}
+    for c in calls:
+        if not isinstance(c.module, _WEIGHT_LAYERS):
+            continue
+        if all(c.module is not m for _, m in order):
+            order.append((c.name, c.module))
+        outputs.setdefault(id(c.module), []).append(c.output)
+    chosen: dict[int, LRPRule] = {}
+    rows = []
+    for i, (name, m) in enumerate(order):
+        role = depth_third(i, len(order))
+        note = ""
+        if i == 0 and len(order) > 1:
+            role = "input"
+        rule = rules[role]
+        if role == "lower" and not all(_feeds_relu_only(o, readers) for o in outputs[id(m)]):
+            rule = rules["middle"]
+            note = "output not followed by a ReLU (e.g. a residual sum): the middle rule"
+        chosen[id(m)] = rule
+        rows.append({"layer": name, "type": type(m).__name__, "role": role, "rule": rule.label, "note": note})
+    del calls, readers, outputs
+    for _, m in leaves(model):
+        if id(m) in chosen or isinstance(m, _CAPTUM_NONLINEAR):
+            continue
+        if isinstance(m, _WEIGHT_LAYERS):
+            chosen[id(m)] = LRPRule("zero")  # never called in the forward
+        elif isinstance(m, _ELEMENTWISE) or isinstance(m, _BATCHNORMS):
+            chosen[id(m)] = LRPRule("identity")
+        else:
+            chosen[id(m)] = LRPRule("zero")
+    return rows, chosen
+
+
+@dataclasses.dataclass
+class LRPPlan:
+    """What :func:`prepare_lrp_model` did to the copy, and the rule of every weight layer.
+
+    Attributes:
+        layers: one row per weight layer in forward order: ``layer`` (name in the prepared copy),
+            ``type``, ``role`` (``input``, ``lower``, ``middle``, ``upper``), ``rule`` (its label) and
+            ``note`` (why a lower layer has the middle rule; empty otherwise).
+        batchnorm_folded: ``(conv, batchnorm)`` name pairs folded.
+        residual_sums: submodules whose sums became ``Addition_Module`` calls.
+        canonized: False when the canonized copy did not reproduce the logits and LRP fell back to
+            the uncanonized one.
+        rules: leaf ``id`` -> rule (internal: attached before the Captum call).
+    """
+
+    layers: list[dict[str, str]]
+    batchnorm_folded: list[tuple[str, str]]
+    residual_sums: list[str]
+    canonized: bool
+    rules: dict[int, LRPRule] = dataclasses.field(repr=False, default_factory=dict)
+
+
+def prepare_lrp_model(
+    model: nn.Module, example: Tensor, rules: Mapping[str, LRPRule] = LRP_RULES
+) -> tuple[nn.Module, LRPPlan]:
+    """Canonize a private copy for LRP and choose every layer's rule (module docstring).
+
+    Args:
+        model: a private copy in eval mode (e.g. from :func:`~dualattn.explain.isolated_copy`); it is
+            not modified: the canonized model is a deep copy of it.
+        example: ``(1, C, *S)``: the forward that finds the BatchNorm pairs, the sums, the depth order
+            and checks the logits.
+        rules: the composite (:data:`LRP_RULES`).
+
+    Returns:
+        The model to give Captum's ``LRP`` and the :class:`LRPPlan` (rules are attached by
+        :func:`attach_rules`, right before each Captum call).
+    """
+    _check_rules(rules)
+    example = example.detach()
+    with torch.no_grad():
+        reference = model(example)
+    prepared = copy.deepcopy(model)
+    make_out_of_place(prepared)
+    folded = fold_batchnorm(prepared, example)
+    sums = split_residual_sums(prepared, example)
+    split_reused_modules(prepared, example)
+    with torch.no_grad():
+        got = prepared(example)
+    tol = 1e-4 * float(reference.abs().max().clamp_min(1.0))
+    canonized = bool(got.shape == reference.shape and torch.allclose(got, reference, rtol=1e-4, atol=tol))
+    if not canonized:
+        warnings.warn(
+            "LRP: the canonized copy (BatchNorm folded, sums split) does not reproduce the model's logits; "
+            "LRP runs on the uncanonized model (BatchNorm passes relevance unchanged, sums are not split)",
+            RuntimeWarning, stacklevel=3,
+        )
+        prepared = copy.deepcopy(model)
+        make_out_of_place(prepared)
+        split_reused_modules(prepared, example)
+        folded, sums = [], []
+    rows, chosen = _composite_rows(prepared, example, rules)
+    return prepared, LRPPlan(rows, folded, sums, canonized, chosen)
+
+
+def attach_rules(model: nn.Module, plan: LRPPlan) -> None:
+    """Set a fresh Captum rule (``.rule``) on every leaf the plan names (Captum deletes them after each call)."""
+    for _, m in leaves(model):
+        rule = plan.rules.get(id(m))
+        if rule is not None:
+            m.rule = rule.build()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*hooks and attributes on non-linear", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*Setting forward, backward hooks", category=UserWarning)
+        yield
+
+
+def lrp_attribution(
+    model: nn.Module, images: Tensor, *, target: Tensor, rules: Mapping[str, LRPRule] = LRP_RULES
+) -> Tensor:
+    """Composite-rule LRP relevance of every input pixel, ``(B, C, *S)`` (Captum ``LRP``).
+
+    Runs on a private canonized copy (:func:`prepare_lrp_model`); the caller's model is untouched.
+
+    Args:
+        model: the classifier.
+        images: ``(B, C, *S)``.
+        target: ``(B,)`` class per sample.
+        rules: the composite by role (default :data:`LRP_RULES`).
+
+    Returns:
+        ``(B, C, *S)`` float relevance (Captum's: it sums to the target logit where relevance is
+        conserved).
+    """
+    lrp_cls = optional_import("captum.attr", extra="dev", purpose="LRP").LRP
+    x = images.detach().clone().requires_grad_(True)
+    # LRP hooks every leaf's output: parameters must require grad so that outputs depending only on
+    # parameters (e.g. a global witness) can take hooks; gradients are only taken w.r.t. the input.
+    with isolated_copy(model, requires_grad=True) as clone, _quiet():
+        prepared, plan = prepare_lrp_model(clone, x[:1], rules)
+        attach_rules(prepared, plan)
+        out = lrp_cls(prepared).attribute(x, target=target)
+    return out.detach().float()
+
+
+def describe_lrp_rules(
+    model: nn.Module, images: Tensor, rules: Mapping[str, LRPRule] = LRP_RULES
+) -> dict[str, Any]:
+    """Which rule ``lrp`` applies to each layer of ``model`` (JSON-serializable, for reports).
+
+    Args:
+        model: the classifier (not modified).
+        images: ``(B, C, *S)``; the first image is used.
+        rules: the composite (default :data:`LRP_RULES`).
+
+    Returns:
+        ``{"description", "rules": {role: label}, "layers": [{"layer", "type", "role", "rule", "note"}, ...],
+        "batchnorm_folded": [[conv, bn], ...], "residual_sums": [...], "canonized": bool}``.
+    """
+    with isolated_copy(model, requires_grad=True) as clone, _quiet():
+        _, plan = prepare_lrp_model(clone, images[:1].detach(), rules)
+    return {
+        "description": composite_description(rules),
+        "rules": {role: rules[role].label for role in _ROLES},
+        "layers": plan.layers,
+        "batchnorm_folded": [list(p) for p in plan.batchnorm_folded],
+        "residual_sums": list(plan.residual_sums),
+        "canonized": plan.canonized,
+    }
