@@ -56,6 +56,7 @@ def test_presets_are_ordered_by_cost():
     assert tiny.image_size < default.image_size < full.image_size
     assert tiny.max_epochs < default.max_epochs < full.max_epochs
     assert len(full.seeds) == 5 and full.accelerator == "auto"
+    assert len(default.seeds) >= 3  # every number a mean ± std over seeds, with an interval
     assert set(default.variants) >= {"baseline", "tau_k", "tau_l", "unconstrained", "dual", "exact", "multilevel"}
     json.dumps([p.to_dict() for p in PRESETS.values()])  # serializable
 

@@ -75,7 +75,7 @@ def evaluated(tmp_path_factory):
 
 def test_results_layout_and_tables(evaluated):
     tmp, _, _, path, res = evaluated
-    assert res["schema_version"] == 1
+    assert res["schema_version"] == 2
     assert any("tau_k" in n for n in res["notes"])  # no tau_k run: skipped with a note
     assert set(res["methods"]) == {"exact", "cvx", "gradcam", "lrp", "random", "raw_channel_0"}
     assert set(res["segmentation"]["rows"]) >= {"exact [block3]", "exact [block4]", "gradcam [block4]"}

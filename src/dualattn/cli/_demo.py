@@ -57,7 +57,7 @@ def demo_cmd(
     import json
 
     for warning in json.loads(outcome.results.read_text(encoding="utf-8")).get("warnings") or []:
-        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {outcome.results}\nreport:  {outcome.report}\nwall time: "
                   f"{outcome.wall_time_s:.0f} s", markup=False, highlight=False)
 

@@ -17,7 +17,7 @@ from .statistics import mean_std
 
 __all__ = ["SCHEMA_VERSION", "RunNumbers", "assemble", "section"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RunNumbers:

@@ -107,7 +107,7 @@ def plan_units(
         family = method_family(method)
         method_blocks: tuple[str, ...] = ("patches",) if family == "vit" else tuple(blocks)
         note = None
-        if family in ("attention", "cvx"):
+        if family in ("attention", "cvx") or method in ("prior", "dual_tau"):
             gated = tuple(getattr(src[0].model, "attention_blocks", ()) or ())
             kept = tuple(b for b in blocks if b in gated)
             if kept != tuple(blocks):
@@ -176,6 +176,8 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
         options["seed"] = s.seed
     if unit.method == "center" and ctx.lesion_fraction is not None:
         options["lesion_fraction"] = ctx.lesion_fraction
+    if unit.method == "prior":  # an amortized witness's prior: its mean over the whole test set
+        options["population"] = x
     targets = test.labels if unit.family == "posthoc" else None
     if warm_up:
         # warm-up (lazy imports, allocator) so that cost_ms measures the method itself

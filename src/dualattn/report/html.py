@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..evaluate.specs import METRICS
-from ..explain import METHOD_ALIASES, method_family, methods_in_family
+from ..explain import LRP_DESCRIPTION, METHOD_ALIASES, method_family, methods_in_family
 from ..models import CONSISTENT_VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -310,9 +310,12 @@ def _rank(rows: Mapping[str, Mapping[str, Any]], column: str, *, higher: bool = 
 
 def _family(name: str) -> str:
     key = name.lower()
-    base = key.split("/")[0].split("@")[0].split(":")[0].strip()
-    if base.startswith(("raw_channel", "random")):
-        return "reference"
+    base = key.split("/")[0].split("@")[0].split(":")[0].split(" [")[0].strip()
+    try:
+        if method_family(base) == "control":
+            return "control"
+    except ValueError:
+        pass
     if any(base.startswith(p) for p in PROPOSED_METHODS):
         return "proposed"
     if any(base.startswith(p) for p in POSTHOC_METHODS):
@@ -466,10 +469,13 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                     "IoU of the top 2.5 / 5 / 10 % of the map's pixels with the mask, and average precision; "
                     "mean ± std over seeds, ×100. Best per column highlighted.</p>")
         body.append(_table_html(seg, row_header="method", pivot=True))
-        if any(_family(r) == "reference" for r in seg["rows"]):
-            body.append('<p class="legend">References: <i>raw_channel_k</i> is the k-th input channel itself used '
-                        "as a map (a lesion that is bright in that channel is found by intensity alone); "
-                        "<i>random</i> is a random map. A method should beat both.</p>")
+        if any(_family(r) == "control" for r in seg["rows"]):
+            body.append('<p class="legend">Controls, scored like the methods: <i>prior</i> is the dual model\'s '
+                        "image-independent map (its witness alone, the same for every scan); <i>dual_tau</i> the dual "
+                        "model's gate map before the reparameterization; <i>center</i> a centered Gaussian of the "
+                        "lesions' mean size (measured on the training masks); <i>raw_channel_k</i> the k-th input "
+                        "channel itself (a lesion bright in that channel is found by intensity alone); "
+                        "<i>random</i> a random map. A method worth showing a physician beats every one.</p>")
 
     pert = results.get("perturbation") or {}
     if pert.get("rows"):
@@ -479,6 +485,8 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                     "area under that curve (×100) is higher when the map keeps what the classifier needs. "
                     "Best per column highlighted.</p>")
         body.append(_table_html(pert, row_header="method", pivot=True))
+        if any(str(r).startswith("lrp") for r in pert["rows"]):
+            body.append(f'<p class="legend">LRP rules: {html.escape(LRP_DESCRIPTION)}</p>')
     curves = _report_curves(results)
     if curves:
         try:
