@@ -269,3 +269,22 @@ def test_evaluate_runs_3d(tmp_path):
             cell = res["methods"][method]["blocks"][block]
             assert all(math.isfinite(cell[c]["mean"]) for c in ("iou@90", "ap", "auc_least_first")), (method, block)
     assert res["methods"]["exact"]["consistency"]["consistency_kl"]["mean"] == pytest.approx(0, abs=1e-6)
+
+
+def test_unknown_methods_and_blocks_are_refused_before_any_image_is_read(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dualattn.cli import app
+    from dualattn.evaluate import EvalSettings, runner
+
+    def no_reading(*a, **k):
+        raise AssertionError("images were read before the settings were checked")
+
+    monkeypatch.setattr(runner, "load_test_set", no_reading)
+    run = _run(tmp_path / "runs", "baseline", 0, dataset=str(tmp_path / "data"))
+    for bad, match in ((dict(methods=["gradcamm"]), "unknown method"), (dict(blocks=("block3", "x")), "unknown block")):
+        with pytest.raises(ValueError, match=match):
+            EvalSettings(**bad)
+    res = CliRunner().invoke(app, ["evaluate", "--runs", str(run), "--out", str(tmp_path / "o"),
+                                   "--methods", "gradcam,gradcamm"])
+    assert res.exit_code == 2 and "gradcamm" in res.output

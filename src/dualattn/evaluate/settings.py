@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Sequence
 
 import torch
 
+from ..explain import METHOD_ALIASES, list_methods
 from .perturbation import FILLS
 
 __all__ = ["EvalSettings", "FILLS"]
@@ -85,6 +87,16 @@ class EvalSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.blocks:
             raise ValueError("blocks must name at least one block")
+        bad_blocks = [b for b in self.blocks if not re.fullmatch(r"block\d+|patches", str(b))]
+        if bad_blocks:
+            raise ValueError(f"unknown block(s) {bad_blocks}; blocks are named block1 ... block5 (or patches)")
+        if self.methods != "all":
+            # refused here, before any image is read (raw_channel_<k> is checked against the data later)
+            names = (self.methods,) if isinstance(self.methods, str) else self.methods
+            known = set(list_methods(in_channels=1)) | set(METHOD_ALIASES)
+            unknown = [m for m in names if m not in known and not re.fullmatch(r"raw_channel_\d+", m)]
+            if unknown:
+                raise ValueError(f"unknown method(s) {unknown}; valid: {sorted(set(list_methods(in_channels=1)))}")
         known = (*FILLS, "zero")
         bad = [f for f in self.fills if f not in known]
         if bad or not self.fills or len(set(self.fills)) != len(self.fills):
