@@ -64,12 +64,12 @@ def merge(files: list[str], out: str) -> None:
     for cap in sorted({r["cap"] for r in runs}):
         rows = [r for r in runs if r["cap"] == cap]
         summary[str(cap)] = {"n_seeds": len(rows), "embed": rows[0]["embed"], **{
-            k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
+            k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows], ddof=1))}
             for k in ("bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "step_ms")}}  # fmt: skip
     atomic_write_json(out, {"benchmark": "gate_width_check", "model": "unet_encoder features=16, exact, SHARP_GATE",
                             "data": "synthetic-brain n=1200 64x64, 12 epochs, lr 2e-3, batch 32",
                             "machine": "2-core CPU, 1 torch thread per run, two runs in parallel",
-                            "summary": summary, "runs": runs})  # fmt: skip
+                            "std": "sample std over seeds (ddof=1)", "summary": summary, "runs": runs})  # fmt: skip
     print(json.dumps(summary, indent=1))
 
 
