@@ -3,7 +3,8 @@
 The default gate width is ``E = min(C, 64)`` (``dualattn.models.base._GATE_EMBED_CAP``; it was
 ``min(C, 256)``), chosen for step time (docs/training.md). At ``features=16`` only block4's gate differs
 (C = 128: E = 64 vs 128; block3 has C = 64 either way). Same data, loop and metrics as
-``recipe_study.py --study confirm`` (1200 synthetic-brain scans, 12 epochs, the recipe's gate options).
+``recipe_study.py`` (its ``load_split``, ``train``, ``evaluate``; 1200 synthetic-brain scans, 12 epochs, the
+recipe's gate options). It scores the test split: a check of a default chosen for step time, not a selection.
 
 Usage (about 75 s per run on one thread)::
 
