@@ -285,6 +285,9 @@ def _versions() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).resolve().parent).stdout.strip()  # fmt: skip
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                                    check=True, cwd=Path(__file__).resolve().parent).stdout.strip())  # fmt: skip
+        commit += " (benchmarks/ has uncommitted changes)" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
@@ -476,6 +479,32 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def show(path: str) -> str:
+    """The markdown tables docs/models.md quotes, printed from a finished result file."""
+    res = json.loads(Path(path).read_text())
+    if res.get("partial"):
+        raise SystemExit(f"{path} is a partial result (phase {res.get('phase')!r})")
+    sel = res["selection"]
+    out = [f"selected gate: {sel['gate']} {sel['gate_kwargs']}, dual alpha {sel['dual_alpha']:g}, "
+           f"admissible for all variants: {sel['admissible_for_all']}; per variant: {sel['per_variant']}", "",
+           "val, every candidate:", format_table(res["val_summary"]), "",
+           "test of the selection draw, selected recipe and fixed references:", format_table(res["test_summary"]), "",
+           f"fresh draw (data seed {res['confirmation']['data_seed']}), test:",
+           format_table(res["confirmation"]["summary"]), "", "paired differences (per seed, mean ± std [95 % t interval]):",
+           "| where | variant | comparison | bal_acc | ap_block3 | ap_block4 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for where, pairs in (("test", res["test_paired"]), ("fresh draw", res["confirmation"]["paired"])):
+        for v, comps in pairs.items():
+            for name, c in comps.items():
+                cells = []
+                for k, scale in (("bal_acc", 100.0), ("ap_block3", 1.0), ("ap_block4", 1.0)):
+                    d = c.get(k)
+                    cells.append("-" if d is None else
+                                 f"{scale * d['mean']:+.1f} ± {scale * d['std']:.1f} "
+                                 f"[{scale * d['ci_low']:+.1f}, {scale * d['ci_high']:+.1f}]")  # fmt: skip
+                out.append(f"| {where} | {v} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def format_table(summary: list[dict]) -> str:
     """A markdown table: mean ± sample std over seeds (balanced accuracy and AP x100)."""
     cols = ["bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "marginal_violation_l1"]
@@ -552,12 +581,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--gates", nargs="+", default=None, help=f"gate candidates (default all: {list(GATES)})")
+    p.add_argument("--show", default=None, metavar="JSON", help="print the tables of a finished result file")
     p.add_argument("--step-time", action="store_true", help="only time one training step per variant")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (--step-time)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.step_time:
+    if args.show:
+        print(show(args.show))
+    elif args.step_time:
         step_times(args)
     else:
         run(args)

@@ -110,6 +110,8 @@ def test_recipe_study_selects_on_val_and_confirms_on_a_fresh_draw(tmp_path):
     vals = [r["val"]["ap_block3"] for r in res["selection_runs"] if r["label"] == "exact paper gate"]
     assert row["ap_block3"]["std"] == pytest.approx(float(np.std(vals, ddof=1)))
     assert set(res["versions"]) >= {"python", "torch", "numpy", "sklearn"} and res["machine"]
+    text = rs.show(str(out))
+    assert text.startswith("selected gate:") and "| fresh draw | exact | selected - paper |" in text
 
 
 def test_pixel_classifier_runs_and_reports_ap(tmp_path):
