@@ -3,7 +3,8 @@
 The default gate width is ``E = min(C, 64)`` (``dualattn.models.base._GATE_EMBED_CAP``; it was
 ``min(C, 256)``), chosen for step time (docs/training.md). At ``features=16`` only block4's gate differs
 (C = 128: E = 64 vs 128; block3 has C = 64 either way). Same data, loop and metrics as
-``recipe_study.py --study confirm`` (1200 synthetic-brain scans, 12 epochs, the recipe's gate options).
+``recipe_study.py`` (its ``load_split``, ``train``, ``evaluate``; 1200 synthetic-brain scans, 12 epochs, the
+recipe's gate options). It scores the test split: a check of a default chosen for step time, not a selection.
 
 Usage (about 75 s per run on one thread)::
 
@@ -64,12 +65,12 @@ def merge(files: list[str], out: str) -> None:
     for cap in sorted({r["cap"] for r in runs}):
         rows = [r for r in runs if r["cap"] == cap]
         summary[str(cap)] = {"n_seeds": len(rows), "embed": rows[0]["embed"], **{
-            k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
+            k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows], ddof=1))}
             for k in ("bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "step_ms")}}  # fmt: skip
     atomic_write_json(out, {"benchmark": "gate_width_check", "model": "unet_encoder features=16, exact, SHARP_GATE",
                             "data": "synthetic-brain n=1200 64x64, 12 epochs, lr 2e-3, batch 32",
                             "machine": "2-core CPU, 1 torch thread per run, two runs in parallel",
-                            "summary": summary, "runs": runs})  # fmt: skip
+                            "std": "sample std over seeds (ddof=1)", "summary": summary, "runs": runs})  # fmt: skip
     print(json.dumps(summary, indent=1))
 
 

@@ -1,22 +1,27 @@
-"""Which training recipe should each attention variant use by default? A small measured study.
+"""Which gate recipe should the attention variants train with? Selected on val, confirmed on a fresh draw.
 
-For every (variant, recipe) below and every seed, train a U-Net encoder (``features`` wide) on the
-embedded ``synthetic-brain`` dataset (BraTS-like hemisphere halves with glioma masks) with a plain
-PyTorch loop, then measure on the test split:
+The sharp-gate study, run so that the test split plays no part in the choice:
 
-* balanced accuracy;
-* AP: sklearn's average precision of the attention map (nearest-upsampled to the mask grid) against
-  the tumour mask, mean over tumour-positive test images (x100), for the fine (block3) and coarse
-  (block4) map; mu where the variant has consistent maps, else tau;
-* sharpness: exp(entropy) / N of the same maps (1 = uniform, 1/N = one position), mean over images;
-* marginal violation: mean L1 distance between marginalize(map_block3) and map_block4;
-* step time: mean wall time of one training step (forward + backward + Adam) in ms.
+1. **Selection** (data draw ``--data-seed``): every candidate in :data:`CANDIDATES` trains (a U-Net
+   encoder, ``features`` wide, plain PyTorch loop) on the train split of the embedded
+   ``synthetic-brain`` dataset for every seed in ``--seeds`` and is scored on the **val split only**:
+   balanced accuracy; AP of the attention map (mu where the variant has consistent maps, else tau,
+   nearest-upsampled to the mask grid) against the tumour mask, mean over tumour-positive images, x100,
+   for the fine (block3) and coarse (block4) map; sharpness exp(entropy)/N; marginal violation
+   ``|marginalize(block3) - block4|_1``. The weights of every run are kept on disk.
+2. **The rule** (:func:`select`, stated in the JSON as ``selection.rule``), applied to val numbers only.
+3. **Test** (same draw): only the selected recipe and the references fixed before the study (the
+   baseline and the paper's gate for each variant) are evaluated on the test split, from the kept weights.
+4. **Confirmation** (a fresh draw, ``--confirm-data-seed``, never used before, and fresh training seeds
+   ``--confirm-seeds``): baseline, paper gate and the selected recipe are retrained and scored on
+   that draw's test split; the per-seed paired difference selected - paper gate is reported.
 
-Recipes: ``scratch`` trains end to end; ``frozen`` starts from the same seed's trained baseline
-(``load_backbone_state``), freezes the backbone and trains the gates (and witness) only, as the
-paper's code does; ``finetune`` starts from the baseline without freezing.
+Using the val masks (attention AP) for selection is a prior only the attention variants get; the
+post-hoc explainers of a baseline have no such tuning knob. docs/models.md says so beside the numbers.
 
-Usage (about 18 min of CPU time on 2 cores)::
+Every summary is mean ± sample std (ddof=1) over seeds, with a 95 % t interval.
+
+Usage (about 35 min wall time on one torch thread of a shared 2-core CPU)::
 
     python benchmarks/recipe_study.py --out benchmarks/results/recipe_study.json
 """
@@ -39,96 +44,148 @@ from torch.nn import functional as F
 
 logger = logging.getLogger("recipe_study")
 
-#: (label, variant, recipe, create_model kwargs)
-CONFIGS: list[tuple[str, str, str, dict]] = [
-    ("baseline", "baseline", "scratch", {}),
-    ("unconstrained", "unconstrained", "scratch", {}),
-    ("kl a=1", "kl", "scratch", {"alpha": 1.0}),
-    ("kl a=10", "kl", "scratch", {"alpha": 10.0}),
-    ("dual a=10", "dual", "scratch", {"alpha": 10.0}),
-    ("dual a=1", "dual", "scratch", {"alpha": 1.0}),
-    ("dual a=10 frozen", "dual", "frozen", {"alpha": 10.0}),
-    ("exact two_pass", "exact", "scratch", {"exact_mode": "two_pass"}),
-    ("exact pool", "exact", "scratch", {"exact_mode": "pool"}),
-    ("exact two_pass frozen", "exact", "frozen", {"exact_mode": "two_pass"}),
-    ("multilevel", "multilevel", "scratch", {}),
-]
+#: The variants a recipe is chosen for (the consistent-attention variants the report compares).
+VARIANTS: tuple[str, ...] = ("exact", "dual", "multilevel")
 
-#: The gate gain / sharpness study (``--study sharpness``): the paper's gate (gain 1) against a gain
-#: ``s`` with ``u`` started at zero and the entropy term ``beta`` (``entropy_weight``); see
-#: ``dualattn.attention.AttentionGate``.
-_SHARP = {"gate_scale": 32.0, "gate_zero_init": True, "entropy_weight": 1.0}
-_GRAD = {"exact_proposal": "grad"}  # exact's first pass with gradient (the default before this study)
-_S16 = {**_SHARP, "gate_scale": 16.0}
-SHARPNESS_CONFIGS: list[tuple[str, str, str, dict]] = [
-    ("baseline", "baseline", "scratch", {}),
-    # round 1: gain x entropy weight on exact (first pass with gradient), the other variants at s32 b1
-    ("exact s1 b0 (paper gate)", "exact", "scratch", dict(_GRAD)),
-    ("exact s1 b1", "exact", "scratch", {**_GRAD, "entropy_weight": 1.0}),
-    ("exact s32 b0", "exact", "scratch", {**_GRAD, **_SHARP, "entropy_weight": 0.0}),
-    ("exact s16 b1", "exact", "scratch", {**_GRAD, **_S16}),
-    ("exact s32 b1", "exact", "scratch", {**_GRAD, **_SHARP}),
-    ("exact s32 b1 learned s", "exact", "scratch", {**_GRAD, **_SHARP, "gate_learn_scale": True}),
-    ("exact s32 b0.3", "exact", "scratch", {**_GRAD, **_SHARP, "entropy_weight": 0.3}),
-    ("dual a=1 s1 b0 (paper gate)", "dual", "scratch", {"alpha": 1.0}),
-    ("dual a=1 s32 b1", "dual", "scratch", {"alpha": 1.0, **_SHARP}),
-    ("unconstrained s32 b1", "unconstrained", "scratch", dict(_SHARP)),
-    ("kl a=1 s32 b1", "kl", "scratch", {"alpha": 1.0, **_SHARP}),
-    ("multilevel s32 b1", "multilevel", "scratch", {**_GRAD, **_SHARP}),
-    ("tau_k s32 b1", "tau_k", "scratch", dict(_SHARP)),
-    ("tau_l s32 b1", "tau_l", "scratch", dict(_SHARP)),
-    # round 2: gain 16, the detached first pass for exact/multilevel, stronger entropy for dual/kl
-    ("exact s16 b1 detached", "exact", "scratch", dict(_S16)),
-    ("exact s16 b1 pool", "exact", "scratch", {**_S16, "exact_mode": "pool"}),
-    ("exact s1 b0 detached", "exact", "scratch", {}),
-    ("multilevel s16 b1 detached", "multilevel", "scratch", dict(_S16)),
-    ("dual a=1 s16 b1", "dual", "scratch", {"alpha": 1.0, **_S16}),
-    ("dual a=1 s16 b3", "dual", "scratch", {"alpha": 1.0, **_S16, "entropy_weight": 3.0}),
-    ("dual a=0.1 s16 b1", "dual", "scratch", {"alpha": 0.1, **_S16}),
-    ("kl a=1 s16 b3", "kl", "scratch", {"alpha": 1.0, **_S16, "entropy_weight": 3.0}),
-    ("unconstrained s16 b1", "unconstrained", "scratch", dict(_S16)),
-    ("tau_k s16 b1", "tau_k", "scratch", dict(_S16)),
-    ("tau_l s16 b1", "tau_l", "scratch", dict(_S16)),
-]
+#: Gate options to choose from: the paper's gate (gain 1, random start, no sharpness term) and the
+#: sharp gate -- gain ``gate_scale``, ``u`` started at zero, and the area hinge (the entropy term,
+#: weight 1, only above the entropy of a map spread over ``attention_area`` of the image; "off" = no
+#: entropy term). See ``dualattn.attention.AttentionGate`` and ``dualattn.models.base``.
+GATES: dict[str, dict] = {
+    "paper gate": {},
+    "g8 hinge off": {"gate_scale": 8.0, "gate_zero_init": True},
+    "g8 area0.25": {"gate_scale": 8.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.25},
+    "g16 hinge off": {"gate_scale": 16.0, "gate_zero_init": True},
+    "g16 area0.15": {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.15},
+    "g16 area0.25": {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.25},
+    "g16 area0.4": {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.4},
+}
 
-#: The confirmation run of the sharpness study's finalists on twice the data (``--study confirm --n 1200
-#: --epochs 12``): the paper's gate (gain 1, no entropy term) against gain 16 + zero init + entropy 1.
-CONFIRM_CONFIGS: list[tuple[str, str, str, dict]] = [
-    ("baseline", "baseline", "scratch", {}),
-    ("exact paper gate", "exact", "scratch", {}),
-    ("exact s16 b1", "exact", "scratch", dict(_S16)),
-    ("dual a=1 paper gate", "dual", "scratch", {"alpha": 1.0}),
-    ("dual a=1 s16 b1", "dual", "scratch", {"alpha": 1.0, **_S16}),
-    ("dual a=0.1 s16 b1", "dual", "scratch", {"alpha": 0.1, **_S16}),
-    ("multilevel paper gate", "multilevel", "scratch", {}),
-    ("multilevel s16 b1", "multilevel", "scratch", dict(_S16)),
-    ("unconstrained s16 b1", "unconstrained", "scratch", dict(_S16)),
-    ("kl a=1 s16 b1", "kl", "scratch", {"alpha": 1.0, **_S16}),
-    # round 2 of the confirmation: entropy 1 over-sharpens at this length (maps on 2-8 cells), so the
-    # gain alone, a weaker entropy term, and the hinge that stops at an effective area rho
-    ("exact s16 b0", "exact", "scratch", {**_S16, "entropy_weight": 0.0}),
-    ("exact s16 b0.1", "exact", "scratch", {**_S16, "entropy_weight": 0.1}),
-    ("exact s16 area0.25", "exact", "scratch", {**_S16, "attention_area": 0.25}),
-    ("exact s16 area0.1", "exact", "scratch", {**_S16, "attention_area": 0.1}),
-    ("dual a=1 s16 area0.25", "dual", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
-    ("multilevel s16 area0.25", "multilevel", "scratch", {**_S16, "attention_area": 0.25}),
-    # round 3: the remaining variants, paper gate vs the chosen gate recipe
-    ("unconstrained paper gate", "unconstrained", "scratch", {}),
-    ("unconstrained s16 area0.25", "unconstrained", "scratch", {**_S16, "attention_area": 0.25}),
-    ("kl a=1 paper gate", "kl", "scratch", {"alpha": 1.0}),
-    ("kl a=1 s16 area0.25", "kl", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
-    ("tau_k paper gate", "tau_k", "scratch", {}),
-    ("tau_k s16 area0.25", "tau_k", "scratch", {**_S16, "attention_area": 0.25}),
-    ("tau_l paper gate", "tau_l", "scratch", {}),
-    ("tau_l s16 area0.25", "tau_l", "scratch", {**_S16, "attention_area": 0.25}),
-    ("kl_reverse a=1 paper gate", "kl_reverse", "scratch", {"alpha": 1.0}),
-    ("kl_reverse a=1 s16 area0.25", "kl_reverse", "scratch", {"alpha": 1.0, **_S16, "attention_area": 0.25}),
-    # round 4: with sharp maps the soft penalties leave larger violations; does the paper's alpha = 10 help now?
-    ("dual a=10 s16 area0.25", "dual", "scratch", {"alpha": 10.0, **_S16, "attention_area": 0.25}),
-    ("kl a=10 s16 area0.25", "kl", "scratch", {"alpha": 10.0, **_S16, "attention_area": 0.25}),
-]
+#: Penalty weights tried for ``dual`` (1 = the current recipe, 10 = the paper's).
+DUAL_ALPHAS: tuple[float, ...] = (1.0, 10.0)
 
-STUDIES = {"recipes": CONFIGS, "sharpness": SHARPNESS_CONFIGS, "confirm": CONFIRM_CONFIGS}
+#: The references fixed before the study: the paper's gate (dual at the paper's alpha, 10), and the
+#: recipe this study re-examines (gain 16, zero start, area hinge 0.25, dual at alpha 1).
+REFERENCE_GATE = "paper gate"
+PREVIOUS_GATE = "g16 area0.25"
+
+
+def _label(variant: str, gate: str, alpha: float | None = None) -> str:
+    return f"{variant} a={alpha:g} {gate}" if alpha is not None else f"{variant} {gate}"
+
+
+def candidates() -> list[dict]:
+    """Every (variant, gate, alpha) trained in the selection phase; the baseline first."""
+    out = [{"label": "baseline", "variant": "baseline", "gate": None, "alpha": None, "kwargs": {}}]
+    for variant in VARIANTS:
+        for gate, kw in GATES.items():
+            alphas = DUAL_ALPHAS if variant == "dual" else (None,)
+            for alpha in alphas:
+                extra = {} if alpha is None else {"alpha": alpha}
+                out.append({"label": _label(variant, gate, alpha), "variant": variant, "gate": gate,
+                            "alpha": alpha, "kwargs": {**kw, **extra}})  # fmt: skip
+    return out
+
+
+CANDIDATES: list[dict] = candidates()
+
+
+def mean_std_ci(values: list[float]) -> dict[str, float | int]:
+    """Mean, sample std (ddof=1) and the 95 % t interval of the mean; std and interval NaN for n < 2.
+
+    Example:
+        >>> r = mean_std_ci([1.0, 2.0, 3.0])
+        >>> r["mean"], r["std"], r["n"]
+        (2.0, 1.0, 3)
+    """
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    n = len(vals)
+    if n == 0:
+        return {"mean": float("nan"), "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    mean = float(np.mean(vals))
+    if n < 2:
+        return {"mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 1}
+    from scipy import stats
+
+    std = float(np.std(vals, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def _score(row: dict) -> float:
+    """The selection score of one run: mean of the block3 and block4 val AP."""
+    return 0.5 * (row["ap_block3"] + row["ap_block4"])
+
+
+SELECTION_RULE = (
+    "Val split only. For each variant (exact, dual at alpha=1, multilevel), a gate candidate is admissible when its "
+    "mean val balanced accuracy over seeds is at least the best candidate's mean minus that best candidate's sample "
+    "std over seeds (accuracy may not be traded away for a sharper map). The selection score of a run is the mean "
+    "of its block3 and block4 val AP (both maps are reported, so neither block is picked after the fact). One gate "
+    "is chosen for all three variants (the recipes share one gate dict): the gate admissible for every variant with "
+    "the highest mean score over the three variants (if none is admissible for all, the highest mean score, flagged). "
+    "Then dual's alpha in {1, 10} at that gate by the same rule (admissible within 1 std of the better balanced "
+    "accuracy, higher mean score; a tie keeps 1)."
+)
+
+
+def select(runs: list[dict], variants: tuple[str, ...] = VARIANTS) -> dict:
+    """Apply :data:`SELECTION_RULE` to selection-phase runs (``label``, ``seed``, ``val``: the val metrics).
+
+    Returns:
+        ``{"gate", "gate_kwargs", "dual_alpha", "admissible_for_all", "per_variant", "gate_scores",
+        "alpha_scores"}``; ``per_variant[v]`` names each variant's own best admissible gate (information only).
+    """
+    by_label: dict[str, list[dict]] = {}
+    for r in runs:
+        by_label.setdefault(r["label"], []).append(r)
+
+    def stats(label: str) -> dict:
+        rows = by_label[label]
+        return {"bal_acc": mean_std_ci([r["val"]["bal_acc"] for r in rows]),
+                "score": mean_std_ci([_score(r["val"]) for r in rows])}
+
+    def admissible(labels: list[str]) -> dict[str, bool]:
+        st = {lab: stats(lab) for lab in labels}
+        best = max(labels, key=lambda lab: st[lab]["bal_acc"]["mean"])
+        sd = st[best]["bal_acc"]["std"]
+        floor = st[best]["bal_acc"]["mean"] - (0.0 if math.isnan(sd) else sd)
+        return {lab: st[lab]["bal_acc"]["mean"] >= floor - 1e-12 for lab in labels}
+
+    gates = [g for g in GATES if all(_label(v, g, 1.0 if v == "dual" else None) in by_label for v in variants)]
+    if not gates:
+        raise ValueError("no gate was run for every variant; nothing to select from")
+    adm: dict[str, dict[str, bool]] = {}
+    per_variant = {}
+    for v in variants:
+        labels = [_label(v, g, 1.0 if v == "dual" else None) for g in gates]
+        a = admissible(labels)
+        adm[v] = {g: a[lab] for g, lab in zip(gates, labels)}
+        ok = [g for g in gates if adm[v][g]]
+        per_variant[v] = max(ok, key=lambda g: stats(_label(v, g, 1.0 if v == "dual" else None))["score"]["mean"])
+    gate_scores = {
+        g: {
+            "mean_score_over_variants": float(np.mean(
+                [stats(_label(v, g, 1.0 if v == "dual" else None))["score"]["mean"] for v in variants])),
+            "admissible": {v: adm[v][g] for v in variants},
+        }
+        for g in gates
+    }  # fmt: skip
+    pool = [g for g in gates if all(adm[v][g] for v in variants)]
+    admissible_for_all = bool(pool)
+    chosen = max(pool or gates, key=lambda g: gate_scores[g]["mean_score_over_variants"])
+    alpha_labels = {a: _label("dual", chosen, a) for a in DUAL_ALPHAS if _label("dual", chosen, a) in by_label}
+    a_ok = admissible(list(alpha_labels.values()))
+    alpha_scores = {f"{a:g}": {"score": stats(lab)["score"], "bal_acc": stats(lab)["bal_acc"], "admissible": a_ok[lab]}
+                    for a, lab in alpha_labels.items()}  # fmt: skip
+    best_alpha, best = 1.0, -math.inf
+    for a, lab in alpha_labels.items():
+        sc = stats(lab)["score"]["mean"]
+        if a_ok[lab] and sc > best + 1e-12:
+            best_alpha, best = a, sc
+    return {"gate": chosen, "gate_kwargs": GATES[chosen], "dual_alpha": best_alpha,
+            "admissible_for_all": admissible_for_all, "per_variant": per_variant, "gate_scores": gate_scores,
+            "alpha_scores": alpha_scores}  # fmt: skip
 
 
 def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -217,85 +274,241 @@ def train(model, x, y, *, epochs: int, batch: int, lr: float, seed: int) -> dict
     return {"step_ms": 1000.0 * float(np.mean(times)), "final_penalty": float(np.mean(penalties[-5:]))}
 
 
-def run(args: argparse.Namespace) -> dict:
-    from dualattn._io import atomic_write_json
+def _versions() -> dict[str, str]:
+    import subprocess
+
+    import scipy
+    import sklearn
+
+    import dualattn
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()  # fmt: skip
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True, text=True,
+                                    check=True, cwd=Path(__file__).resolve().parent).stdout.strip())  # fmt: skip
+        commit += " (benchmarks/ has uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "sklearn": sklearn.__version__,
+            "dualattn": getattr(dualattn, "__version__", "unknown"), "git_commit": commit}  # fmt: skip
+
+
+def _machine(threads: int) -> str:
+    import os
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
+            f"{threads} torch thread(s), {platform.system()} {platform.release()}")  # fmt: skip
+
+
+def _dataset(root: Path, n: int, size: int, seed: int) -> Path:
     from dualattn.data import make_dataset
+
+    out = root / f"synthetic-brain-n{n}-s{size}-seed{seed}"
+    if not (out / "labels.csv").exists():
+        make_dataset("synthetic-brain", out, n=n, size=size, seed=seed)
+    return out
+
+
+def _build(args: argparse.Namespace, cand: dict, in_channels: int):
     from dualattn.models import create_model
 
-    torch.set_num_threads(args.threads)
-    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="recipe_study_"))
-    if not (data_dir / "labels.csv").exists():
-        make_dataset("synthetic-brain", data_dir, n=args.n, size=args.size, seed=args.data_seed)
-    xtr, ytr, _ = load_split(data_dir, "train")
-    xte, yte, mte = load_split(data_dir, "test")
-    logger.info("train %s test %s (positives %d)", tuple(xtr.shape), tuple(xte.shape), int(yte.sum()))
-    configs = [c for c in STUDIES[args.study] if not args.only or c[0] in args.only]
-    runs = []
-    for seed in args.seeds:
-        baseline_state = None
-        for label, variant, recipe, kw in configs:
-            torch.manual_seed(seed)
-            model = create_model(
-                args.model, variant=variant, in_channels=xtr.shape[1], features=args.features,
-                img_size=args.size, **{**json.loads(args.model_kwargs), **kw},
-            )
-            if recipe in ("frozen", "finetune"):
-                if baseline_state is None:
-                    raise ValueError("the baseline must come first in CONFIGS")
-                model.load_backbone_state(baseline_state)
-                model.freeze_backbone(recipe == "frozen")
-            t0 = time.perf_counter()
-            stats = train(model, xtr, ytr, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=seed)
-            wall = time.perf_counter() - t0
-            res = evaluate(model, xte, yte, mte)
-            if variant == "baseline":
-                baseline_state = {k: v.clone() for k, v in model.state_dict().items()}
-            row = {"label": label, "variant": variant, "recipe": recipe, "seed": seed, **kw, **stats, **res,
-                   "train_s": wall}
-            if getattr(model, "gates", None):
-                row["learned_gate_scale"] = {b: g.scale for b, g in model.gates.items()}
-            runs.append(row)
-            atomic_write_json(args.out, {"partial": True, "runs": runs})  # finished runs survive a crash
-            logger.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    summary = summarize(runs)
-    result = {
-        "benchmark": "recipe_study",
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, CPU",
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "setup": {k: getattr(args, k) for k in ("study", "model", "model_kwargs", "n", "size", "features", "epochs", "batch", "lr", "seeds",
-                                                "data_seed", "threads")},
-        "dataset": "synthetic-brain",
-        "backbone": args.model,
-        "backbone_kwargs": json.loads(args.model_kwargs),
-        "summary": summary,
-        "runs": runs,
-    }
-    atomic_write_json(args.out, result)
-    print(format_table(summary))
-    return result
+    return create_model(args.model, variant=cand["variant"], in_channels=in_channels, features=args.features,
+                        img_size=args.size, **cand["kwargs"])  # fmt: skip
 
 
-_METRICS = ("bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "marginal_violation_l1",
-            "step_ms", "final_penalty")
+def _fit_eval(args, cand, seed, xtr, ytr, splits: dict, ckpt: Path | None) -> dict:
+    torch.manual_seed(seed)
+    model = _build(args, cand, xtr.shape[1])
+    t0 = time.perf_counter()
+    stats = train(model, xtr, ytr, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=seed)
+    row = {"label": cand["label"], "variant": cand["variant"], "gate": cand["gate"], "alpha": cand["alpha"],
+           "seed": seed, **stats, "train_s": time.perf_counter() - t0}  # fmt: skip
+    for split, (x, y, m) in splits.items():
+        row[split] = evaluate(model, x, y, m)
+    if ckpt is not None:
+        torch.save(model.state_dict(), ckpt)
+    return row
 
 
-def summarize(runs: list[dict]) -> list[dict]:
+_METRICS = ("bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "marginal_violation_l1")
+
+
+def summarize(runs: list[dict], split: str) -> list[dict]:
+    """Per label: mean, sample std and 95 % interval over seeds of every metric of ``split``."""
     out = []
-    for label in dict.fromkeys(r["label"] for r in runs):
-        rows = [r for r in runs if r["label"] == label]
-        s = {"label": label, "variant": rows[0]["variant"], "recipe": rows[0]["recipe"], "n_seeds": len(rows)}
+    for label in dict.fromkeys(r["label"] for r in runs if split in r):
+        rows = [r for r in runs if r["label"] == label and split in r]
+        s = {"label": label, "variant": rows[0]["variant"], "gate": rows[0]["gate"], "alpha": rows[0]["alpha"],
+             "seeds": [r["seed"] for r in rows]}  # fmt: skip
         for k in _METRICS:
-            vals = [r[k] for r in rows if k in r and r[k] is not None and not math.isnan(r[k])]
+            vals = [r[split][k] for r in rows if k in r[split]]
             if vals:
-                s[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+                s[k] = mean_std_ci(vals)
         out.append(s)
     return out
 
 
+def paired(runs: list[dict], split: str, a: str, b: str) -> dict:
+    """Per metric: the per-seed difference ``a - b`` (same seed, same data) summarized over seeds."""
+    ra = {r["seed"]: r[split] for r in runs if r["label"] == a and split in r}
+    rb = {r["seed"]: r[split] for r in runs if r["label"] == b and split in r}
+    seeds = sorted(set(ra) & set(rb))
+    out = {"a": a, "b": b, "seeds": seeds}
+    for k in ("bal_acc", "ap_block3", "ap_block4"):
+        diffs = [ra[s][k] - rb[s][k] for s in seeds if k in ra[s] and k in rb[s]]
+        if diffs:
+            out[k] = {**mean_std_ci(diffs), "per_seed": diffs}
+    return out
+
+
+def _pairs(rows: list[dict], arms: dict[str, str]) -> dict:
+    """selected - paper gate and selected - previous default, per seed, on the test split."""
+    return {f"selected - {ref}": paired(rows, "test", arms["selected"], arms[ref]) for ref in ("paper", "previous default")}
+
+
+def _write(path: str, payload: dict) -> None:
+    from dualattn._io import atomic_write_json
+
+    atomic_write_json(path, payload)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    variants = tuple(args.variants)
+    gates = args.gates or list(GATES)
+    unknown = [g for g in gates if g not in GATES]
+    if unknown:
+        raise SystemExit(f"unknown gates {unknown}; valid: {list(GATES)}")
+    if args.confirm_data_seed == args.data_seed:
+        raise SystemExit("--confirm-data-seed must differ from --data-seed (the confirmation needs a fresh draw)")
+    root = Path(args.data_dir or tempfile.mkdtemp(prefix="recipe_study_data_"))
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="recipe_study_ckpt_"))
+    work.mkdir(parents=True, exist_ok=True)
+    sel_dir = _dataset(root, args.n, args.size, args.data_seed)
+    xtr, ytr, _ = load_split(sel_dir, "train")
+    val = load_split(sel_dir, "val")
+    cands = [c for c in CANDIDATES if c["variant"] == "baseline" or (c["variant"] in variants and c["gate"] in gates)]
+    setup = {k: getattr(args, k) for k in ("model", "n", "size", "features", "epochs", "batch", "lr", "seeds",
+                                           "data_seed", "confirm_data_seed", "confirm_seeds", "threads")}  # fmt: skip
+    base = {"benchmark": "recipe_study", "study": "sharp-gate, val-selected", "dataset": "synthetic-brain",
+            "command": "python benchmarks/recipe_study.py " + " ".join(args.argv),
+            "machine": _machine(args.threads), "versions": _versions(), "setup": setup,
+            "variants": list(variants), "gates": {g: GATES[g] for g in gates}, "dual_alphas": list(DUAL_ALPHAS),
+            "splits": {"selection_draw": {s: len(load_split(sel_dir, s)[1]) for s in ("train", "val", "test")}},
+            "selection": {"rule": SELECTION_RULE}}  # fmt: skip
+    logger.info("selection draw %s: train %s, val %s", sel_dir.name, tuple(xtr.shape), tuple(val[0].shape))
+
+    # 1. selection phase: val only
+    runs: list[dict] = []
+    for seed in args.seeds:
+        for cand in cands:
+            ckpt = work / f"{cand['label'].replace(' ', '_').replace('=', '')}_seed{seed}.pt"
+            row = _fit_eval(args, cand, seed, xtr, ytr, {"val": val}, ckpt)
+            runs.append(row)
+            _write(args.out, {**base, "partial": True, "phase": "selection", "selection_runs": runs})
+            logger.info("val %s seed %d: %s (%.0fs)", cand["label"], seed,
+                        {k: round(v, 3) for k, v in row["val"].items()}, row["train_s"])  # fmt: skip
+
+    # 2. the rule, on val numbers only
+    chosen = select(runs, variants)
+    logger.info("selected gate %s, dual alpha %g (admissible for all: %s)", chosen["gate"], chosen["dual_alpha"],
+                chosen["admissible_for_all"])  # fmt: skip
+    by_label = {c["label"]: c for c in CANDIDATES}
+    ref_alpha = 10.0
+    arms: dict[str, dict[str, str]] = {}
+    for v in variants:
+        arms[v] = {
+            "paper": _label(v, REFERENCE_GATE, ref_alpha if v == "dual" else None),
+            "previous default": _label(v, PREVIOUS_GATE, 1.0 if v == "dual" else None),
+            "selected": _label(v, chosen["gate"], chosen["dual_alpha"] if v == "dual" else None),
+        }
+    test_labels = ["baseline", *dict.fromkeys(lab for v in variants for lab in arms[v].values())]
+    test_labels = [lab for lab in test_labels if any(r["label"] == lab for r in runs)]
+
+    # 3. test split of the selection draw: the selected recipe and the fixed references only
+    test = load_split(sel_dir, "test")
+    test_rows = []
+    for seed in args.seeds:
+        for lab in test_labels:
+            cand = by_label[lab]
+            model = _build(args, cand, xtr.shape[1])
+            model.load_state_dict(torch.load(work / f"{lab.replace(' ', '_').replace('=', '')}_seed{seed}.pt"))
+            test_rows.append({"label": lab, "variant": cand["variant"], "gate": cand["gate"], "alpha": cand["alpha"],
+                              "seed": seed, "test": evaluate(model, *test)})  # fmt: skip
+    partial = {**base, "partial": True, "phase": "confirmation", "selection_runs": runs,
+               "selection": {**base["selection"], **chosen, "arms": arms}, "test_runs": test_rows}  # fmt: skip
+    _write(args.out, partial)
+
+    # 4. confirmation on a fresh draw with fresh training seeds
+    conf_dir = _dataset(root, args.n, args.size, args.confirm_data_seed)
+    cxtr, cytr, _ = load_split(conf_dir, "train")
+    cval, ctest = load_split(conf_dir, "val"), load_split(conf_dir, "test")
+    conf_rows = []
+    for seed in args.confirm_seeds:
+        for lab in test_labels:
+            row = _fit_eval(args, by_label[lab], seed, cxtr, cytr, {"val": cval, "test": ctest}, None)
+            conf_rows.append(row)
+            _write(args.out, {**partial, "confirmation_runs": conf_rows})
+            logger.info("confirm %s seed %d: %s", lab, seed, {k: round(v, 3) for k, v in row["test"].items()})
+
+    result = {
+        **base,
+        "partial": False,
+        "selection": {**base["selection"], **chosen, "arms": arms},
+        "val_summary": summarize(runs, "val"),
+        "test_summary": summarize(test_rows, "test"),
+        "test_paired": {v: _pairs(test_rows, arms[v]) for v in variants},
+        "confirmation": {
+            "data_seed": args.confirm_data_seed,
+            "splits": {s: len(load_split(conf_dir, s)[1]) for s in ("train", "val", "test")},
+            "summary": summarize(conf_rows, "test"),
+            "paired": {v: _pairs(conf_rows, arms[v]) for v in variants},
+        },
+        "wall_s": time.perf_counter() - t_start,
+        "selection_runs": runs,
+        "test_runs": test_rows,
+        "confirmation_runs": conf_rows,
+    }
+    _write(args.out, result)
+    print("val (every candidate):\n" + format_table(result["val_summary"]))
+    print("test, selection draw (selected + references):\n" + format_table(result["test_summary"]))
+    print("test, fresh draw (confirmation):\n" + format_table(result["confirmation"]["summary"]))
+    return result
+
+
+def show(path: str) -> str:
+    """The markdown tables docs/models.md quotes, printed from a finished result file."""
+    res = json.loads(Path(path).read_text())
+    if res.get("partial"):
+        raise SystemExit(f"{path} is a partial result (phase {res.get('phase')!r})")
+    sel = res["selection"]
+    out = [f"selected gate: {sel['gate']} {sel['gate_kwargs']}, dual alpha {sel['dual_alpha']:g}, "
+           f"admissible for all variants: {sel['admissible_for_all']}; per variant: {sel['per_variant']}", "",
+           "val, every candidate:", format_table(res["val_summary"]), "",
+           "test of the selection draw, selected recipe and fixed references:", format_table(res["test_summary"]), "",
+           f"fresh draw (data seed {res['confirmation']['data_seed']}), test:",
+           format_table(res["confirmation"]["summary"]), "", "paired differences (per seed, mean ± std [95 % t interval]):",
+           "| where | variant | comparison | bal_acc | ap_block3 | ap_block4 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for where, pairs in (("test", res["test_paired"]), ("fresh draw", res["confirmation"]["paired"])):
+        for v, comps in pairs.items():
+            for name, c in comps.items():
+                cells = []
+                for k, scale in (("bal_acc", 100.0), ("ap_block3", 1.0), ("ap_block4", 1.0)):
+                    d = c.get(k)
+                    cells.append("-" if d is None else
+                                 f"{scale * d['mean']:+.1f} ± {scale * d['std']:.1f} "
+                                 f"[{scale * d['ci_low']:+.1f}, {scale * d['ci_high']:+.1f}]")  # fmt: skip
+                out.append(f"| {where} | {v} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def format_table(summary: list[dict]) -> str:
+    """A markdown table: mean ± sample std over seeds (balanced accuracy and AP x100)."""
     cols = ["bal_acc", "ap_block3", "ap_block4", "sharpness_block3", "sharpness_block4", "marginal_violation_l1"]
-    lines = ["| config | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = ["| config | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for s in summary:
         cells = []
         for c in cols:
@@ -308,7 +521,7 @@ def format_table(summary: list[dict]) -> str:
                 cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}")
             else:
                 cells.append(f"{v['mean']:.1f} ± {v['std']:.1f}")
-        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s['label']} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -349,55 +562,33 @@ def step_times(args: argparse.Namespace) -> dict:
     return result
 
 
-def merge(files: list[str], out: str) -> dict:
-    """One result file from several runs of this script (same setup, e.g. seed ranges run in parallel)."""
-    from dualattn._io import atomic_write_json
-
-    parts = [json.loads(Path(f).read_text()) for f in files]
-    unfinished = [f for f, part in zip(files, parts) if part.get("partial")]
-    if unfinished:
-        raise SystemExit(f"unfinished result files (a run still going or crashed): {unfinished}")
-    # files written before --model existed ran the U-Net with no extra options
-    defaults = {"model": "unet_encoder", "model_kwargs": "{}"}
-    setups = [{**defaults, **{k: v for k, v in part["setup"].items() if k != "seeds"}} for part in parts]
-    if any(s != setups[0] for s in setups[1:]):
-        raise SystemExit(f"the files were run with different setups: {setups}")
-    runs = [r for part in parts for r in part["runs"]]
-    order = list(dict.fromkeys(r["label"] for r in runs))
-    runs.sort(key=lambda r: (order.index(r["label"]), r["seed"]))
-    result = {**parts[0], "setup": {**parts[0]["setup"], "seeds": sorted({r["seed"] for r in runs})},
-              "merged_from": [Path(f).name for f in files], "summary": summarize(runs), "runs": runs}  # fmt: skip
-    atomic_write_json(out, result)
-    print(format_table(result["summary"]))
-    return result
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
-    p.add_argument("--study", choices=sorted(STUDIES), default="recipes",
-                   help="which set of configurations: the training recipes, or the gate gain/sharpness study")
     p.add_argument("--model", default="unet_encoder", help="backbone (dualattn.models.list_models())")
-    p.add_argument("--model-kwargs", default="{}", help='extra create_model options as JSON, e.g. \'{"stem": "small"}\'')
-    p.add_argument("--data-dir", default=None, help="existing/cache folder for the generated dataset")
+    p.add_argument("--data-dir", default=None, help="cache folder for the generated datasets (one per data seed)")
+    p.add_argument("--work-dir", default=None, help="folder for the selection runs' weights (default: a temp dir)")
     p.add_argument("--n", type=int, default=600)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--features", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", nargs="*", default=None, help="config labels to run (baseline is needed first)")
+    p.add_argument("--confirm-data-seed", type=int, default=1, help="the fresh draw for the confirmation")
+    p.add_argument("--confirm-seeds", type=int, nargs="+", default=[10, 11, 12])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--gates", nargs="+", default=None, help=f"gate candidates (default all: {list(GATES)})")
+    p.add_argument("--show", default=None, metavar="JSON", help="print the tables of a finished result file")
     p.add_argument("--step-time", action="store_true", help="only time one training step per variant")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (--step-time)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="combine the runs of several result files (e.g. seeds run in parallel) into --out")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.merge:
-        merge(args.merge, args.out)
+    if args.show:
+        print(show(args.show))
     elif args.step_time:
         step_times(args)
     else:

@@ -1,6 +1,7 @@
 """The benchmark scripts still run (tiny settings) and their JSON has the fields the docs quote.
 
-Timings are not checked (benchmarks are not timed tests); the merge of parallel recipe-study runs is.
+Timings are not checked (benchmarks are not timed tests); the recipe study's selection rule is checked on a
+hand-built case, and its run on the rule that only the selected and reference configs reach the test split.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,24 +40,100 @@ def test_train_overhead_runs_and_reports_ratios(tmp_path):
         train_overhead._spec("exact-fast")
 
 
-def test_recipe_study_runs_in_parts_and_merges(tmp_path):
-    import recipe_study
+def _runs(table: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    """Selection-phase rows from {label: [(bal_acc, mean AP of both blocks) per seed]}."""
+    return [{"label": lab, "seed": seed, "val": {"bal_acc": acc, "ap_block3": ap, "ap_block4": ap}}
+            for lab, vals in table.items() for seed, (acc, ap) in enumerate(vals)]  # fmt: skip
 
-    data = tmp_path / "data"
-    common = ["--study", "confirm", "--n", "48", "--size", "32", "--features", "2", "--epochs", "1", "--batch", "8",
-              "--threads", "1", "--data-dir", str(data), "--only", "baseline", "exact s16 area0.25"]  # fmt: skip
-    recipe_study.main([*common, "--seeds", "0", "--out", str(tmp_path / "a.json")])
-    recipe_study.main([*common, "--seeds", "1", "--out", str(tmp_path / "b.json")])
-    merged = tmp_path / "m.json"
-    recipe_study.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(merged)])
-    res = json.loads(merged.read_text())
-    assert res["setup"]["seeds"] == [0, 1]
-    rows = {s["label"]: s for s in res["summary"]}
-    assert rows["exact s16 area0.25"]["n_seeds"] == 2 and "ap_block3" in rows["exact s16 area0.25"]
-    run = next(r for r in res["runs"] if r["label"] == "exact s16 area0.25")
-    assert run["learned_gate_scale"] == {"block3": 16.0, "block4": 16.0} and run["attention_area"] == 0.25
-    # parts run with different settings are not merged
-    recipe_study.main([*common[:-3], "--epochs", "2", "--only", "baseline", "--seeds", "2", "--out",
-                       str(tmp_path / "c.json")])  # fmt: skip
-    with pytest.raises(SystemExit, match="different setups"):
-        recipe_study.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(merged)])
+
+def test_recipe_study_selection_rule_on_a_hand_built_case():
+    import recipe_study as rs
+
+    # "g16 area0.25" has the best AP everywhere but costs multilevel accuracy: best multilevel accuracy is
+    # "paper gate" at mean 0.9, std 0.1 (values 0.8, 0.9, 1.0) -> floor 0.8; "g16 area0.25" has mean 0.7.
+    table = {
+        "exact paper gate": [(0.8, 30), (0.8, 30), (0.8, 30)],
+        "exact g16 area0.25": [(0.8, 60), (0.8, 60), (0.8, 60)],
+        "exact g8 hinge off": [(0.8, 40), (0.8, 40), (0.8, 40)],
+        "dual a=1 paper gate": [(0.8, 30), (0.8, 30), (0.8, 30)],
+        "dual a=1 g16 area0.25": [(0.8, 60), (0.8, 60), (0.8, 60)],
+        "dual a=1 g8 hinge off": [(0.8, 40), (0.8, 40), (0.8, 40)],
+        "dual a=10 g8 hinge off": [(0.8, 50), (0.8, 50), (0.8, 50)],  # better AP, same accuracy: chosen
+        "multilevel paper gate": [(0.8, 30), (0.9, 30), (1.0, 30)],
+        "multilevel g16 area0.25": [(0.7, 60), (0.7, 60), (0.7, 60)],
+        "multilevel g8 hinge off": [(0.85, 40), (0.85, 40), (0.85, 40)],
+    }
+    sel = rs.select(_runs(table))
+    assert sel["gate"] == "g8 hinge off" and sel["admissible_for_all"]
+    assert sel["gate_scores"]["g16 area0.25"]["admissible"] == {"exact": True, "dual": True, "multilevel": False}
+    assert sel["gate_scores"]["g8 hinge off"]["mean_score_over_variants"] == pytest.approx(40.0)
+    assert sel["dual_alpha"] == 10.0
+    assert sel["per_variant"] == {"exact": "g16 area0.25", "dual": "g16 area0.25", "multilevel": "g8 hinge off"}
+    # alpha 10 loses accuracy beyond one std of alpha 1 -> alpha stays 1 although its AP is higher
+    table["dual a=10 g8 hinge off"] = [(0.5, 50), (0.5, 50), (0.5, 50)]
+    assert rs.select(_runs(table))["dual_alpha"] == 1.0
+
+
+def test_mean_std_ci_is_the_sample_std_and_t_interval():
+    import recipe_study as rs
+
+    r = rs.mean_std_ci([1.0, 2.0, 4.0])
+    assert r["mean"] == pytest.approx(7 / 3) and r["std"] == pytest.approx(1.5275252316519468)  # ddof=1
+    half = 4.302652729911275 * 1.5275252316519468 / 3**0.5  # t(0.975, 2)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
+    assert rs.mean_std_ci([3.0])["n"] == 1
+
+
+def test_recipe_study_selects_on_val_and_confirms_on_a_fresh_draw(tmp_path):
+    import recipe_study as rs
+
+    out = tmp_path / "r.json"
+    common = ["--n", "64", "--size", "32", "--features", "2", "--epochs", "1", "--batch", "8", "--seeds", "0", "1",
+              "--confirm-seeds", "5", "6", "--gates", "paper gate", "g16 area0.25", "--variants", "exact", "dual",
+              "--data-dir", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w")]  # fmt: skip
+    with pytest.raises(SystemExit, match="fresh draw"):
+        rs.main([*common, "--confirm-data-seed", "0", "--out", str(out)])
+    rs.main([*common, "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["partial"] is False and "Val split only" in res["selection"]["rule"]
+    assert res["confirmation"]["data_seed"] != res["setup"]["data_seed"]
+    val_labels = {s["label"] for s in res["val_summary"]}
+    assert val_labels == {"baseline", "exact paper gate", "exact g16 area0.25", "dual a=1 paper gate",
+                          "dual a=10 paper gate", "dual a=1 g16 area0.25", "dual a=10 g16 area0.25"}  # fmt: skip
+    arms = res["selection"]["arms"]
+    tested = {"baseline", *(lab for v in arms.values() for lab in v.values())}
+    assert {s["label"] for s in res["test_summary"]} == tested  # no other config ever touched the test split
+    assert all("test" not in r for r in res["selection_runs"])
+    assert {r["label"] for r in res["confirmation_runs"]} == tested
+    assert {r["seed"] for r in res["confirmation_runs"]} == {5, 6}
+    row = next(s for s in res["val_summary"] if s["label"] == "exact paper gate")
+    vals = [r["val"]["ap_block3"] for r in res["selection_runs"] if r["label"] == "exact paper gate"]
+    assert row["ap_block3"]["std"] == pytest.approx(float(np.std(vals, ddof=1)))
+    assert set(res["versions"]) >= {"python", "torch", "numpy", "sklearn"} and res["machine"]
+    text = rs.show(str(out))
+    assert text.startswith("selected gate:") and "| fresh draw | exact | selected - paper |" in text
+
+
+def test_pixel_classifier_runs_and_reports_ap(tmp_path):
+    import pixel_classifier
+
+    out = tmp_path / "p.json"
+    pixel_classifier.main(["--n", "48", "--size", "32", "--max-train-pixels", "4000", "--max-iter", "5",
+                           "--data-dir", str(tmp_path / "d"), "--out", str(out)])  # fmt: skip
+    res = json.loads(out.read_text())
+    assert 0.0 < res["ap"] <= 1.0 and res["n_positive_test_images"] > 0
+    assert set(res["raw_channel_ap"]) == {"T1", "T1ce", "T2", "FLAIR"}
+    assert res["setup"]["fit_on"].startswith("train") and res["versions"]["sklearn"]
+
+
+def test_pixel_features_are_the_channel_and_its_local_means():
+    import pixel_classifier
+
+    x = np.zeros((1, 1, 9, 9))
+    x[0, 0, 4, 4] = 9.0
+    f = pixel_classifier.pixel_features(x)
+    assert f.shape == (1, 9, 9, 3)
+    assert f[0, 4, 4].tolist() == pytest.approx([9.0, 1.0, 9 / 49])
+    assert f[0, 3, 3].tolist() == pytest.approx([0.0, 1.0, 9 / 49]) and f[0, 0, 0, 1] == 0.0
+    with pytest.raises(ValueError, match="must be"):
+        pixel_classifier.pixel_features(np.zeros((9, 9)))
