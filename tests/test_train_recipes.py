@@ -26,7 +26,7 @@ def test_default_recipes_cover_every_variant():
 
 
 def test_sharp_gate_values_and_penalty_alpha():
-    assert SHARP_GATE == {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.25}
+    assert SHARP_GATE == {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.15}
     for variant in CNN_VARIANTS[1:]:
         assert DEFAULT_RECIPES[variant]["model_kwargs"] == SHARP_GATE
         assert DEFAULT_RECIPES[variant]["model_kwargs"] is not SHARP_GATE  # each recipe owns its copy

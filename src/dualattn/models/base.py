@@ -54,9 +54,9 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
   after the coarsest gate are dropped.
 
-``two_pass`` is the default because, measured by ``benchmarks/recipe_study.py``, its decisions are
-better and steadier across seeds while its localisation is close; ``pool`` stays available. The numbers
-and the command that produced them: docs/models.md, "Recipes: measured defaults".
+``two_pass`` is the default; the runs it was first chosen on scored the test split and were withdrawn, so
+the choice is not yet backed by a validation-only study (docs/models.md, "Recipes: measured defaults", says
+what is and what is not measured); ``pool`` stays available.
 """
 
 from __future__ import annotations
