@@ -326,3 +326,45 @@ def test_row_quantile_equals_torch_quantile():
     x[1, :50] = 0.5  # ties
     for q in (0.0, 0.9, 0.95, 0.975, 0.999):
         torch.testing.assert_close(M._row_quantile(x, q), torch.quantile(x, q, dim=1, keepdim=True))
+
+
+# --------------------------------------------------------------------------- activation precision
+
+
+@pytest.mark.parametrize(
+    "cells, q, expected",
+    [
+        # 4 of the 5 top pixels (value 1) inside the 2x2 mask
+        ([(0, 0), (0, 1), (1, 0), (1, 1), (3, 3)], 0.75, 0.8),
+        # the top pixels exactly the mask
+        ([(0, 0), (0, 1), (1, 0), (1, 1)], 0.75, 1.0),
+        # every highlighted pixel outside the mask
+        ([(3, 3), (3, 2)], 0.875, 0.0),
+    ],
+)
+def test_activation_precision_hand_cases(cells, q, expected):
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, :2, :2] = 1
+    amap = torch.zeros(1, 1, 4, 4)
+    for r, c in cells:
+        amap[0, 0, r, c] = 1
+    assert M.activation_precision(amap, mask, q).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_activation_precision_matches_a_naive_loop_2d_and_3d():
+    gen = torch.Generator().manual_seed(0)
+    for shape, grid in (((3, 1, 16, 16), (4, 4)), ((2, 1, 8, 8, 8), (4, 4, 4))):
+        masks = (torch.rand(shape, generator=gen) > 0.7).float()
+        maps = torch.rand((shape[0], 1, *grid), generator=gen)
+        got = M.activation_precision(maps, masks, 0.9)
+        up = M.resize_mass(maps.double(), shape[2:])
+        for i in range(shape[0]):
+            v = up[i].flatten().numpy()
+            thr = np.quantile(v, 0.9)
+            top = v >= thr
+            want = (top & (masks[i].flatten().numpy() > 0.5)).sum() / top.sum()
+            assert got[i].item() == pytest.approx(want, abs=1e-9)
+    empty = M.activation_precision(torch.rand(1, 1, 4, 4), torch.zeros(1, 1, 8, 8), 0.9)
+    assert math.isnan(empty.item())  # the NaN policy of the segmentation metrics
+    with pytest.raises(ValueError, match="q must be"):
+        M.activation_precision(torch.rand(1, 1, 4, 4), torch.ones(1, 1, 4, 4), 1.0)

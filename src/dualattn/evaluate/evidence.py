@@ -25,7 +25,8 @@ __all__ = ["CHANCE_MARGIN", "MIN_POSITIVES", "SEGMENTATION_METRICS", "build_evid
 CHANCE_MARGIN = 10.0
 #: fewer positive test images than this support no implicit-segmentation claim
 MIN_POSITIVES = 30
-SEGMENTATION_METRICS: tuple[str, ...] = ("iou@97.5", "iou@95", "iou@90", "ap", "pointing_game")
+SEGMENTATION_METRICS: tuple[str, ...] = ("iou@97.5", "iou@95", "iou@90", "activation_precision", "ap",
+                                         "pointing_game")
 
 
 def _runs_array(by_run: Mapping[int, Any], dtype: Any) -> np.ndarray:

@@ -82,6 +82,7 @@ def score_maps(
         pm, mk = maps[pos], test.masks[pos]
         for name, q in QUANTILES.items():
             per_image[name] = (100.0 * M.iou_at_quantile(pm, mk, q)).tolist()
+        per_image["activation_precision"] = (100.0 * M.activation_precision(pm, mk, 0.95)).tolist()
         per_image["ap"] = (100.0 * M.average_precision(pm, mk)).tolist()
         per_image["pointing_game"] = (100.0 * M.pointing_game(pm, mk)).tolist()
         for name, values in per_image.items():
