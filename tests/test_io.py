@@ -86,3 +86,29 @@ def test_concurrent_writers_never_share_a_temp_file(tmp_path, umask):
     assert target.read_text() in payloads
     assert [p.name for p in tmp_path.iterdir()] == ["same.txt"]
     assert _mode(target) == 0o644
+
+
+def test_a_writer_that_replaces_the_temp_file_still_gives_the_umask_mode(tmp_path, umask):
+    """safetensors (and other writers) write their own 0600 temporary file and rename it over ours."""
+    target = tmp_path / "w.bin"
+    with atomic_path(target) as tmp:
+        own = tmp.with_name("own.tmp")
+        fd = os.open(own, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"payload")
+        os.close(fd)
+        os.replace(own, tmp)
+    assert target.read_bytes() == b"payload" and _mode(target) == 0o644
+    with atomic_path(tmp_path / "p.bin", private=True) as tmp:
+        own = tmp.with_name("own.tmp")
+        own.write_bytes(b"x")
+        os.chmod(own, 0o644)
+        os.replace(own, tmp)
+    assert _mode(tmp_path / "p.bin") == 0o600
+
+
+def test_weights_files_follow_the_umask(tmp_path, umask):
+    from dualattn.models import create_model
+    from dualattn.weights import save_model
+
+    path = save_model(create_model("unet_encoder", variant="exact", features=4), tmp_path / "m.safetensors")
+    assert _mode(path) == 0o644

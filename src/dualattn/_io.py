@@ -17,6 +17,7 @@ import json
 import math
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,12 +27,13 @@ PUBLIC_MODE = 0o666
 PRIVATE_MODE = 0o600
 
 
-def _create_temp(folder: Path, name: str, *, private: bool) -> Path:
-    """Create an empty, new temporary file ``folder/.name.<random>.tmp`` and return its path.
+def _create_temp(folder: Path, name: str, *, private: bool) -> tuple[Path, int]:
+    """Create an empty, new temporary file ``folder/.name.<random>.tmp``; return it and its mode.
 
     Public files are created with :data:`PUBLIC_MODE` (the kernel applies the umask, as for ``open``);
-    private ones with :data:`PRIVATE_MODE` and ``fchmod``-ed to it (a umask never widens, but an
-    inherited ACL could).
+    private ones with :data:`PRIVATE_MODE`, ``fchmod``-ed to it. The mode read back is what the final
+    file gets (:func:`atomic_path` restores it when a writer replaced the file: safetensors writes
+    through its own ``0600`` temporary file).
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
     mode = PRIVATE_MODE if private else PUBLIC_MODE
@@ -44,9 +46,10 @@ def _create_temp(folder: Path, name: str, *, private: bool) -> Path:
         try:
             if private and hasattr(os, "fchmod"):
                 os.fchmod(fd, PRIVATE_MODE)
+            created = stat.S_IMODE(os.fstat(fd).st_mode)
         finally:
             os.close(fd)
-        return tmp
+        return tmp, created
     raise FileExistsError(f"no free temporary name for {name!r} in {folder}")  # pragma: no cover
 
 
@@ -71,12 +74,14 @@ def atomic_path(path: str | os.PathLike[str], *, private: bool = False) -> Itera
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(target.parent, target.name, private=private)
+    tmp, mode = _create_temp(target.parent, target.name, private=private)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+            if os.name == "posix" and stat.S_IMODE(os.fstat(fh.fileno()).st_mode) != mode:
+                os.fchmod(fh.fileno(), mode)  # the writer replaced the file (its own temp file + rename)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -372,12 +372,14 @@ class RunDir:
         found = self._data_candidates(record, typed)
         if embedded or (embedded is None and not found and not os.path.isabs(typed) and _is_embedded(typed)):
             return typed
-        where = record.get("path") if record and record.get("path") else typed
         if not found:
+            if record and record.get("path"):
+                where = f"{record['path']} (typed {typed!r})"
+            else:
+                where = f"{typed!r} (as typed, relative to the working directory {os.getcwd()})"
             raise ValueError(
-                f"the data run {str(self.path)!r} was trained on is not at {where}"
-                + (f" (typed {typed!r})" if where != typed else "")
-                + ": it was moved or deleted. Point at it with --data PATH"
+                f"the data run {str(self.path)!r} was trained on is not at {where}: it was moved or deleted. "
+                "Point at it with --data PATH"
                 + (" (checked against the fingerprint the run recorded)" if fingerprint else "")
             )
         if not check or not fingerprint:
