@@ -13,6 +13,12 @@ A folder holding ``best.safetensors`` or ``last.safetensors`` is a run; everythi
 so a folder with only a weights file (e.g. copied from elsewhere) can be explained and evaluated.
 Nothing here unpickles anything: weights go through :mod:`dualattn.weights` (safetensors).
 
+A run describes itself: ``summary.json`` and every weights file's header record ``class_names`` (the
+label strings) and ``data`` (the training data: as typed, absolute path, path relative to the run,
+embedded or not, and a fingerprint of its content; see :func:`dualattn.train.run.data_record`).
+:attr:`RunDir.class_names` reads the names, :meth:`RunDir.dataset` finds the data again and says when
+it moved or changed.
+
 Example:
     >>> from dualattn.runs import RunDir  # doctest: +SKIP
     >>> runs = RunDir.discover("demo-out/runs")  # doctest: +SKIP
@@ -24,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence
@@ -31,7 +38,8 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 import yaml
 
 from ._io import atomic_write_json, atomic_write_text
-from .data.folder import read_dataset_meta
+from .data.check import dataset_fingerprint, fingerprint_changes
+from .data.folder import LABELS_CSV, read_dataset_meta
 from .weights import load_model as _load_weights
 from .weights import read_metadata, save_model
 
@@ -42,6 +50,8 @@ WEIGHTS_FILES = ("best.safetensors", "last.safetensors")
 #: The files that make a folder hold a run (training refuses to overwrite them unasked).
 RUN_FILES = ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "summary.json")
 _WHICH = ("best", "last")
+
+logger = logging.getLogger(__name__)
 
 
 class _YamlConfig(Protocol):
@@ -59,6 +69,12 @@ def _find_key(data: Mapping[str, Any], names: Sequence[str]) -> Any:
                 if name in value and value[name] is not None:
                     return value[name]
     return None
+
+
+def _is_embedded(name: str) -> bool:
+    from .data import list_datasets
+
+    return name in list_datasets()
 
 
 class RunDir:
@@ -79,6 +95,7 @@ class RunDir:
         self.path = Path(path)
         self._config: dict[str, Any] | None = dict(config) if config is not None else None
         self._summary: dict[str, Any] | None = None
+        self._header: dict[str, Any] | None = None
         self._models: dict[str | None, Any] = {}
         if model is not None:
             self._models[None] = model
@@ -242,24 +259,144 @@ class RunDir:
     def input_size(self) -> tuple[int, ...] | None:
         return self.model_input()[1]
 
+    def _weights_metadata(self) -> dict[str, Any]:
+        """The ``metadata`` of the weights file's header (``{}`` without weights or metadata); read once."""
+        if self._header is None:
+            weights = self.weights_file
+            meta = None
+            if weights is not None:
+                try:
+                    meta = read_metadata(weights).get("metadata")
+                except (OSError, ValueError):
+                    meta = None
+            self._header = meta if isinstance(meta, dict) else {}
+        return self._header
+
+    @property
+    def recorded_data(self) -> dict[str, Any] | None:
+        """The run's record of its training data (``summary.json``'s ``data``, else the weights header's):
+        ``{"dataset", "embedded", "path", "relative_to_run", "fingerprint"}``; ``None`` for runs written
+        before it was recorded."""
+        for source in (self.summary, self._weights_metadata()):
+            record = source.get("data")
+            if isinstance(record, dict) and record.get("dataset"):
+                return record
+        return None
+
     @property
     def class_names(self) -> list[str] | None:
-        """Class names from ``summary.json``, ``config.yaml``, or the training folder's ``dataset.json``."""
-        names = _find_key(self.summary, ("class_names",))
-        if names:
-            return [str(n) for n in names]
-        names = _find_key(self.config, ("class_names",))
-        if names:
-            return [str(n) for n in names]
-        dataset = self.config.get("dataset")
-        if isinstance(dataset, str) and Path(dataset).is_dir():
+        """The class names (label strings in class-index order) the run recorded: ``summary.json``,
+        ``config.yaml``, the weights header, else the training folder's ``dataset.json``; ``None``
+        when nothing names them."""
+        for source in (self.summary, self.config, self._weights_metadata()):
+            names = _find_key(source, ("class_names",))
+            if names:
+                return [str(n) for n in names]
+        try:
+            folder = self.dataset(check=False)
+        except ValueError:
+            typed = self.config.get("dataset")
+            folder = Path(typed) if isinstance(typed, str) and Path(typed).is_dir() else None
+        if isinstance(folder, Path):
             try:
-                names = read_dataset_meta(dataset).get("class_names")
+                names = read_dataset_meta(folder).get("class_names")
             except ValueError:
                 names = None
             if names:
                 return [str(n) for n in names]
         return None
+
+    def _data_candidates(self, record: Mapping[str, Any] | None, typed: str) -> list[Path]:
+        """Where the data may be, in order: the recorded absolute path, the path relative to the run
+        folder (run and data moved together), the path as typed (relative to the working directory)."""
+        places: list[Path] = []
+        if record:
+            if record.get("path"):
+                places.append(Path(record["path"]))
+            if record.get("relative_to_run"):
+                places.append(self.path / record["relative_to_run"])
+        places.append(Path(typed))
+        found: list[Path] = []
+        for p in places:
+            if (p / LABELS_CSV).is_file() and p.resolve() not in {f.resolve() for f in found}:
+                found.append(p)
+        return found
+
+    def dataset(self, data: str | os.PathLike[str] | None = None, *, check: bool = True) -> Path | str:
+        """The data this run was trained on: found where it was, checked against the run's fingerprint.
+
+        Without ``data``: the folder recorded by the run (its absolute path, else the path relative to
+        the run folder, else the path as typed relative to the working directory); with ``check``, the
+        first whose fingerprint matches the recorded one. An embedded dataset is returned by name
+        (``"synthetic-brain"``), to be resolved (generated) as usual. With ``data`` (``--data``): that
+        folder or name, as given; with ``check``, a warning is logged when it is not the data the run was
+        trained on (another split, other images: the numbers describe other data).
+
+        Args:
+            data: the data to use instead of the recorded one (the command's ``--data``).
+            check: compare the folder's fingerprint with the recorded one (one ``stat`` per file and a
+                bounded sample read; :func:`dualattn.data.dataset_fingerprint`).
+
+        Returns:
+            A dataset folder (:class:`~pathlib.Path`) or an embedded dataset name (``str``).
+
+        Raises:
+            ValueError: the run records no dataset; the data is at none of the recorded places (it moved
+                or was deleted: the message says where it was and to pass ``--data``); or, with
+                ``check``, every folder found differs from the recorded fingerprint (the message says
+                what changed).
+
+        Example:
+            >>> RunDir("runs/baseline").dataset()  # doctest: +SKIP
+            PosixPath('/home/me/byo')
+        """
+        record = self.recorded_data
+        fingerprint = (record or {}).get("fingerprint")
+        if data is not None:
+            given = Path(data)
+            if not given.is_dir():
+                return str(data)
+            if check and fingerprint and (given / LABELS_CSV).is_file():
+                changes = fingerprint_changes(fingerprint, dataset_fingerprint(given))
+                if changes:
+                    logger.warning(
+                        "%s is not the data run %s was trained on (%s; trained on %s): its split and numbers "
+                        "describe other data", given, self.path, "; ".join(changes), record.get("path"))  # type: ignore[union-attr]
+            return given
+        typed = (record or {}).get("dataset") or self.config.get("dataset")
+        if not typed:
+            raise ValueError(f"run {str(self.path)!r} records no dataset (no data in summary.json or the weights, "
+                             "no dataset in config.yaml): pass the data (--data PATH)")
+        typed = str(typed)
+        embedded = record.get("embedded") if record else None
+        found = self._data_candidates(record, typed)
+        if embedded or (embedded is None and not found and not os.path.isabs(typed) and _is_embedded(typed)):
+            return typed
+        if not found:
+            if record and record.get("path"):
+                where = f"{record['path']} (typed {typed!r})"
+            else:
+                where = f"{typed!r} (as typed, relative to the working directory {os.getcwd()})"
+            raise ValueError(
+                f"the data run {str(self.path)!r} was trained on is not at {where}: it was moved or deleted. "
+                "Point at it with --data PATH"
+                + (" (checked against the fingerprint the run recorded)" if fingerprint else "")
+            )
+        if not check or not fingerprint:
+            return found[0]
+        mismatches = []
+        for folder in found:
+            changes = fingerprint_changes(fingerprint, dataset_fingerprint(folder))
+            if not changes:
+                if record and record.get("path") and folder.resolve() != Path(record["path"]):
+                    logger.info("the data of run %s moved: %s (recorded: %s)", self.path, folder, record["path"])
+                return folder
+            mismatches.append(f"{folder}: {'; '.join(changes)}")
+        raise ValueError(
+            f"the data run {str(self.path)!r} was trained on has changed since: " + " | ".join(mismatches)
+            + ". Its test split is no longer the one the run was trained beside; to evaluate on it anyway, pass "
+            "it explicitly (--data PATH)"
+        )
 
     def digest(self) -> dict[str, Any]:
         """What identifies the run's weights (resume fingerprints): resolved path, weights file name,
@@ -320,11 +457,12 @@ class RunDir:
         self._summary = None
         return self.summary_file
 
-    def save_weights(self, model: Any, which: str, metadata: Mapping[str, str] | None = None) -> Path:
+    def save_weights(self, model: Any, which: str, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write ``best.safetensors`` or ``last.safetensors`` (:func:`dualattn.weights.save_model`)."""
         path = save_model(model, self.weights_path(which), metadata=dict(metadata) if metadata is not None else None)
         self._models.pop(which, None)
         self._models.pop(None, None)
+        self._header = None
         return path
 
     def remove_run_files(self) -> list[str]:
@@ -338,7 +476,7 @@ class RunDir:
             (self.path / name).unlink()
         if self.checkpoint_file.exists():
             self.checkpoint_file.unlink()
-        self._config = self._summary = None
+        self._config = self._summary = self._header = None
         self._models.clear()
         return removed
 

@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from . import _data, _demo, _evaluate, _explain, _models, _train
+from . import _check, _data, _demo, _evaluate, _explain, _models, _train
 
 app = typer.Typer(
     name="dualattn",
@@ -64,7 +64,7 @@ def _root(
 
 
 # the order of the help's command list: single commands first, then the command groups
-for _module in (_models, _train, _explain, _evaluate, _demo, _data):
+for _module in (_models, _train, _explain, _evaluate, _demo, _check, _data):
     app.add_typer(_module.app)
 
 

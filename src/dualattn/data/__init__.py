@@ -8,6 +8,8 @@ Public API (see ``docs/data.md``):
 - :func:`list_datasets`, :func:`make_dataset`, :func:`resolve_dataset` (embedded ``synthetic-brain``,
   ``synthetic-pet``, ``br35h``)
 - :func:`prepare_brats`, :func:`prepare_pet` (the paper's preprocessing)
+- :func:`check_dataset` (every problem of a dataset at once: ``dualattn check``), :func:`dataset_fingerprint`,
+  :func:`fingerprint_changes` (what a run records of its data)
 - :class:`DataError` (a ``ValueError`` naming the file and the problem)
 
 Importing this package is cheap: numpy only; torch, nibabel, pydicom load on first use.
@@ -35,6 +37,11 @@ _LAZY = {
     "prepare_brats": "brats",
     "prepare_pet": "pet",
     "suv_bw": "pet",
+    "check_dataset": "check",
+    "CheckReport": "check",
+    "DataCheckError": "check",
+    "dataset_fingerprint": "check",
+    "fingerprint_changes": "check",
 }
 
 __all__ = ["DataError", *sorted(_LAZY)]

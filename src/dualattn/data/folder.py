@@ -31,7 +31,9 @@ from .readers import read_image
 from .splits import SPLIT_NAMES, split_indices
 from .transforms import NORMALIZATIONS, augment as _augment, normalize as _normalize, resize as _resize
 
-__all__ = ["FolderDataset", "FolderWriter", "read_labels_csv", "read_dataset_meta", "check_mask"]
+__all__ = ["FolderDataset", "FolderWriter", "read_labels_csv", "parse_labels_csv", "read_dataset_meta", "check_mask",
+           "class_names_from_labels",
+           "resolve_item_path", "item_patient"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,34 +62,81 @@ def read_dataset_meta(root: str | os.PathLike[str]) -> dict[str, Any]:
 def read_labels_csv(root: str | os.PathLike[str]) -> list[dict[str, str]]:
     """Rows of ``root/labels.csv`` as dicts with stripped string values.
 
+    Each row also carries ``"_line"``, its line number in the file (the header is line 1).
+
     Raises:
         DataError: missing file, missing ``image``/``label`` columns, empty table or empty cells.
     """
+    rows, problems = parse_labels_csv(root)
+    if problems:
+        line, message = problems[0]
+        path = Path(root) / LABELS_CSV
+        raise DataError(path, message if line is None else f"row {line}: {message}")
+    return rows
+
+
+def parse_labels_csv(root: str | os.PathLike[str]) -> tuple[list[dict[str, str]], list[tuple[int | None, str]]]:
+    """Rows of ``root/labels.csv`` and every problem found, without raising (``dualattn check``).
+
+    Returns:
+        ``(rows, problems)``: the complete rows (as :func:`read_labels_csv` returns them) and
+        ``(line or None, message)`` for the file (missing, unreadable, columns, no rows) or for each
+        row with an empty ``image`` or ``label`` cell (such rows are left out of ``rows``).
+    """
     path = Path(root) / LABELS_CSV
     if not path.is_file():
-        raise DataError(path, "labels.csv not found (a dataset folder needs labels.csv with columns image,label[,mask][,patient])")
+        return [], [(None, "labels.csv not found (a dataset folder needs labels.csv with columns image,label[,mask][,patient])")]
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot read ({exc})") from exc
+        return [], [(None, f"cannot read ({exc})")]
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip() for f in (reader.fieldnames or [])]
     missing = [c for c in ("image", "label") if c not in fields]
     if missing:
-        raise DataError(path, f"missing column(s) {missing}; found {fields}")
-    rows = []
+        return [], [(None, f"missing column(s) {missing}; found {fields}")]
+    rows: list[dict[str, str]] = []
+    problems: list[tuple[int | None, str]] = []
     for n, raw in enumerate(reader, start=2):
         row = {str(k).strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(row.values()):
             continue
-        for col in ("image", "label"):
-            if not row.get(col):
-                raise DataError(path, f"row {n}: empty {col!r}")
+        empty = [col for col in ("image", "label") if not row.get(col)]
+        if empty:
+            problems.extend((n, f"empty {col!r}") for col in empty)
+            continue
         row["_line"] = str(n)
         rows.append(row)
-    if not rows:
-        raise DataError(path, "no rows")
-    return rows
+    if not rows and not problems:
+        problems.append((None, "no rows"))
+    return rows, problems
+
+
+def resolve_item_path(root: str | os.PathLike[str], value: str) -> Path:
+    """Where a ``labels.csv`` ``image`` / ``mask`` value points: absolute as is, else under ``root``."""
+    p = Path(value)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def item_patient(row: dict[str, str]) -> str:
+    """A row's patient: its ``patient`` cell, else the image's file name up to the first dot."""
+    return row.get("patient") or Path(row["image"]).name.split(".")[0]
+
+
+def class_names_from_labels(labels: Sequence[str], *, csv_path: str | os.PathLike[str]) -> list[str]:
+    """The classes a ``labels.csv`` defines without ``dataset.json``: its label strings sorted, or
+    ``"0" .. "max"`` when every label is an integer.
+
+    Raises:
+        DataError: a negative integer label.
+    """
+    values = sorted(set(labels))
+    ints = [_as_index(v) for v in values]
+    if any(i is None for i in ints):
+        return values
+    if min(ints) < 0:  # type: ignore[type-var]
+        raise DataError(csv_path, f"negative label {min(ints)}")  # type: ignore[type-var]
+    return [str(i) for i in range(max(ints) + 1)]  # type: ignore[type-var, operator]
 
 
 def _as_index(value: str) -> int | None:
@@ -189,7 +238,7 @@ class FolderDataset:
             images.append(img)
             masks.append(msk)
             labels.append(y)
-            patients.append(row.get("patient") or Path(row["image"]).name.split(".")[0])
+            patients.append(item_patient(row))
             split_col.append(row.get("split", ""))
         self.split = split
         if split is not None:
@@ -234,20 +283,13 @@ class FolderDataset:
             if "class_names" in meta:
                 names = [str(c) for c in meta["class_names"]]
             else:
-                values = sorted({r["label"] for r in rows})
-                ints = [_as_index(v) for v in values]
-                if any(i is None for i in ints):
-                    return values
-                if min(ints) < 0:
-                    raise DataError(csv_path, f"negative label {min(ints)}")
-                return [str(i) for i in range(max(ints) + 1)]
+                return class_names_from_labels([r["label"] for r in rows], csv_path=csv_path)
         if len(names) < 1 or len(set(names)) != len(names):
             raise ValueError(f"class_names must be distinct and non-empty; got {names!r}")
         return names
 
     def _resolve(self, value: str, csv_path: Path, line: str, column: str) -> Path:
-        p = Path(value)
-        p = p if p.is_absolute() else self.root / p
+        p = resolve_item_path(self.root, value)
         if not p.exists():
             raise DataError(csv_path, f"row {line}: {column} file {value!r} does not exist ({p})")
         return p

@@ -82,7 +82,7 @@ class RunRecorder(pl.Callback):
 
     Args:
         run_dir: the run folder.
-        metadata: extra metadata stored with the weights (str -> str).
+        metadata: extra metadata stored with the weights (JSON-serializable values).
         checkpoint: write ``checkpoints/last.ckpt`` every epoch (the resume state).
     """
 
@@ -90,7 +90,7 @@ class RunRecorder(pl.Callback):
         self,
         run_dir: RunDir | str | os.PathLike[str],
         *,
-        metadata: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
         checkpoint: bool = True,
     ) -> None:
         self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)

@@ -39,6 +39,8 @@ class TrainConfig:
         split_fractions: train/val/test fractions of the patient-level split.
         split_seed: seed of the split (kept fixed across training seeds, as in the paper).
         cache_dir: where embedded datasets are generated (None: the library default).
+        check_data: before the first epoch, read every file of the dataset once and stop with the
+            list of every problem (:func:`dualattn.data.check_dataset`); false skips it.
         augment: random flips/affine on the training split only (validation/test never augmented).
         batch_size: training batch size per process.
         eval_batch_size: validation/test batch size (None: 2 x batch_size).
@@ -82,6 +84,7 @@ class TrainConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
     cache_dir: str | None = None
+    check_data: bool = True
     augment: bool = True
     batch_size: int = 16
     eval_batch_size: int | None = None

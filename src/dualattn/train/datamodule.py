@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import lightning.pytorch as pl
@@ -21,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import TrainConfig
 
-__all__ = ["EpochSampler", "TrainDataModule", "build_datasets", "epoch_seed"]
+__all__ = ["EpochSampler", "TrainDataModule", "build_datasets", "check_data", "epoch_seed", "resolve_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,17 +125,75 @@ class _WorkerInit:
         seed_all(epoch_seed(self.seed, self.epoch, 1 + self.rank, 1 + worker_id))
 
 
-def build_datasets(config: TrainConfig) -> dict[str, Dataset]:
+def resolve_data(config: TrainConfig) -> Path:
+    """The dataset folder ``config.dataset`` names (an embedded dataset is generated once)."""
+    from dualattn.data import resolve_dataset
+
+    return resolve_dataset(
+        config.dataset, cache_dir=config.cache_dir, n=config.data_n, size=config.image_size, seed=config.split_seed
+    )
+
+
+def check_data(config: TrainConfig, root: str | os.PathLike[str]) -> Any:
+    """Read every file of the dataset once and raise with every problem listed (before any epoch).
+
+    Checked as training will read it: against ``config.in_channels``, the config's split, and (without
+    ``image_size``) one size for all images.
+
+    Returns:
+        The :class:`dualattn.data.check.CheckReport` (no problem in it).
+
+    Raises:
+        dualattn.data.DataCheckError: any problem (a ``DataError``, so a ``ValueError``), each one listed.
+    """
+    from dualattn.data.check import check_dataset
+
+    t0 = time.perf_counter()
+    report = check_dataset(
+        root,
+        in_channels=config.in_channels,
+        same_size=config.image_size is None,
+        fractions=tuple(config.split_fractions),
+        seed=config.split_seed,
+    )
+    for warning in report.warnings:
+        logger.warning("training data: %s", warning)
+    report.raise_if_problems(f"training data {root}")
+    logger.info("checked %s: %d item(s), no problem (%.1f s)", root, report.rows, time.perf_counter() - t0)
+    return report
+
+
+def check_channels(datasets: dict[str, Dataset], report: Any) -> None:
+    """Every image's channel count must suit the channel count each split took (from its first image
+    when neither ``in_channels`` nor ``dataset.json`` says).
+
+    Raises:
+        dualattn.data.DataError: a split would meet an image it cannot take.
+    """
+    from dualattn.data import DataError
+
+    for split, ds in datasets.items():
+        want = getattr(ds, "in_channels", None)
+        bad = sorted(c for c in report.channels if want is not None and c not in (1, want))
+        if bad:
+            raise DataError(report.root, f"the {split!r} split takes {want} channel(s) (its first image's) but "
+                                         f"images have {sorted(report.channels)}: set in_channels "
+                                         f"(--set in_channels=N)")
+
+
+def build_datasets(config: TrainConfig, *, root: str | os.PathLike[str] | None = None) -> dict[str, Dataset]:
     """Resolve the dataset and open its train/val/test splits (augmentation on train only).
+
+    Args:
+        config: the run configuration.
+        root: the resolved dataset folder (default: :func:`resolve_data`).
 
     Returns:
         ``{"train": ds, "val": ds, "test": ds}`` of ``dualattn.data.FolderDataset``.
     """
-    from dualattn.data import FolderDataset, resolve_dataset
+    from dualattn.data import FolderDataset
 
-    root = resolve_dataset(
-        config.dataset, cache_dir=config.cache_dir, n=config.data_n, size=config.image_size, seed=config.split_seed
-    )
+    root = resolve_data(config) if root is None else Path(root)
     common: dict[str, Any] = dict(
         size=config.image_size,
         in_channels=config.in_channels,

@@ -7,8 +7,16 @@ Run folder::
     best.safetensors    weights with the best validation balanced accuracy (dualattn.weights format)
     last.safetensors    weights after the last epoch
     summary.json        balanced accuracy (val, test), parameter counts, epochs, wall time, seed,
-                        device, versions
+                        device, versions; the class names and the data record (below)
     checkpoints/        last.ckpt: the resume state (Lightning checkpoint, loaded weights_only)
+
+The run describes itself: ``summary.json`` and the header of every weights file hold ``class_names``
+(the label strings, in class-index order) and ``data``, the record of the training data
+(:func:`data_record`: the dataset as typed, its absolute path, its path relative to the run folder,
+whether it is embedded, and :func:`dualattn.data.dataset_fingerprint`), which
+:meth:`dualattn.runs.RunDir.dataset` uses to find the data again and to say when it moved or changed.
+Before the first epoch every file of the dataset is read once (``check_data``): a broken file fails the
+run at once, with every problem listed.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from dualattn.weights import load_model
 from .config import TrainConfig, load_config, save_config
 from .recipes import PENALTY_VARIANTS, resolve_recipe
 
-__all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model"]
+__all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model", "data_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +197,7 @@ def _prepare_out(run: RunDir, *, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(
                 f"{run.path} already holds a run ({', '.join(existing)}); resume it (--resume), "
-                "choose another --out, or pass overwrite=True"
+                "choose another --out, or replace it (--overwrite; overwrite=True in Python)"
             )
         run.remove_run_files()
     run.path.mkdir(parents=True, exist_ok=True)
@@ -205,6 +213,7 @@ RESUME_MAY_CHANGE = (
     "cache_dir",
     "dataset",
     "init_from",
+    "check_data",
 )
 
 #: Keys that may change on resume (another machine) at the price of bit-identical results.
@@ -232,6 +241,50 @@ def _check_resumable(config: TrainConfig, saved_file: Path) -> None:
         raise ValueError(
             f"cannot resume {saved_file.parent}: the config changed ({diffs}); only "
             f"{', '.join(RESUME_MAY_CHANGE)} may change on resume"
+        )
+
+
+def data_record(dataset: str, root: str | os.PathLike[str] | None, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a run records of its training data (``summary.json`` and the weights' header: ``data``).
+
+    Args:
+        dataset: the dataset as the config names it (a folder as typed, or an embedded name).
+        root: the resolved dataset folder (None when the datasets were passed in without one).
+        run_dir: the run folder (for the relative path, which survives moving run and data together).
+
+    Returns:
+        ``{"dataset", "embedded", "path", "relative_to_run", "fingerprint"}``; the last three ``None``
+        without a folder.
+    """
+    from dualattn.data import list_datasets
+    from dualattn.data.check import dataset_fingerprint
+
+    embedded = dataset in list_datasets() and not Path(dataset).is_dir()
+    record: dict[str, Any] = {"dataset": str(dataset), "embedded": embedded, "path": None,
+                              "relative_to_run": None, "fingerprint": None}
+    if root is None or not (Path(root) / "labels.csv").is_file():
+        return record
+    absolute = Path(root).resolve()
+    record["path"] = str(absolute)
+    try:
+        record["relative_to_run"] = Path(os.path.relpath(absolute, Path(run_dir).resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        pass
+    record["fingerprint"] = dataset_fingerprint(absolute)
+    return record
+
+
+def _check_same_data(run: RunDir, record: Mapping[str, Any]) -> None:
+    """A resumed run must train on the data it started with (it may have moved: ``dataset`` may change)."""
+    from dualattn.data.check import fingerprint_changes
+
+    before = run.recorded_data
+    changes = fingerprint_changes((before or {}).get("fingerprint"), record.get("fingerprint"))
+    if changes:
+        raise ValueError(
+            f"cannot resume {run.path}: the training data at {record.get('path')} is not the data the run started "
+            f"on ({before.get('path') if before else '?'}): {'; '.join(changes)}. Point dataset at the original "
+            "data, or start a new run (--overwrite)"
         )
 
 
@@ -277,7 +330,7 @@ def fit(
     import lightning.pytorch as pl
 
     from .callbacks import RunRecorder, read_metrics
-    from .datamodule import TrainDataModule, build_datasets, seed_all
+    from .datamodule import TrainDataModule, build_datasets, check_channels, check_data, resolve_data, seed_all
     from .module import ClassifierModule, evaluate_balanced_accuracy
 
     if not isinstance(config, TrainConfig):
@@ -304,10 +357,21 @@ def fit(
             logger.info("%s already finished %s epochs", out, done.get("epochs"))
             return out
 
-    seed_all(config.seed)  # weight initialisation
     if datasets is None:
-        datasets = build_datasets(config)
+        root: Path | None = resolve_data(config)
+        report = check_data(config, root) if config.check_data else None
+        datasets = build_datasets(config, root=root)
+        if report is not None:
+            check_channels(dict(datasets), report)
+    else:
+        root = getattr(datasets.get("train"), "root", None) if hasattr(datasets, "get") else None
+    record = data_record(config.dataset, root, out)
+    if resume_from is not None:
+        _check_same_data(run, record)
+    seed_all(config.seed)  # weight initialisation
     train_ds = datasets["train"]
+    names = getattr(train_ds, "class_names", None)
+    class_names = [str(n) for n in names] if names else None
     recipe = resolve_recipe(config)
     if model is None:
         model = build_model(
@@ -337,11 +401,13 @@ def fit(
     module = ClassifierModule(model, config=config)
     data = TrainDataModule(dict(datasets), config=config)
     n_params, n_trainable = _count(model)
-    metadata = {
+    metadata: dict[str, Any] = {
         "dataset": str(config.dataset),
         "seed": str(config.seed),
         "model": str(config.model),
         "variant": str(config.variant),
+        "class_names": class_names,
+        "data": record,
     }
     recorder = RunRecorder(run, metadata=metadata)
     callbacks: list[pl.Callback] = [recorder]
@@ -402,6 +468,8 @@ def fit(
         "model": config.model,
         "variant": config.variant,
         "dataset": config.dataset,
+        "class_names": class_names,
+        "data": record,
         "seed": config.seed,
         "alpha": recipe["alpha"] if config.variant in PENALTY_VARIANTS else None,
         "init_from": str(source) if source is not None else None,
