@@ -82,7 +82,7 @@ def evaluate_runs(
         notes.append("no test image has a mask: implicit-segmentation metrics are empty")
     ctx = U.EvalContext(settings, test, dev, notes)
     if "center" in methods_wanted(settings, test):
-        ctx.lesion_fraction = _lesion_fraction(settings, run_dirs[0].config)
+        ctx.lesion_fraction = _lesion_fraction(settings, data, run_dirs[0].config)
     run_rows = [_classify(run, ctx) for run in progress_bar(run_dirs, progress, "classifying")]
 
     methods = methods_wanted(settings, test)
@@ -158,9 +158,7 @@ def _load_data(settings: EvalSettings, run_dirs: Sequence[RunDir], progress: boo
     if size is None and len(sizes) == 1 and () not in sizes:
         size = next(iter(sizes))
         size = size[0] if len(set(size)) == 1 else size
-    data = settings.data if settings.data is not None else first.get("dataset")
-    if data is None:
-        raise ValueError("no data given and the runs' config.yaml names no dataset")
+    data = run_dirs[0].dataset(settings.data)  # found where the run recorded it, or a clear error
     test = load_test_set(
         data, split=settings.split, size=size, seed=int(first.get("split_seed", 0) or 0),
         fractions=tuple(first.get("split_fractions") or (0.7, 0.15, 0.15)), max_images=settings.max_images,
@@ -175,12 +173,12 @@ def methods_wanted(settings: EvalSettings, test: TestSet) -> list[str]:
     return U.resolve_methods(settings.methods, test.images.shape[1])
 
 
-def _lesion_fraction(settings: EvalSettings, first: dict[str, Any]) -> float | None:
+def _lesion_fraction(settings: EvalSettings, data: Any, first: dict[str, Any]) -> float | None:
     """Mean lesion area (fraction of the image) over the TRAIN split's positive masks: the size of the
     ``center`` control's Gaussian, measured without looking at the test masks."""
     try:
         train = load_test_set(
-            settings.data if settings.data is not None else first.get("dataset"), split="train",
+            data, split="train",
             seed=int(first.get("split_seed", 0) or 0), fractions=tuple(first.get("split_fractions") or (0.7, 0.15, 0.15)),
             cache_dir=settings.cache_dir if settings.cache_dir is not None else first.get("cache_dir"),
             n=first.get("data_n"),
