@@ -237,7 +237,9 @@ def _oriented_geometry(arr: np.ndarray, affine: np.ndarray, fmt: str, *, source_
         if squeeze_axis is not None:
             arr = np.take(arr, 0, axis=1 + squeeze_axis)
             spacing = tuple(v for a, v in enumerate(spacing) if a != squeeze_axis)
-        axis = None if squeeze_axis is not None else (2 if source_slice_axis in (None, "axial") else int(source_slice_axis))
+        axis = None
+        if squeeze_axis is None:
+            axis = 2 if source_slice_axis in (None, "axial") else int(source_slice_axis)
         return np.ascontiguousarray(arr), Geometry(affine=np.eye(4), format=fmt, spacing=spacing,
                                                    extra={**extra, "orientation": "unknown (singular affine)"},
                                                    slice_axis=axis)
@@ -603,8 +605,8 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, Geometry]:
         if ds.get("ImageOrientationPatient") is not None:
             return _oriented_geometry(arr, _LPS_TO_RAS @ affine, "dicom", source_slice_axis=0,
                                       extra={"modality": str(ds.get("Modality", "")), "slices": int(arr.shape[1])})
-    geo = Geometry(affine=_LPS_TO_RAS @ affine, format="dicom", spacing=spacing, extra={"modality": str(ds.get("Modality", ""))},
-                   slice_axis=0 if arr.ndim == 4 else None)
+    geo = Geometry(affine=_LPS_TO_RAS @ affine, format="dicom", spacing=spacing,
+                   extra={"modality": str(ds.get("Modality", ""))}, slice_axis=0 if arr.ndim == 4 else None)
     return np.ascontiguousarray(arr), geo
 
 

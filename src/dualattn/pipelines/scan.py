@@ -669,7 +669,8 @@ def _explain_volume_2d(scan_path: Path, run_dir: Path, model: Any, array: np.nda
         scan=array, heatmap=heatmap, heatmap_model=hm_model, model_input_shape=x_shape, geometry=geometry,
         notes=notes, class_names=names, slices=entries, deciding_slice=file_index(deciding), volume_rule=volume_rule,
         slice_axis={"axis": int(axis), "file_axis": int(file_axis), "plane": plane_name, "from": axis_why},
-        overlay_image=_plane(array, axis, deciding, oriented), overlay_map=_plane(heatmap[None], axis, deciding, oriented)[0],
+        overlay_image=_plane(array, axis, deciding, oriented),
+        overlay_map=_plane(heatmap[None], axis, deciding, oriented)[0],
         overlay_slice=file_index(deciding), orientation=_CONVENTION[axis] if oriented else _AS_STORED,
         edge_labels=_EDGE_LABELS[axis] if oriented else None,
     )
