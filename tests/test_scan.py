@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dualattn.data.readers import from_radiological_view, radiological_view
 from dualattn.pipelines.scan import explain_scan, map_to_scan_grid, run_input_size, scan_to_model_input, write_scan_explanation
 
 
@@ -33,7 +34,8 @@ def _make_run(root: Path, *, variant: str = "exact", size: int = 32, seed: int =
     return run, model.eval()
 
 
-def _reference(model: torch.nn.Module, image_chw: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference(model: torch.nn.Module, image_chw: np.ndarray, size: int,
+               target: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent preprocessing: antialiased bilinear resize, per-channel z-score; softmax and exact map."""
     from dualattn.explain import explain
 
@@ -46,7 +48,8 @@ def _reference(model: torch.nn.Module, image_chw: np.ndarray, size: int) -> tupl
     x = (x - mean) / std
     with torch.no_grad():
         probs = torch.softmax(model(x), dim=1)[0]
-    hm = explain(model, x, method="exact", block="block3", target=torch.tensor([int(probs.argmax())]))
+    tgt = int(probs.argmax()) if target is None else target
+    hm = explain(model, x, method="exact", block="block3", target=torch.tensor([tgt]))
     return probs, hm[0, 0]
 
 
@@ -150,9 +153,18 @@ def test_explain_volume_with_2d_model_slice_by_slice(tmp_path):
     nib.save(nib.Nifti1Image(vol, affine), str(path))
     result = explain_scan(path, run=run, method="exact")
     assert result.heatmap.shape == (32, 32, 3)
-    for k in range(3):
-        _, hm = _reference(model, vol[None, :, :, k], 32)
-        np.testing.assert_allclose(result.heatmap[..., k], map_to_scan_grid(hm.numpy(), (32, 32)), atol=1e-6)
+    assert result.slice_axis["axis"] == 2 and result.slice_axis["plane"] == "axial"  # 4 mm slices
+    tgt = result.predicted_class  # every slice's map explains the volume's class
+    pos = []
+    for k in range(3):  # the model sees each axial slice in radiological orientation
+        probs, hm = _reference(model, radiological_view(vol[:, :, k])[None].copy(), 32, target=tgt)
+        np.testing.assert_allclose(result.heatmap[..., k],
+                                   from_radiological_view(map_to_scan_grid(hm.numpy(), (32, 32))), atol=1e-6)
+        np.testing.assert_allclose(result.slices[k]["probabilities"], probs.numpy(), atol=1e-5)
+        assert result.slices[k]["index"] == k
+        pos.append(float(probs[1]))
+    assert result.deciding_slice == int(np.argmax(pos))  # volume rule max: the most 'lesion' slice
+    np.testing.assert_allclose(result.probabilities, result.slices[result.deciding_slice]["probabilities"])
     assert any("slice" in n for n in result.notes)
     files = write_scan_explanation(result, tmp_path / "out")
     img = nib.load(str(files["heatmap_nifti"]))

@@ -131,11 +131,24 @@ def _normalize01(arr: np.ndarray) -> np.ndarray:
 
 
 def _draw_overlay(ax: Any, image: np.ndarray, heatmap: np.ndarray | None, mask: np.ndarray | None,
-                  *, alpha: float, title: str | None) -> None:
+                  *, alpha: float, title: str | None, keep_scale: bool = False) -> Any:
+    """Draw the scan, the map and the contour; return the map's image (for a colour bar) or ``None``.
+
+    ``keep_scale``: colour the map by its own values (min to max of the displayed map) rather than
+    min-max normalized to [0, 1]; the colours are the same, a colour bar then reads in map units.
+    """
     ax.imshow(_normalize01(image), cmap="gray", interpolation="nearest", vmin=0.0, vmax=1.0)
+    mappable = None
     if heatmap is not None:
-        hm = _normalize01(resize_map(heatmap, image.shape))
-        ax.imshow(hm, cmap=HEATMAP_CMAP, alpha=alpha, interpolation="bilinear", vmin=0.0, vmax=1.0)
+        hm = resize_map(heatmap, image.shape)
+        if keep_scale:
+            lo, hi = float(np.min(hm)), float(np.max(hm))
+            if not hi > lo:
+                hi = lo + 1e-12
+            mappable = ax.imshow(hm, cmap=HEATMAP_CMAP, alpha=alpha, interpolation="bilinear", vmin=lo, vmax=hi)
+        else:
+            mappable = ax.imshow(_normalize01(hm), cmap=HEATMAP_CMAP, alpha=alpha, interpolation="bilinear",
+                                 vmin=0.0, vmax=1.0)
     if mask is not None and np.any(mask > 0.5):
         m = mask if mask.shape == image.shape else resize_map(mask, image.shape)
         ax.contour(m, levels=[0.5], colors=[CONTOUR_COLOR], linewidths=1.0)
@@ -145,11 +158,30 @@ def _draw_overlay(ax: Any, image: np.ndarray, heatmap: np.ndarray | None, mask: 
         spine.set_visible(False)
     if title:
         ax.set_title(title, fontsize=8)
+    return mappable
+
+
+def _edge_labels(ax: Any, labels: Sequence[str]) -> None:
+    """Orientation letters (top, bottom, left, right) just inside the image edges."""
+    if len(labels) != 4:
+        raise ValueError(f"edge_labels must be (top, bottom, left, right), got {labels!r}")
+    style = {"color": "white", "fontsize": 8, "fontweight": "bold", "transform": ax.transAxes,
+             "bbox": {"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0}}
+    top, bottom, left, right = labels
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
 
 
 def overlay_png(image: Any, heatmap: Any | None = None, *, mask: Any | None = None, alpha: float = 0.5,
-                title: str | None = None, size_inches: float = 3.0, dpi: int = 100) -> bytes:
+                title: str | None = None, size_inches: float = 3.0, dpi: int = 100, colorbar: bool = False,
+                colorbar_label: str = "heatmap", edge_labels: Sequence[str] | None = None,
+                caption: str | None = None) -> bytes:
     """One scan with its heatmap blended on top and the ground-truth contour.
+
+    The image is drawn as given, row 0 at the top: orient it before (e.g.
+    :func:`dualattn.data.readers.radiological_view`) and say so with ``edge_labels`` and ``caption``.
 
     Args:
         image: the scan, ``(H, W)`` / ``(C, H, W)`` (see :func:`as_2d`).
@@ -158,23 +190,49 @@ def overlay_png(image: Any, heatmap: Any | None = None, *, mask: Any | None = No
         mask: ground-truth mask ``(H, W)``; its 0.5 level is drawn as a contour. ``None`` or empty: no contour.
         alpha: opacity of the heatmap in [0, 1].
         title: optional title above the image.
-        size_inches: edge of the square figure.
+        size_inches: edge of the square image.
         dpi: resolution.
+        colorbar: add a colour bar in the map's own units (min to max of the displayed map).
+        colorbar_label: the colour bar's label.
+        edge_labels: orientation letters ``(top, bottom, left, right)``, e.g. ``("A", "P", "R", "L")``.
+        caption: a line of small text under the image (e.g. the display convention).
 
     Returns:
         PNG bytes.
 
     Raises:
-        ValueError: if ``alpha`` is outside [0, 1] or the arrays are not images.
+        ValueError: if ``alpha`` is outside [0, 1], the arrays are not images, or ``edge_labels`` is not
+            four strings.
+
+    Example:
+        >>> import numpy as np
+        >>> png = overlay_png(np.random.rand(16, 16), np.random.rand(4, 4), colorbar=True,
+        ...                   edge_labels=("A", "P", "R", "L"), caption="radiological convention")
+        >>> png[:4] == b"\\x89PNG"
+        True
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = as_2d(image, name="image")
     hm = None if heatmap is None else as_2d(heatmap, name="heatmap")
     mk = None if mask is None else as_2d(mask, name="mask")
-    fig = _new_figure(size_inches, size_inches, dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 0.92 if title else 1))
-    _draw_overlay(ax, img, hm, mk, alpha=alpha, title=title)
+    with_bar = bool(colorbar) and hm is not None
+    width = size_inches * (1.25 if with_bar else 1.0)
+    cap_h = 0.06 if caption else 0.0
+    fig = _new_figure(width, size_inches * (1.0 + cap_h), dpi=dpi)
+    img_w = 1.0 / 1.25 if with_bar else 1.0
+    ax = fig.add_axes((0, cap_h, img_w, (0.92 if title else 1.0) - cap_h))
+    mappable = _draw_overlay(ax, img, hm, mk, alpha=alpha, title=title, keep_scale=with_bar)
+    if edge_labels is not None:
+        _edge_labels(ax, [str(x) for x in edge_labels])
+    if with_bar and mappable is not None:
+        cax = fig.add_axes((img_w + 0.03, cap_h + 0.1, 0.04, 0.7))
+        bar = fig.colorbar(mappable, cax=cax)
+        bar.set_label(colorbar_label, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+        bar.solids.set_alpha(1.0)
+    if caption:
+        fig.text(0.01, 0.005, caption, fontsize=6, ha="left", va="bottom")
     return figure_to_png(fig)
 
 
