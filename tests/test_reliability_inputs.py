@@ -357,7 +357,7 @@ def test_dicom_series_problems(files, problem, which):
     if problem == "junk-file":
         assert outcome == "read"  # non-DICOM files beside the slices are skipped
         arr, _ = read_volume(folder)
-        assert arr.shape == (1, 4, 8, 6)
+        assert arr.shape == (1, 6, 8, 4)  # canonical (C, X, Y, Z): cols, rows, slices
     else:
         assert outcome == "error", problem
         with pytest.raises(DataError) as info:
