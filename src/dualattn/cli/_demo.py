@@ -77,7 +77,7 @@ def report_cmd(
     """Render a results file as one self-contained HTML report."""
     from rich.console import Console
 
-    from ..pipelines.demo import load_examples
+    from ..pipelines.examples import load_examples
     from ..report import write_report
 
     console = Console(stderr=True)
