@@ -71,8 +71,8 @@ def demo_cmd(
 def report_cmd(
     results: Path = typer.Argument(..., help="results.json written by `dualattn evaluate` or `dualattn demo`."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
-    examples: Path = typer.Option(None, "--examples", help="examples.npz from a demo folder (default: the "
-                                  "one beside RESULTS.json, if any)."),
+    examples: Path = typer.Option(None, "--examples", help="examples.npz written by `dualattn demo` or "
+                                  "`dualattn evaluate` (default: the one beside RESULTS.json, if any)."),
 ) -> None:
     """Render a results file as one self-contained HTML report."""
     from rich.console import Console
