@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh CPU machine: torch 2.13.0 (CPU wheel) first, then dualattn
 # with its test extras. Safe to run again: pip skips what is already satisfied.
+# The interpreter: $PYTHON (default python3), or, when that one is externally managed (PEP 668, a stock
+# Debian/Ubuntu Python) and no virtual environment is active, the repository's .venv (made on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
+source scripts/python-env.sh
+PY="$(dualattn_python)"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 if [ -d /opt/wheels ]; then PIP+=(--find-links /opt/wheels); fi
 

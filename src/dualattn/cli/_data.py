@@ -51,7 +51,8 @@ def data_make(
 @prepare_app.command("brats")
 @user_errors()
 def prepare_brats_cmd(
-    raw: Path = typer.Argument(..., help="Folder of BraTS cases (*_t1, *_t1ce, *_t2, *_flair, *_seg NIfTI)."),
+    raw: Path = typer.Argument(..., help="Folder of BraTS cases: *_t1, *_t1ce, *_t2, *_flair, *_seg (BraTS 2018-2021) or "
+                             "*-t1n, *-t1c, *-t2w, *-t2f, *-seg (BraTS 2023) NIfTI files."),
     out: Path = typer.Argument(..., help="Destination folder (folder format)."),
     min_area: int = typer.Option(1000, "--min-area", help="Keep axial slices whose tumor area exceeds this many pixels."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize each half to SIZE x SIZE (default: keep)."),

@@ -49,17 +49,21 @@ def demo_cmd(
 
     def show(message: str) -> None:
         style = "green" if message.startswith("[done]") else "cyan" if message.startswith("[reuse]") else "bold"
-        console.print(message, style=style, markup=False, highlight=False)
+        # soft_wrap: a long line (a path) is never broken into pieces by rich at the terminal's width
+        console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
-    outcome = run_demo(preset=preset, dataset=dataset, out=out, progress=show,
-                       show_training_progress=training_progress,
-                       show_evaluation_progress=console.is_terminal)
+    from ..train.quiet import quiet_lightning
+
+    with quiet_lightning():
+        outcome = run_demo(preset=preset, dataset=dataset, out=out, progress=show,
+                           show_training_progress=training_progress,
+                           show_evaluation_progress=console.is_terminal)
     import json
 
     for warning in json.loads(outcome.results.read_text(encoding="utf-8")).get("warnings") or []:
         console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     console.print(f"results: {outcome.results}\nreport:  {outcome.report}\nwall time: "
-                  f"{outcome.wall_time_s:.0f} s", markup=False, highlight=False)
+                  f"{outcome.wall_time_s:.0f} s", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("report")
@@ -67,13 +71,13 @@ def demo_cmd(
 def report_cmd(
     results: Path = typer.Argument(..., help="results.json written by `dualattn evaluate` or `dualattn demo`."),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
-    examples: Path = typer.Option(None, "--examples", help="examples.npz from a demo folder (default: the "
-                                  "one beside RESULTS.json, if any)."),
+    examples: Path = typer.Option(None, "--examples", help="examples.npz written by `dualattn demo` or "
+                                  "`dualattn evaluate` (default: the one beside RESULTS.json, if any)."),
 ) -> None:
     """Render a results file as one self-contained HTML report."""
     from rich.console import Console
 
-    from ..pipelines.demo import load_examples
+    from ..pipelines.examples import load_examples
     from ..report import write_report
 
     console = Console(stderr=True)
@@ -84,4 +88,4 @@ def report_cmd(
     if examples is None and (results.parent / "examples.npz").is_file():
         examples = results.parent / "examples.npz"
     path = write_report(data, out, examples=load_examples(examples) if examples else None)
-    console.print(f"report: {path}", markup=False, highlight=False)
+    console.print(f"report: {path}", markup=False, highlight=False, soft_wrap=True)

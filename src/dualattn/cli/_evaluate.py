@@ -80,6 +80,11 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    examples: int = typer.Option(
+        4, "--examples", min=0,
+        help="Example scans for the report's overlay grid: every method's map on N positive scans, written to "
+        "OUT/examples.npz, which `dualattn report OUT/results.json` draws (0: none).",
+    ),
     resume: bool = typer.Option(
         True, "--resume/--no-resume",
         help="Reuse the (method, run) units a previous, possibly interrupted, call finished: each is "
@@ -121,4 +126,18 @@ def evaluate(
     tables = out / "tables.md"
     if tables.is_file():
         typer.echo(tables.read_text(encoding="utf-8"))
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", soft_wrap=True)
+    if examples:
+        from dualattn.pipelines.examples import examples_for_results
+
+        try:
+            done = examples_for_results(path, n=examples)
+        except ValueError as exc:  # the evaluation is written; the grid is a bonus
+            console.print(f"[bold yellow]warning:[/bold yellow] no example grid: {exc}", soft_wrap=True)
+        else:
+            if done.get("file"):
+                console.print(f"wrote {done['file']} ({done['n']} scans, {len(done['methods'])} methods; "
+                              f"`dualattn report {path}` draws them)", soft_wrap=True, markup=False)
+            else:
+                console.print("[bold yellow]warning:[/bold yellow] no positive scan in the split: no example grid",
+                              soft_wrap=True)

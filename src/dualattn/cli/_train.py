@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ._errors import user_errors
+from ._errors import fail, user_errors
 
 app = typer.Typer()
 
@@ -35,7 +35,10 @@ def _parse_seeds(text: str) -> list[int]:
 @app.command("train")
 @user_errors()
 def train(
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (with --seeds: parent of seed0, seed1, ...)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run folder (with --seeds: parent of seed0, seed1, ...). Required unless "
+        "--print-config."
+    ),
     config: Optional[str] = typer.Option(
         None,
         "--config",
@@ -60,7 +63,7 @@ def train(
 
     console = Console(stderr=True)
     source = config
-    if source is None and resume:
+    if source is None and resume and out is not None:
         saved = out / "config.yaml"
         if saved.is_file():
             source = str(saved)
@@ -68,13 +71,20 @@ def train(
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
+    if out is None:
+        fail("missing option '--out' / '-o': the run folder to write (only --print-config runs without it)")
     from dualattn.train import fit, fit_seeds
+    from dualattn.train.quiet import quiet_lightning
 
     kwargs = dict(resume=resume, init_from=init_from, progress=progress, overwrite=overwrite)
-    if seeds is not None:
-        run = fit_seeds(cfg, _parse_seeds(seeds), out, **kwargs)
-    else:
-        run = fit(cfg, out=out, **kwargs)
+    try:
+        with quiet_lightning():
+            if seeds is not None:
+                run = fit_seeds(cfg, _parse_seeds(seeds), out, **kwargs)
+            else:
+                run = fit(cfg, out=out, **kwargs)
+    except FileExistsError as exc:  # the library names its keyword argument; here the flag is the answer
+        raise FileExistsError(str(exc).replace("overwrite=True", "--overwrite")) from None
     _print_summary(console, Path(run), multi=seeds is not None)
 
 

@@ -1,7 +1,11 @@
 """``dualattn prepare brats``: BraTS volumes -> tumor / no-tumor hemisphere halves (the paper's set).
 
-For every case (files ``<case>_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg`` ``.nii[.gz]``, anywhere
-under RAW):
+For every case, anywhere under RAW, named in one of the BraTS naming schemes (:data:`NAMING_SCHEMES`):
+
+* BraTS 2018-2021: ``<case>_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg`` ``.nii[.gz]``
+  (e.g. ``BraTS2021_00000_t1.nii.gz``);
+* BraTS 2023 and later: ``<case>-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg`` ``.nii[.gz]``
+  (e.g. ``BraTS-GLI-00000-000-t1n.nii.gz``; T1 native, T1 contrast, T2 weighted, T2 FLAIR):
 
 1. each modality is z-scored over its brain (non-zero) voxels; the background stays 0;
 2. axial slices whose tumor area (``seg > 0``) exceeds ``min_area`` pixels are kept;
@@ -12,8 +16,8 @@ under RAW):
 4. halves are written channels-first ``(4, rows=A->P, cols)`` (optionally resized to
    ``size x size``) in the folder format; the case id is the patient id.
 
-Bad cases (missing modality, unreadable file, shape mismatch, NaN) are skipped and listed in
-``prepare_report.json``; finished cases leave a marker in ``.cases/`` so a re-run resumes without
+Bad cases (missing modality, unreadable file, shape mismatch, NaN, a folder of NIfTI files none of
+which follows a naming scheme) are skipped and listed in ``prepare_report.json``; finished cases leave a marker in ``.cases/`` so a re-run resumes without
 redoing them (and retries the bad ones). Items are read lazily by :class:`FolderDataset`, so sets
 larger than RAM need no special handling.
 """
@@ -31,25 +35,64 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["prepare_brats", "find_cases", "MODALITIES", "cut_at_tumor_edge"]
+__all__ = ["prepare_brats", "find_cases", "MODALITIES", "NAMING_SCHEMES", "expected_names", "cut_at_tumor_edge"]
 
 logger = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 _MARKERS = ".cases"
 _REPORT = "prepare_report.json"
-_FILE_RE = re.compile(r"^(?P<case>.+)_(?P<kind>t1ce|t1|t2|flair|seg)\.nii(\.gz)?$", re.IGNORECASE)
+
+#: The BraTS file naming schemes: name -> (separator before the suffix, {modality or "seg": file suffix}).
+#: BraTS 2018, 2019, 2020 and 2021 share the first; 2023 (and 2024) use the second.
+NAMING_SCHEMES: dict[str, tuple[str, dict[str, str]]] = {
+    "BraTS 2018-2021": ("_", {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"}),
+    "BraTS 2023": ("-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}),
+}
+_SCHEME_RES = [
+    (re.compile(rf"^(?P<case>.+){re.escape(sep)}(?P<kind>{'|'.join(sorted(kinds.values(), key=len, reverse=True))})"
+                r"\.nii(\.gz)?$", re.IGNORECASE), {v: k for k, v in kinds.items()})
+    for sep, kinds in NAMING_SCHEMES.values()
+]
 
 
-def _scan_cases(raw: Path) -> tuple[dict[str, dict[str, Path | None]], dict[str, str]]:
-    """Cases found from *any* of their files, and the problems of cases found in several folders."""
+def expected_names() -> str:
+    """The file names each naming scheme expects, for error messages.
+
+    Example:
+        >>> print(expected_names())
+        CASE_t1, CASE_t1ce, CASE_t2, CASE_flair, CASE_seg (BraTS 2018-2021) or CASE-t1n, CASE-t1c, CASE-t2w, CASE-t2f, CASE-seg (BraTS 2023), each .nii or .nii.gz
+    """
+    parts = [", ".join(f"CASE{sep}{kinds[k]}" for k in (*MODALITIES, "seg")) + f" ({name})"
+             for name, (sep, kinds) in NAMING_SCHEMES.items()]
+    return " or ".join(parts) + ", each .nii or .nii.gz"
+
+
+def _match(name: str) -> tuple[str, str] | None:
+    """``(case, modality or "seg")`` for a file name in any naming scheme, else ``None``."""
+    for pattern, kinds in _SCHEME_RES:
+        m = pattern.match(name)
+        if m:
+            return m.group("case"), kinds[m.group("kind").lower()]
+    return None
+
+
+def _scan_cases(raw: Path) -> tuple[dict[str, dict[str, Path | None]], dict[str, str], dict[str, str]]:
+    """Cases found from *any* of their files, the problems of cases found in several folders, and the
+    folders holding NIfTI files of which none follows a naming scheme (relative folder -> problem)."""
     found: dict[tuple[Path, str], dict[str, Path | None]] = {}
+    unmatched: dict[Path, list[str]] = {}
+    matched_folders: set[Path] = set()
     for f in sorted(raw.rglob("*.nii*")):
-        m = _FILE_RE.match(f.name)
-        if not m or not f.is_file():
+        if not f.is_file() or not f.name.lower().endswith((".nii", ".nii.gz")):
             continue
-        files = found.setdefault((f.parent, m.group("case")), {k: None for k in (*MODALITIES, "seg")})
-        kind = m.group("kind").lower()
+        hit = _match(f.name)
+        if hit is None:
+            unmatched.setdefault(f.parent, []).append(f.name)
+            continue
+        matched_folders.add(f.parent)
+        case, kind = hit
+        files = found.setdefault((f.parent, case), {k: None for k in (*MODALITIES, "seg")})
         if files[kind] is None or f.name.endswith(".gz"):  # CASE_x.nii.gz wins over CASE_x.nii
             files[kind] = f
     cases: dict[str, dict[str, Path | None]] = {}
@@ -59,25 +102,40 @@ def _scan_cases(raw: Path) -> tuple[dict[str, dict[str, Path | None]], dict[str,
             problems[case] = "case id found in several folders; rename one (case ids must be unique)"
             continue
         cases[case] = files
-    return cases, problems
+    strays: dict[str, str] = {}
+    for folder, names in unmatched.items():
+        if folder in matched_folders:  # extra files beside a case (notes, other masks) are ignored
+            continue
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        key = folder.relative_to(raw).as_posix() if folder != raw else "."
+        strays[key] = f"no file name follows a BraTS naming scheme (found {shown}); expected {expected_names()}"
+    return cases, problems, strays
 
 
 def find_cases(raw: str | os.PathLike[str]) -> dict[str, dict[str, Path | None]]:
     """Map case id -> {modality or "seg": path or None} for every case under ``raw``.
 
-    A case is found from any of its files (``CASE_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``
-    ``.nii[.gz]``), so a case missing its segmentation or a modality is listed with ``None`` there
-    (and reported as bad by :func:`prepare_brats`) rather than silently ignored.
+    A case is found from any of its files in either naming scheme (:data:`NAMING_SCHEMES`:
+    ``CASE_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg`` or ``CASE-t1n``, ``-t1c``, ``-t2w``, ``-t2f``,
+    ``-seg``, ``.nii[.gz]``), so a case missing its segmentation or a modality is listed with ``None``
+    there (and reported as bad by :func:`prepare_brats`) rather than silently ignored. Modalities are
+    keyed by the 2018 names (:data:`MODALITIES`): ``t1n`` -> ``t1``, ``t1c`` -> ``t1ce``,
+    ``t2w`` -> ``t2``, ``t2f`` -> ``flair``.
 
     Raises:
-        DataError: ``raw`` is not a folder or holds no BraTS file.
+        DataError: ``raw`` is not a folder or holds no BraTS file (the message lists the expected names).
+
+    Example:
+        >>> find_cases("BraTS2023/")  # doctest: +SKIP
+        {'BraTS-GLI-00000-000': {'t1': PosixPath('BraTS2023/BraTS-GLI-00000-000/BraTS-GLI-00000-000-t1n.nii.gz'), ...}}
     """
     raw = Path(raw)
     if not raw.is_dir():
         raise DataError(raw, "raw BraTS folder does not exist")
-    cases, _ = _scan_cases(raw)
+    cases, _, strays = _scan_cases(raw)
     if not cases:
-        raise DataError(raw, "no BraTS case found (expected files like CASE_seg.nii.gz beside CASE_t1/_t1ce/_t2/_flair)")
+        seen = f" (folders with other NIfTI files: {', '.join(sorted(strays)[:5])})" if strays else ""
+        raise DataError(raw, f"no BraTS case found{seen}; expected files named {expected_names()}")
     return cases
 
 
@@ -125,7 +183,11 @@ def _process_case(case: str, files: dict[str, Path | None], out: Path, min_area:
         where = next((p for p in files.values() if p is not None), None)
         what = "segmentation (_seg) and modality file(s)" if "seg" in missing and len(missing) > 1 else (
             "segmentation file (_seg)" if missing == ["seg"] else "modality file(s)")
-        raise DataError(where.parent if where is not None else None, f"case {case}: missing {what} {missing}")
+        sep, kinds = next((v for v in NAMING_SCHEMES.values() if where is not None and
+                           where.name.startswith(f"{case}{v[0]}")), NAMING_SCHEMES["BraTS 2018-2021"])
+        names = ", ".join(f"{case}{sep}{kinds[k]}.nii.gz" for k in missing)
+        raise DataError(where.parent if where is not None else None,
+                        f"case {case}: missing {what} {missing} (expected {names})")
     vols = []
     shape = None
     for mod in (*MODALITIES, "seg"):
@@ -186,8 +248,10 @@ def prepare_brats(
     """Convert BraTS cases under ``raw`` into tumor / no-tumor halves at ``out`` (folder format).
 
     Args:
-        raw: folder with BraTS cases (searched recursively; a case is found from any of its files,
-            and a case missing its ``_seg`` or a modality is reported in ``bad_cases``).
+        raw: folder with BraTS cases (searched recursively; a case is found from any of its files in
+            either naming scheme, a case missing its ``_seg`` or a modality is reported in ``bad_cases``,
+            and so is a folder of NIfTI files none of which follows a naming scheme, by its path
+            relative to ``raw``).
         out: destination folder (created; re-running resumes).
         min_area: keep axial slices with more tumor pixels than this (the paper: 1000).
         size: resize each half to ``size x size``; ``None`` keeps the native height and part width.
@@ -210,11 +274,14 @@ def prepare_brats(
     if size is not None and size < 8:
         raise ValueError(f"size must be >= 8 or None; got {size}")
     cases = find_cases(raw)
-    _, duplicated = _scan_cases(Path(raw))
+    _, duplicated, strays = _scan_cases(Path(raw))
     out = Path(out)
     (out / _MARKERS).mkdir(parents=True, exist_ok=True)
     todo, resumed = [], 0
     bad: list[dict[str, str]] = []
+    for folder, problem in sorted(strays.items()):
+        bad.append({"case": folder, "problem": problem})
+        logger.warning("skipping folder %s: %s", folder, problem)
     for case, files in cases.items():
         if case in duplicated:
             bad.append({"case": case, "problem": duplicated[case]})

@@ -36,22 +36,21 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-import numpy as np
-import torch
 import yaml
 
 from .._env import versions
-from .._io import atomic_path, atomic_write_json
-from ..data import FolderDataset, resolve_dataset
+from .._io import atomic_write_json
+from ..data import resolve_dataset
 from ..evaluate import EvalSettings, evaluate_runs
-from ..explain import explain, list_methods, method_sources
+from ..explain import list_methods, method_sources
 from ..models import CNN_VARIANTS, list_variants
 from ..report import write_report
 from ..runs import RunDir
 from ..train import TrainConfig, fit
 from ..train.recipes import DEFAULT_RECIPES
+from .examples import collect_examples, load_examples
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ __all__ = [
     "run_demo",
     "runs_by_variant",
     "method_sources",
+    "load_examples",
     "DEMO_DATASETS",
 ]
 
@@ -315,71 +315,6 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
     )
 
 
-def _collect_examples(preset: DemoPreset, *, data: Path, runs: Mapping[str, Sequence[Path]],
-                      methods: Sequence[str], out_file: Path) -> dict[str, Any]:
-    """Compute every method's map on a few positive test scans with seed-0 models; save them as NPZ."""
-    test = FolderDataset(data, split="test", size=preset.image_size, seed=0)
-    picked = [i for i in range(len(test)) if bool(test[i]["has_mask"]) and int(test[i]["label"]) > 0]
-    if len(picked) > preset.n_examples:  # spread over the split (neighbouring items are often one patient)
-        spots = np.linspace(0, len(picked) - 1, preset.n_examples).round().astype(int)
-        picked = [picked[int(k)] for k in dict.fromkeys(spots.tolist())]
-    if not picked:
-        logger.warning("no positive test scan with a mask: the report has no example grid")
-        return {"n": 0}
-    items = [test[i] for i in picked]
-    images = torch.stack([torch.as_tensor(it["image"]) for it in items])
-    sources = method_sources(methods, list(runs))
-    models: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {
-        "image": images.numpy(),
-        "mask": torch.stack([torch.as_tensor(it["mask"]) for it in items]).numpy(),
-        "label": np.array([int(it["label"]) for it in items]),
-        "id": np.array([Path(str(it["id"])).name.split(".")[0] for it in items]),
-    }
-    baseline = RunDir(runs["baseline"][0]).load_model("best")
-    with torch.no_grad():
-        arrays["pred"] = baseline(images).argmax(dim=1).numpy()
-    names = []
-    for method, variant in sources.items():
-        if variant not in models:
-            models[variant] = RunDir(runs[variant][0]).load_model("best")
-        model = models[variant]
-        maps = None
-        for block in ("block3", "block4"):  # the fine gate's map; a coarse-only model (tau_l) has block4
-            try:
-                maps = explain(model, images, method=method, block=block, target=torch.as_tensor(arrays["label"]))
-                break
-            except ValueError as exc:
-                logger.debug("example maps for %s at %s: %s", method, block, exc)
-        if maps is None:
-            logger.warning("no example map for %s", method)
-            continue
-        arrays[f"map/{method}"] = maps.detach().float().numpy()[:, 0]
-        names.append(method)
-    with atomic_path(out_file) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-    return {"n": len(items), "methods": names}
-
-
-def load_examples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read ``examples.npz`` back as the list :func:`dualattn.report.write_report` takes."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with np.load(path, allow_pickle=False) as npz:
-        data = {k: npz[k] for k in npz.files}
-    maps = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("map/")}
-    out = []
-    for i in range(len(data.get("image", []))):
-        out.append({
-            "id": str(data["id"][i]), "image": data["image"][i], "mask": data["mask"][i],
-            "label": int(data["label"][i]), "pred": int(data["pred"][i]) if "pred" in data else None,
-            "maps": {m: v[i] for m, v in maps.items()},
-        })
-    return out
-
-
 def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None,
              out: str | os.PathLike[str], progress: Callable[[str], None] | None = None,
              show_training_progress: bool = False, show_evaluation_progress: bool = False) -> DemoOutcome:
@@ -474,8 +409,8 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
 
     # 4. example maps for the figure grid
     examples_file = out_dir / "examples.npz"
-    steps.run("examples", "example heatmaps", lambda: _collect_examples(
-        cfg, data=data, runs=runs, methods=methods, out_file=examples_file))
+    steps.run("examples", "example heatmaps", lambda: collect_examples(
+        runs, data=data, methods=methods, out_file=examples_file, n=cfg.n_examples, size=cfg.image_size))
 
     # 5. results.json + report.html (always rewritten: cheap, and the wall time is updated)
     results = json.loads((out_dir / evaluated["results"]).read_text(encoding="utf-8"))
