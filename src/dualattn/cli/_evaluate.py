@@ -8,30 +8,10 @@ from typing import List, Optional
 
 import typer
 
+from ._options import parse_blocks
 from ._errors import fail, user_errors
 
 app = typer.Typer()
-
-
-def parse_blocks(text: str) -> list[str]:
-    """``"3,4"`` or ``"block3,block4"`` -> ``["block3", "block4"]``.
-
-    Raises:
-        typer.BadParameter: an empty list or a part that is neither an integer nor ``blockN``.
-    """
-    out: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        if part.isdigit():
-            out.append(f"block{int(part)}")
-        elif part.startswith("block") and part[5:].isdigit():
-            out.append(part)
-        else:
-            raise typer.BadParameter(f"--blocks {text!r}: use numbers such as 3,4 or names such as block3,block4")
-    if not out:
-        raise typer.BadParameter(f"--blocks {text!r} names no block")
-    return out
 
 
 def parse_methods(text: str) -> str | list[str]:

@@ -77,14 +77,11 @@ def train(
     from dualattn.train.quiet import quiet_lightning
 
     kwargs = dict(resume=resume, init_from=init_from, progress=progress, overwrite=overwrite)
-    try:
-        with quiet_lightning():
-            if seeds is not None:
-                run = fit_seeds(cfg, _parse_seeds(seeds), out, **kwargs)
-            else:
-                run = fit(cfg, out=out, **kwargs)
-    except FileExistsError as exc:  # the library names its keyword argument; here the flag is the answer
-        raise FileExistsError(str(exc).replace("overwrite=True", "--overwrite")) from None
+    with quiet_lightning():  # the library's error names both the flag and the keyword argument
+        if seeds is not None:
+            run = fit_seeds(cfg, _parse_seeds(seeds), out, **kwargs)
+        else:
+            run = fit(cfg, out=out, **kwargs)
     _print_summary(console, Path(run), multi=seeds is not None)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .readers import radiological_view
 
 __all__ = ["prepare_brats", "find_cases", "MODALITIES", "NAMING_SCHEMES", "expected_names", "cut_at_tumor_edge"]
 
@@ -204,8 +205,9 @@ def _process_case(case: str, files: dict[str, Path | None], out: Path, min_area:
     rows: list[dict[str, str]] = []
     skipped_midline = 0
     for z in np.flatnonzero(areas > min_area):
-        sl = np.ascontiguousarray(image[:, :, ::-1, z].transpose(0, 2, 1))  # (4, Y: anterior first, X)
-        m = np.ascontiguousarray(seg[:, ::-1, z].T)
+        # the radiological view `dualattn explain` shows a 2-D model: anterior up, the patient's right on the left
+        sl = np.ascontiguousarray(radiological_view(image[:, :, :, z]))
+        m = np.ascontiguousarray(radiological_view(seg[:, :, z]))
         cols = np.flatnonzero(m.any(axis=0))
         cut = cut_at_tumor_edge(cols, m.shape[1], min_width=min_width)
         if cut is None:

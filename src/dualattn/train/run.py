@@ -42,6 +42,7 @@ from dualattn.runs import RunDir
 from dualattn.weights import load_model
 
 from .config import TrainConfig, load_config, save_config
+from .quiet import quiet_lightning
 from .recipes import PENALTY_VARIANTS, resolve_recipe
 
 __all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model", "data_record"]
@@ -197,7 +198,7 @@ def _prepare_out(run: RunDir, *, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(
                 f"{run.path} already holds a run ({', '.join(existing)}); resume it (--resume), "
-                "choose another --out, or replace it (--overwrite; overwrite=True in Python)"
+                "choose another --out, or replace it (--overwrite on the command line, the overwrite argument in Python)"
             )
         run.remove_run_files()
     run.path.mkdir(parents=True, exist_ok=True)
@@ -441,12 +442,13 @@ def fit(
             default_root_dir=str(out),
             callbacks=callbacks,
         )
-        trainer.fit(
-            module,
-            datamodule=data,
-            ckpt_path=str(resume_from) if resume_from is not None else None,
-            weights_only=True,
-        )
+        with quiet_lightning():  # Lightning's lines once, no litlogger tip, no LeafSpec warning (library callers too)
+            trainer.fit(
+                module,
+                datamodule=data,
+                ckpt_path=str(resume_from) if resume_from is not None else None,
+                weights_only=True,
+            )
     if not trainer.is_global_zero:
         return out
 
