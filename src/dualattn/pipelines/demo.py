@@ -154,12 +154,12 @@ PRESETS: dict[str, DemoPreset] = {
     ),
     "default": DemoPreset(
         name="default",
-        description="64x64 images, 960 scans, 3 seeds, 10 epochs, U-Net encoder with 8 base features, the "
+        description="64x64 images, 640 scans, 3 seeds, 10 epochs, U-Net encoder with 8 base features, the "
                     "variants the claims compare (the single-gate ablations tau_k / tau_l are in 'full'); every "
-                    "method and control under four perturbation fills on 96 test scans (wall time: docs/demo.md)",
-        n=960, image_size=64, model_kwargs={"features": 8}, max_epochs=10, batch_size=16, seeds=(0, 1, 2),
+                    "method and control under four perturbation fills on the 96 test scans (wall time: docs/demo.md)",
+        n=640, image_size=64, model_kwargs={"features": 8}, max_epochs=10, batch_size=16, seeds=(0, 1, 2),
         variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
-        n_examples=4, perturbation_steps=5, max_eval_images=96, ig_steps=16,
+        n_examples=4, perturbation_steps=4, max_eval_images=None, ig_steps=16,
     ),
     "full": DemoPreset(
         name="full",
