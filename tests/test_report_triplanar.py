@@ -96,3 +96,18 @@ def test_argument_checks():
         triplanar_png(np.ones((4, 4)), {"a": np.ones((2, 2, 2))})
     with pytest.raises(ValueError, match="NaN"):
         map_peak(np.full((2, 2, 2), np.nan), (4, 4, 4))
+
+
+def test_example_pngs_for_the_report():
+    from dualattn.report.triplanar import example_pngs, is_volume_example
+
+    vol, mask = _case()
+    maps = {f"m{k}": np.random.default_rng(k).random((5, 6, 7)) for k in range(5)}
+    ex3 = {"image": vol, "mask": mask[None], "maps": maps, "id": "v1", "label": 1, "pred": 0}
+    assert is_volume_example(ex3) and not is_volume_example({"image": vol[:, 0]})
+    pngs = example_pngs([ex3, {**ex3, "mask": np.zeros((1, *SHAPE)), "id": "v2"}], max_rows=2)
+    assert len(pngs) == 6  # 5 methods in chunks of 2, per example
+    assert pngs[0][0] == "v1, y=1, ŷ=0: planes through the lesion centroid (i, j, k) = (5, 12, 19)"
+    assert "no lesion mask" in pngs[3][0] and all(p[:4] == b"\x89PNG" for _, p in pngs)
+    with pytest.raises(ValueError, match="not a 3-D"):
+        example_pngs([{"image": vol[:, 0], "maps": maps}])

@@ -34,7 +34,16 @@ import numpy as np
 
 from .figures import CONTOUR_COLOR, HEATMAP_CMAP, figure_to_png
 
-__all__ = ["lesion_centroid", "map_peak", "upsample_nearest", "triplanar_figure", "triplanar_png", "PLANES"]
+__all__ = [
+    "PLANES",
+    "example_pngs",
+    "is_volume_example",
+    "lesion_centroid",
+    "map_peak",
+    "triplanar_figure",
+    "triplanar_png",
+    "upsample_nearest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -235,3 +244,60 @@ def triplanar_png(
         ValueError: bad shapes, an empty ``heatmaps``, a point outside the volume, ``alpha`` outside [0, 1].
     """
     return figure_to_png(triplanar_figure(volume, heatmaps, mask=mask, point=point, channel=channel, alpha=alpha))
+
+
+def is_volume_example(example: Mapping[str, Any]) -> bool:
+    """Whether a report example (``image`` ``(C, *S)``, as ``examples.npz`` stores it) is a 3-D volume.
+
+    Example:
+        >>> is_volume_example({"image": np.zeros((4, 8, 8, 8))}), is_volume_example({"image": np.zeros((4, 8, 8))})
+        (True, False)
+    """
+    return np.ndim(example.get("image")) == 4
+
+
+def example_pngs(
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    methods: Sequence[str] | None = None,
+    max_rows: int = 8,
+) -> list[tuple[str, bytes]]:
+    """Tri-planar PNGs of the report's 3-D examples (the form :func:`dualattn.report.figures.example_grid_png` takes).
+
+    Args:
+        examples: mappings with ``image`` ``(C, D, H, W)``, optional ``mask`` ``(1, D, H, W)``, ``maps``
+            (method -> ``(d, h, w)``), optional ``id``, ``label``, ``pred``.
+        methods: row order; default each example's maps in their order.
+        max_rows: methods per figure (an example with more maps gets several figures).
+
+    Returns:
+        ``[(caption, png), ...]``: per example, per chunk of at most ``max_rows`` methods; the caption
+        names the example, its label / prediction and the planes' point.
+
+    Raises:
+        ValueError: ``max_rows < 1``; an example that is not 3-D.
+    """
+    if int(max_rows) < 1:
+        raise ValueError(f"max_rows must be >= 1; got {max_rows!r}")
+    out: list[tuple[str, bytes]] = []
+    for r, ex in enumerate(examples):
+        if not is_volume_example(ex):
+            raise ValueError(f"example {r} is not a 3-D volume: image shape {np.shape(ex.get('image'))}")
+        maps = dict(ex.get("maps") or {})
+        names = [m for m in (methods if methods is not None else list(maps)) if m in maps]
+        if not names:
+            continue
+        mask = ex.get("mask")
+        has_lesion = mask is not None and bool((np.asarray(mask) > 0.5).any())
+        point = lesion_centroid(mask) if has_lesion else None
+        bits = [str(ex.get("id", f"#{r}"))]
+        if ex.get("label") is not None:
+            bits.append(f"y={ex['label']}")
+        if ex.get("pred") is not None:
+            bits.append(f"ŷ={ex['pred']}")
+        where = f"lesion centroid (i, j, k) = {point}" if point is not None else "centre of the volume (no lesion mask)"
+        for start in range(0, len(names), int(max_rows)):
+            chunk = names[start : start + int(max_rows)]
+            png = triplanar_png(ex["image"], {m: maps[m] for m in chunk}, mask=mask if has_lesion else None)
+            out.append((f"{', '.join(bits)}: planes through the {where}", png))
+    return out
