@@ -177,12 +177,12 @@ PRESETS: dict[str, DemoPreset] = {
     ),
     "3d": DemoPreset(
         name="3d",
-        description="3-D: synthetic-brain-3d, 160 volumes of 32^3 (5.5 mm voxels), 3 seeds, 8 epochs, U-Net "
+        description="3-D: synthetic-brain-3d, 320 volumes of 32^3 (5.5 mm voxels), 3 seeds, 6 epochs, U-Net "
                     "encoder with 4 base features, the variants the claims compare; every method and control "
-                    "under four perturbation fills on 24 test volumes (wall time: docs/demo.md)",
-        dataset="synthetic-brain-3d", n=160, image_size=32, model_kwargs={"features": 4}, max_epochs=8,
-        batch_size=8, seeds=(0, 1, 2), variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
-        n_examples=2, perturbation_steps=5, max_eval_images=24, ig_steps=8, sanity_images=2,
+                    "under four perturbation fills on 16 test volumes (wall time: docs/demo.md)",
+        dataset="synthetic-brain-3d", n=320, image_size=32, model_kwargs={"features": 4}, max_epochs=6,
+        batch_size=16, seeds=(0, 1, 2), variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
+        n_examples=2, perturbation_steps=4, max_eval_images=16, ig_steps=8, sanity_images=2,
     ),
 }
 
