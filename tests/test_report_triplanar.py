@@ -111,3 +111,18 @@ def test_example_pngs_for_the_report():
     assert "no lesion mask" in pngs[3][0] and all(p[:4] == b"\x89PNG" for _, p in pngs)
     with pytest.raises(ValueError, match="not a 3-D"):
         example_pngs([{"image": vol[:, 0], "maps": maps}])
+
+
+def test_reorient_to_ras_matches_nibabel_canonical():
+    import nibabel as nib
+
+    from dualattn.report.triplanar import reorient_to_ras
+
+    rng = np.random.default_rng(1)
+    data = rng.random((5, 6, 7))
+    affine = np.array([[0.0, 0.0, -2.0, 10.0], [-1.0, 0.0, 0.0, 5.0], [0.0, 3.0, 0.0, -4.0], [0, 0, 0, 1.0]])
+    ref = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(data, affine)).dataobj)
+    np.testing.assert_array_equal(reorient_to_ras(data, affine), ref)
+    np.testing.assert_array_equal(reorient_to_ras(np.stack([data, 2 * data]), affine)[1], 2 * ref)
+    with pytest.raises(ValueError, match="4 x 4"):
+        reorient_to_ras(data, np.eye(3))

@@ -40,6 +40,7 @@ __all__ = [
     "is_volume_example",
     "lesion_centroid",
     "map_peak",
+    "reorient_to_ras",
     "triplanar_figure",
     "triplanar_png",
     "upsample_nearest",
@@ -123,6 +124,37 @@ def upsample_nearest(heatmap: Any, shape: Sequence[int]) -> np.ndarray:
     hm = _as_3d(heatmap, name="heatmap")
     idx = [np.minimum(((np.arange(s) + 0.5) * n / s).astype(int), n - 1) for s, n in zip(shape, hm.shape)]
     return hm[np.ix_(*idx)]
+
+
+def reorient_to_ras(array: Any, affine: Any) -> np.ndarray:
+    """Flip / permute the last three axes of ``array`` so that its indices run towards R, A, S.
+
+    Args:
+        array: ``(..., X, Y, Z)`` (e.g. ``(C, X, Y, Z)`` from ``dualattn.data.read_volume``).
+        affine: the ``4 x 4`` voxel-to-RAS affine of those three axes (``Geometry.affine``).
+
+    Returns:
+        A view / copy in RAS index order (what :func:`triplanar_png` expects).
+
+    Raises:
+        ValueError: ``array`` with fewer than three axes or a ``4 x 4`` affine that is not one.
+
+    Example:
+        >>> lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+        >>> reorient_to_ras(np.arange(8.0).reshape(2, 2, 2), lps)[0, 0].tolist()
+        [6.0, 7.0]
+    """
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    arr = np.asarray(array)
+    aff = np.asarray(affine, dtype=np.float64)
+    if arr.ndim < 3 or aff.shape != (4, 4):
+        raise ValueError(f"need an array with >= 3 axes and a 4 x 4 affine; got {arr.shape} and {aff.shape}")
+    ornt = io_orientation(aff)
+    lead = arr.shape[:-3]
+    flat = arr.reshape(-1, *arr.shape[-3:])
+    out = np.stack([apply_orientation(v, ornt) for v in flat])
+    return out.reshape(*lead, *out.shape[1:])
 
 
 def _plane(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
