@@ -54,6 +54,16 @@ _DATASETS: dict[str, DatasetInfo] = {
             3,
         ),
         DatasetInfo(
+            "synthetic-brain-3d",
+            "MNI152 volumes (RAS cube), 4 MRI modalities, 3-D synthetic gliomas + confounders in both classes, "
+            "tumor/no tumor per volume, voxel masks",
+            200,
+            48,
+            True,
+            "synthetic_brain_3d",
+            1,
+        ),
+        DatasetInfo(
             "synthetic-pet",
             "whole-body coronal PET MIP phantoms, altered muscular uptake normal/mild/severe (~77/20/3 %), masks",
             600,
