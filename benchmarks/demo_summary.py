@@ -29,7 +29,7 @@ def _cell(stat: Any) -> dict[str, Any] | None:
             "n": stat.get("n")}
 
 
-def summarize(demo: Path) -> dict[str, Any]:
+def summarize(demo: Path, *, threads: int | None = None) -> dict[str, Any]:
     results = json.loads((demo / "results.json").read_text(encoding="utf-8"))
     identity = json.loads((demo / "demo.json").read_text(encoding="utf-8"))
     meta = results.get("meta", {})
@@ -48,8 +48,9 @@ def summarize(demo: Path) -> dict[str, Any]:
     accuracy = {variant: _cell(row.get("balanced_accuracy"))
                 for variant, row in results.get("classification", {}).get("rows", {}).items()}
     return {
-        "command": f"dualattn demo --preset {identity['preset']['name']} --threads 1 --out DEMO; "
-                   "python benchmarks/demo_summary.py DEMO",
+        "command": f"dualattn demo --preset {identity['preset']['name']}"
+                   f"{'' if threads is None else f' --threads {threads}'} --out DEMO; "
+                   "python benchmarks/demo_summary.py DEMO" + ("" if threads is None else f" --threads {threads}"),
         "preset": identity["preset"],
         "dataset": identity["dataset"],
         "seeds": meta.get("seeds"),
@@ -70,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("demo", type=Path, help="the demo's output folder (holds results.json and demo.json)")
     p.add_argument("--out", type=Path, default=None, help="write the summary JSON here (default: stdout)")
+    p.add_argument("--threads", type=int, default=None, help="the --threads the demo ran with (recorded only)")
     args = p.parse_args(argv)
-    summary = json.dumps(summarize(args.demo), indent=1)
+    summary = json.dumps(summarize(args.demo, threads=args.threads), indent=1)
     if args.out is None:
         sys.stdout.write(summary + "\n")
     else:

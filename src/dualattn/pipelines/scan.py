@@ -63,6 +63,7 @@ from ..data.transforms import normalize
 from ..evaluate.testset import fit_to_model
 from ..explain import METHOD_ALIASES, explain, get_method, list_methods
 from ..report.figures import overlay_png
+from ..report.triplanar import map_peak, triplanar_png
 from ..runs import RunDir
 
 logger = logging.getLogger(__name__)
@@ -810,6 +811,12 @@ def write_scan_explanation(result: ScanExplanation, out: str | os.PathLike[str],
     png = out_dir / f"{stem}.overlay.png"
     atomic_write_bytes(png, overlay_png_of(result))
     written["overlay_png"] = png
+    if np.ndim(result.heatmap) == 3:
+        # a volume: three orthogonal planes through the map's peak (the scan is read in canonical RAS order)
+        tri = out_dir / f"{stem}.triplanar.png"
+        atomic_write_bytes(tri, triplanar_png(result.scan, {result.method: result.heatmap},
+                                              point=map_peak(result.heatmap, np.shape(result.heatmap))))
+        written["triplanar_png"] = tri
 
     summary = result.summary()
     summary["heatmap_file_shape"] = list(np.shape(on_file_grid))

@@ -413,7 +413,7 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
     """
     if not isinstance(results, Mapping):
         raise ValueError(f"results must be a mapping (the parsed results.json), got {type(results).__name__}")
-    from . import figures
+    from . import figures, triplanar
 
     meta = dict(results.get("meta") or {})
     body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
@@ -503,8 +503,17 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
         body.append('<p class="legend">Each row is one test scan; the first column shows the scan with the '
                     "ground-truth lesion contour (cyan), the others each method's heatmap (bright = important) "
                     "over the scan.</p>")
-        for k, png in enumerate(figures.example_grid_png(examples)):
+        flat = [ex for ex in examples if not triplanar.is_volume_example(ex)]
+        volumes = [ex for ex in examples if triplanar.is_volume_example(ex)]
+        for k, png in enumerate(figures.example_grid_png(flat) if flat else []):
             body.append(f"<figure>{_img_tag(png, alt=f'example heatmaps {k + 1}')}</figure>")
+        if volumes:
+            body.append('<p class="legend">3-D scans: three orthogonal planes through the lesion\'s centroid (and, '
+                        "where a method's map peaks elsewhere, through its peak), the lesion contour on each, one "
+                        "row per method; radiological convention (the patient's right on the image's left).</p>")
+        for k, (caption, png) in enumerate(triplanar.example_pngs(volumes)):
+            body.append(f"<figure>{_img_tag(png, alt=f'tri-planar example {k + 1}')}"
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
     cls = results.get("classification") or {}
     if cls.get("rows"):
