@@ -122,6 +122,15 @@ def _row_quantile(x: Tensor, q: float) -> Tensor:
     return (srt[:, lo] + (srt[:, hi] - srt[:, lo]) * frac).unsqueeze(1)
 
 
+def _top_quantile(maps: Tensor, masks: Tensor, q: float) -> tuple[Tensor, Tensor]:
+    """The map's pixels at or above its ``q`` quantile and the mask, both ``(B, N)`` bool on the mask grid."""
+    if not (0.0 <= float(q) < 1.0):
+        raise ValueError(f"q must be in [0, 1), got {q}")
+    a, m = match_mask_grid(maps, masks)
+    thr = _row_quantile(a.double(), float(q)).to(a.dtype)
+    return a >= thr, m
+
+
 def iou_at_quantile(maps: Tensor, masks: Tensor, q: float) -> Tensor:
     """IoU between the map's top ``1 - q`` fraction of pixels and the mask (higher is better).
 
@@ -144,11 +153,7 @@ def iou_at_quantile(maps: Tensor, masks: Tensor, q: float) -> Tensor:
         >>> iou_at_quantile(m, m, 0.75).item()
         1.0
     """
-    if not (0.0 <= float(q) < 1.0):
-        raise ValueError(f"q must be in [0, 1), got {q}")
-    a, m = match_mask_grid(maps, masks)
-    thr = _row_quantile(a.double(), float(q)).to(a.dtype)
-    pred = a >= thr
+    pred, m = _top_quantile(maps, masks, q)
     inter = (pred & m).sum(1).double()
     union = (pred | m).sum(1).double()
     iou = inter / union.clamp_min(1)
@@ -178,11 +183,7 @@ def activation_precision(maps: Tensor, masks: Tensor, q: float = 0.95) -> Tensor
         >>> activation_precision(a, m, 0.75).item()
         0.8
     """
-    if not (0.0 <= float(q) < 1.0):
-        raise ValueError(f"q must be in [0, 1), got {q}")
-    a, m = match_mask_grid(maps, masks)
-    thr = _row_quantile(a.double(), float(q)).to(a.dtype)
-    pred = a >= thr
+    pred, m = _top_quantile(maps, masks, q)
     precision = (pred & m).sum(1).double() / pred.sum(1).double().clamp_min(1)
     return torch.where(m.any(1), precision, torch.full_like(precision, math.nan))
 
