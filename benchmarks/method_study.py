@@ -1,0 +1,431 @@
+"""Which training choices make consistent attention win honestly? Selected on val, across datasets, judged on test.
+
+Issue #14's study. Each *candidate* changes one thing against the current recipe of a consistent-attention
+variant (``dual``, ``exact``, ``multilevel``): how the kept checkpoint is chosen (``select_by``), the
+gate's form (the paper's two cascaded potential layers with bias), the training signal through ``exact``'s
+first pass (``exact_proposal="grad"``), the dual witness (``amortized``). Every candidate trains with the
+real pipeline (``dualattn.train.fit``, the demo's default sizes) on every dataset in ``--datasets``, for
+every seed, and is evaluated with the real evaluation (``dualattn.evaluate.evaluate_runs``: every post-hoc
+explainer of the baseline runs, the controls, ROAD and mean fills, the paired bootstrap ``comparisons``):
+
+1. **Selection, on the val split only.** For each variant, a candidate is *admissible* when its val
+   balanced accuracy is within :data:`ACCURACY_SLACK` points (or one baseline std, whichever is larger) of
+   the baseline's on every dataset. Its *score* is the mean over datasets and blocks of
+   ``log(AP ratio) + log(SRG@road ratio)`` against the best post-hoc explainer (AP only where the data has
+   masks). The admissible candidate with the highest score is selected; the variant's current recipe
+   wins ties. The rule is written into the JSON (``selection.rule``) before any test number exists.
+2. **Test.** The current recipe and the selected candidate of each variant are evaluated on the test
+   split of every dataset: the ``comparisons`` rows (AP, SRG@road, LeRF AUC under the paper's mean fill,
+   IoU@90) before and after, sharpness per block, balanced accuracy, the controls.
+
+Datasets: the embedded ``synthetic-brain`` (the demo's), ``synthetic-brain-easy`` (its confounders off: a
+task solved in about one epoch), ``synthetic-pet`` (another anatomy, three classes) and ``br35h`` (real MRI,
+no masks: SRG and sharpness only). Data are generated with ``--data-seed`` (0: the demo's draw).
+
+Usage (a GPU machine: about 9 minutes on one H200 with 12 worker processes; the CPU works, slowly)::
+
+    python benchmarks/method_study.py --out benchmarks/results/method_study.json --workers 12 --device cuda
+    python benchmarks/method_study.py --smoke --out /tmp/smoke.json      # 2 minutes on 2 CPU cores
+
+Every summary is mean ± sample std (ddof=1) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("method_study")
+
+VARIANTS: tuple[str, ...] = ("dual", "exact", "multilevel")
+
+#: One change at a time against the variant's current recipe (``"recipe"``: no change).
+#: ``config``: TrainConfig fields; ``model_kwargs``: create_model options over the recipe's.
+CHANGES: dict[str, dict[str, Any]] = {
+    "recipe": {},
+    "select-objective": {"config": {"select_by": "val_objective"}},
+    "cascaded-bias": {"model_kwargs": {"gate_form": "cascaded", "gate_bias": True}},
+    "proposal-grad": {"model_kwargs": {"exact_proposal": "grad"}, "variants": ("exact", "multilevel")},
+    "amortized": {"model_kwargs": {"witness": "amortized"}, "variants": ("dual",)},
+}
+REFERENCE = "recipe"
+
+DATASETS: tuple[str, ...] = ("synthetic-brain", "synthetic-brain-easy", "synthetic-pet", "br35h")
+
+#: Balanced-accuracy slack (points) of the admissibility rule.
+ACCURACY_SLACK = 3.0
+
+SELECTION_RULE = (
+    "per variant, on the val split only: admissible = val balanced accuracy >= baseline mean - max(3, baseline "
+    "std) on every dataset; score = mean over datasets and blocks (block3, block4) of log(AP / best post-hoc AP) "
+    "+ log(SRG@road / best post-hoc SRG@road) (AP only where the data has masks; each side floored at 1 point, "
+    "so a score <= 0 counts as 1); the admissible candidate with the highest score is selected, the current recipe "
+    "wins ties and is kept when nothing else is admissible"
+)
+
+BLOCKS = ("block3", "block4")
+KEY_METRICS = ("ap", "srg@road", "auc_least_first@mean", "iou@90", "activation_precision")
+CONTROLS = ("prior", "center", "random", "raw_channel_0", "raw_channel_1", "raw_channel_2", "raw_channel_3")
+
+
+def candidates() -> list[dict[str, Any]]:
+    out = [{"label": "baseline", "variant": "baseline", "change": None, "config": {}, "model_kwargs": {}}]
+    for variant in VARIANTS:
+        for change, spec in CHANGES.items():
+            if variant not in spec.get("variants", VARIANTS):
+                continue
+            out.append({"label": f"{variant} {change}", "variant": variant, "change": change,
+                        "config": dict(spec.get("config", {})), "model_kwargs": dict(spec.get("model_kwargs", {}))})
+    return out
+
+
+def _slug(label: str) -> str:
+    return label.replace(" ", "_")
+
+
+# ----------------------------------------------------------------------------- worker jobs (spawned processes)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def train_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one (dataset, candidate, seed) run; returns its summary numbers or the error."""
+    from dualattn.runs import RunDir
+    from dualattn.train import TrainConfig, fit
+
+    t0 = time.perf_counter()
+    run_dir = Path(job["run_dir"])
+    try:
+        if not RunDir(run_dir).finished:
+            config = TrainConfig(
+                dataset=job["data"], image_size=job["size"], model="unet_encoder", variant=job["variant"],
+                model_kwargs={"features": job["features"], **job["model_kwargs"]}, max_epochs=job["epochs"],
+                batch_size=16, lr=1e-3, seed=job["seed"], split_seed=0, accelerator=job["accelerator"],
+                devices=1, check_data=False, **job["config"],
+            )
+            fit(config, out=run_dir, resume=run_dir.is_dir())
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        return {"run_dir": str(run_dir), "ok": True, "seconds": time.perf_counter() - t0,
+                "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
+                "val_balanced_accuracy": summary.get("val_balanced_accuracy")}
+    except Exception as exc:  # a failed run is reported, the study goes on
+        return {"run_dir": str(run_dir), "ok": False, "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-2000:], "seconds": time.perf_counter() - t0}
+
+
+def eval_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate baseline runs + one candidate's runs on one split; returns the extracted numbers."""
+    from dualattn.evaluate import EvalSettings, evaluate_runs
+
+    t0 = time.perf_counter()
+    out = Path(job["out"])
+    try:
+        seed_partial = job.get("seed_partial")
+        if seed_partial and Path(seed_partial).is_dir():
+            shutil.copytree(seed_partial, out / ".partial", dirs_exist_ok=True)
+        settings = EvalSettings(
+            data=job["data"], methods="all", split=job["split"], size=job["size"], perturbation_steps=4,
+            ig_steps=16, sanity_images=0, fills=tuple(job["fills"]), device=job["device"], n_boot=1000,
+        )
+        path = evaluate_runs(job["runs"], out=out, settings=settings, baseline=job["baselines"])
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {"ok": True, "seconds": time.perf_counter() - t0, **extract(results, job.get("variant"))}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:],
+                "seconds": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------- reading results.json
+
+
+def _stat(cell: Any) -> dict[str, Any] | None:
+    if not isinstance(cell, dict) or cell.get("mean") is None:
+        return None
+    return {"mean": float(cell["mean"]), "std": None if cell.get("std") is None else float(cell["std"]),
+            "values": cell.get("values")}
+
+
+def extract(results: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """The numbers the selection and the tables need, from one evaluation's results.json."""
+    methods = results.get("methods", {})
+    maps: dict[str, Any] = {}
+    for method, entry in methods.items():
+        for block, cells in entry.get("blocks", {}).items():
+            row = {m: _stat(cells.get(m)) for m in (*KEY_METRICS, "sharpness", "consistency_kl")}
+            maps[f"{method} [{block}]"] = {k: v for k, v in row.items() if v is not None}
+    acc = {}
+    for name, row in results.get("classification", {}).get("rows", {}).items():
+        cell = _stat(row.get("balanced_accuracy"))
+        if cell is not None:
+            acc[name] = cell
+    comps = [
+        {k: c.get(k) for k in ("metric", "block", "ours", "ours_value", "best_other", "other_value", "ratio",
+                               "ci_low", "ci_high", "p_value", "holds", "claim_blocked")}
+        for c in results.get("comparisons", []) if c.get("metric") in KEY_METRICS
+    ]
+    return {"maps": maps, "balanced_accuracy": acc, "comparisons": comps,
+            "warnings": [w if isinstance(w, str) else w.get("message", str(w)) for w in results.get("warnings", [])]}
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _log_ratio(ours: float | None, other: float | None) -> float | None:
+    """``log(max(ours, 1) / max(other, 1))`` of two x100 scores: bounded where either side is <= 0.
+
+    Example:
+        >>> round(_log_ratio(50.0, 25.0), 4), _log_ratio(-3.0, 0.5), round(_log_ratio(10.0, -2.0), 4)
+        (0.6931, 0.0, 2.3026)
+    """
+    if ours is None or other is None or math.isnan(ours) or math.isnan(other):
+        return None
+    return math.log(max(ours, 1.0) / max(other, 1.0))
+
+
+def candidate_score(evals: dict[str, dict[str, Any]], variant: str) -> dict[str, Any]:
+    """Score of one candidate from its val evaluations on every dataset (see :data:`SELECTION_RULE`)."""
+    terms, admissible, per_dataset = [], True, {}
+    for ds, ev in evals.items():
+        if not ev.get("ok"):
+            admissible = False
+            per_dataset[ds] = {"error": ev.get("error")}
+            continue
+        acc = ev["balanced_accuracy"]
+        base, ours = acc.get("baseline"), acc.get(variant)
+        ok = base is not None and ours is not None and ours["mean"] >= base["mean"] - max(
+            ACCURACY_SLACK, base["std"] or 0.0)
+        admissible &= bool(ok)
+        ds_terms = []
+        for c in ev["comparisons"]:
+            if c["metric"] in ("ap", "srg@road") and c["block"] in BLOCKS and c["ours"] == variant:
+                lr = _log_ratio(c["ours_value"], c["other_value"])
+                if lr is not None:
+                    ds_terms.append(lr)
+        per_dataset[ds] = {"accuracy_ok": bool(ok), "terms": ds_terms}
+        if ds_terms:
+            terms.append(sum(ds_terms) / len(ds_terms))
+    score = sum(terms) / len(terms) if terms else float("-inf")
+    return {"score": score, "admissible": admissible, "per_dataset": per_dataset}
+
+
+def select(val: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """``val[label][dataset]`` -> per variant: every candidate's score and the selected label."""
+    out: dict[str, Any] = {"rule": SELECTION_RULE, "variants": {}}
+    for variant in VARIANTS:
+        scored = {label: candidate_score(evals, variant) for label, evals in val.items()
+                  if label.split(" ")[0] == variant}
+        ref = f"{variant} {REFERENCE}"
+        best = ref
+        for label, s in scored.items():
+            if label == ref or not s["admissible"]:
+                continue
+            if s["score"] > scored.get(best, {"score": float("-inf")})["score"] + 1e-12:
+                best = label
+        out["variants"][variant] = {"candidates": scored, "selected": best}
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _pool(workers: int, threads: int) -> cf.ProcessPoolExecutor:
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                  initializer=_init_worker, initargs=(threads,))
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _machine(args: argparse.Namespace) -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; {args.workers} worker processes x "
+            f"{args.threads} torch threads; device {args.device}")
+
+
+def prepare_data(args: argparse.Namespace) -> dict[str, str]:
+    from dualattn.data import resolve_dataset
+
+    paths = {}
+    for ds in args.datasets:
+        paths[ds] = str(resolve_dataset(ds, cache_dir=Path(args.work) / "data", n=args.n, size=args.size,
+                                        seed=args.data_seed))
+    return paths
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    work = Path(args.work)
+    out_path = Path(args.out)
+    cands = [c for c in candidates() if c["variant"] == "baseline" or c["label"] in args.candidates
+             or not args.candidates]
+    data = prepare_data(args)
+    payload: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": _machine(args),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "candidates": cands,
+        "selection": {"rule": SELECTION_RULE},
+        "train": [], "val": {}, "test": {}, "errors": [],
+    }
+    deadline = t_start + args.budget_s
+
+    def run_dir(ds: str, label: str, seed: int) -> Path:
+        return work / "runs" / ds / _slug(label) / f"seed{seed}"
+
+    # 1. training: every dataset x candidate x seed, baselines first
+    jobs = []
+    for cand in cands:
+        for ds in args.datasets:
+            for seed in args.seeds:
+                jobs.append({"run_dir": str(run_dir(ds, cand["label"], seed)), "data": data[ds], "size": args.size,
+                             "variant": cand["variant"], "model_kwargs": cand["model_kwargs"],
+                             "config": cand["config"], "features": args.features, "epochs": args.epochs,
+                             "seed": seed, "accelerator": "gpu" if args.device.startswith("cuda") else "cpu"})
+    t0 = time.perf_counter()
+    with _pool(args.workers, args.threads) as pool:
+        for res in pool.map(train_job, jobs):
+            payload["train"].append(res)
+            if not res["ok"]:
+                payload["errors"].append(res)
+                logger.warning("training failed: %s: %s", res["run_dir"], res["error"])
+            if len(payload["train"]) % 12 == 0:
+                logger.info("trained %d/%d runs (%.0f s)", len(payload["train"]), len(jobs), time.perf_counter() - t0)
+    payload["train_seconds"] = time.perf_counter() - t0
+    logger.info("training: %d runs in %.0f s", len(jobs), payload["train_seconds"])
+    _write(out_path, payload)
+
+    def finished(ds: str, label: str) -> list[str]:
+        return [str(run_dir(ds, label, s)) for s in args.seeds if (run_dir(ds, label, s) / "summary.json").is_file()]
+
+    def eval_jobs(split: str, labels: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for ds in args.datasets:
+            base = finished(ds, "baseline")
+            seed_partial = str(work / "eval" / split / ds / "baseline" / ".partial")
+            for label in labels:
+                variant = label.split(" ")[0]
+                runs = base if label == "baseline" else base + finished(ds, label)
+                out.append({"dataset": ds, "label": label, "variant": variant, "split": split, "data": data[ds],
+                            "size": args.size, "device": args.device, "runs": runs, "baselines": base,
+                            "fills": ("road",) if split == "val" else ("road", "mean"),
+                            "out": str(work / "eval" / split / ds / _slug(label)),
+                            "seed_partial": None if label == "baseline" else seed_partial})
+        return out
+
+    def evaluate(split: str, labels: list[str]) -> dict[str, dict[str, Any]]:
+        t = time.perf_counter()
+        table: dict[str, dict[str, Any]] = payload.setdefault(split, {})
+        with _pool(args.workers, args.threads) as pool:  # baselines first: their units seed every candidate
+            for phase in (["baseline"], [lbl for lbl in labels if lbl != "baseline"]):
+                jobs = {pool.submit(eval_job, job): job for job in eval_jobs(split, phase)}
+                for fut in cf.as_completed(jobs):
+                    job, res = jobs[fut], fut.result()
+                    table.setdefault(job["label"], {})[job["dataset"]] = res
+                    if not res["ok"]:
+                        payload["errors"].append({"eval": job["out"], "error": res["error"], "trace": res["trace"]})
+                    payload[f"{split}_seconds"] = time.perf_counter() - t
+                    _write(out_path, payload)
+        return table
+
+    # 2. val evaluation and selection
+    labels = [c["label"] for c in cands]
+    payload["val"] = evaluate("val", labels)
+    payload["selection"] = select(payload["val"])
+    _write(out_path, payload)
+    if time.perf_counter() > deadline:
+        payload["notes"] = ["the time budget ran out before the test phase"]
+        _write(out_path, payload)
+        return payload
+
+    # 3. test: the current recipe and the selected candidate of each variant
+    wanted = ["baseline"]
+    for variant in VARIANTS:
+        ref = f"{variant} {REFERENCE}"
+        sel = payload["selection"]["variants"][variant]["selected"]
+        for lbl in (ref, sel):
+            if lbl in labels and lbl not in wanted:
+                wanted.append(lbl)
+    payload["test"] = evaluate("test", wanted)
+    payload["wall_time_s"] = time.perf_counter() - t_start
+    _write(out_path, payload)
+    return payload
+
+
+def show(payload: dict[str, Any]) -> str:
+    """A plain-text digest: the selection and the test comparisons (AP, SRG@road) before/after."""
+    lines = [f"machine: {payload.get('machine')}", f"rule: {payload['selection'].get('rule')}"]
+    for variant, sel in payload["selection"].get("variants", {}).items():
+        lines.append(f"{variant}: selected {sel['selected']}")
+        for label, s in sel["candidates"].items():
+            lines.append(f"   {label:28s} score {s['score']:+.3f} admissible {s['admissible']}")
+    for split in ("val", "test"):
+        for label, per_ds in payload.get(split, {}).items():
+            for ds, ev in per_ds.items():
+                if not ev.get("ok"):
+                    lines.append(f"[{split}] {label} on {ds}: ERROR {ev.get('error')}")
+                    continue
+                for c in ev["comparisons"]:
+                    if c["metric"] in ("ap", "srg@road") and c["ours"] == label.split(" ")[0]:
+                        ci = "" if c["ci_low"] is None else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+                        ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.2f}"
+                        lines.append(f"[{split}] {ds:22s} {label:28s} {c['metric']:9s} {c['block']}: "
+                                     f"{c['ours_value']:.1f} vs {c['best_other']} {c['other_value']:.1f} "
+                                     f"ratio {ratio}{ci} holds={c['holds']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--work", default="method_study_work", help="folder for data, runs and evaluations")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    p.add_argument("--candidates", nargs="*", default=[], help="labels to train (default: all); baseline always")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--n", type=int, default=640)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--features", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the test phase past this")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script end to end")
+    p.add_argument("--show", action="store_true", help="print the digest of an existing --out JSON and exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.show:
+        print(show(json.loads(Path(args.out).read_text(encoding="utf-8"))))
+        return
+    if args.smoke:
+        args.n, args.size, args.features, args.epochs, args.seeds = 48, 32, 2, 1, [0]
+        args.datasets = [d for d in args.datasets if d in ("synthetic-brain", "br35h")]
+    payload = run(args)
+    print(show(payload))
+
+
+if __name__ == "__main__":
+    main()
