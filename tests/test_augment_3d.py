@@ -1,16 +1,20 @@
 """Train-time augmentation flips left-right only: X of a ``(C, X, Y, Z)`` RAS volume, the columns of a
-radiological 2-D image (unchanged)."""
+radiological 2-D image (unchanged); the demo's presets carry the flag and its metadata names 3-D sizes."""
 
 from __future__ import annotations
 
 import doctest
+import json
 
 import numpy as np
 import pytest
 import torch
 
+from dualattn.data import FolderWriter
 from dualattn.data import transforms
 from dualattn.data.transforms import augment
+from dualattn.pipelines import demo
+from dualattn.pipelines.demo import PRESETS, get_preset
 
 NO_AFFINE = dict(max_rotate_deg=0, max_scale=0, max_shift=0)
 
@@ -113,3 +117,27 @@ def test_transforms_examples_run():
     result = doctest.testmod(transforms, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
+
+# ----------------------------------------------------------------------------- the demo
+
+
+def test_presets_keep_augmentation_on_and_pass_it_to_training(tmp_path):
+    assert all(p.augment is True for p in PRESETS.values())  # the behaviour before the field existed
+    for name in ("tiny", "tiny3d"):
+        cfg = demo._train_config(PRESETS[name], data=tmp_path, variant="baseline", seed=0, progress=False)
+        assert cfg.augment is True
+    off = get_preset("tiny3d", augment=False)
+    assert demo._train_config(off, data=tmp_path, variant="baseline", seed=0, progress=False).augment is False
+    assert json.loads(json.dumps(off.to_dict()))["augment"] is False
+
+
+@pytest.mark.parametrize(("shape", "expected"), [((4, 16, 16, 16), "16x16x16"), ((4, 16, 16), "16x16")])
+def test_image_size_label_follows_the_dataset(tmp_path, shape, expected):
+    root = tmp_path / "d"
+    with FolderWriter(root, class_names=["a", "b"]) as w:
+        for i in range(2):
+            w.add(f"x{i}", image=np.zeros(shape, np.float32), label=i, patient=f"p{i}")
+    size = PRESETS["tiny3d"].image_size
+    assert demo._image_size_label(size, demo._spatial_dims(root)) == expected
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        demo._image_size_label(size, 4)
