@@ -48,6 +48,7 @@ def test_tiny3d_demo_end_to_end(tiny3d):
         assert run.finished and run.config["model_kwargs"]["features"] == 2
         assert run.model.config["spatial_dims"] == 3 and run.model_input() == (4, (16, 16, 16))
     results = json.loads(outcome.results.read_text())
+    assert results["meta"]["image_size"] == "16x16x16"  # three dims for volumes
     seg = results["segmentation"]
     assert {"ap", "activation_precision", "iou@95"} <= set(seg["columns"])
     expected = ["unconstrained", "dual", "exact", "multilevel", "cvx", "gradcam", "gradcam_norelu",

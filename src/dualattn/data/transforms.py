@@ -95,18 +95,41 @@ def augment(
 ):
     """Random flips and a small random affine, applied identically to image and mask.
 
+    Axis convention (the package's, see :mod:`dualattn.data.readers`): volumes are ``(C, X, Y, Z)`` in
+    canonical RAS order (X: patient's left -> right, Y: posterior -> anterior, Z: inferior -> superior);
+    2D images are ``(C, rows, columns)`` in the radiological display orientation (axial or coronal
+    slices with the patient's right on the image's left, as ``radiological_view`` and the BraTS, PET
+    and synthetic 2D data give them), so their columns run right -> left. The default flip is
+    therefore left-right in both cases: the first spatial axis (X) of a volume, the last (columns) of
+    a 2D image. A brain is roughly left-right symmetric; flipping it upside down (Z) or back to front
+    (Y) makes images no scanner produces. 2D images of another orientation (e.g. sagittal slices,
+    whose columns run anterior -> posterior) need an explicit ``flip_axes``.
+
     Args:
-        image: ``(C, *S)`` float tensor (2D or 3D).
+        image: ``(C, H, W)`` or ``(C, X, Y, Z)`` float tensor.
         mask: ``(1, *S)`` float tensor (kept binary: nearest-neighbour resampling).
         rng: numpy generator (the only source of randomness: reproducible).
-        flip_axes: spatial axes (0-based, excluding channels) that may flip with probability 0.5;
-            default: the last axis (left-right).
-        max_rotate_deg: rotation up to this many degrees (in-plane for 2D; about the first axis for 3D).
+        flip_axes: spatial axes (0-based, excluding channels) that may flip, each with probability 0.5;
+            default: left-right only (``(1,)`` for 2D, ``(0,)`` for 3D; see above).
+        max_rotate_deg: rotation up to this many degrees (in-plane for 2D; for 3D about the first
+            axis, X, i.e. a tilt in the sagittal Y-Z plane).
         max_scale: isotropic zoom within ``1 +- max_scale``.
         max_shift: translation up to this fraction of the field of view per axis.
 
     Returns:
         ``(image, mask)`` new tensors of the same shapes.
+
+    Raises:
+        ValueError: ``image`` is not 2D/3D channels-first, ``mask`` does not match it, or a flip axis is
+            out of range.
+
+    Example:
+        >>> import numpy as np, torch
+        >>> vol = torch.zeros(1, 4, 3, 2); vol[0, 0, 0, 0] = 1  # a marker at the patient's far left
+        >>> out, _ = augment(vol, vol[:1], rng=np.random.default_rng(2),
+        ...                  max_rotate_deg=0, max_scale=0, max_shift=0)
+        >>> torch.nonzero(out[0] > 0.5).tolist()  # this draw flips X: the marker is now far right
+        [[3, 0, 0]]
     """
     import torch
     import torch.nn.functional as F
@@ -116,7 +139,8 @@ def augment(
         raise ValueError(f"augment expects (C, H, W) or (C, D, H, W); got shape {tuple(image.shape)}")
     if tuple(mask.shape[1:]) != tuple(image.shape[1:]):
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match image {tuple(image.shape)}")
-    axes = (spatial - 1,) if flip_axes is None else tuple(flip_axes)
+    # left-right: the columns of a radiological 2D image, X of a RAS volume (never A-P or S-I)
+    axes = ((1,) if spatial == 2 else (0,)) if flip_axes is None else tuple(flip_axes)
     for a in axes:
         if not 0 <= a < spatial:
             raise ValueError(f"flip axis {a} out of range for {spatial} spatial dims")
@@ -132,7 +156,7 @@ def augment(
     rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float32) / scale
     if spatial == 2:
         theta[:, :2] = rot
-    else:  # rotate the in-plane (H, W) axes; grid coordinates are ordered (x=W, y=H, z=D)
+    else:  # rotate within the last two axes (Y, Z: about X); grid coordinates are ordered (x=Z, y=Y, z=X)
         theta[:2, :2] = rot
         theta[2, 2] = 1.0 / scale
     theta[:, -1] = torch.as_tensor(shift, dtype=torch.float32)

@@ -90,6 +90,8 @@ class DemoPreset:
         max_epochs: training epochs per run.
         batch_size: training batch size.
         lr: learning rate.
+        augment: train-time augmentation (``TrainConfig.augment``: a random left-right flip and a small
+            affine on the training split; see :func:`dualattn.data.transforms.augment`).
         methods: explanation methods evaluated (``None``: every method that applies).
         n_examples: example scans in the report's figure grid.
         perturbation_steps: fractions in the perturbation curve (``steps + 1`` points from 0 to 1).
@@ -112,6 +114,7 @@ class DemoPreset:
     max_epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
+    augment: bool = True
     methods: tuple[str, ...] | None = None
     n_examples: int = 4
     perturbation_steps: int = 10
@@ -311,6 +314,20 @@ def _variants_for(preset: DemoPreset) -> list[str]:
     return [v for v in preset.variants if v in offered]
 
 
+def _spatial_dims(data: Path) -> int:
+    """2 or 3: the spatial dimensions of the dataset folder's images (from its metadata or first image)."""
+    from ..data import FolderDataset
+
+    return FolderDataset(data, normalize="none").spatial_dims
+
+
+def _image_size_label(size: int, spatial_dims: int) -> str:
+    """``"32x32"`` for 2-D images, ``"32x32x32"`` for volumes resized to ``size`` per axis."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}")
+    return "x".join([str(int(size))] * spatial_dims)
+
+
 # ----------------------------------------------------------------------------- the pipeline
 
 
@@ -324,6 +341,7 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
         max_epochs=preset.max_epochs,
         batch_size=preset.batch_size,
         lr=preset.lr,
+        augment=preset.augment,
         seed=seed,
         split_seed=0,
         accelerator=preset.accelerator,
@@ -440,7 +458,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
         "model": f"{cfg.model} ({', '.join(f'{k}={v}' for k, v in cfg.model_kwargs.items())})",
         "variants": variants,
         "seeds": list(cfg.seeds),
-        "image_size": f"{cfg.image_size}x{cfg.image_size}",
+        "image_size": _image_size_label(cfg.image_size, _spatial_dims(data)),
         "epochs": cfg.max_epochs,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, accelerator {cfg.accelerator}",
         "versions": versions(),
