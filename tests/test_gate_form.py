@@ -114,7 +114,8 @@ def test_cascaded_gate_gradcheck_float64():
     v = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: gate.log_attention(x), (v,))
     assert torch.autograd.gradcheck(lambda x: gate(x)[0], (v,))
-    params = {k: p.detach().clone().requires_grad_() for k, p in gate.named_parameters() if k in ("U2.weight", "U2.bias")}
+    own = dict(gate.named_parameters())
+    params = {k: own[k].detach().clone().requires_grad_() for k in ("U2.weight", "U2.bias")}
     names = list(params)
 
     def of_params(*ps):
