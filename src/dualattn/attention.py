@@ -1,7 +1,7 @@
 r"""Attention gates (paper Eq. 1-3) for 2D and 3D convolutional feature maps.
 
 For a feature map ``v`` of shape ``(B, C, *grid)`` an :class:`AttentionGate` computes one potential per
-position
+position. The default form (``form="single"``, ``bias=False``) is one potential gate
 
 .. math::
 
@@ -9,9 +9,12 @@ position
 
 where ``U`` is a 1x1 conv ``C -> E``, ``normalize`` is the L2 normalization over the ``E`` channels at each
 position (``x / max(||x||_2, eps)``, our reading of the paper's Eq. 2 "normalize"), and ``u`` a 1x1 conv
-``E -> 1`` (no bias: the softmax is shift-invariant). The attention map is the softmax of ``phi`` over
-**all** positions of each sample, ``tau = softmax(phi)`` (sums to 1 per image), and the gate returns
-``v * tau`` (broadcast over channels): the layers after it only see attended positions.
+``E -> 1`` (no bias: the softmax is shift-invariant). ``form="cascaded"`` is the paper's Sec. 4.1 "two
+cascaded potential gates" as we read it: ``z1 = ReLU(normalize(U v + b1))`` (``C -> E``),
+``z2 = ReLU(normalize(U2 z1 + b2))`` (``E -> E``), ``phi = <u, z2> + c``; ``bias=True`` adds the biases
+(the authors' code gives its 1x1 convs biases). The attention map is the softmax of ``phi`` over **all**
+positions of each sample, ``tau = softmax(phi)`` (sums to 1 per image), and the gate returns ``v * tau``
+(broadcast over channels): the layers after it only see attended positions.
 
 Example:
     >>> import torch
@@ -19,6 +22,9 @@ Example:
     >>> v_hat, tau = gate(torch.randn(2, 8, 6, 5))
     >>> tuple(v_hat.shape), tuple(tau.shape), [round(s, 5) for s in tau.sum((1, 2)).tolist()]
     ((2, 8, 6, 5), (2, 6, 5), [1.0, 1.0])
+    >>> paper = AttentionGate(8, 4, form="cascaded", bias=True)
+    >>> [round(s, 5) for s in paper(torch.randn(2, 8, 6, 5))[1].sum((1, 2)).tolist()]
+    [1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -34,7 +40,11 @@ from dualattn._checks import check_feature_map, check_positive_int, check_spatia
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttentionGate", "log_softmax_grid"]
+__all__ = ["AttentionGate", "GATE_FORMS", "log_softmax_grid"]
+
+#: Forms of :class:`AttentionGate`: one potential gate (the default) or two in cascade (the paper's
+#: Sec. 4.1, as we read it).
+GATE_FORMS: tuple[str, ...] = ("single", "cascaded")
 
 
 def log_softmax_grid(phi: Tensor) -> Tensor:
@@ -58,7 +68,7 @@ class AttentionGate(nn.Module):
 
     Args:
         in_channels: channels ``C`` of the gated feature map.
-        embed_channels: embedding width ``E`` of the 1x1 conv ``U``.
+        embed_channels: embedding width ``E`` of the 1x1 conv ``U`` (and of ``U2`` in the cascaded form).
         spatial_dims: 2 (maps ``(B, H, W)``) or 3 (maps ``(B, D, H, W)``).
         eps: floor of the L2 norm in the channel normalization.
         scale: gain ``s`` of the potentials, ``phi = s <u, z>`` (1: the paper's gate). Because ``z`` has
@@ -67,14 +77,34 @@ class AttentionGate(nn.Module):
             is ``exp(2 s ||u||)``), and Adam moves ``u`` only about ``lr`` per step. A gain lets the map
             concentrate and multiplies the speed at which the potentials learn.
         learn_scale: learn ``log s`` as a parameter (initialised at ``log scale``).
-        zero_init: start ``u`` at zero, so every map starts exactly uniform (the gate is the identity
-            weighting) whatever the gain; ``u`` leaves zero at the first step.
+        zero_init: start ``u`` (and its bias ``c``) at zero, so every map starts exactly uniform (the gate
+            is the identity weighting) whatever the gain and form; ``u`` leaves zero at the first step.
+        form: ``"single"`` (default): one potential layer, ``z = ReLU(normalize(U v + b))``,
+            ``phi = s (<u, z> + c)``. ``"cascaded"``: two potential layers in cascade,
+            ``z1 = ReLU(normalize(U v + b1))`` (``U``: ``C -> E``), ``z2 = ReLU(normalize(U2 z1 + b2))``
+            (``U2``: ``E -> E``), ``phi = s (<u, z2> + c)``. The paper (Sec. 4.1) says each attention unit
+            is "two cascaded potential gates"; the text admits more than one construction, and this is our
+            reading of it. The authors' published layer is one gate with biases (``"single"``,
+            ``bias=True``). The single form without bias stays the default until the forms are measured.
+        bias: give ``U`` (``b``/``b1``), ``U2`` (``b2``) and ``u`` (``c``) a bias. ``c`` adds the same
+            constant to every position's potential and so does not change the softmax; it is kept for
+            fidelity to the authors' layer (a 1x1 conv with a bias), and a state dict of theirs has it.
+
+    Attributes:
+        U: the first potential layer (``U1`` of the cascaded form), a 1x1 conv ``C -> E``.
+        U2: the second potential layer (``E -> E``) of the cascaded form; ``None`` for ``"single"``.
+        u: the 1x1 conv ``E -> 1`` giving the potentials; every form runs it as a module (float inputs
+            of the module's dtype), so forward hooks on ``gate.u`` see the unscaled potentials.
 
     Shapes:
         ``v``: ``(B, C, *grid)``; ``tau``: ``(B, *grid)`` with ``tau.sum() == 1`` per sample.
 
-    Half-precision inputs run the convs in the module's dtype, the normalization and softmax in float32,
+    Half-precision inputs run the convs in the module's dtype, the normalizations and softmax in float32,
     and return the input dtype.
+
+    Raises:
+        ValueError: a non-positive width, bad ``spatial_dims``/``eps``/``scale``, an unknown ``form`` (the
+            message lists :data:`GATE_FORMS`), or a ``bias`` that is not a bool.
     """
 
     def __init__(
@@ -87,6 +117,8 @@ class AttentionGate(nn.Module):
         scale: float = 1.0,
         learn_scale: bool = False,
         zero_init: bool = False,
+        form: str = "single",
+        bias: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
@@ -96,15 +128,26 @@ class AttentionGate(nn.Module):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if form not in GATE_FORMS:
+            raise ValueError(f"unknown gate form {form!r}; valid forms: {', '.join(GATE_FORMS)}")
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias must be a bool, got {bias!r}")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.in_channels = in_channels
         self.embed_channels = embed_channels
         self.spatial_dims = spatial_dims
         self.eps = float(eps)
-        self.U = conv(in_channels, embed_channels, kernel_size=1, bias=False)
-        self.u = conv(embed_channels, 1, kernel_size=1, bias=False)
+        self.form = form
+        self.use_bias = bias
+        self.U = conv(in_channels, embed_channels, kernel_size=1, bias=bias)
+        self.U2: nn.Module | None = (
+            conv(embed_channels, embed_channels, kernel_size=1, bias=bias) if form == "cascaded" else None
+        )
+        self.u = conv(embed_channels, 1, kernel_size=1, bias=bias)
         if zero_init:
             nn.init.zeros_(self.u.weight)
+            if self.u.bias is not None:
+                nn.init.zeros_(self.u.bias)
         self.learn_scale = bool(learn_scale)
         self._fixed_scale = float(scale)
         self.log_scale: nn.Parameter | None = (
@@ -121,24 +164,37 @@ class AttentionGate(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, embed_channels={self.embed_channels}, "
-            f"spatial_dims={self.spatial_dims}, scale={self.scale:.4g}, learn_scale={self.learn_scale}"
+            f"spatial_dims={self.spatial_dims}, form={self.form}, bias={self.use_bias}, "
+            f"scale={self.scale:.4g}, learn_scale={self.learn_scale}"
         )
 
     def _check(self, v: Tensor) -> None:
         check_feature_map("v", v, spatial_dims=self.spatial_dims, channels=self.in_channels)
 
+    def _potential_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """``ReLU(normalize(layer(x)))``: the conv in the module's dtype, the normalization in float32 for
+        half-precision outputs."""
+        z = layer(x)
+        if z.dtype in (torch.float16, torch.bfloat16):
+            z = z.float()
+        return F.relu(F.normalize(z, p=2.0, dim=1, eps=self.eps))
+
     def potentials(self, v: Tensor) -> Tensor:
         """Unnormalized log-attention ``phi``: ``(B, C, *grid) -> (B, *grid)`` (float32 for half inputs)."""
         self._check(v)
-        z = self.U(v)
-        if z.dtype in (torch.float16, torch.bfloat16):
-            z = z.float()
-        z = F.relu(F.normalize(z, p=2.0, dim=1, eps=self.eps))
+        z = self._potential_layer(self.U, v)
+        if self.U2 is not None:
+            # a half-precision module gave a float32 z1: back to the module's dtype for the conv (z1 has
+            # unit norm, nothing overflows), so the module itself runs and hooks on ``gate.U2`` see it
+            z = self._potential_layer(self.U2, z.to(self.U2.weight.dtype))
         if z.dtype == self.u.weight.dtype:
             phi = self.u(z).squeeze(1)  # the module itself, so hooks on ``gate.u`` see it
         else:
-            # half-precision module with float32 z: the same 1x1 conv as a channel contraction in float32
+            # half-precision module with float32 z: the same 1x1 conv (with its bias c) as a channel
+            # contraction in float32
             phi = torch.einsum("bc...,c->b...", z, self.u.weight.reshape(-1).to(z.dtype))
+            if self.u.bias is not None:
+                phi = phi + self.u.bias.to(z.dtype)
         if self.log_scale is not None:
             return phi * self.log_scale.to(phi.dtype).exp()
         return phi if self._fixed_scale == 1.0 else phi * self._fixed_scale

@@ -87,7 +87,9 @@ def create_model(
         num_classes: number of logits.
         spatial_dims: 2 or 3 (where the backbone supports it).
         **kw: backbone options (``features``, ``stem``, ``patch_size``, ``img_size``) and variant options
-            (``alpha``, ``witness``, ``exact_mode``, ``gate_embed``).
+            (``alpha``, ``witness``, ``exact_mode``, ``gate_embed``, ``gate_form``, ``gate_bias``, ...: see
+            :class:`GatedClassifier`). Only the options passed are recorded in ``model.config``; an option
+            left out rebuilds with its default.
 
     Returns:
         The model; ``model.config`` holds these arguments and ``create_model(**model.config)`` rebuilds it.

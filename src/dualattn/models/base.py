@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dualattn._checks import check_number, check_positive_int
-from dualattn.attention import AttentionGate
+from dualattn.attention import GATE_FORMS, AttentionGate
 from dualattn.consistency import (
     AmortizedWitness,
     GlobalWitness,
@@ -255,6 +255,10 @@ class GatedClassifier(nn.Module):
             :class:`~dualattn.attention.AttentionGate`); 1 is the paper's gate.
         gate_learn_scale: learn ``log s`` (initialised at ``log gate_scale``).
         gate_zero_init: start every gate's ``u`` at zero (uniform maps at initialisation).
+        gate_form: ``"single"`` (default: one potential layer, ``phi = s <u, ReLU(normalize(U v))>``) or
+            ``"cascaded"`` (the paper's "two cascaded potential gates", as we read Sec. 4.1: a second
+            ``E -> E`` potential layer before ``u``); see :class:`~dualattn.attention.AttentionGate`.
+        gate_bias: give every gate's 1x1 convs a bias, as the authors' code does (default False).
         entropy_weight: ``beta``, weight of the sharpness term added to the penalty: the mean over
             the gated blocks of the normalised entropy ``H(w) / log N`` of the map ``w`` that weights
             the features (``mu`` where the variant has it, else ``tau``); 0 (the paper) turns it off.
@@ -285,6 +289,8 @@ class GatedClassifier(nn.Module):
         gate_scale: float = 1.0,
         gate_learn_scale: bool = False,
         gate_zero_init: bool = False,
+        gate_form: str = "single",
+        gate_bias: bool = False,
         entropy_weight: float = 0.0,
         attention_area: float | None = None,
         img_size: int | Sequence[int] | None = None,
@@ -306,6 +312,10 @@ class GatedClassifier(nn.Module):
             raise ValueError(f"unknown exact_proposal {exact_proposal!r}; valid: {', '.join(_PROPOSALS)}")
         if gate_embed is not None and (not isinstance(gate_embed, int) or gate_embed < 1):
             raise ValueError(f"gate_embed must be a positive int or None, got {gate_embed!r}")
+        if gate_form not in GATE_FORMS:
+            raise ValueError(f"unknown gate_form {gate_form!r}; valid: {', '.join(GATE_FORMS)}")
+        if not isinstance(gate_bias, bool):
+            raise ValueError(f"gate_bias must be a bool (true or false), got {gate_bias!r}")
         self.variant = variant
         self.num_classes = num_classes
         self.alpha = float(alpha)
@@ -340,6 +350,8 @@ class GatedClassifier(nn.Module):
                     scale=gate_scale,
                     learn_scale=gate_learn_scale,
                     zero_init=gate_zero_init,
+                    form=gate_form,
+                    bias=gate_bias,
                 )
                 for b in blocks
             }

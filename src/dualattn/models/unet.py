@@ -79,8 +79,8 @@ def unet_encoder(
 ) -> GatedClassifier:
     """Build the U-Net encoder classifier (about 4.7M parameters with 4 inputs and ``features=32``).
 
-    Extra keyword arguments (``alpha``, ``witness``, ``exact_mode``, ``gate_embed``, ``img_size``) go
-    to :class:`~dualattn.models.base.GatedClassifier`.
+    Extra keyword arguments (``alpha``, ``witness``, ``exact_mode``, ``gate_embed``, ``gate_form``,
+    ``gate_bias``, ``img_size``, ...) go to :class:`~dualattn.models.base.GatedClassifier`.
     """
     backbone = UNetEncoder(in_channels=in_channels, features=features, spatial_dims=spatial_dims)
     return GatedClassifier(backbone=backbone, variant=variant, num_classes=num_classes, config=config, **kw)
