@@ -2,7 +2,8 @@
 
 Issue #14's study. Each *candidate* changes one thing against the current recipe of a consistent-attention
 variant (``dual``, ``exact``, ``multilevel``): how the kept checkpoint is chosen (``select_by``), the
-gate's form (the paper's two cascaded potential layers with bias), the training signal through ``exact``'s
+gate's bias (the authors' code: one gate with biases), the gate's form (our reading of the paper's "two
+cascaded potential gates", with bias), the training signal through ``exact``'s
 first pass (``exact_proposal="grad"``), the dual witness (``amortized``). Every candidate trains with the
 real pipeline (``dualattn.train.fit``, the demo's default sizes) on every dataset in ``--datasets``, for
 every seed, and is evaluated with the real evaluation (``dualattn.evaluate.evaluate_runs``: every post-hoc
@@ -56,6 +57,7 @@ VARIANTS: tuple[str, ...] = ("dual", "exact", "multilevel")
 CHANGES: dict[str, dict[str, Any]] = {
     "recipe": {},
     "select-objective": {"config": {"select_by": "val_objective"}},
+    "bias": {"model_kwargs": {"gate_bias": True}},
     "cascaded-bias": {"model_kwargs": {"gate_form": "cascaded", "gate_bias": True}},
     "proposal-grad": {"model_kwargs": {"exact_proposal": "grad"}, "variants": ("exact", "multilevel")},
     "amortized": {"model_kwargs": {"witness": "amortized"}, "variants": ("dual",)},

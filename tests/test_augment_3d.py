@@ -141,3 +141,14 @@ def test_image_size_label_follows_the_dataset(tmp_path, shape, expected):
     assert demo._image_size_label(size, demo._spatial_dims(root)) == expected
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
         demo._image_size_label(size, 4)
+
+
+def test_preset_fills_reach_the_evaluation_and_are_checked():
+    from dualattn.pipelines.demo import get_preset
+
+    assert "fills" not in get_preset("default").to_dict()  # old demo folders keep resuming
+    assert get_preset("3d", fills=("road", "mean")).to_dict()["fills"] == ["road", "mean"]
+    with pytest.raises(ValueError, match="fills"):
+        get_preset("3d", fills=("road", "road"))
+    with pytest.raises(ValueError, match="fills"):
+        get_preset("3d", fills=("sand",))

@@ -44,6 +44,7 @@ from .._env import versions
 from .._io import atomic_write_json
 from ..data import resolve_dataset
 from ..evaluate import EvalSettings, evaluate_runs
+from ..evaluate.perturbation import FILLS
 from ..explain import list_methods, method_sources
 from ..models import CNN_VARIANTS, list_variants
 from ..report import write_report
@@ -99,6 +100,8 @@ class DemoPreset:
         ig_steps: integrated-gradients steps.
         sanity_images: images of the weight-randomization sanity check (0: skipped).
         references: also score the reference maps (each raw input channel, a random map).
+        fills: perturbation fills scored (:data:`dualattn.evaluate.perturbation.FILLS`; the first one is the
+            paper's protocol behind the un-suffixed keys); ``None``: every fill.
         accelerator: Lightning accelerator (``"cpu"`` for the CPU presets, ``"auto"`` for ``full``).
     """
 
@@ -115,6 +118,7 @@ class DemoPreset:
     batch_size: int = 16
     lr: float = 1e-3
     augment: bool = True
+    fills: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None
     n_examples: int = 4
     perturbation_steps: int = 10
@@ -133,6 +137,11 @@ class DemoPreset:
         if "baseline" not in self.variants:
             raise ValueError(f"preset {self.name!r}: variants {self.variants} must include 'baseline' "
                              "(post-hoc methods and the perturbation protocol use it)")
+        if self.fills is not None:
+            known = (*FILLS, "zero")
+            if not self.fills or any(f not in known for f in self.fills) or len(set(self.fills)) != len(self.fills):
+                raise ValueError(f"preset {self.name!r}: fills={self.fills!r} must be distinct names among "
+                                 f"{', '.join(known)}")
         if self.sanity_images < 0:
             raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
         if self.max_eval_images is not None and self.max_eval_images < 1:
@@ -145,6 +154,10 @@ class DemoPreset:
         out["variants"] = list(self.variants)
         out["seeds"] = list(self.seeds)
         out["methods"] = None if self.methods is None else list(self.methods)
+        if self.fills is None:  # absent, so that demo folders written before the field existed still resume
+            out.pop("fills")
+        else:
+            out["fills"] = list(self.fills)
         return out
 
 
@@ -436,6 +449,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
             data=data, methods="all" if (cfg.methods is None and cfg.references) else tuple(methods),
             size=cfg.image_size, max_images=cfg.max_eval_images, perturbation_steps=cfg.perturbation_steps,
             ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images,
+            **({} if cfg.fills is None else {"fills": tuple(cfg.fills)}),
         )
         path = evaluate_runs(out_dir / "runs", out=eval_dir, settings=settings, progress=show_evaluation_progress)
         return {"results": str(Path(path).resolve().relative_to(out_dir.resolve()))}
