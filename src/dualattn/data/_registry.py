@@ -78,7 +78,8 @@ _DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             "synthetic-brain-easy",
-            "synthetic-brain with its confounders off: a task a classifier solves in about one epoch",
+            "synthetic-brain with its confounders off (same patients and tumors; no spots, patches, vessels "
+            "or rim artefacts): raw FLAIR localises the lesion far better",
             1000,
             64,
             True,
