@@ -105,7 +105,8 @@ def test_set_dataset_epoch_resets_augmentation_stream():
 def test_metrics_csv_round_trip(tmp_path):
     rows = [
         {"epoch": 1, "train_loss": 0.1 + 1e-17, "train_ce": 1 / 3, "train_penalty": 0.0,
-         "val_balanced_accuracy": 0.75, "val_loss": math.nan, "lr": 1e-3, "epoch_time_s": 2.5},
+         "val_balanced_accuracy": 0.75, "val_loss": math.nan, "val_objective": 0.625, "lr": 1e-3,
+         "epoch_time_s": 2.5},
     ]  # fmt: skip
     f = tmp_path / "metrics.csv"
     f.write_text(_metrics_text(rows))

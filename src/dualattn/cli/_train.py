@@ -100,8 +100,10 @@ def _print_summary(console: object, run: Path, *, multi: bool) -> None:
             f"{_fmt(m['test_balanced_accuracy']['mean'])} ± {_fmt(m['test_balanced_accuracy']['std'])}"
         )
     else:
+        chosen = s.get("select_by", "val_balanced_accuracy")
+        by = "" if chosen == "val_balanced_accuracy" else f", selected by {chosen} {_fmt(s.get('selected_value'))}"
         text = (
-            f"{run}: val balanced accuracy {_fmt(s['val_balanced_accuracy'])} (epoch {s['best_epoch']}), "
+            f"{run}: val balanced accuracy {_fmt(s['val_balanced_accuracy'])} (epoch {s['best_epoch']}{by}), "
             f"test {_fmt(s['test_balanced_accuracy'])}, {s['epochs']} epochs, {s['wall_time_s']:.0f} s"
         )
     console.print(text, soft_wrap=True)  # type: ignore[attr-defined]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from .errors import DataError
 from .folder import LABELS_CSV
@@ -28,8 +30,10 @@ class DatasetInfo:
         default_n: items generated when ``n`` is not given.
         default_size: image side when ``size`` is not given.
         has_masks: whether positive items carry masks.
-        module: ``dualattn.data`` submodule with a ``generate(out, *, n, size, seed)`` function.
+        module: ``dualattn.data`` submodule with a ``generate(out, *, n, size, seed, **options)`` function.
         version: bumped when the generator's output changes (part of the cache key).
+        options: fixed keyword options passed to ``generate`` (e.g. ``{"confounders": False}``), so one
+            generator can serve several entries; non-empty options are part of the cache key.
     """
 
     name: str
@@ -39,7 +43,26 @@ class DatasetInfo:
     has_masks: bool
     module: str
     version: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))  # a private copy
+
+    def cache_name(self, *, n: int, size: int, seed: int) -> str:
+        """Folder name of a generated copy in the cache: ``<name>-n<N>-s<S>-seed<K>-v<version>[-o<hash>]``.
+
+        The ``-o<hash>`` suffix (8 hex digits of the options, as sorted JSON) appears only with options,
+        so a changed option never reuses a copy made with the old one.
+        """
+        base = f"{self.name}-n{int(n)}-s{int(size)}-seed{int(seed)}-v{self.version}"
+        if not self.options:
+            return base
+        text = json.dumps(dict(self.options), sort_keys=True, separators=(",", ":"))
+        return f"{base}-o{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+#: Version of the ``synthetic_brain`` generator's output, shared by every entry it generates.
+_SYNTHETIC_BRAIN_VERSION = 3
 
 _DATASETS: dict[str, DatasetInfo] = {
     d.name: d
@@ -51,7 +74,18 @@ _DATASETS: dict[str, DatasetInfo] = {
             64,
             True,
             "synthetic_brain",
-            3,
+            _SYNTHETIC_BRAIN_VERSION,
+        ),
+        DatasetInfo(
+            "synthetic-brain-easy",
+            "synthetic-brain with its confounders off (same patients and tumors; no spots, patches, vessels "
+            "or rim artefacts): raw FLAIR localises the lesion far better",
+            1000,
+            64,
+            True,
+            "synthetic_brain",
+            _SYNTHETIC_BRAIN_VERSION,
+            {"confounders": False},
         ),
         DatasetInfo(
             "synthetic-brain-3d",
@@ -146,7 +180,7 @@ def make_dataset(
     if (out / LABELS_CSV).exists():
         raise DataError(out, "already holds a dataset (labels.csv); choose an empty folder")
     logger.info("generating %s: n=%d size=%d seed=%d -> %s", name, n, size, seed, out)
-    return Path(_generator(info)(out, n=n, size=size, seed=int(seed)))
+    return Path(_generator(info)(out, n=n, size=size, seed=int(seed), **info.options))
 
 
 def default_cache_dir() -> Path:
@@ -169,8 +203,9 @@ def resolve_dataset(
     """Turn a dataset folder or an embedded dataset name into a folder path.
 
     A folder holding ``labels.csv`` is returned as is. An embedded name is generated once into
-    ``cache_dir/<name>-n<N>-s<S>-seed<K>-v<version>`` (built in a temporary folder and renamed, so
-    an interrupted run never leaves a half-written cache) and reused afterwards.
+    ``cache_dir/<name>-n<N>-s<S>-seed<K>-v<version>`` (plus ``-o<hash>`` for an entry with generator
+    options: :meth:`DatasetInfo.cache_name`; built in a temporary folder and renamed, so an interrupted
+    run never leaves a half-written cache) and reused afterwards.
 
     Args:
         name_or_path: a folder path or one of :func:`list_datasets`.
@@ -192,7 +227,7 @@ def resolve_dataset(
     n = info.default_n if n is None else int(n)
     size = info.default_size if size is None else int(size)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"{name}-n{n}-s{size}-seed{int(seed)}-v{info.version}"
+    target = root / info.cache_name(n=n, size=size, seed=int(seed))
     if (target / LABELS_CSV).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

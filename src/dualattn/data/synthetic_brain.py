@@ -17,7 +17,8 @@ Confounders, in BOTH halves: small bright white-matter spots on T2/FLAIR (and la
 non-enhancing FLAIR patches), curvilinear vessels bright on T1ce, bright rim artefacts along the
 brain edge (incomplete skull stripping). So a raw channel used as a heatmap localises the tumor
 poorly (see ``docs/data.md`` for the measured AP), while a model that combines channels and shape
-can.
+can. ``generate(..., confounders=False)`` leaves them out (the ``synthetic-brain-easy`` dataset): the
+same patients, tumors, contrasts and noise, with nothing bright but the lesion.
 
 Items (as in the paper): each slice is cut at the midline into two halves, each resized to
 ``size x size``: the half holding the tumor is label 1 with its whole-tumor mask, the other half
@@ -169,8 +170,14 @@ def _patient_params(rng: np.random.Generator, n_patients: int) -> dict[str, np.n
     }
 
 
-def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray, size: int, vol):
-    """Render slices (B, 4, S, 2S) and whole-tumor masks (B, S, 2S) for patients ``pid``."""
+def _render_chunk(
+    gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray, size: int, vol, confounders: bool = True
+):
+    """Render slices (B, 4, S, 2S) and whole-tumor masks (B, S, 2S) for patients ``pid``.
+
+    ``confounders=False`` draws the confounders as usual (so every later random draw, and so the
+    anatomy, tumors and noise, is the same as with them) and then leaves them out of the images.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -255,6 +262,8 @@ def _render_chunk(gen, P: dict[str, np.ndarray], pid: np.ndarray, dz: np.ndarray
         on = (torch.rand((B, 1, 1), generator=gen) < 0.6).float()
         sector = torch.exp(-((torch.remainder(ang - a0 + math.pi, 2 * math.pi) - math.pi) ** 2) / (2 * (width / 2) ** 2))
         rim_art = rim_art + on * band * sector * (0.4 + 0.8 * torch.rand((B, 1, 1), generator=gen))
+    if not confounders:  # drawn above all the same: the random stream stays aligned with the default
+        spots, patches, caps, vessels, rim_art = (torch.zeros_like(v) for v in (spots, patches, caps, vessels, rim_art))
 
     # -- modalities
     contrast = sel["contrast"].view(B, 1, 1) * (0.85 + 0.3 * torch.rand((B, 1, 1), generator=gen))
@@ -315,6 +324,7 @@ def generate(
     size: int = 64,
     seed: int = 0,
     slices_per_patient: int = _SLICES_PER_PATIENT,
+    confounders: bool = True,
 ) -> Path:
     """Write ``n`` synthetic-brain halves of ``size x size`` pixels into ``out`` (folder format).
 
@@ -324,6 +334,10 @@ def generate(
         size: side of each square half, in pixels.
         seed: the only source of randomness (same arguments -> identical files).
         slices_per_patient: axial slices per synthetic patient.
+        confounders: draw the confounders (white-matter spots and patches, periventricular FLAIR
+            hyperintensity, vessels, rim artefacts) into both halves. False leaves them out and changes
+            nothing else: the patients, tumors, masks, contrasts and noise are those of the same seed
+            with them (``meta`` records ``"confounders": false``).
 
     Returns:
         ``out``.
@@ -352,30 +366,28 @@ def generate(
         vol = _template(1 if size > 96 else 2)
     finally:
         torch.set_num_threads(threads)
-    writer = FolderWriter(
-        out,
-        class_names=CLASS_NAMES,
-        channel_names=CHANNELS,
-        meta={"name": "synthetic-brain", "seed": seed, "size": size, "generator_version": 3},
-    )
+    meta = {"name": "synthetic-brain", "seed": seed, "size": size, "generator_version": 3}
+    if not confounders:
+        meta["confounders"] = False  # only when off: the default dataset's meta is unchanged
+    writer = FolderWriter(out, class_names=CLASS_NAMES, channel_names=CHANNELS, meta=meta)
     chunk = max(8, int(2**21 // (size * size * 2)))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small element-wise ops: 1 thread is faster, and far faster on a busy machine
     try:
-        _write_chunks(writer, gen, P, pid, dz, size, vol, n, n_slices, keep_pos, chunk)
+        _write_chunks(writer, gen, P, pid, dz, size, vol, n, n_slices, keep_pos, chunk, bool(confounders))
     finally:
         torch.set_num_threads(threads)
     logger.info("synthetic-brain: wrote %d items for %d patients to %s", len(writer.rows), n_pat, out)
     return writer.close()
 
 
-def _write_chunks(writer, gen, P, pid, dz, size, vol, n, n_slices, keep_pos, chunk) -> None:
+def _write_chunks(writer, gen, P, pid, dz, size, vol, n, n_slices, keep_pos, chunk, confounders=True) -> None:
     import torch
 
     with torch.no_grad():
         for start in range(0, n_slices, chunk):
             sl = slice(start, min(n_slices, start + chunk))
-            imgs, masks = _render_chunk(gen, P, pid[sl], dz[sl], size, vol)
+            imgs, masks = _render_chunk(gen, P, pid[sl], dz[sl], size, vol, confounders)
             # cut at the midline: each half is already size x size (the slice was rendered size x 2 size)
             halves = torch.cat([imgs[..., :size], imgs[..., size:]], 0)
             mhalves = torch.cat([masks[:, None, :, :size], masks[:, None, :, size:]], 0)

@@ -19,11 +19,13 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
-__all__ = ["TrainConfig", "load_config", "save_config", "parse_override", "config_keys"]
+__all__ = ["TrainConfig", "load_config", "save_config", "parse_override", "config_keys", "SELECT_BY"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _SCHEDULERS = ("plateau", "none")
 _DETERMINISTIC = ("auto", "true", "false", "warn")
+#: The metrics ``select_by`` may name, each with its direction: ``max`` (higher is better) or ``min``.
+SELECT_BY: dict[str, str] = {"val_balanced_accuracy": "max", "val_objective": "min"}
 
 
 @dataclasses.dataclass
@@ -63,8 +65,13 @@ class TrainConfig:
         plateau_factor: LR multiplier on a plateau.
         plateau_patience: epochs without improvement before reducing the LR.
         max_epochs: number of training epochs.
-        early_stopping_patience: stop after this many epochs without improvement (None: never).
+        early_stopping_patience: stop after this many epochs without improvement of the
+            ``select_by`` metric (None: never).
         gradient_clip_val: clip the gradient norm to this value (None: no clipping).
+        select_by: the validation metric that picks ``best.safetensors`` (and that early stopping
+            watches): ``val_balanced_accuracy`` (highest) or ``val_objective`` (lowest: the mean
+            training objective, cross-entropy + the model's penalty, on the validation split). Ties
+            keep the earlier epoch; an epoch whose value is NaN is never selected.
         seed: training seed (weights init, data order, augmentation, dropout).
         deterministic: ``auto`` (deterministic algorithms on CPU, warn-only on GPU), ``true``,
             ``false`` or ``warn``.
@@ -107,6 +114,7 @@ class TrainConfig:
     max_epochs: int = 30
     early_stopping_patience: int | None = None
     gradient_clip_val: float | None = None
+    select_by: str = "val_balanced_accuracy"
     # runtime
     seed: int = 0
     deterministic: str = "auto"
@@ -161,6 +169,8 @@ class TrainConfig:
             raise bad("early_stopping_patience", "must be >= 1 or null")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise bad("gradient_clip_val", "must be > 0 or null")
+        if self.select_by not in SELECT_BY:
+            raise bad("select_by", f"must be one of {tuple(SELECT_BY)}")
         if str(self.deterministic).lower() not in _DETERMINISTIC:
             raise bad("deterministic", f"must be one of {_DETERMINISTIC}")
         if isinstance(self.devices, int) and self.devices < 1:

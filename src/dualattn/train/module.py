@@ -1,5 +1,9 @@
 """The LightningModule: cross-entropy + the model's consistency penalty, balanced accuracy on validation.
 
+Validation measures the balanced accuracy, the cross-entropy (``val_loss``) and the training objective
+itself (``val_objective`` = cross-entropy + the model's penalty), either of which can select the best
+epoch (``TrainConfig.select_by``).
+
 Per-step work is kept to the forward, backward and optimizer step: training sums are accumulated on
 the device and read once per epoch (no ``self.log`` per step, no host sync per step), which keeps the
 loop fast for small models on a CPU.
@@ -62,8 +66,9 @@ class ClassifierModule(pl.LightningModule):
         config: optimiser, scheduler and seed settings.
 
     Attributes:
-        epoch_metrics: after each epoch, ``train_loss``, ``train_ce``, ``train_penalty``,
-            ``val_balanced_accuracy``, ``val_loss`` (identical on every rank).
+        epoch_metrics: after each validation, ``val_balanced_accuracy``, ``val_loss`` (the mean
+            cross-entropy) and ``val_objective`` (the mean of cross-entropy + penalty, the training
+            objective; batch penalties weighted by batch size), identical on every rank.
     """
 
     def __init__(self, model: nn.Module, *, config: TrainConfig) -> None:
@@ -77,6 +82,7 @@ class ClassifierModule(pl.LightningModule):
         self._val_preds: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._val_loss: torch.Tensor | None = None
+        self._val_penalty: torch.Tensor | None = None
         self._buffer_copy: list[torch.Tensor] | None = None
         #: optimizer steps skipped because their gradients were not finite
         self.skipped_steps = 0
@@ -170,11 +176,17 @@ class ClassifierModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_preds, self._val_labels = [], []
         self._val_loss = torch.zeros((), device=self.device)
+        self._val_penalty = torch.zeros((), device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x, y = batch["image"], batch["label"]
-        logits = self.model(x).float()
+        logits, penalty = self._logits_and_penalty(x)
+        logits = logits.float()
+        if self._val_loss is None or self._val_penalty is None:
+            self.on_validation_epoch_start()
         self._val_loss = self._val_loss + F.cross_entropy(logits, y, reduction="sum")
+        # the penalty is a batch mean (like the cross-entropy in training): weight it by the batch size
+        self._val_penalty = self._val_penalty + penalty.detach() * y.shape[0]
         self._val_preds.append(logits.argmax(dim=1))
         self._val_labels.append(y)
 
@@ -195,12 +207,21 @@ class ClassifierModule(pl.LightningModule):
         preds = torch.cat(self._val_preds) if self._val_preds else empty
         labels = torch.cat(self._val_labels) if self._val_labels else empty
         preds, labels = self._gather_cat(preds), self._gather_cat(labels)
-        loss = self._val_loss if self._val_loss is not None else torch.zeros((), device=self.device)
+        zero = torch.zeros((), device=self.device)
+        sums = torch.stack([
+            self._val_loss if self._val_loss is not None else zero,
+            self._val_penalty if self._val_penalty is not None else zero,
+        ])  # fmt: skip
         if self.trainer.world_size > 1:
-            loss = self.trainer.strategy.reduce(loss.clone(), reduce_op="sum")
+            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
         n = int(labels.numel())
         bal = balanced_accuracy(labels.cpu(), preds.cpu())
-        self.epoch_metrics = {"val_balanced_accuracy": bal, "val_loss": float(loss) / max(n, 1)}
+        ce_sum, penalty_sum = (float(v) for v in sums)
+        self.epoch_metrics = {
+            "val_balanced_accuracy": bal,
+            "val_loss": ce_sum / max(n, 1),
+            "val_objective": (ce_sum + penalty_sum) / max(n, 1),
+        }
         self._val_preds, self._val_labels = [], []
         if self.trainer.sanity_checking:
             return
@@ -208,6 +229,7 @@ class ClassifierModule(pl.LightningModule):
             self._plateau.step(bal)
         # for EarlyStopping and the progress bar (identical on every rank; the sync is one scalar per epoch)
         self.log("val_balanced_accuracy", bal, on_epoch=True, prog_bar=True, logger=False, sync_dist=True)
+        self.log("val_objective", self.epoch_metrics["val_objective"], on_epoch=True, logger=False, sync_dist=True)
 
     # -- optimisation --------------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ Run folder::
 
     config.yaml         the resolved TrainConfig
     metrics.csv         one row per epoch (see callbacks.METRIC_COLUMNS)
-    best.safetensors    weights with the best validation balanced accuracy (dualattn.weights format)
+    best.safetensors    weights of the best epoch by ``select_by`` (default: the highest validation
+                        balanced accuracy; dualattn.weights format)
     last.safetensors    weights after the last epoch
-    summary.json        balanced accuracy (val, test), parameter counts, epochs, wall time, seed,
-                        device, versions; the class names and the data record (below)
+    summary.json        balanced accuracy (val, test), the selection (select_by, best_epoch,
+                        selected_value), parameter counts, epochs, wall time, seed, device,
+                        versions; the class names and the data record (below)
     checkpoints/        last.ckpt: the resume state (Lightning checkpoint, loaded weights_only)
 
 The run describes itself: ``summary.json`` and the header of every weights file hold ``class_names``
@@ -41,7 +43,7 @@ from dualattn.evaluate.statistics import mean_std
 from dualattn.runs import RunDir
 from dualattn.weights import load_model
 
-from .config import TrainConfig, load_config, save_config
+from .config import SELECT_BY, TrainConfig, load_config, save_config
 from .quiet import quiet_lightning
 from .recipes import PENALTY_VARIANTS, resolve_recipe
 
@@ -90,7 +92,7 @@ def load_run(run_dir: str | os.PathLike[str], which: str = "best") -> nn.Module:
 
     Args:
         run_dir: a run folder written by :func:`fit` (or a ``.safetensors`` file).
-        which: ``"best"`` (best validation balanced accuracy) or ``"last"``.
+        which: ``"best"`` (the epoch selected by the run's ``select_by``) or ``"last"``.
 
     Returns:
         The model, in eval mode, on the CPU.
@@ -330,7 +332,7 @@ def fit(
     """
     import lightning.pytorch as pl
 
-    from .callbacks import RunRecorder, read_metrics
+    from .callbacks import RunRecorder, read_metrics, select_best_row
     from .datamodule import TrainDataModule, build_datasets, check_channels, check_data, resolve_data, seed_all
     from .module import ClassifierModule, evaluate_balanced_accuracy
 
@@ -410,12 +412,12 @@ def fit(
         "class_names": class_names,
         "data": record,
     }
-    recorder = RunRecorder(run, metadata=metadata)
+    recorder = RunRecorder(run, metadata=metadata, select_by=config.select_by)
     callbacks: list[pl.Callback] = [recorder]
     if config.early_stopping_patience is not None:
         callbacks.append(
             pl.callbacks.EarlyStopping(
-                monitor="val_balanced_accuracy", mode="max", patience=config.early_stopping_patience
+                monitor=config.select_by, mode=SELECT_BY[config.select_by], patience=config.early_stopping_patience
             )
         )
     accelerator = config.accelerator
@@ -453,11 +455,7 @@ def fit(
         return out
 
     rows = read_metrics(run.metrics_file)
-    best_row = max(
-        (r for r in rows if not math.isnan(r["val_balanced_accuracy"])),
-        key=lambda r: (r["val_balanced_accuracy"], -r["epoch"]),
-        default=None,
-    )
+    best_row = select_best_row(rows, config.select_by)  # the rule that wrote best.safetensors
     test_bal, n_test = math.nan, 0
     test_ds = datasets.get("test") if hasattr(datasets, "get") else None
     if test_ds is not None and len(test_ds) > 0 and run.weights_path("best").is_file():
@@ -480,6 +478,8 @@ def fit(
         "val_balanced_accuracy": best_row["val_balanced_accuracy"] if best_row else math.nan,
         "test_balanced_accuracy": test_bal,
         "best_epoch": best_row["epoch"] if best_row else None,
+        "select_by": config.select_by,
+        "selected_value": best_row[config.select_by] if best_row else math.nan,
         "epochs": len(rows),
         "num_train": len(train_ds),
         "num_val": len(datasets["val"]),
@@ -497,10 +497,12 @@ def fit(
     }
     run.write_summary(summary)
     logger.info(
-        "%s: val balanced accuracy %.4f (epoch %s), test %.4f, %.1fs",
+        "%s: val balanced accuracy %.4f (epoch %s, selected by %s = %.4f), test %.4f, %.1fs",
         out,
         summary["val_balanced_accuracy"],
         summary["best_epoch"],
+        config.select_by,
+        summary["selected_value"],
         test_bal,
         summary["wall_time_s"],
     )
