@@ -78,10 +78,11 @@ def test_easy_negatives_have_no_bright_blobs(default, easy):
 def test_registry_entry(tmp_path, easy):
     assert "synthetic-brain-easy" in list_datasets()
     info = dataset_info("synthetic-brain-easy")
-    assert info.module == "synthetic_brain" and dict(info.options) == {"confounders": False}
+    assert info.module == "synthetic_brain" and dict(info.options) == {"confounders": False, "lesion_contrast": 1.0}
     assert info.version == dataset_info("synthetic-brain").version  # one generator, one version
     assert dict(dataset_info("synthetic-brain").options) == {}
     made = make_dataset("synthetic-brain-easy", tmp_path / "made", n=N, size=SIZE, seed=SEED)
+    easy = generate(tmp_path / "direct", n=N, size=SIZE, seed=SEED, confounders=False, lesion_contrast=1.0)
     assert _files(made) == _files(easy)
     # the cache key holds the options: another entry of the same generator never shares a folder
     first = resolve_dataset("synthetic-brain-easy", cache_dir=tmp_path / "cache", n=N, size=SIZE, seed=SEED)
@@ -105,3 +106,30 @@ def test_cli_data_make_and_list(tmp_path):
     assert (out / "labels.csv").is_file() and '"confounders": false' in (out / "dataset.json").read_text()
     res = runner.invoke(app, ["data", "list"], env={"COLUMNS": "240"})
     assert res.exit_code == 0 and "synthetic-brain-easy" in res.output
+
+
+def test_lesion_contrast_sets_every_lesion_to_full_contrast(default, tmp_path):
+    import json
+
+    import numpy as np
+
+    from dualattn.data import FolderDataset
+
+    full = generate(tmp_path / "full", n=N, size=SIZE, seed=SEED, lesion_contrast=1.0)
+    assert json.loads((full / "dataset.json").read_text())["lesion_contrast"] == 1.0
+    a, b = FolderDataset(default), FolderDataset(full)
+    ratios = []
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert int(x["label"]) == int(y["label"])
+        if "mask" not in x or int(x["label"]) == 0:
+            continue
+        m = np.asarray(x["mask"]).astype(bool).squeeze()
+        assert np.array_equal(m, np.asarray(y["mask"]).astype(bool).squeeze())  # same tumours
+        if m.sum() < 4:
+            continue
+        flair_a, flair_b = np.asarray(x["image"])[-1], np.asarray(y["image"])[-1]
+        ratios.append((flair_b[m].mean() / np.abs(flair_b).mean()) / (flair_a[m].mean() / np.abs(flair_a).mean()))
+    assert ratios and np.median(ratios) >= 1.0  # lesions at least as conspicuous as drawn, mostly more
+    with pytest.raises(ValueError, match="lesion_contrast"):
+        generate(tmp_path / "bad", n=2, size=SIZE, seed=SEED, lesion_contrast=0.0)

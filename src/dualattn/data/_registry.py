@@ -78,14 +78,14 @@ _DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             "synthetic-brain-easy",
-            "synthetic-brain with its confounders off (same patients and tumors; no spots, patches, vessels "
-            "or rim artefacts): raw FLAIR localises the lesion far better",
+            "synthetic-brain made easy: confounders off (no spots, patches, vessels or rim artefacts) and every "
+            "lesion at full contrast; same patients and tumors",
             1000,
             64,
             True,
             "synthetic_brain",
             _SYNTHETIC_BRAIN_VERSION,
-            {"confounders": False},
+            {"confounders": False, "lesion_contrast": 1.0},
         ),
         DatasetInfo(
             "synthetic-brain-3d",

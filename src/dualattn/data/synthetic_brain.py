@@ -325,6 +325,7 @@ def generate(
     seed: int = 0,
     slices_per_patient: int = _SLICES_PER_PATIENT,
     confounders: bool = True,
+    lesion_contrast: float | None = None,
 ) -> Path:
     """Write ``n`` synthetic-brain halves of ``size x size`` pixels into ``out`` (folder format).
 
@@ -338,6 +339,9 @@ def generate(
             hyperintensity, vessels, rim artefacts) into both halves. False leaves them out and changes
             nothing else: the patients, tumors, masks, contrasts and noise are those of the same seed
             with them (``meta`` records ``"confounders": false``).
+        lesion_contrast: every patient's lesion contrast (1: the most obvious of the default range,
+            which draws it per patient from 0.3 to 1); None: drawn. The draws happen all the same, so
+            nothing else changes (``meta`` records it when given).
 
     Returns:
         ``out``.
@@ -367,6 +371,11 @@ def generate(
     finally:
         torch.set_num_threads(threads)
     meta = {"name": "synthetic-brain", "seed": seed, "size": size, "generator_version": 3}
+    if lesion_contrast is not None:
+        if not 0 < float(lesion_contrast) <= 2:
+            raise ValueError(f"lesion_contrast must be in (0, 2], got {lesion_contrast!r}")
+        P["contrast"] = np.full_like(P["contrast"], float(lesion_contrast))
+        meta["lesion_contrast"] = float(lesion_contrast)
     if not confounders:
         meta["confounders"] = False  # only when off: the default dataset's meta is unchanged
     writer = FolderWriter(out, class_names=CLASS_NAMES, channel_names=CHANNELS, meta=meta)
