@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.smoke:
         args.n, args.size, args.features, args.epochs, args.seeds = 48, 32, 2, 1, [0]
-        args.datasets = [d for d in args.datasets if d in ("synthetic-brain", "br35h")]
+        args.datasets = [d for d in args.datasets if d in ("synthetic-brain-easy", "br35h")]
     payload = run(args)
     print(show(payload))
 
