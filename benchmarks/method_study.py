@@ -61,6 +61,13 @@ CHANGES: dict[str, dict[str, Any]] = {
     "cascaded-bias": {"model_kwargs": {"gate_form": "cascaded", "gate_bias": True}},
     "proposal-grad": {"model_kwargs": {"exact_proposal": "grad"}, "variants": ("exact", "multilevel")},
     "amortized": {"model_kwargs": {"witness": "amortized"}, "variants": ("dual",)},
+    # round 2, on top of round 1's winner (cascaded-bias, selected for every variant): dual and multilevel maps
+    # stayed near uniform (sharpness ~1.0) with u barely leaving its zero start; the entropy term has no
+    # gradient at a uniform map, so a zero start leaves the sharpening to the cross-entropy alone
+    "cascaded-bias+random-start": {"model_kwargs": {"gate_form": "cascaded", "gate_bias": True,
+                                                    "gate_zero_init": False}, "variants": ("dual", "multilevel")},
+    "cascaded-bias+entropy4": {"model_kwargs": {"gate_form": "cascaded", "gate_bias": True, "entropy_weight": 4.0},
+                               "variants": ("dual", "multilevel")},
 }
 REFERENCE = "recipe"
 
@@ -287,6 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": _machine(args),
+        "trained_on": args.trained_on or _machine(args),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "candidates": cands,
         "selection": {"rule": SELECTION_RULE},
@@ -399,6 +407,49 @@ def show(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(stat: dict[str, Any] | None) -> str:
+    if not stat:
+        return "-"
+    std = stat.get("std")
+    return f"{stat['mean']:.1f}" if std is None or (isinstance(std, float) and math.isnan(std)) else f"{stat['mean']:.1f} ± {std:.1f}"
+
+
+def markdown_tables(payload: dict[str, Any], split: str = "val") -> str:
+    """One markdown table per dataset: every candidate's maps (AP, SRG@road, sharpness per block), balanced
+    accuracy, and the best post-hoc explainer and controls for scale (mean ± sample std over seeds)."""
+    out = []
+    table = payload.get(split, {})
+    datasets = sorted({ds for per in table.values() for ds in per}, key=lambda d: DATASETS.index(d) if d in DATASETS else 99)
+    for ds in datasets:
+        base = table.get("baseline", {}).get(ds, {})
+        out.append(f"**{ds}** ({split} split)\n")
+        out.append("| candidate | bal. acc. | AP b3 | AP b4 | SRG@road b3 | SRG@road b4 | sharpness b3 | sharpness b4 |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        rows = []
+        if base.get("ok"):
+            maps = base["maps"]
+            for method in ("gradcam", "gradcam_norelu", "input_x_gradient", "deeplift", "lrp", "integrated_gradients",
+                           "center", "raw_channel_3", "raw_channel_0"):
+                b3, b4 = maps.get(f"{method} [block3]", {}), maps.get(f"{method} [block4]", {})
+                if b3 or b4:
+                    rows.append((f"*{method}* (baseline)", _cell(base["balanced_accuracy"].get("baseline")), b3, b4))
+        for label, per in table.items():
+            ev = per.get(ds)
+            if label == "baseline" or not ev:
+                continue
+            if not ev.get("ok"):
+                out.append(f"| {label} | error: {ev.get('error')} | | | | | | |")
+                continue
+            variant = label.split(" ")[0]
+            rows.append((label, _cell(ev["balanced_accuracy"].get(variant)),
+                         ev["maps"].get(f"{variant} [block3]", {}), ev["maps"].get(f"{variant} [block4]", {})))
+        for name, acc, b3, b4 in rows:
+            out.append(f"| {name} | {acc} | {_cell(b3.get('ap'))} | {_cell(b4.get('ap'))} | {_cell(b3.get('srg@road'))} | "
+                       f"{_cell(b4.get('srg@road'))} | {_cell(b3.get('sharpness'))} | {_cell(b4.get('sharpness'))} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="JSON file to write")
@@ -414,13 +465,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--trained-on", default="", help="where finished runs under --work/runs were trained (when "
+                   "they were copied from another machine: the study then only evaluates)")
     p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the test phase past this")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script end to end")
     p.add_argument("--show", action="store_true", help="print the digest of an existing --out JSON and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.show:
-        print(show(json.loads(Path(args.out).read_text(encoding="utf-8"))))
+        payload = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        print(show(payload))
+        print(markdown_tables(payload, "val"))
+        print(markdown_tables(payload, "test"))
         return
     if args.smoke:
         args.n, args.size, args.features, args.epochs, args.seeds = 48, 32, 2, 1, [0]
