@@ -7,7 +7,7 @@ import pytest
 
 from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS, create_model
 from dualattn.train.config import TrainConfig
-from dualattn.train.recipes import DEFAULT_RECIPES, SHARP_GATE, resolve_recipe
+from dualattn.train.recipes import DEFAULT_RECIPES, DUAL_GATE, SHARP_GATE, resolve_recipe
 
 
 def test_default_recipes_cover_every_variant():
@@ -26,16 +26,18 @@ def test_default_recipes_cover_every_variant():
 
 
 def test_sharp_gate_values_and_penalty_alpha():
-    assert SHARP_GATE == {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.15}
+    assert SHARP_GATE == {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.15,
+                          "gate_form": "cascaded", "gate_bias": True}
+    assert DUAL_GATE == {**SHARP_GATE, "gate_zero_init": False}  # dual alone starts u at random (method study)
     for variant in CNN_VARIANTS[1:]:
-        assert DEFAULT_RECIPES[variant]["model_kwargs"] == SHARP_GATE
+        assert DEFAULT_RECIPES[variant]["model_kwargs"] == (DUAL_GATE if variant == "dual" else SHARP_GATE)
         assert DEFAULT_RECIPES[variant]["model_kwargs"] is not SHARP_GATE  # each recipe owns its copy
         assert DEFAULT_RECIPES[variant]["alpha"] == (1.0 if variant in PENALTY_VARIANTS else 0.0)
 
 
 def test_resolve_recipe_fills_unset_fields_and_the_config_wins():
     got = resolve_recipe(TrainConfig(variant="dual"))
-    assert got == {"alpha": 1.0, "init": "scratch", "freeze_backbone": False, "model_kwargs": SHARP_GATE}
+    assert got == {"alpha": 1.0, "init": "scratch", "freeze_backbone": False, "model_kwargs": DUAL_GATE}
     got = resolve_recipe(TrainConfig(variant="kl", alpha=3.0, freeze_backbone=True))
     assert got["alpha"] == 3.0 and got["freeze_backbone"] is True
 
