@@ -16,26 +16,9 @@ import torch
 
 from dualattn.train import fit, fit_seeds, load_config, load_run
 from dualattn.train.callbacks import METRIC_COLUMNS, read_metrics, state_digest
+from _train_helpers import write_blobs as _write_blobs
 
 SIZE = 32
-
-
-def _write_blobs(root: Path, *, n: int, seed: int = 0) -> Path:
-    """Class 1: a bright 6x6 square somewhere on noise; class 0: noise only (one patient per image)."""
-    from dualattn.data import FolderWriter
-
-    rng = np.random.default_rng(seed)
-    with FolderWriter(root, class_names=["no", "yes"]) as w:
-        for i in range(n):
-            y = i % 2
-            img = rng.normal(0.0, 1.0, (1, SIZE, SIZE)).astype(np.float32)
-            mask = np.zeros((SIZE, SIZE), np.uint8)
-            if y:
-                r, c = rng.integers(2, SIZE - 8, 2)
-                img[0, r : r + 6, c : c + 6] += 3.0
-                mask[r : r + 6, c : c + 6] = 1
-            w.add(f"img{i:03d}", image=img, label=y, patient=f"p{i:03d}", mask=mask)
-    return root
 
 
 @pytest.fixture(scope="module")
