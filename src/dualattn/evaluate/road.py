@@ -100,7 +100,7 @@ def _binomial_sum(q: Tensor) -> Tensor:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).flatten(1).sum(1)
+    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))
 
 
 def _per_system(v: Tensor, like: Tensor) -> Tensor:
@@ -137,14 +137,15 @@ def _conjugate_gradient(
             if not bool(keep.any()):
                 return x_out, it, res_out
             idx, u, x, r, p, rr, thr2 = (t[keep] for t in (idx, u, x, r, p, rr, thr2))
-        ap = u * (diag * p - inv_norm * _binomial_sum(p))
+        # in place, fused where torch has it: each iteration streams the batch ~12 times instead of ~20
+        ap = _binomial_sum(p).mul_(-inv_norm).addcmul_(diag, p).mul_(u)
         pap = _dot(p, ap)
         alpha = torch.where(pap > 0, rr / pap, torch.zeros_like(pap))
-        x.add_(_per_system(alpha, x) * p)
-        r.sub_(_per_system(alpha, r) * ap)
+        x.addcmul_(_per_system(alpha, x), p)
+        r.addcmul_(_per_system(alpha, r), ap, value=-1.0)
         rr_new = _dot(r, r)
         beta = torch.where(rr > 0, rr_new / rr, torch.zeros_like(rr))
-        p = r + _per_system(beta, p) * p
+        p = p.mul_(_per_system(beta, p)).add_(r)
         rr = rr_new
         it += 1
 
