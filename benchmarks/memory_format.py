@@ -8,7 +8,7 @@ Both layouts take turns step by step (round robin) and the median over steps is 
 hits both alike. Also records the largest difference between the two layouts' logits (float32 rounding).
 
 Usage:
-    python benchmarks/memory_format.py [--steps 8] [--warmup 2] [--out benchmarks/results/memory_format.json]
+    python benchmarks/memory_format.py [--steps 8] [--warmup 2] [--device cpu] [--out benchmarks/results/memory_format.json]
 """
 
 from __future__ import annotations
@@ -44,14 +44,17 @@ def _step(model: torch.nn.Module, x: torch.Tensor, train: bool) -> None:
         model.eval()
         with torch.no_grad():
             model(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
 
 
-def measure(dims: int, size: int, features: int, variant: str, *, steps: int, warmup: int, batch: int) -> dict:
+def measure(dims: int, size: int, features: int, variant: str, *, steps: int, warmup: int, batch: int,
+            device: str = "cpu") -> dict:
     torch.manual_seed(0)
     model = create_model("unet_encoder", variant=variant, in_channels=4, spatial_dims=dims, features=features,
-                         img_size=size)
-    x = torch.randn(batch, 4, *([size] * dims))
-    out: dict = {"dims": dims, "size": size, "features": features, "variant": variant}
+                         img_size=size).to(device)
+    x = torch.randn(batch, 4, *([size] * dims), device=device)
+    out: dict = {"dims": dims, "size": size, "features": features, "variant": variant, "device": device}
     with torch.no_grad():
         model.eval()
         model.channels_last = True
@@ -82,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the default layout leaves CUDA inputs as they are)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory_format.json"))
     args = ap.parse_args(argv)
     rows = []
     for dims, size, features in CASES:
         for variant in args.variants.split(","):
-            row = measure(dims, size, features, variant, steps=args.steps, warmup=args.warmup, batch=args.batch)
+            row = measure(dims, size, features, variant, steps=args.steps, warmup=args.warmup, batch=args.batch,
+                          device=args.device)
             rows.append(row)
             print(f"{dims}-D {size} {variant:>11}: train x{row['train_step']['speedup']:.2f} "
                   f"({row['train_step']['contiguous_ms']:.0f} -> {row['train_step']['channels_last_ms']:.0f} ms), "
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "what": "median ms per step, channels-last vs contiguous activations, batch %d, 4 channels" % args.batch,
         "command": "python benchmarks/memory_format.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+                   + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "steps": args.steps, "warmup": args.warmup, "rows": rows,
     }

@@ -20,10 +20,12 @@ app = typer.Typer()
 @app.command("demo")
 @user_errors()
 def demo_cmd(
-    preset: str = typer.Option("default", "--preset", "-p", help="tiny (< 1 min), default (~10 min on 2 CPU "
-                               "cores) or full (the paper's protocol, for a GPU)."),
-    dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic-brain (default), synthetic-pet, "
-                                "br35h, or a folder in the dataset folder format."),
+    preset: str = typer.Option("default", "--preset", "-p", help="tiny (< 1 min), default (2 CPU cores), full "
+                               "(the paper's protocol, for a GPU), tiny3d (< 1 min) or 3d (3-D volumes, 2 CPU cores); "
+                               "measured wall times in docs/demo.md."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic-brain (the 2-D presets' default), "
+                                "synthetic-pet, br35h, synthetic-brain-3d (the 3-D presets' default), or a folder in "
+                                "the dataset folder format."),
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder; re-running with the same "
                              "folder reuses finished steps."),
     training_progress: bool = typer.Option(False, "--training-progress", help="Show Lightning's progress bars."),

@@ -277,8 +277,9 @@ class GatedClassifier(nn.Module):
 
     #: memory layout of the activations (not part of the architecture: the maths is the same). ``None``
     #: (default): channels-last for float32 inputs on the CPU, where oneDNN's convolutions run 1.2-1.8x
-    #: faster (``benchmarks/memory_format.py``), and the input's own layout elsewhere; True / False force
-    #: channels-last on / off.
+    #: faster (``benchmarks/memory_format.py``, ``benchmarks/results/memory_format.json``), and the input's
+    #: own layout elsewhere (on an H200 channels-last was 0.88-0.95x for 2-D and 1.1-1.5x for 3-D training
+    #: steps, ``memory_format_cuda*.json``: no uniform gain); True / False force channels-last on / off.
     channels_last: bool | None = None
 
     def __init__(
