@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-KEY_METRICS = ("ap", "iou@90", "auc_least_first@mean", "srg@mean", "srg@road", "auc_least_first@road")
+KEY_METRICS = ("ap", "activation_precision", "iou@90", "auc_least_first@mean", "srg@mean", "srg@road",
+               "auc_least_first@road")
 CONTROLS = ("prior", "dual_tau", "center", "random")
 
 
