@@ -68,6 +68,11 @@ CHANGES: dict[str, dict[str, Any]] = {
                                                     "gate_zero_init": False}, "variants": ("dual", "multilevel")},
     "cascaded-bias+entropy4": {"model_kwargs": {"gate_form": "cascaded", "gate_bias": True, "entropy_weight": 4.0},
                                "variants": ("dual", "multilevel")},
+    # round 3, on top of the recipes round 2 left (cascaded gate with biases; dual from a random start):
+    # attention pooling (exact / multilevel: the classifier sees only the map-weighted sum of the gated
+    # features, faithful by construction at the gates' depth) and a smaller entropy-hinge area (sharper maps)
+    "pool": {"model_kwargs": {"exact_mode": "pool"}, "variants": ("exact", "multilevel")},
+    "area5": {"model_kwargs": {"attention_area": 0.05}},
 }
 REFERENCE = "recipe"
 
@@ -152,6 +157,7 @@ def eval_job(job: dict[str, Any]) -> dict[str, Any]:
         settings = EvalSettings(
             data=job["data"], methods="all", split=job["split"], size=job["size"], perturbation_steps=4,
             ig_steps=16, sanity_images=0, fills=tuple(job["fills"]), device=job["device"], n_boot=1000,
+            blocks=tuple(job.get("blocks", BLOCKS)),
         )
         path = evaluate_runs(job["runs"], out=out, settings=settings, baseline=job["baselines"])
         results = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -208,7 +214,7 @@ def _log_ratio(ours: float | None, other: float | None) -> float | None:
     return math.log(max(ours, 1.0) / max(other, 1.0))
 
 
-def candidate_score(evals: dict[str, dict[str, Any]], variant: str) -> dict[str, Any]:
+def candidate_score(evals: dict[str, dict[str, Any]], variant: str, blocks: tuple[str, ...] = BLOCKS) -> dict[str, Any]:
     """Score of one candidate from its val evaluations on every dataset (see :data:`SELECTION_RULE`)."""
     terms, admissible, per_dataset = [], True, {}
     for ds, ev in evals.items():
@@ -223,7 +229,7 @@ def candidate_score(evals: dict[str, dict[str, Any]], variant: str) -> dict[str,
         admissible &= bool(ok)
         ds_terms = []
         for c in ev["comparisons"]:
-            if c["metric"] in ("ap", "srg@road") and c["block"] in BLOCKS and c["ours"] == variant:
+            if c["metric"] in ("ap", "srg@road") and c["block"] in blocks and c["ours"] == variant:
                 lr = _log_ratio(c["ours_value"], c["other_value"])
                 if lr is not None:
                     ds_terms.append(lr)
@@ -384,6 +390,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
+def run_finer(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate the finished ``multilevel`` runs of ``--candidates`` at ``--finer-block`` (val only), against every
+    post-hoc explainer at that block, and add the numbers to the existing ``--out`` JSON (``val_finer``).
+
+    ``multilevel`` has a third, finer gate (block2 of the U-Net encoder: 32x32 cells at 64x64); the main
+    evaluation scores block3 / block4 only. Scored with the selection rule's formula at that block.
+    """
+    work, out_path = Path(args.work), Path(args.out)
+    payload = json.loads(out_path.read_text(encoding="utf-8"))
+    data = prepare_data(args)
+    labels = [lbl for lbl in args.candidates if lbl.split(" ")[0] == "multilevel"]
+    block = args.finer_block
+
+    def finished(ds: str, label: str) -> list[str]:
+        runs = [work / "runs" / ds / _slug(label) / f"seed{s}" for s in args.seeds]
+        return [str(r) for r in runs if (r / "summary.json").is_file()]
+
+    jobs = []
+    for ds in args.datasets:
+        base = finished(ds, "baseline")
+        for label in ["baseline", *labels]:
+            jobs.append({"dataset": ds, "label": label, "variant": label.split(" ")[0], "split": "val",
+                         "data": data[ds], "size": args.size, "device": args.device, "blocks": (block,),
+                         "runs": base if label == "baseline" else base + finished(ds, label), "baselines": base,
+                         "fills": ("road",), "out": str(work / "eval" / f"val-{block}" / ds / _slug(label)),
+                         "seed_partial": None if label == "baseline" else
+                         str(work / "eval" / f"val-{block}" / ds / "baseline" / ".partial")})
+    table: dict[str, dict[str, Any]] = {}
+    t = time.perf_counter()
+    with _pool(args.workers, args.threads) as pool:
+        for phase in (["baseline"], labels):
+            futs = {pool.submit(eval_job, job): job for job in jobs if job["label"] in phase}
+            for fut in cf.as_completed(futs):
+                job, res = futs[fut], fut.result()
+                table.setdefault(job["label"], {})[job["dataset"]] = res
+                if not res["ok"]:
+                    payload.setdefault("errors", []).append({"eval": job["out"], "error": res["error"]})
+    payload["val_finer"] = {"block": block, "seconds": time.perf_counter() - t, "evals": table,
+                            "scores": {lbl: candidate_score(table[lbl], "multilevel", (block,))
+                                       for lbl in labels if lbl in table}}
+    _write(out_path, payload)
+    return payload
+
+
 def show(payload: dict[str, Any]) -> str:
     """A plain-text digest: the selection and the test comparisons (AP, SRG@road) before/after."""
     lines = [f"machine: {payload.get('machine')}", f"rule: {payload['selection'].get('rule')}"]
@@ -404,6 +454,22 @@ def show(payload: dict[str, Any]) -> str:
                         lines.append(f"[{split}] {ds:22s} {label:28s} {c['metric']:9s} {c['block']}: "
                                      f"{c['ours_value']:.1f} vs {c['best_other']} {c['other_value']:.1f} "
                                      f"ratio {ratio}{ci} holds={c['holds']}")
+    finer = payload.get("val_finer")
+    if finer:
+        block = finer["block"]
+        for label, sc in finer.get("scores", {}).items():
+            lines.append(f"[val {block}] {label}: score {sc['score']:+.3f} admissible {sc['admissible']}")
+            for ds, ev in finer["evals"].get(label, {}).items():
+                if not ev.get("ok"):
+                    lines.append(f"[val {block}] {label} on {ds}: ERROR {ev.get('error')}")
+                    continue
+                sharp = ev["maps"].get(f"multilevel [{block}]", {}).get("sharpness")
+                for c in ev["comparisons"]:
+                    if c["metric"] in ("ap", "srg@road") and c["ours"] == "multilevel" and c["block"] == block:
+                        ratio = "n/a" if c["ratio"] is None else f"{c['ratio']:.2f}"
+                        lines.append(f"[val {block}] {ds:22s} {label:28s} {c['metric']:9s}: {c['ours_value']:.1f} vs "
+                                     f"{c['best_other']} {c['other_value']:.1f} ratio {ratio}"
+                                     + ("" if not sharp else f" (sharpness {sharp['mean']:.2f})"))
     return "\n".join(lines)
 
 
@@ -470,6 +536,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the test phase past this")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script end to end")
     p.add_argument("--show", action="store_true", help="print the digest of an existing --out JSON and exit")
+    p.add_argument("--finer-block", default=None, help="only evaluate the finished multilevel runs of --candidates "
+                   "at this block (e.g. block2) on val and add the numbers to --out (val_finer)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.show:
@@ -481,6 +549,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.n, args.size, args.features, args.epochs, args.seeds = 48, 32, 2, 1, [0]
         args.datasets = [d for d in args.datasets if d in ("synthetic-brain-easy", "br35h")]
+    if args.finer_block:
+        payload = run_finer(args)
+        for label, sc in payload["val_finer"]["scores"].items():
+            print(f"{label} at {args.finer_block}: score {sc['score']:+.3f} admissible {sc['admissible']}")
+        return
     payload = run(args)
     print(show(payload))
 

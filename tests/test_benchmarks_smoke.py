@@ -137,3 +137,37 @@ def test_pixel_features_are_the_channel_and_its_local_means():
     assert f[0, 3, 3].tolist() == pytest.approx([0.0, 1.0, 9 / 49]) and f[0, 0, 0, 1] == 0.0
     with pytest.raises(ValueError, match="must be"):
         pixel_classifier.pixel_features(np.zeros((9, 9)))
+
+
+def _study_eval(variant, acc, base_acc, ap, srg, block="block3", base_std=1.0):
+    """One hand-built method-study evaluation: the candidate's balanced accuracy and its AP / SRG@road
+    comparisons against a best post-hoc explainer at 40 (AP) and 20 (SRG@road)."""
+    comps = [{"metric": "ap", "block": block, "ours": variant, "ours_value": ap, "other_value": 40.0},
+             {"metric": "srg@road", "block": block, "ours": variant, "ours_value": srg, "other_value": 20.0}]
+    return {"ok": True, "comparisons": comps, "balanced_accuracy": {
+        "baseline": {"mean": base_acc, "std": base_std}, variant: {"mean": acc, "std": 1.0}}}
+
+
+def test_method_study_selection_rule_on_a_hand_built_case():
+    import method_study as ms
+
+    val = {
+        # the recipe: AP and SRG at the post-hoc level -> score log(1) + log(1) = 0
+        "exact recipe": {"a": _study_eval("exact", 80, 80, 40, 20), "b": _study_eval("exact", 80, 80, 40, 20)},
+        # twice the AP on both datasets but 5 points of accuracy lost on one: not admissible
+        "exact pool": {"a": _study_eval("exact", 80, 80, 80, 20), "b": _study_eval("exact", 75, 80, 80, 20)},
+        # twice the SRG on one dataset, accuracy within the slack of 3 points: selected
+        "exact area5": {"a": _study_eval("exact", 78, 80, 40, 40), "b": _study_eval("exact", 80, 80, 40, 20)},
+    }
+    sel = ms.select(val)["variants"]["exact"]
+    assert sel["selected"] == "exact area5"
+    assert not sel["candidates"]["exact pool"]["admissible"]
+    # mean over datasets of the mean over terms: dataset a (0 + log 2) / 2, dataset b 0
+    assert sel["candidates"]["exact area5"]["score"] == pytest.approx(np.log(2.0) / 4)
+    # a worse candidate than the recipe leaves the recipe selected; scores below 1 point are floored
+    val["exact area5"]["a"] = _study_eval("exact", 80, 80, 0.5, -3.0)
+    assert ms.select(val)["variants"]["exact"]["selected"] == "exact recipe"
+    # the finer-block score reads only the comparisons at that block
+    finer = {"a": _study_eval("multilevel", 80, 80, 80, 20, block="block2")}
+    assert ms.candidate_score(finer, "multilevel", ("block2",))["score"] == pytest.approx(np.log(2.0) / 2)
+    assert ms.candidate_score(finer, "multilevel")["score"] == float("-inf")  # block3/block4: no term
