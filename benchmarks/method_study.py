@@ -77,6 +77,11 @@ CHANGES: dict[str, dict[str, Any]] = {
     # on; does the pooled classifier sharpen its maps where it needs to without that term?
     "pool+entropy0": {"model_kwargs": {"exact_mode": "pool", "entropy_weight": 0.0},
                       "variants": ("exact", "multilevel")},
+    # round 5: the pooled head beside the two-pass network (exact_mode="hybrid"): pooling's discriminative
+    # gradient on the gates, the full-depth classifier's accuracy
+    "hybrid": {"model_kwargs": {"exact_mode": "hybrid"}, "variants": ("exact", "multilevel")},
+    "hybrid+entropy0": {"model_kwargs": {"exact_mode": "hybrid", "entropy_weight": 0.0},
+                        "variants": ("exact", "multilevel")},
 }
 REFERENCE = "recipe"
 

@@ -149,7 +149,7 @@ def _marginal(fine: torch.Tensor, coarse_shape) -> torch.Tensor:
     return pool(fine.unsqueeze(1).double(), factors).squeeze(1) * math.prod(factors)
 
 
-@pytest.mark.parametrize("exact_mode", ["two_pass", "pool"])
+@pytest.mark.parametrize("exact_mode", ["two_pass", "pool", "hybrid"])
 @pytest.mark.parametrize("name", ["unet_encoder", "resnet18"])
 def test_exact_maps_are_the_closed_form_and_consistent(name, exact_mode):
     torch.manual_seed(0)
@@ -593,3 +593,30 @@ def test_detached_proposal_equals_the_graded_one_in_eval_and_saves_the_backward(
     assert det.backbone.stages["block4"][1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="exact_proposal"):
         _unet(variant, exact_proposal="nope")
+
+
+@pytest.mark.parametrize("variant", ["exact", "multilevel"])
+def test_hybrid_logits_are_the_two_pass_network_plus_the_pooled_head(variant):
+    """``exact_mode="hybrid"``: the same weights give the two-pass logits plus the attention-pooling head's."""
+    torch.manual_seed(0)
+    hybrid, x = _make("unet_encoder", variant, exact_mode="hybrid")
+    with torch.no_grad():
+        for gate in hybrid.gates.values():
+            gate.u.weight.mul_(30.0)
+    state = hybrid.state_dict()
+    two_pass, _ = _make("unet_encoder", variant, exact_mode="two_pass")
+    pool, _ = _make("unet_encoder", variant, exact_mode="pool")
+    two_pass.load_state_dict({k: v for k, v in state.items() if not k.startswith("attn_fc.")})
+    pool.load_state_dict({k: v for k, v in state.items() if k in pool.state_dict()})
+    for m in (hybrid, two_pass, pool):
+        m.eval()
+    with torch.no_grad():
+        out = hybrid.forward_with_attention(x)
+        torch.testing.assert_close(out.logits, two_pass(x) + pool(x), rtol=1e-5, atol=1e-5)
+        for block, mu in pool.forward_with_attention(x).mu.items():
+            torch.testing.assert_close(out.mu[block], mu)
+    # both heads learn: every parameter gets a gradient in training mode
+    hybrid.train()
+    hybrid.forward_with_attention(x).logits.sum().backward()
+    assert hybrid.attn_fc.weight.grad is not None and hybrid.fc.weight.grad is not None
+    assert all(g.u.weight.grad is not None and g.u.weight.grad.abs().sum() > 0 for g in hybrid.gates.values())

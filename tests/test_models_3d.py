@@ -17,7 +17,8 @@ MODELS = {
 }
 SIZE = 16
 CASES = [(name, variant) for name in MODELS for variant in list_variants(name)]
-CASES += [(name, "exact_pool") for name in MODELS]  # the other design of the exact forward
+CASES += [(name, "exact_pool") for name in MODELS]  # the other designs of the exact forward
+CASES += [(name, "multilevel_hybrid") for name in MODELS if "multilevel" in list_variants(name)]
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,8 @@ def _build(name: str, variant: str, **extra):
     kw = dict(MODELS[name], **extra)
     if variant == "exact_pool":
         variant, kw["exact_mode"] = "exact", "pool"
+    if variant == "multilevel_hybrid":
+        variant, kw["exact_mode"] = "multilevel", "hybrid"
     torch.manual_seed(0)
     return create_model(name, variant=variant, in_channels=4, spatial_dims=3, img_size=SIZE, **kw)
 
@@ -46,7 +49,7 @@ def test_forward_backward_and_one_step(name, variant):
     for block, tau in out.tau.items():
         assert tau.dim() == 4 and tau.shape[0] == 2  # (B, D, H, W)
         torch.testing.assert_close(tau.flatten(1).sum(1), torch.ones(2), rtol=0, atol=1e-5)
-    if variant in ("dual", "exact", "multilevel", "exact_pool"):
+    if variant in ("dual", "exact", "multilevel", "exact_pool", "multilevel_hybrid"):
         assert set(out.mu) == blocks
         for mu in out.mu.values():
             torch.testing.assert_close(mu.flatten(1).sum(1), torch.ones(2), rtol=0, atol=1e-5)

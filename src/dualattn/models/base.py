@@ -53,6 +53,9 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
   stages run unweighted; each gated stage contributes ``g = sum_i mu_i v_i`` (a ``mu``-weighted
   average of its features) and the linear head sees only the concatenated ``g`` vectors. Stages
   after the coarsest gate are dropped.
+* ``"hybrid"``: both: the ``two_pass`` network and the ``pool`` head side by side, their logits summed. The
+  full-depth weighted path keeps the classifier's accuracy; the pooled head gives every gate a direct,
+  discriminative gradient (the method study's round 3-4: pooling alone sharpened the maps but lost accuracy).
 
 ``two_pass`` is the default; the runs it was first chosen on scored the test split and were withdrawn, so
 the choice is not yet backed by a validation-only study (docs/models.md, "Recipes: measured defaults", says
@@ -138,7 +141,7 @@ GATED_BLOCKS: dict[str, tuple[str, ...]] = {
 PENALTY_VARIANTS: tuple[str, ...] = ("dual", "kl", "kl_reverse")
 
 _WITNESSES = ("global", "amortized")
-_EXACT_MODES = ("two_pass", "pool")
+_EXACT_MODES = ("two_pass", "pool", "hybrid")
 _PROPOSALS = ("detached", "grad")
 #: Default gate width: ``E = min(C, 64)``. The gate's 1x1 convs and channel normalisation scale with
 #: ``E`` and were most of the gated variants' step-time overhead at E = C (measurements and the quality
@@ -243,8 +246,8 @@ class GatedClassifier(nn.Module):
             :data:`PAPER_ALPHA`, the paper's value.
         witness: ``"global"`` (one learned lambda per coarse cell; needs ``img_size``) or
             ``"amortized"`` (lambda predicted from the fine block's features), for ``dual``.
-        exact_mode: ``"two_pass"`` or ``"pool"``, how ``exact``/``multilevel`` break the circularity
-            (module docstring).
+        exact_mode: ``"two_pass"``, ``"pool"`` or ``"hybrid"``, how ``exact``/``multilevel`` break the
+            circularity (module docstring).
         exact_proposal: how ``two_pass`` runs the stages of its first pass after the finest gated
             block (the "proposal" that only feeds the coarser gates): ``"detached"`` (default) without
             gradient and with BatchNorm on its running statistics, ``"grad"`` like the second pass
@@ -342,6 +345,8 @@ class GatedClassifier(nn.Module):
             raise ValueError(f"variant {variant!r} gates {missing} but the backbone has only {list(backbone.stages)}")
         self.attention_blocks: tuple[str, ...] = blocks
         self._pooled = variant in ("exact", "multilevel") and exact_mode == "pool"
+        #: the attention-pooling head (``pool``: the only head; ``hybrid``: beside the two-pass network)
+        self._pool_head = variant in ("exact", "multilevel") and exact_mode in ("pool", "hybrid")
         if self._pooled:
             # attention pooling: the stages after the coarsest gate are never used.
             names = list(backbone.stages)
@@ -378,9 +383,9 @@ class GatedClassifier(nn.Module):
             else:
                 self.witness = AmortizedWitness(backbone.channels[fine], spatial_dims=backbone.spatial_dims)
         pool_cls = nn.AdaptiveAvgPool2d if backbone.spatial_dims == 2 else nn.AdaptiveAvgPool3d
-        if self._pooled:
+        if self._pool_head:
             self.attn_fc = nn.Linear(sum(backbone.channels[b] for b in blocks), num_classes)
-        else:
+        if not self._pooled:
             self.pool = pool_cls(1)
             last = list(backbone.stages)[-1]
             self.fc = nn.Linear(backbone.channels[last], num_classes)
@@ -604,16 +609,21 @@ class GatedClassifier(nn.Module):
         penalty = zero
         if self.entropy_weight > 0:
             penalty = self.entropy_weight * normalized_entropy(log_mu_list, self.attention_area)
-        if self._pooled:
+        pooled_logits = None
+        if self._pool_head:
             pooled = [(feats[b] * mus[b].unsqueeze(1)).flatten(2).sum(-1) for b in blocks]
-            logits = self.attn_fc(torch.cat(pooled, dim=1))
-            return AttentionOutput(logits, taus, mus, penalty)
+            pooled_logits = self.attn_fc(torch.cat(pooled, dim=1))
+            if self._pooled:
+                return AttentionOutput(pooled_logits, taus, mus, penalty)
         h = weight_features(feats[blocks[0]], log_mus[blocks[0]])
         for name in names[first + 1 :]:
             h = self.backbone.stages[name](h)
             if name in log_mus:
                 h = weight_features(h, log_mus[name])
-        return AttentionOutput(self._head(h), taus, mus, penalty)
+        logits = self._head(h)
+        if pooled_logits is not None:
+            logits = logits + pooled_logits
+        return AttentionOutput(logits, taus, mus, penalty)
 
 
 @contextlib.contextmanager
