@@ -7,7 +7,7 @@ import pytest
 
 from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS, create_model
 from dualattn.train.config import TrainConfig
-from dualattn.train.recipes import DEFAULT_RECIPES, DUAL_GATE, SHARP_GATE, resolve_recipe
+from dualattn.train.recipes import DEFAULT_RECIPES, DUAL_GATE, MULTILEVEL_GATE, SHARP_GATE, resolve_recipe
 
 
 def test_default_recipes_cover_every_variant():
@@ -29,8 +29,10 @@ def test_sharp_gate_values_and_penalty_alpha():
     assert SHARP_GATE == {"gate_scale": 16.0, "gate_zero_init": True, "entropy_weight": 1.0, "attention_area": 0.15,
                           "gate_form": "cascaded", "gate_bias": True}
     assert DUAL_GATE == {**SHARP_GATE, "gate_zero_init": False}  # dual alone starts u at random (method study)
+    assert MULTILEVEL_GATE == {**SHARP_GATE, "exact_mode": "hybrid"}  # multilevel adds the pooling head (round 5)
+    special = {"dual": DUAL_GATE, "multilevel": MULTILEVEL_GATE}
     for variant in CNN_VARIANTS[1:]:
-        assert DEFAULT_RECIPES[variant]["model_kwargs"] == (DUAL_GATE if variant == "dual" else SHARP_GATE)
+        assert DEFAULT_RECIPES[variant]["model_kwargs"] == special.get(variant, SHARP_GATE)
         assert DEFAULT_RECIPES[variant]["model_kwargs"] is not SHARP_GATE  # each recipe owns its copy
         assert DEFAULT_RECIPES[variant]["alpha"] == (1.0 if variant in PENALTY_VARIANTS else 0.0)
 

@@ -9,7 +9,9 @@ defaults and where they come from" and "Sharp attention"):
 * ``alpha = 1`` for the penalty variants (``dual``, ``kl``, ``kl_reverse``) instead of the paper's 10,
   which flattens the maps (selected on val for ``dual``; ``kl`` and ``kl_reverse`` follow it unmeasured);
 * every gated variant uses the sharp gate (:data:`SHARP_GATE`), in the cascaded form with biases;
-* ``dual`` starts its gates' ``u`` at PyTorch's random initialisation instead of zero (:data:`DUAL_GATE`).
+* ``dual`` starts its gates' ``u`` at PyTorch's random initialisation instead of zero (:data:`DUAL_GATE`);
+* ``multilevel`` adds the attention-pooling head beside its two-pass network (``exact_mode="hybrid"``,
+  :data:`MULTILEVEL_GATE`; method study round 5, selected on val).
 
 :func:`resolve_recipe` fills what a :class:`~dualattn.train.config.TrainConfig` leaves unset.
 
@@ -29,7 +31,9 @@ from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS
 
 from .config import TrainConfig
 
-__all__ = ["DEFAULT_RECIPES", "DUAL_GATE", "PAPER_ALPHA", "PENALTY_VARIANTS", "SHARP_GATE", "resolve_recipe"]
+__all__ = [
+    "DEFAULT_RECIPES", "DUAL_GATE", "MULTILEVEL_GATE", "PAPER_ALPHA", "PENALTY_VARIANTS", "SHARP_GATE", "resolve_recipe",
+]
 
 #: Gate options of every gated variant's recipe: gain 16 on the potentials, ``u`` started at zero
 #: (uniform maps at step 0), and the sharpness term (weight 1) until a map's effective area
@@ -55,6 +59,11 @@ SHARP_GATE: dict[str, Any] = {
 #: seeds' spread (docs/models.md, "Method study").
 DUAL_GATE: dict[str, Any] = {**SHARP_GATE, "gate_zero_init": False}
 
+#: ``multilevel``'s options: the sharp gate plus the pooling head beside the two-pass network (method study
+#: round 5, ``benchmarks/results/method_study_round5.json``: val score -1.082 against -1.116, a margin inside
+#: the seeds' spread; docs/method_study.md)
+MULTILEVEL_GATE: dict[str, Any] = {**SHARP_GATE, "exact_mode": "hybrid"}
+
 #: Default training recipe per variant: ``init`` = ``"scratch"`` (train end to end) or ``"baseline"``
 #: (start from a trained baseline's weights via ``load_backbone_state``); ``freeze_backbone`` = train
 #: only the gates (and witness); ``alpha`` = weight of the consistency penalty (ignored by variants
@@ -67,7 +76,9 @@ DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
             "init": "scratch",
             "freeze_backbone": False,
             "alpha": 1.0 if variant in PENALTY_VARIANTS else 0.0,
-            "model_kwargs": dict(DUAL_GATE if variant == "dual" else SHARP_GATE),
+            "model_kwargs": dict(
+                DUAL_GATE if variant == "dual" else MULTILEVEL_GATE if variant == "multilevel" else SHARP_GATE
+            ),
         }
         for variant in CNN_VARIANTS
         if variant != "baseline"
