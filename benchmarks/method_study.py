@@ -299,6 +299,55 @@ def prepare_data(args: argparse.Namespace) -> dict[str, str]:
     return paths
 
 
+def _run_dir(work: Path, ds: str, label: str, seed: int) -> Path:
+    return work / "runs" / ds / _slug(label) / f"seed{seed}"
+
+
+def _finished(args: argparse.Namespace, ds: str, label: str) -> list[str]:
+    """The finished runs (a ``summary.json``) of one candidate on one dataset, one per seed."""
+    work = Path(args.work)
+    return [str(_run_dir(work, ds, label, s)) for s in args.seeds
+            if (_run_dir(work, ds, label, s) / "summary.json").is_file()]
+
+
+def _eval_jobs(args: argparse.Namespace, data: dict[str, str], split: str, labels: list[str], *,
+               blocks: tuple[str, ...] = BLOCKS, folder: str | None = None) -> list[dict[str, Any]]:
+    """One evaluation per dataset x label: the baselines' runs plus the label's, under ``eval/<folder>/``
+    (default: the split); every candidate's evaluation starts from the baselines' finished units."""
+    work, folder = Path(args.work), folder or split
+    out = []
+    for ds in args.datasets:
+        base = _finished(args, ds, "baseline")
+        seed_partial = str(work / "eval" / folder / ds / "baseline" / ".partial")
+        for label in labels:
+            out.append({"dataset": ds, "label": label, "variant": label.split(" ")[0], "split": split,
+                        "data": data[ds], "size": args.size, "device": args.device, "blocks": blocks,
+                        "runs": base if label == "baseline" else base + _finished(args, ds, label), "baselines": base,
+                        "fills": ("road",) if split == "val" else ("road", "mean"),
+                        "out": str(work / "eval" / folder / ds / _slug(label)),
+                        "seed_partial": None if label == "baseline" else seed_partial})
+    return out
+
+
+def _evaluate(args: argparse.Namespace, jobs: list[dict[str, Any]], table: dict[str, dict[str, Any]],
+              payload: dict[str, Any], seconds_key: str) -> dict[str, dict[str, Any]]:
+    """Run ``jobs`` (baselines first: their units seed every candidate), filling ``table[label][dataset]`` and
+    writing ``payload`` to ``--out`` after each."""
+    t = time.perf_counter()
+    with _pool(args.workers, args.threads) as pool:
+        for baseline_phase in (True, False):
+            futs = {pool.submit(eval_job, job): job for job in jobs if (job["label"] == "baseline") == baseline_phase}
+            for fut in cf.as_completed(futs):
+                job, res = futs[fut], fut.result()
+                table.setdefault(job["label"], {})[job["dataset"]] = res
+                if not res["ok"]:
+                    payload.setdefault("errors", []).append(
+                        {"eval": job["out"], "error": res["error"], "trace": res.get("trace")})
+                payload[seconds_key] = time.perf_counter() - t
+                _write(Path(args.out), payload)
+    return table
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     work = Path(args.work)
@@ -317,16 +366,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     deadline = t_start + args.budget_s
 
-    def run_dir(ds: str, label: str, seed: int) -> Path:
-        return work / "runs" / ds / _slug(label) / f"seed{seed}"
-
     # 1. training: every dataset x candidate x seed, baselines first
     jobs = []
     for cand in cands:
         for ds in args.datasets:
             for seed in args.seeds:
-                jobs.append({"run_dir": str(run_dir(ds, cand["label"], seed)), "data": data[ds], "size": args.size,
-                             "variant": cand["variant"], "model_kwargs": cand["model_kwargs"],
+                jobs.append({"run_dir": str(_run_dir(work, ds, cand["label"], seed)), "data": data[ds],
+                             "size": args.size, "variant": cand["variant"], "model_kwargs": cand["model_kwargs"],
                              "config": cand["config"], "features": args.features, "epochs": args.epochs,
                              "seed": seed, "accelerator": "gpu" if args.device.startswith("cuda") else "cpu"})
     t0 = time.perf_counter()
@@ -342,38 +388,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("training: %d runs in %.0f s", len(jobs), payload["train_seconds"])
     _write(out_path, payload)
 
-    def finished(ds: str, label: str) -> list[str]:
-        return [str(run_dir(ds, label, s)) for s in args.seeds if (run_dir(ds, label, s) / "summary.json").is_file()]
-
-    def eval_jobs(split: str, labels: list[str]) -> list[dict[str, Any]]:
-        out = []
-        for ds in args.datasets:
-            base = finished(ds, "baseline")
-            seed_partial = str(work / "eval" / split / ds / "baseline" / ".partial")
-            for label in labels:
-                variant = label.split(" ")[0]
-                runs = base if label == "baseline" else base + finished(ds, label)
-                out.append({"dataset": ds, "label": label, "variant": variant, "split": split, "data": data[ds],
-                            "size": args.size, "device": args.device, "runs": runs, "baselines": base,
-                            "fills": ("road",) if split == "val" else ("road", "mean"),
-                            "out": str(work / "eval" / split / ds / _slug(label)),
-                            "seed_partial": None if label == "baseline" else seed_partial})
-        return out
-
     def evaluate(split: str, labels: list[str]) -> dict[str, dict[str, Any]]:
-        t = time.perf_counter()
-        table: dict[str, dict[str, Any]] = payload.setdefault(split, {})
-        with _pool(args.workers, args.threads) as pool:  # baselines first: their units seed every candidate
-            for phase in (["baseline"], [lbl for lbl in labels if lbl != "baseline"]):
-                jobs = {pool.submit(eval_job, job): job for job in eval_jobs(split, phase)}
-                for fut in cf.as_completed(jobs):
-                    job, res = jobs[fut], fut.result()
-                    table.setdefault(job["label"], {})[job["dataset"]] = res
-                    if not res["ok"]:
-                        payload["errors"].append({"eval": job["out"], "error": res["error"], "trace": res["trace"]})
-                    payload[f"{split}_seconds"] = time.perf_counter() - t
-                    _write(out_path, payload)
-        return table
+        return _evaluate(args, _eval_jobs(args, data, split, labels), payload.setdefault(split, {}), payload,
+                         f"{split}_seconds")
 
     # 2. val evaluation and selection
     labels = [c["label"] for c in cands]
@@ -406,40 +423,17 @@ def run_finer(args: argparse.Namespace) -> dict[str, Any]:
     ``multilevel`` has a third, finer gate (block2 of the U-Net encoder: 32x32 cells at 64x64); the main
     evaluation scores block3 / block4 only. Scored with the selection rule's formula at that block.
     """
-    work, out_path = Path(args.work), Path(args.out)
-    payload = json.loads(out_path.read_text(encoding="utf-8"))
+    payload = json.loads(Path(args.out).read_text(encoding="utf-8"))
     data = prepare_data(args)
     labels = [lbl for lbl in args.candidates if lbl.split(" ")[0] == "multilevel"]
     block = args.finer_block
-
-    def finished(ds: str, label: str) -> list[str]:
-        runs = [work / "runs" / ds / _slug(label) / f"seed{s}" for s in args.seeds]
-        return [str(r) for r in runs if (r / "summary.json").is_file()]
-
-    jobs = []
-    for ds in args.datasets:
-        base = finished(ds, "baseline")
-        for label in ["baseline", *labels]:
-            jobs.append({"dataset": ds, "label": label, "variant": label.split(" ")[0], "split": "val",
-                         "data": data[ds], "size": args.size, "device": args.device, "blocks": (block,),
-                         "runs": base if label == "baseline" else base + finished(ds, label), "baselines": base,
-                         "fills": ("road",), "out": str(work / "eval" / f"val-{block}" / ds / _slug(label)),
-                         "seed_partial": None if label == "baseline" else
-                         str(work / "eval" / f"val-{block}" / ds / "baseline" / ".partial")})
-    table: dict[str, dict[str, Any]] = {}
-    t = time.perf_counter()
-    with _pool(args.workers, args.threads) as pool:
-        for phase in (["baseline"], labels):
-            futs = {pool.submit(eval_job, job): job for job in jobs if job["label"] in phase}
-            for fut in cf.as_completed(futs):
-                job, res = futs[fut], fut.result()
-                table.setdefault(job["label"], {})[job["dataset"]] = res
-                if not res["ok"]:
-                    payload.setdefault("errors", []).append({"eval": job["out"], "error": res["error"]})
-    payload["val_finer"] = {"block": block, "seconds": time.perf_counter() - t, "evals": table,
-                            "scores": {lbl: candidate_score(table[lbl], "multilevel", (block,))
-                                       for lbl in labels if lbl in table}}
-    _write(out_path, payload)
+    finer: dict[str, Any] = payload.setdefault("val_finer", {})
+    finer.update({"block": block, "evals": {}})
+    jobs = _eval_jobs(args, data, "val", ["baseline", *labels], blocks=(block,), folder=f"val-{block}")
+    table = _evaluate(args, jobs, finer["evals"], payload, "val_finer_seconds")
+    finer["seconds"] = payload.pop("val_finer_seconds", None)
+    finer["scores"] = {lbl: candidate_score(table[lbl], "multilevel", (block,)) for lbl in labels if lbl in table}
+    _write(Path(args.out), payload)
     return payload
 
 

@@ -56,6 +56,8 @@ The ``exact`` circularity (the fine weighting feeds the layers that produce the 
 * ``"hybrid"``: both: the ``two_pass`` network and the ``pool`` head side by side, their logits summed. The
   full-depth weighted path keeps the classifier's accuracy; the pooled head gives every gate a direct,
   discriminative gradient (the method study's round 3-4: pooling alone sharpened the maps but lost accuracy).
+  The pooled head reads pass 1's unweighted features, so with ``exact_proposal="detached"`` its gradient in
+  training reaches the gates and the finest gated stage's backbone, not the proposal's later stages.
 
 ``two_pass`` is the default; the runs it was first chosen on scored the test split and were withdrawn, so
 the choice is not yet backed by a validation-only study (docs/models.md, "Recipes: measured defaults", says
