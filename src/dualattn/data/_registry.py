@@ -48,17 +48,38 @@ class DatasetInfo:
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", dict(self.options))  # a private copy
 
-    def cache_name(self, *, n: int, size: int, seed: int) -> str:
+    def cache_name(self, *, n: int, size: int, seed: int, options: Mapping[str, Any] | None = None) -> str:
         """Folder name of a generated copy in the cache: ``<name>-n<N>-s<S>-seed<K>-v<version>[-o<hash>]``.
 
-        The ``-o<hash>`` suffix (8 hex digits of the options, as sorted JSON) appears only with options,
-        so a changed option never reuses a copy made with the old one.
+        The ``-o<hash>`` suffix (8 hex digits of the options, as sorted JSON) appears only with options (the
+        entry's own merged with the caller's, :meth:`merged_options`), so a changed option never reuses a copy
+        made with the old one.
         """
         base = f"{self.name}-n{int(n)}-s{int(size)}-seed{int(seed)}-v{self.version}"
-        if not self.options:
+        merged = self.merged_options(options)
+        if not merged:
             return base
-        text = json.dumps(dict(self.options), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(merged, sort_keys=True, separators=(",", ":"))
         return f"{base}-o{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+    def merged_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The generator's keyword options: the entry's fixed ones, then the caller's ``options``.
+
+        Raises:
+            ValueError: the caller sets an option the entry fixes to another value (e.g. ``confounders`` of
+                ``synthetic-brain-easy``), or an option that is not JSON-serializable.
+        """
+        merged = dict(self.options)
+        for key, value in dict(options or {}).items():
+            if key in self.options and self.options[key] != value:
+                raise ValueError(f"{self.name}: option {key}={value!r} contradicts the dataset's own "
+                                 f"{key}={self.options[key]!r}")
+            merged[key] = value
+        try:
+            json.dumps(merged, sort_keys=True)
+        except TypeError as exc:
+            raise ValueError(f"{self.name}: generator options must be JSON-serializable ({exc})") from None
+        return merged
 
 
 #: Version of the ``synthetic_brain`` generator's output, shared by every entry it generates.
@@ -148,6 +169,7 @@ def make_dataset(
     n: int | None = None,
     size: int | None = None,
     seed: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Generate (or convert) an embedded dataset into ``out`` in the folder format.
 
@@ -157,12 +179,14 @@ def make_dataset(
         n: number of items (default: the dataset's ``default_n``).
         size: image side in pixels (default: the dataset's ``default_size``).
         seed: makes the output reproducible (same seed, n and size -> identical files).
+        options: extra keyword options of the dataset's generator (e.g. ``{"slices_per_patient": 1}`` for
+            ``synthetic-brain``: more patients with fewer slices each), merged with the entry's own.
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: unknown name, ``n < 1``, ``size < 8``.
+        ValueError: unknown name, ``n < 1``, ``size < 8``, an option the generator does not take.
         DataError: ``out`` already holds a dataset.
 
     Example:
@@ -179,8 +203,17 @@ def make_dataset(
     out = Path(out)
     if (out / LABELS_CSV).exists():
         raise DataError(out, "already holds a dataset (labels.csv); choose an empty folder")
-    logger.info("generating %s: n=%d size=%d seed=%d -> %s", name, n, size, seed, out)
-    return Path(_generator(info)(out, n=n, size=size, seed=int(seed), **info.options))
+    merged = info.merged_options(options)
+    gen = _generator(info)
+    import inspect
+
+    params = inspect.signature(gen).parameters
+    unknown = [k for k in merged if k not in params]
+    if unknown:
+        valid = [k for k in params if k not in ("out", "n", "size", "seed")]
+        raise ValueError(f"{name}: unknown generator option(s) {unknown}; valid: {valid}")
+    logger.info("generating %s: n=%d size=%d seed=%d options=%s -> %s", name, n, size, seed, merged, out)
+    return Path(gen(out, n=n, size=size, seed=int(seed), **merged))
 
 
 def default_cache_dir() -> Path:
@@ -199,6 +232,7 @@ def resolve_dataset(
     n: int | None = None,
     size: int | None = None,
     seed: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Turn a dataset folder or an embedded dataset name into a folder path.
 
@@ -210,7 +244,7 @@ def resolve_dataset(
     Args:
         name_or_path: a folder path or one of :func:`list_datasets`.
         cache_dir: where generated datasets live (default :func:`default_cache_dir`).
-        n, size, seed: as in :func:`make_dataset` (ignored for folders).
+        n, size, seed, options: as in :func:`make_dataset` (ignored for folders).
 
     Raises:
         DataError: a path that exists but holds no ``labels.csv``, or neither a path nor a name.
@@ -227,13 +261,13 @@ def resolve_dataset(
     n = info.default_n if n is None else int(n)
     size = info.default_size if size is None else int(size)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / info.cache_name(n=n, size=size, seed=int(seed))
+    target = root / info.cache_name(n=n, size=size, seed=int(seed), options=options)
     if (target / LABELS_CSV).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
-        make_dataset(name, tmp / "data", n=n, size=size, seed=seed)
+        make_dataset(name, tmp / "data", n=n, size=size, seed=seed, options=options)
         try:
             os.replace(tmp / "data", target)
         except OSError:
