@@ -66,6 +66,7 @@ __all__ = [
     "PerImage",
     "Curves",
     "Srg",
+    "BalancedAccuracy",
     "Evidence",
     "PairedBootstrap",
     "paired_bootstrap",
@@ -285,8 +286,51 @@ class Srg:
         return self.least.strata_statistics(runs, counts) - self.most.strata_statistics(runs, counts)
 
 
-Evidence = Union[PerImage, Curves, Srg]
-_EVIDENCE_TYPES = (PerImage, Curves, Srg)
+@dataclass(frozen=True, eq=False)
+class BalancedAccuracy:
+    """Predicted classes of one method's runs on the test images: ``preds (R, N)`` int, ``labels (N,)``.
+
+    Statistic: mean over runs of the balanced accuracy (sklearn's: mean recall over the classes present), x100.
+
+    Example:
+        >>> BalancedAccuracy(np.array([[0, 1, 1, 1]]), np.array([0, 0, 1, 1])).value()
+        75.0
+    """
+
+    preds: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        p, y = np.asarray(self.preds), np.asarray(self.labels)
+        if p.ndim != 2 or 0 in p.shape or not np.issubdtype(p.dtype, np.integer):
+            raise ValueError(f"BalancedAccuracy preds must be a non-empty integer (R, N) array, got {p.dtype} {p.shape}")
+        if y.shape != (p.shape[1],) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"BalancedAccuracy labels must be integer (N,) with N = {p.shape[1]}, got {y.shape}")
+        object.__setattr__(self, "preds", _readonly(p.astype(np.int64)))
+        object.__setattr__(self, "labels", _readonly(y.astype(np.int64)))
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.preds.shape[0])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.preds.shape[1])
+
+    def run_statistics(self) -> np.ndarray:
+        """``(R,)`` balanced accuracy (x100) of each run on all images."""
+        return self.strata_statistics(np.arange(self.n_runs), np.ones((1, self.n_runs, self.n_images)))[0]
+
+    def value(self) -> float:
+        return float(np.mean(self.run_statistics()))
+
+    def strata_statistics(self, runs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """``(B, S)`` balanced accuracy x100 of run ``runs[s]`` on resample ``counts[b, s]``."""
+        return 100.0 * balanced_accuracy_curves(self.preds[np.asarray(runs)][..., None], self.labels, counts)[..., 0]
+
+
+Evidence = Union[PerImage, Curves, Srg, BalancedAccuracy]
+_EVIDENCE_TYPES = (PerImage, Curves, Srg, BalancedAccuracy)
 
 
 # --------------------------------------------------------------------------------------------
