@@ -445,7 +445,8 @@ class GatedClassifier(nn.Module):
                 yield p
 
     def freeze_backbone(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) the backbone parameters; frozen BatchNorm layers stay in eval mode.
+        """Freeze (or unfreeze) the backbone parameters; frozen BatchNorm layers stay in eval mode (GroupNorm and
+        InstanceNorm, ``norm="group"`` / ``"instance"``, use each sample's statistics in either mode).
 
         Args:
             frozen: True freezes (the paper's gate fine-tuning on a trained baseline).
@@ -482,6 +483,15 @@ class GatedClassifier(nn.Module):
         if sd and all(k.startswith("model.") for k in sd):
             sd = {k[len("model.") :]: v for k, v in sd.items()}
         own = self.state_dict()
+        has_stats = [any(k.startswith("backbone.") and k.endswith(".running_mean") for k in d) for d in (sd, own)]
+        if has_stats[0] != has_stats[1]:
+            norm = self._config.get("norm", "batch")
+            raise ValueError(
+                f"state dict does not match this {self._config.get('name', 'model')} backbone's normalization: this "
+                f"model has norm={norm!r}, the state dict's backbone "
+                f"{'has' if has_stats[0] else 'has no'} BatchNorm running statistics; train the baseline with the "
+                f"same norm (model_kwargs.norm)"
+            )
         ignorable = ("fc.", "backbone.stages.") if self._pooled else ()
         unexpected = [k for k in sd if k not in own and not k.startswith(ignorable)]
         missing = [k for k in own if k.startswith(_BACKBONE_PREFIXES) and k not in sd]

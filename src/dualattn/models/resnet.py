@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dualattn._checks import check_positive_int, check_spatial_dims
 
-from ._layers import batch_norm, conv, init_weights, max_pool, relu
+from ._layers import check_norm, conv, init_weights, max_pool, norm_layer, relu
 from ._registry import register_model
 from .base import CNNBackbone, GatedClassifier
 
@@ -36,21 +36,24 @@ class BasicBlock(nn.Module):
         cin: input channels.
         width: output channels.
         stride: stride of the first convolution (and of the projection shortcut).
+        norm: the normalization after every convolution (:data:`~dualattn.models._layers.NORMS`).
     """
 
     expansion = 1
 
-    def __init__(self, spatial_dims: int, cin: int, width: int, *, stride: int = 1) -> None:
+    def __init__(self, spatial_dims: int, cin: int, width: int, *, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
         cout = width * self.expansion
         self.conv1 = conv(spatial_dims, cin, width, 3, stride=stride, padding=1)
-        self.bn1 = batch_norm(spatial_dims, width)
+        self.bn1 = norm_layer(norm, spatial_dims, width)
         self.relu1 = relu()
         self.conv2 = conv(spatial_dims, width, cout, 3, padding=1)
-        self.bn2 = batch_norm(spatial_dims, cout)
+        self.bn2 = norm_layer(norm, spatial_dims, cout)
         self.downsample: nn.Sequential | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(conv(spatial_dims, cin, cout, 1, stride=stride), batch_norm(spatial_dims, cout))
+            self.downsample = nn.Sequential(
+                conv(spatial_dims, cin, cout, 1, stride=stride), norm_layer(norm, spatial_dims, cout)
+            )
         self.relu2 = relu()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -68,24 +71,27 @@ class Bottleneck(nn.Module):
         cin: input channels.
         width: bottleneck channels (output is ``4 * width``).
         stride: stride of the 3x3 convolution (and of the projection shortcut).
+        norm: the normalization after every convolution (:data:`~dualattn.models._layers.NORMS`).
     """
 
     expansion = 4
 
-    def __init__(self, spatial_dims: int, cin: int, width: int, *, stride: int = 1) -> None:
+    def __init__(self, spatial_dims: int, cin: int, width: int, *, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
         cout = width * self.expansion
         self.conv1 = conv(spatial_dims, cin, width, 1)
-        self.bn1 = batch_norm(spatial_dims, width)
+        self.bn1 = norm_layer(norm, spatial_dims, width)
         self.relu1 = relu()
         self.conv2 = conv(spatial_dims, width, width, 3, stride=stride, padding=1)
-        self.bn2 = batch_norm(spatial_dims, width)
+        self.bn2 = norm_layer(norm, spatial_dims, width)
         self.relu2 = relu()
         self.conv3 = conv(spatial_dims, width, cout, 1)
-        self.bn3 = batch_norm(spatial_dims, cout)
+        self.bn3 = norm_layer(norm, spatial_dims, cout)
         self.downsample: nn.Sequential | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(conv(spatial_dims, cin, cout, 1, stride=stride), batch_norm(spatial_dims, cout))
+            self.downsample = nn.Sequential(
+                conv(spatial_dims, cin, cout, 1, stride=stride), norm_layer(norm, spatial_dims, cout)
+            )
         self.relu3 = relu()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -109,6 +115,8 @@ class ResNetBackbone(CNNBackbone):
         stem: ``"imagenet"`` (7x7 stride-2 conv + 3x3 stride-2 max-pool: /4, then stages /1,/2,/2,/2,
             so 224 -> block3 14, block4 7) or ``"small"`` (3x3 stride-1 conv, no pool: 64 -> block3 16,
             block4 8; for small images).
+        norm: ``"batch"`` (default), ``"group"`` or ``"instance"`` after every convolution
+            (:mod:`dualattn.models._layers`).
     """
 
     def __init__(
@@ -120,24 +128,28 @@ class ResNetBackbone(CNNBackbone):
         features: int = 64,
         spatial_dims: int = 2,
         stem: str = "imagenet",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("features", features)
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.norm = check_norm(norm)
         if stem not in _STEMS:
             raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(_STEMS)}")
         self.stem_kind = stem
         if stem == "imagenet":
             self.stem = nn.Sequential(
                 conv(spatial_dims, in_channels, features, 7, stride=2, padding=3),
-                batch_norm(spatial_dims, features),
+                norm_layer(norm, spatial_dims, features),
                 relu(),
                 max_pool(spatial_dims, 3, stride=2, padding=1),
             )
         else:
             self.stem = nn.Sequential(
-                conv(spatial_dims, in_channels, features, 3, padding=1), batch_norm(spatial_dims, features), relu()
+                conv(spatial_dims, in_channels, features, 3, padding=1),
+                norm_layer(norm, spatial_dims, features),
+                relu(),
             )
         stages: dict[str, nn.Module] = {}
         self.channels = {}
@@ -147,7 +159,7 @@ class ResNetBackbone(CNNBackbone):
             blocks = []
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(spatial_dims, cin, width, stride=stride))
+                blocks.append(block(spatial_dims, cin, width, stride=stride, norm=norm))
                 cin = width * block.expansion
             stages[f"block{i + 1}"] = nn.Sequential(*blocks)
             self.channels[f"block{i + 1}"] = cin
@@ -177,11 +189,13 @@ def _build(
     spatial_dims: int,
     features: int,
     stem: str,
+    norm: str,
     config: dict[str, Any] | None,
     **kw: Any,
 ) -> GatedClassifier:
     backbone = ResNetBackbone(
-        block=block, layers=layers, in_channels=in_channels, features=features, spatial_dims=spatial_dims, stem=stem
+        block=block, layers=layers, in_channels=in_channels, features=features, spatial_dims=spatial_dims, stem=stem,
+        norm=norm,
     )
     return GatedClassifier(backbone=backbone, variant=variant, num_classes=num_classes, config=config, **kw)
 
@@ -199,13 +213,17 @@ def resnet18(
     spatial_dims: int = 2,
     features: int = 64,
     stem: str = "imagenet",
+    norm: str = "batch",
     config: dict[str, Any] | None = None,
     **kw: Any,
 ) -> GatedClassifier:
-    """ResNet-18 classifier with the variant's gates after stages 3/4 (11.2M parameters, 2D, 1 input)."""
+    """ResNet-18 classifier with the variant's gates after stages 3/4 (11.2M parameters, 2D, 1 input).
+
+    ``norm``: ``"batch"``, ``"group"`` or ``"instance"`` after every convolution (same parameter count).
+    """
     return _build(
         BasicBlock, (2, 2, 2, 2), variant=variant, in_channels=in_channels, num_classes=num_classes,
-        spatial_dims=spatial_dims, features=features, stem=stem, config=config, **kw,
+        spatial_dims=spatial_dims, features=features, stem=stem, norm=norm, config=config, **kw,
     )
 
 
@@ -222,11 +240,15 @@ def resnet50(
     spatial_dims: int = 2,
     features: int = 64,
     stem: str = "imagenet",
+    norm: str = "batch",
     config: dict[str, Any] | None = None,
     **kw: Any,
 ) -> GatedClassifier:
-    """ResNet-50 classifier with the variant's gates after stages 3/4 (23.5M parameters, 2D, 1 input)."""
+    """ResNet-50 classifier with the variant's gates after stages 3/4 (23.5M parameters, 2D, 1 input).
+
+    ``norm``: ``"batch"``, ``"group"`` or ``"instance"`` after every convolution (same parameter count).
+    """
     return _build(
         Bottleneck, (3, 4, 6, 3), variant=variant, in_channels=in_channels, num_classes=num_classes,
-        spatial_dims=spatial_dims, features=features, stem=stem, config=config, **kw,
+        spatial_dims=spatial_dims, features=features, stem=stem, norm=norm, config=config, **kw,
     )
