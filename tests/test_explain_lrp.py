@@ -188,6 +188,130 @@ def test_residual_sum_is_split_in_proportion_and_matches_numpy():
     assert info["layers"][1]["note"] and info["layers"][1]["rule"] == LRP_RULES["middle"].label
 
 
+class GroupNormChain(nn.Module):
+    """conv0 -> ReLU -> conv1 -> GroupNorm(2 groups) -> ReLU -> conv2 -> ReLU -> conv3 -> ReLU -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0, self.r0 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()
+        self.conv1, self.gn, self.r1 = nn.Conv2d(4, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU()
+        self.conv2, self.r2 = nn.Conv2d(4, 2, 3, padding=1), nn.ReLU()
+        self.conv3, self.r3 = nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(2 * 4 * 4, 2)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        h = self.r1(self.gn(self.conv1(self.r0(self.conv0(x)))))
+        return self.fc(self.r3(self.conv3(self.r2(self.conv2(h)))).flatten(1))
+
+
+def test_group_norm_scale_is_held_constant_and_matches_numpy():
+    """A GroupNorm is not folded: LRP-0 through it with its scale 1/sigma held constant (the centering is a
+    linear map), the conv before it takes the middle rule; checked against dense matrices by hand."""
+    torch.manual_seed(4)
+    model = GroupNormChain().double().eval()
+    with torch.no_grad():
+        model.gn.weight.copy_(torch.tensor([0.7, 1.3, 0.9, 1.6]))
+        model.gn.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.05]))
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ours = lrp_attribution(model, x, target=t).double()
+    mats = [(_conv_matrix(_np(c.weight), 4, 4), np.repeat(_np(c.bias), 16))
+            for c in (model.conv0, model.conv1, model.conv2, model.conv3)]
+    fc = (_np(model.fc.weight), _np(model.fc.bias))
+    gamma, beta = np.repeat(_np(model.gn.weight), 16), np.repeat(_np(model.gn.bias), 16)
+    groups = np.repeat(np.arange(2), 32)  # 2 channels x 16 positions per group
+    center = np.eye(64) - (groups[:, None] == groups[None, :]) / 32.0
+    rules = [LRP_RULES["input"], LRP_RULES["middle"], LRP_RULES["middle"], Z, Z]
+    for i in range(2):
+        a0 = _np(x[i]).reshape(-1)
+        h0 = np.maximum(mats[0][0] @ a0 + mats[0][1], 0)
+        z1 = mats[1][0] @ h0 + mats[1][1]
+        zc = center @ z1
+        sigma = np.sqrt(np.array([zc[groups == g].var() for g in groups]) + model.gn.eps)
+        y = zc / sigma * gamma + beta
+        h1 = np.maximum(y, 0)
+        h2 = np.maximum(mats[2][0] @ h1 + mats[2][1], 0)
+        h3 = np.maximum(mats[3][0] @ h2 + mats[3][1], 0)
+        logits = fc[0] @ h3 + fc[1]
+        np.testing.assert_allclose(logits, _np(model(x[i : i + 1])[0]), rtol=1e-10)
+        rel = np.zeros(2)
+        rel[t[i]] = logits[t[i]]
+        rel = _rule_step(h3, *fc, rel, rules[4])
+        rel = _rule_step(h2, *mats[3], rel, rules[3])
+        rel = _rule_step(h1, *mats[2], rel, rules[2])
+        # the norm: LRP-0 on y = J z + beta with J = diag(gamma / sigma) @ center (sigma a constant)
+        jac = (gamma / sigma)[:, None] * center
+        rel = z1 * (jac.T @ (rel / (y + 1e-9 * np.where(y >= 0, 1.0, -1.0))))
+        rel = _rule_step(h0, *mats[1], rel, rules[1])
+        rel = _rule_step(a0, *mats[0], rel, rules[0])
+        np.testing.assert_allclose(ours[i].numpy().reshape(-1), rel, rtol=1e-5, atol=1e-7 * np.abs(rel).max())
+    info = describe_lrp_rules(model, x)
+    assert info["canonized"] and info["norms_detached"] == ["gn"] and info["batchnorm_folded"] == []
+    assert [r["role"] for r in info["layers"]] == ["input", "lower", "middle", "upper", "upper"]
+    assert "GroupNorm" in info["layers"][1]["note"] and info["layers"][1]["rule"] == LRP_RULES["middle"].label
+
+
+def test_detached_scale_norm_is_the_norm_forward_with_a_constant_scale():
+    torch.manual_seed(5)
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    for norm in (nn.GroupNorm(3, 6), nn.InstanceNorm3d(6, affine=True), nn.GroupNorm(1, 6, affine=False)):
+        norm = norm.double()
+        if getattr(norm, "weight", None) is not None:
+            with torch.no_grad():
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.normal_()
+        mine = L.DetachedScaleNorm.from_norm(norm)
+        torch.testing.assert_close(mine(x), norm(x), rtol=1e-12, atol=1e-12)
+        # the backward: the scale is a constant, the centering is not
+        groups = mine.groups
+        xr = x.detach().reshape(2, groups, -1)
+        sigma = (xr.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        w = torch.randn_like(x)
+        (g,) = torch.autograd.grad((mine(x) * w).sum(), x)
+        weight = norm.weight if norm.affine else torch.ones(6, dtype=torch.float64)
+        ww = (w * weight.reshape(1, 6, 1, 1, 1)).reshape(2, groups, -1)
+        expected = ((ww - ww.mean(-1, keepdim=True)) / sigma).reshape(x.shape)
+        torch.testing.assert_close(g, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+@pytest.mark.parametrize("name,spatial_dims", [("unet_encoder", 2), ("unet_encoder", 3), ("resnet18", 2),
+                                               ("resnet18", 3)])
+def test_relevance_is_conserved_through_per_sample_norms(name, spatial_dims, norm):
+    """GroupNorm / InstanceNorm with zero bias (their mean subtraction is linear): the input relevance sums to
+    the target logit; without holding the scale constant it does not."""
+    torch.manual_seed(2)
+    kw = {"features": 4} if name == "unet_encoder" else {"features": 4, "stem": "small"}
+    model = create_model(name, spatial_dims=spatial_dims, norm=norm, **kw).double().eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g, dtype=torch.float64))
+        model.fc.bias.zero_()
+    size = 32 if name == "unet_encoder" else 16  # more than one position at the last stage
+    x = torch.randn(2, 1, *([size] * spatial_dims), dtype=torch.float64)
+    t = torch.tensor([0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rel = lrp_attribution(model, x, target=t, rules=CONSERVING).double()
+    with torch.no_grad():
+        logit = model(x).gather(1, t[:, None]).squeeze(1)
+    torch.testing.assert_close(rel.flatten(1).sum(1), logit, rtol=1e-5, atol=1e-6 * float(logit.abs().max()))
+    info = describe_lrp_rules(model, x)
+    n_norms = sum(isinstance(m, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)) for m in model.modules())
+    assert info["canonized"] and len(info["norms_detached"]) == n_norms and not info["batchnorm_folded"]
+    if spatial_dims == 2:  # the gradient through the statistics breaks conservation
+        import unittest.mock
+
+        with unittest.mock.patch.object(L, "detach_norm_scales", lambda model: []):
+            plain = lrp_attribution(model, x, target=t, rules=CONSERVING).double()
+        gap = (plain.flatten(1).sum(1) - logit).abs() / logit.abs()
+        assert float(gap.max()) > 0.05
+
+
 # ---------------------------------------------------------------- conservation on the package's backbones
 def _backbone(name: str, spatial_dims: int, *, zero_shift: bool) -> nn.Module:
     torch.manual_seed(2)

@@ -38,6 +38,15 @@ Canonization (on the private copy, never on the caller's model; :func:`prepare_l
   the conv + BN pair is one linear layer with a rule of its own (the U-Net encoder and the ResNets, 2-D
   and 3-D). A BatchNorm that no convolution feeds directly keeps its place and passes relevance
   unchanged (identity rule).
+* **Per-sample normalizations** (GroupNorm, and InstanceNorm on instance statistics: the backbones'
+  ``norm="group"`` / ``"instance"``) cannot be folded: their mean and scale change with the image. Each
+  is replaced by :class:`DetachedScaleNorm`, the same function with its scale ``1 / sigma`` held constant
+  in the backward pass (the centering stays: a linear, bias-free map), as Ali et al., "XAI for
+  Transformers: Better Explanations through Conservative Propagation" (ICML 2022) do for LayerNorm. It
+  takes LRP-0, so ``conv -> norm`` acts as one per-sample linear layer and relevance is conserved
+  through it up to the norm's own bias. The convolution before it divides by its own (unnormalized)
+  output, whose sign is not that of the ReLU's input: a lower-third convolution there takes the middle
+  rule instead of gamma (its row's note says so).
 * **Residual sums** ``a + b`` written as a plain ``+`` inside a submodule's ``forward`` (the ResNet
   blocks) are replaced, through ``torch.fx``, by Captum's ``Addition_Module``, which splits the
   relevance of the sum in proportion to ``a`` and ``b``; a plain ``+`` would hand the whole relevance
@@ -94,8 +103,10 @@ __all__ = [
     "LRPRule",
     "attach_rules",
     "composite_description",
+    "DetachedScaleNorm",
     "depth_third",
     "describe_lrp_rules",
+    "detach_norm_scales",
     "fold_batchnorm",
     "lrp_attribution",
     "prepare_lrp_model",
@@ -110,6 +121,8 @@ _ROLES = ("input", "lower", "middle", "upper")
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Normalizations with per-sample statistics (never folded; see :class:`DetachedScaleNorm`).
+_SAMPLE_NORMS = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 #: Elementwise activations (same shape in and out) that Captum does not know: identity rule.
 _ELEMENTWISE = (
     nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -305,6 +318,73 @@ def _fold_pair(conv: nn.Module, bn: nn.Module) -> None:
         conv.bias = nn.Parameter(new_b.to(conv.weight.dtype), requires_grad=grad)
 
 
+class DetachedScaleNorm(nn.Module):
+    """GroupNorm with its scale held constant in the backward pass: LRP's rule for a per-sample norm.
+
+    The forward is the norm's: ``y = (x - mean_g(x)) / sqrt(var_g(x) + eps) * weight + bias`` over each
+    group ``g`` of channels and all positions of one sample. The backward treats ``1 / sqrt(var + eps)`` as
+    a constant (the centering keeps its gradient: it is linear and bias-free), so with LRP-0 the relevance
+    of ``y`` reaches ``x`` conserved up to the share of ``bias`` (Ali et al. 2022's LayerNorm rule).
+
+    Args:
+        groups: number of groups (channels for InstanceNorm).
+        weight / bias: per-channel affine (``None`` for none).
+        eps: the variance floor.
+        source: the name of the layer type it stands for (for reports).
+    """
+
+    def __init__(self, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float,
+                 source: str = "GroupNorm") -> None:
+        super().__init__()
+        self.groups = int(groups)
+        self.eps = float(eps)
+        self.source = source
+        self.weight = None if weight is None else nn.Parameter(weight.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @classmethod
+    def from_norm(cls, norm: nn.Module) -> "DetachedScaleNorm":
+        """The :class:`DetachedScaleNorm` computing what ``norm`` (GroupNorm or InstanceNorm) computes."""
+        groups = norm.num_groups if isinstance(norm, nn.GroupNorm) else norm.num_features
+        weight = norm.weight if getattr(norm, "affine", True) else None
+        bias = norm.bias if getattr(norm, "affine", True) else None
+        return cls(groups, weight, bias, norm.eps, source=type(norm).__name__)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, *S) -> (B, C, *S)``."""
+        b, c = x.shape[:2]
+        xr = x.reshape(b, self.groups, -1)
+        centered = xr - xr.mean(-1, keepdim=True)
+        scale = torch.rsqrt(xr.detach().var(-1, unbiased=False, keepdim=True) + self.eps)
+        y = (centered * scale).reshape(x.shape)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        if self.weight is not None:
+            y = y * self.weight.reshape(shape)
+        if self.bias is not None:
+            y = y + self.bias.reshape(shape)
+        return y
+
+
+def detach_norm_scales(model: nn.Module) -> list[str]:
+    """Replace every per-sample normalization leaf by its :class:`DetachedScaleNorm` (the same function).
+
+    Modifies ``model`` in place: call it on a private copy. GroupNorm always; InstanceNorm when it
+    normalizes with the instance's statistics (no running statistics, or in training mode).
+
+    Returns:
+        The names of the replaced modules.
+    """
+    replaced = []
+    for name, m in leaves(model):
+        if not isinstance(m, _SAMPLE_NORMS):
+            continue
+        if not isinstance(m, nn.GroupNorm) and m.track_running_stats and not m.training:
+            continue  # running statistics: a fixed affine map, left as it is
+        replace_module(model, name, DetachedScaleNorm.from_norm(m))
+        replaced.append(name)
+    return replaced
+
+
 def split_residual_sums(model: nn.Module, example: Tensor) -> list[str]:
     """Replace each tensor sum ``a + b`` inside a submodule's ``forward`` by a Captum ``Addition_Module``.
 
@@ -399,8 +479,9 @@ def split_residual_sums(model: nn.Module, example: Tensor) -> list[str]:
     return rewritten
 
 
-def _feeds_relu_only(out: Any, readers: dict[int, list[LeafCall]]) -> bool:
-    """Whether every path from ``out`` reaches a ReLU, through identities and BatchNorms only.
+def _not_relu_fed(out: Any, readers: dict[int, list[LeafCall]]) -> str:
+    """Why ``out`` may carry relevance on negative values (``""`` when every path from ``out`` reaches a
+    ReLU through identities and BatchNorms only, which the gamma rule needs).
 
     Uses of ``out`` outside leaf modules (a functional ``+``, a product) are not seen: a tensor that no
     leaf reads counts as not followed by a ReLU.
@@ -413,15 +494,18 @@ def _feeds_relu_only(out: Any, readers: dict[int, list[LeafCall]]) -> bool:
         seen.add(id(t))
         calls = readers.get(id(t), [])
         if not calls:
-            return False
+            return "output not followed by a ReLU (e.g. a residual sum): the middle rule"
         for c in calls:
             if isinstance(c.module, nn.ReLU):
                 continue
+            if isinstance(c.module, (DetachedScaleNorm, *_SAMPLE_NORMS)):
+                kind = getattr(c.module, "source", type(c.module).__name__)
+                return f"output normalized per sample ({kind}) before its ReLU: the middle rule"
             if not isinstance(c.module, (nn.Identity, *_BATCHNORMS)) or not isinstance(c.output, Tensor):
-                return False
+                return "output not followed by a ReLU (e.g. a residual sum): the middle rule"
             if c.output is not t:
                 frontier.append(c.output)
-    return True
+    return ""
 
 
 def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRule]) -> tuple[list[dict[str, str]],
@@ -449,9 +533,10 @@ def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRu
         if i == 0 and len(order) > 1:
             role = "input"
         rule = rules[role]
-        if role == "lower" and not all(_feeds_relu_only(o, readers) for o in outputs[id(m)]):
+        why = next((w for w in (_not_relu_fed(o, readers) for o in outputs[id(m)]) if w), "") if role == "lower" else ""
+        if why:
             rule = rules["middle"]
-            note = "output not followed by a ReLU (e.g. a residual sum): the middle rule"
+            note = why
         chosen[id(m)] = rule
         rows.append({"layer": name, "type": type(m).__name__, "role": role, "rule": rule.label, "note": note})
     del calls, readers, outputs
@@ -462,7 +547,7 @@ def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRu
             chosen[id(m)] = LRPRule("zero")  # never called in the forward
         elif isinstance(m, _ELEMENTWISE) or isinstance(m, _BATCHNORMS):
             chosen[id(m)] = LRPRule("identity")
-        else:
+        else:  # DetachedScaleNorm, pooling, residual sums, anything else: LRP-0
             chosen[id(m)] = LRPRule("zero")
     return rows, chosen
 
@@ -476,6 +561,7 @@ class LRPPlan:
             ``type``, ``role`` (``input``, ``lower``, ``middle``, ``upper``), ``rule`` (its label) and
             ``note`` (why a lower layer has the middle rule; empty otherwise).
         batchnorm_folded: ``(conv, batchnorm)`` name pairs folded.
+        norms_detached: per-sample normalizations replaced by :class:`DetachedScaleNorm`.
         residual_sums: submodules whose sums became ``Addition_Module`` calls.
         canonized: False when the canonized copy did not reproduce the logits and LRP fell back to
             the uncanonized one.
@@ -486,6 +572,7 @@ class LRPPlan:
     batchnorm_folded: list[tuple[str, str]]
     residual_sums: list[str]
     canonized: bool
+    norms_detached: list[str] = dataclasses.field(default_factory=list)
     rules: dict[int, LRPRule] = dataclasses.field(repr=False, default_factory=dict)
 
 
@@ -512,6 +599,7 @@ def prepare_lrp_model(
     prepared = copy.deepcopy(model)
     make_out_of_place(prepared)
     folded = fold_batchnorm(prepared, example)
+    norms = detach_norm_scales(prepared)
     sums = split_residual_sums(prepared, example)
     split_reused_modules(prepared, example)
     with torch.no_grad():
@@ -527,9 +615,9 @@ def prepare_lrp_model(
         prepared = copy.deepcopy(model)
         make_out_of_place(prepared)
         split_reused_modules(prepared, example)
-        folded, sums = [], []
+        folded, sums, norms = [], [], []
     rows, chosen = _composite_rows(prepared, example, rules)
-    return prepared, LRPPlan(rows, folded, sums, canonized, chosen)
+    return prepared, LRPPlan(rows, folded, sums, canonized, norms_detached=norms, rules=chosen)
 
 
 def attach_rules(model: nn.Module, plan: LRPPlan) -> None:
@@ -588,7 +676,8 @@ def describe_lrp_rules(
 
     Returns:
         ``{"description", "rules": {role: label}, "layers": [{"layer", "type", "role", "rule", "note"}, ...],
-        "batchnorm_folded": [[conv, bn], ...], "residual_sums": [...], "canonized": bool}``.
+        "batchnorm_folded": [[conv, bn], ...], "norms_detached": [...], "residual_sums": [...],
+        "canonized": bool}``.
     """
     with isolated_copy(model, requires_grad=True) as clone, _quiet():
         _, plan = prepare_lrp_model(clone, images[:1].detach(), rules)
@@ -597,6 +686,7 @@ def describe_lrp_rules(
         "rules": {role: rules[role].label for role in _ROLES},
         "layers": plan.layers,
         "batchnorm_folded": [list(p) for p in plan.batchnorm_folded],
+        "norms_detached": list(plan.norms_detached),
         "residual_sums": list(plan.residual_sums),
         "canonized": plan.canonized,
     }
