@@ -5,7 +5,9 @@ clearly above chance (else its maps mean nothing). This grid trains the ``baseli
 of the U-Net encoder on ``synthetic-brain-3d`` (32^3 volumes) for each (volumes, base features, epochs)
 and reports the **val** balanced accuracy (mean ± sample std over seeds) and the training seconds per run
 on the machine it ran on (a GPU's seconds do not transfer to a CPU: the CPU time of the chosen size is
-measured by the demo itself, see docs/demo.md).
+measured by the demo itself, see docs/demo.md). The data draw is ``--data-seed`` (default 0, the draw the
+published grid used), written into the JSON as ``data_seed``; the sealed draw of the default demo
+(:data:`dualattn.data.sealed.SEALED_DATA_SEED`) is refused.
 
 Usage::
 
@@ -69,11 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--data-seed", type=int, default=0, help="the data draw (never the sealed one)")
     args = p.parse_args(argv)
     from dualattn.data import resolve_dataset
+    from dualattn.data.sealed import refuse_sealed
 
+    refuse_sealed(args.data_seed, who="benchmarks/learnability_3d.py")
     work = Path(args.work)
-    data = {n: str(resolve_dataset("synthetic-brain-3d", cache_dir=work / "data", n=n, size=32, seed=0))
+    data = {n: str(resolve_dataset("synthetic-brain-3d", cache_dir=work / "data", n=n, size=32, seed=args.data_seed))
             for n in GRID["n"]}
     jobs = []
     for n, features, epochs in itertools.product(*GRID.values()):
@@ -105,7 +110,8 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], t0: float, *, s
                             "seconds": _mean_std([r["seconds"] for r in sel])})
     import torch
 
-    payload = {"command": "python benchmarks/learnability_3d.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+    payload = {"data_seed": args.data_seed,
+               "command": "python benchmarks/learnability_3d.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
                "grid": GRID, "seeds": args.seeds, "wall_time_s": time.perf_counter() - t0, "summary": summary,

@@ -13,7 +13,8 @@ each pixel described by a few local features of the model's input (per-image z-s
 tumour-positive images with a non-empty mask (as the attention AP is averaged). For scale the same
 images' AP of each raw channel (the better of the channel and its negative) and of a random map (the
 mean mask fraction) are reported. The val split is not used: nothing is tuned (sklearn's defaults, a
-fixed number of iterations).
+fixed number of iterations). The data draw is ``--data-seed`` (written into the JSON as ``data_seed``; the
+sealed draw of the default demo, :data:`dualattn.data.sealed.SEALED_DATA_SEED`, is refused).
 
 Usage (a few minutes on one core)::
 
@@ -90,6 +91,9 @@ def run(args: argparse.Namespace) -> dict:
     from dualattn._io import atomic_write_json
     from dualattn.data import make_dataset
 
+    from dualattn.data.sealed import refuse_sealed
+
+    refuse_sealed(args.data_seed, who="benchmarks/pixel_classifier.py")
     t0 = time.perf_counter()
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="pixel_classifier_"))
     data = root / f"synthetic-brain-n{args.n}-s{args.size}-seed{args.data_seed}"
@@ -112,6 +116,7 @@ def run(args: argparse.Namespace) -> dict:
     prevalence = float(np.mean([mte[i].mean() for i in range(len(mte)) if yte[i] == 1 and mte[i].any()]))
     result = {
         "benchmark": "pixel_classifier",
+        "data_seed": args.data_seed,
         "command": "python benchmarks/pixel_classifier.py " + " ".join(args.argv),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), "
                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",

@@ -16,6 +16,9 @@ The sharp-gate study, run so that the test split plays no part in the choice:
    ``--confirm-seeds``): baseline, paper gate and the selected recipe are retrained and scored on
    that draw's test split; the per-seed paired difference selected - paper gate is reported.
 
+Both data seeds are written into the JSON (``data_seed``, ``confirm_data_seed``); neither may be the sealed
+draw of the default demo (:data:`dualattn.data.sealed.SEALED_DATA_SEED`), which no study reads.
+
 Using the val masks (attention AP) for selection is a prior only the attention variants get; the
 post-hoc explainers of a baseline have no such tuning knob. docs/models.md says so beside the numbers.
 
@@ -384,6 +387,10 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"unknown gates {unknown}; valid: {list(GATES)}")
     if args.confirm_data_seed == args.data_seed:
         raise SystemExit("--confirm-data-seed must differ from --data-seed (the confirmation needs a fresh draw)")
+    from dualattn.data.sealed import refuse_sealed
+
+    refuse_sealed(args.data_seed, who="benchmarks/recipe_study.py --data-seed")
+    refuse_sealed(args.confirm_data_seed, who="benchmarks/recipe_study.py --confirm-data-seed")
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="recipe_study_data_"))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="recipe_study_ckpt_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -394,6 +401,7 @@ def run(args: argparse.Namespace) -> dict:
     setup = {k: getattr(args, k) for k in ("model", "n", "size", "features", "epochs", "batch", "lr", "seeds",
                                            "data_seed", "confirm_data_seed", "confirm_seeds", "threads")}  # fmt: skip
     base = {"benchmark": "recipe_study", "study": "sharp-gate, val-selected", "dataset": "synthetic-brain",
+            "data_seed": args.data_seed, "confirm_data_seed": args.confirm_data_seed,
             "command": "python benchmarks/recipe_study.py " + " ".join(args.argv),
             "machine": _machine(args.threads), "versions": _versions(), "setup": setup,
             "variants": list(variants), "gates": {g: GATES[g] for g in gates}, "dual_alphas": list(DUAL_ALPHAS),

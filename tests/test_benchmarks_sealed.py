@@ -1,0 +1,120 @@
+"""Every study in benchmarks/ that generates embedded data refuses the sealed draw and writes its data seed.
+
+The default demo's test draw (``dualattn.data.sealed.SEALED_DATA_SEED``) is read by no study: each study
+checks its data seed(s) before generating anything, and its JSON says which draw it read (``data_seed``,
+``confirm_data_seed``). The refusals must come before any data is generated or any model trained: these tests
+run them with arguments that would otherwise take minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from dualattn.data.sealed import SEALED_DATA_SEED
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SEALED = str(SEALED_DATA_SEED)
+
+
+@pytest.fixture(autouse=True)
+def _bench_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+def _no_data(monkeypatch):
+    """Make generating data an error: a refusal must come first."""
+    import dualattn.data._registry as registry
+
+    def boom(*args, **kwargs):
+        raise AssertionError("data generated before the sealed seed was refused")
+
+    import dualattn.data as data
+
+    for module in (data, registry):  # the package first: reading its lazy export caches the real function
+        monkeypatch.setattr(module, "make_dataset", boom)
+        monkeypatch.setattr(module, "resolve_dataset", boom)
+
+
+def test_method_study_refuses_the_sealed_draw(tmp_path, monkeypatch):
+    import method_study as ms
+
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        ms.main(["--out", str(tmp_path / "m.json"), "--work", str(tmp_path), "--data-seed", SEALED])
+    assert not (tmp_path / "m.json").exists()
+    # the finer-block phase reads data too
+    (tmp_path / "m.json").write_text(json.dumps({"data_seed": SEALED_DATA_SEED, "val": {}}))
+    with pytest.raises(ValueError, match="sealed test draw"):
+        ms.main(["--out", str(tmp_path / "m.json"), "--work", str(tmp_path), "--data-seed", SEALED,
+                 "--candidates", "multilevel recipe", "--finer-block", "block2"])
+
+
+def test_method_study_writes_its_data_seed(tmp_path, monkeypatch):
+    import method_study as ms
+
+    monkeypatch.setattr(ms, "_machine", lambda args: "test")
+    args = ms.argparse.Namespace(data_seed=7, trained_on="", out="x.json", work=str(tmp_path))
+    header = ms._header(args, [])
+    assert header["data_seed"] == 7 and header["settings"]["data_seed"] == 7 and "out" not in header["settings"]
+    assert header["selection"]["rule"] == ms.SELECTION_RULE
+
+
+def test_finer_phase_refuses_a_different_draw(tmp_path):
+    import method_study as ms
+
+    (tmp_path / "m.json").write_text(json.dumps({"data_seed": 3, "val": {}}))
+    with pytest.raises(SystemExit, match="differs from the data seed 3"):
+        ms.main(["--out", str(tmp_path / "m.json"), "--work", str(tmp_path), "--data-seed", "4",
+                 "--candidates", "multilevel recipe", "--finer-block", "block2"])
+
+
+@pytest.mark.parametrize("flag", ["--data-seed", "--confirm-data-seed"])
+def test_recipe_study_refuses_the_sealed_draw(tmp_path, monkeypatch, flag):
+    import recipe_study as rs
+
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        rs.main(["--out", str(tmp_path / "r.json"), "--data-dir", str(tmp_path / "d"), "--work-dir",
+                 str(tmp_path / "w"), flag, SEALED])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_pixel_classifier_refuses_the_sealed_draw(tmp_path, monkeypatch):
+    import pixel_classifier
+
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        pixel_classifier.main(["--out", str(tmp_path / "p.json"), "--data-dir", str(tmp_path), "--data-seed", SEALED])
+
+
+def test_learnability_3d_refuses_the_sealed_draw_and_writes_its_seed(tmp_path, monkeypatch):
+    import learnability_3d
+
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        learnability_3d.main(["--out", str(tmp_path / "l.json"), "--work", str(tmp_path), "--data-seed", SEALED])
+    args = argparse.Namespace(out=str(tmp_path / "l.json"), work=str(tmp_path), seeds=[0], workers=1, threads=1,
+                              device="cpu", data_seed=5)  # fmt: skip
+    learnability_3d._write(args, [], 0.0)
+    assert json.loads((tmp_path / "l.json").read_text())["data_seed"] == 5
+
+
+def test_gate_width_check_refuses_the_sealed_draw_and_merges_one_draw(tmp_path, monkeypatch):
+    import gate_width_check
+
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        gate_width_check.main(["--out", str(tmp_path / "g.json"), "--data-dir", str(tmp_path), "--data-seed", SEALED])
+    run = {"cap": 64, "seed": 0, "embed": {}, **{k: 1.0 for k in ("bal_acc", "ap_block3", "ap_block4",
+                                                                  "sharpness_block3", "sharpness_block4", "step_ms")}}
+    for name, seed in (("a", 2), ("b", 2), ("c", 3)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"data_seed": seed, "runs": [run, {**run, "seed": 1}]}))
+    gate_width_check.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["data_seed"] == 2
+    with pytest.raises(SystemExit, match="different data draws"):
+        gate_width_check.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out",
+                               str(tmp_path / "m.json")])
