@@ -11,22 +11,29 @@ explainer of the baseline runs, the controls, ROAD and mean fills, the paired bo
 
 1. **Selection, on the val split only.** For each variant, a candidate is *admissible* when its val
    balanced accuracy is within :data:`ACCURACY_SLACK` points (or one baseline std, whichever is larger) of
-   the baseline's on every dataset. Its *score* is the mean over datasets and blocks of
-   ``log(AP ratio) + log(SRG@road ratio)`` against the best post-hoc explainer (AP only where the data has
-   masks). The admissible candidate with the highest score is selected; the variant's current recipe
-   wins ties. The rule is written into the JSON (``selection.rule``) before any test number exists.
+   the baseline's on every dataset. Its *score* is the mean over datasets of the mean of that dataset's
+   log ratios against the best post-hoc explainer, one per block and metric (AP where the data has masks,
+   SRG@road always). The admissible candidate with the highest score is selected; the variant's current
+   recipe wins ties when it is admissible itself, is never preferred when it is not, and is kept only when
+   no candidate at all is admissible (:data:`SELECTION_RULE`, :func:`select_variant`). The rule is written
+   into the JSON (``selection.rule``) before any test number exists; ``--reselect`` re-applies it to the
+   val numbers of finished study files.
 2. **Test.** The current recipe and the selected candidate of each variant are evaluated on the test
    split of every dataset: the ``comparisons`` rows (AP, SRG@road, LeRF AUC under the paper's mean fill,
    IoU@90) before and after, sharpness per block, balanced accuracy, the controls.
 
 Datasets: the embedded ``synthetic-brain`` (the demo's), ``synthetic-brain-easy`` (its confounders off: a
 task solved in about one epoch), ``synthetic-pet`` (another anatomy, three classes) and ``br35h`` (real MRI,
-no masks: SRG and sharpness only). Data are generated with ``--data-seed`` (0: the demo's draw).
+no masks: SRG and sharpness only). Data are generated with ``--data-seed`` (rounds 1-5 used 0); the sealed
+draw of the default demo (:data:`dualattn.data.sealed.SEALED_DATA_SEED`) is refused, and the seed is written
+into the JSON (``data_seed``).
 
 Usage (a GPU machine: about 9 minutes on one H200 with 12 worker processes; the CPU works, slowly)::
 
     python benchmarks/method_study.py --out benchmarks/results/method_study.json --workers 12 --device cuda
     python benchmarks/method_study.py --smoke --out /tmp/smoke.json      # 2 minutes on 2 CPU cores
+    python benchmarks/method_study.py --reselect benchmarks/results/method_study*.json \
+        --out benchmarks/results/method_study_reselection.json          # the rule on stored val numbers
 
 Every summary is mean ± sample std (ddof=1) over seeds.
 """
@@ -92,10 +99,13 @@ ACCURACY_SLACK = 3.0
 
 SELECTION_RULE = (
     "per variant, on the val split only: admissible = val balanced accuracy >= baseline mean - max(3, baseline "
-    "std) on every dataset; score = mean over datasets and blocks (block3, block4) of log(AP / best post-hoc AP) "
-    "+ log(SRG@road / best post-hoc SRG@road) (AP only where the data has masks; each side floored at 1 point, "
-    "so a score <= 0 counts as 1); the admissible candidate with the highest score is selected, the current recipe "
-    "wins ties and is kept when nothing else is admissible"
+    "std) on every dataset (a failed evaluation is not admissible); score = mean over datasets of the mean of that "
+    "dataset's log-ratio terms, one per block (block3, block4) and metric: log(AP / best post-hoc AP) where the "
+    "data has masks and log(SRG@road / best post-hoc SRG@road) (each side floored at 1 point, so a value below 1 "
+    "counts as 1); the admissible candidate with the highest score is selected, the current recipe winning ties "
+    "when it is admissible itself; a current recipe that is not admissible is never preferred to an admissible "
+    "candidate, whatever their scores; only when no candidate at all is admissible (the current recipe included) "
+    "is the current recipe kept, and the selection says so"
 )
 
 BLOCKS = ("block3", "block4")
@@ -249,21 +259,96 @@ def candidate_score(evals: dict[str, dict[str, Any]], variant: str, blocks: tupl
     return {"score": score, "admissible": admissible, "per_dataset": per_dataset}
 
 
+def _change_order(label: str) -> int:
+    """Position of a label's change in :data:`CHANGES` (ties between non-reference candidates go to the first)."""
+    change = label.split(" ", 1)[1] if " " in label else label
+    names = list(CHANGES)
+    return names.index(change) if change in names else len(names)
+
+
+def select_variant(scored: dict[str, dict[str, Any]], variant: str) -> dict[str, Any]:
+    """Apply :data:`SELECTION_RULE` to one variant's scored candidates (``label -> candidate_score(...)``).
+
+    Returns ``{"selected": label, "reason": str}``. The current recipe (``"<variant> recipe"``) is only a
+    candidate like the others: it wins a tie when it is admissible, and it is kept by default only when no
+    candidate is admissible; an inadmissible recipe never blocks an admissible candidate.
+
+    Example:
+        >>> s = {"exact recipe": {"score": -0.7, "admissible": False},
+        ...      "exact hybrid": {"score": -1.2, "admissible": True}}
+        >>> select_variant(s, "exact")["selected"]
+        'exact hybrid'
+    """
+    ref = f"{variant} {REFERENCE}"
+    if not scored:
+        return {"selected": ref, "reason": "no candidate of this variant was run: the current recipe stands"}
+    admissible = [label for label, s in scored.items() if s["admissible"]]
+    if not admissible:
+        return {"selected": ref, "reason": "no candidate is admissible (the current recipe included): the current "
+                                           "recipe is kept"}
+    top = max(scored[label]["score"] for label in admissible)
+    best = [label for label in admissible if scored[label]["score"] >= top - 1e-12]
+    if ref in best:
+        reason = "the current recipe is admissible and no admissible candidate scores higher"
+        return {"selected": ref, "reason": reason}
+    chosen = min(best, key=lambda label: (_change_order(label), label))
+    if scored.get(ref, {}).get("admissible"):
+        reason = "admissible, and the highest score (above the admissible current recipe)"
+    else:
+        reason = "admissible, and the highest score among the admissible candidates (the current recipe is not admissible)"
+    return {"selected": chosen, "reason": reason}
+
+
 def select(val: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """``val[label][dataset]`` -> per variant: every candidate's score and the selected label."""
+    """``val[label][dataset]`` -> per variant: every candidate's score and the selected label (with why)."""
     out: dict[str, Any] = {"rule": SELECTION_RULE, "variants": {}}
     for variant in VARIANTS:
         scored = {label: candidate_score(evals, variant) for label, evals in val.items()
                   if label.split(" ")[0] == variant}
-        ref = f"{variant} {REFERENCE}"
-        best = ref
-        for label, s in scored.items():
-            if label == ref or not s["admissible"]:
-                continue
-            if s["score"] > scored.get(best, {"score": float("-inf")})["score"] + 1e-12:
-                best = label
-        out["variants"][variant] = {"candidates": scored, "selected": best}
+        out["variants"][variant] = {"candidates": scored, **select_variant(scored, variant)}
     return out
+
+
+def reselect(paths: list[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Apply today's :func:`select` to the stored val numbers of finished study files (no training, no evaluation).
+
+    Every round file keeps the val evaluations its selection read (``val[label][dataset]``); this recomputes
+    each variant's selection under :data:`SELECTION_RULE` and sets it beside the selection the file recorded.
+
+    Returns:
+        ``{"rule": ..., "files": {path: {"data_seed", "variants": {variant: {"recorded", "selected", "reason",
+        "changed", "candidates": {label: {"score", "admissible"}}}}}}}``.
+    """
+    files: dict[str, Any] = {}
+    for path in paths:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not payload.get("val"):
+            continue
+        recorded = payload.get("selection", {}).get("variants", {})
+        new = select(payload["val"])
+        rows = {}
+        for variant, sel in new["variants"].items():
+            if not sel["candidates"]:
+                continue
+            was = recorded.get(variant, {}).get("selected")
+            rows[variant] = {"recorded": was, "selected": sel["selected"], "reason": sel["reason"],
+                             "changed": was is not None and was != sel["selected"],
+                             "candidates": {label: {"score": c["score"], "admissible": c["admissible"]}
+                                            for label, c in sel["candidates"].items()}}
+        files[str(path)] = {"data_seed": payload.get("data_seed", payload.get("settings", {}).get("data_seed")),
+                            "variants": rows}
+    return {"rule": SELECTION_RULE, "files": files}
+
+
+def show_reselection(result: dict[str, Any]) -> str:
+    """A markdown table of :func:`reselect`: per file and variant, the recorded and the corrected selection."""
+    lines = ["| file | variant | recorded selection | selection under the rule | changed | why |",
+             "|---|---|---|---|---|---|"]
+    for path, entry in result["files"].items():
+        for variant, row in entry["variants"].items():
+            lines.append(f"| {Path(path).name} | {variant} | {row['recorded']} | {row['selected']} | "
+                         f"{'**yes**' if row['changed'] else 'no'} | {row['reason']} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -290,8 +375,11 @@ def _machine(args: argparse.Namespace) -> str:
 
 
 def prepare_data(args: argparse.Namespace) -> dict[str, str]:
+    """Every dataset of ``--datasets`` drawn with ``--data-seed`` (never the sealed draw)."""
     from dualattn.data import resolve_dataset
+    from dualattn.data.sealed import refuse_sealed
 
+    refuse_sealed(args.data_seed, who="benchmarks/method_study.py")
     paths = {}
     for ds in args.datasets:
         paths[ds] = str(resolve_dataset(ds, cache_dir=Path(args.work) / "data", n=args.n, size=args.size,
@@ -348,14 +436,10 @@ def _evaluate(args: argparse.Namespace, jobs: list[dict[str, Any]], table: dict[
     return table
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    t_start = time.perf_counter()
-    work = Path(args.work)
-    out_path = Path(args.out)
-    cands = [c for c in candidates() if c["variant"] == "baseline" or c["label"] in args.candidates
-             or not args.candidates]
-    data = prepare_data(args)
-    payload: dict[str, Any] = {
+def _header(args: argparse.Namespace, cands: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON's fixed part, written before any run trains: the data draw, the command, the rule."""
+    return {
+        "data_seed": args.data_seed,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": _machine(args),
         "trained_on": args.trained_on or _machine(args),
@@ -364,6 +448,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "selection": {"rule": SELECTION_RULE},
         "train": [], "val": {}, "test": {}, "errors": [],
     }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    work = Path(args.work)
+    out_path = Path(args.out)
+    cands = [c for c in candidates() if c["variant"] == "baseline" or c["label"] in args.candidates
+             or not args.candidates]
+    data = prepare_data(args)
+    payload = _header(args, cands)
     deadline = t_start + args.budget_s
 
     # 1. training: every dataset x candidate x seed, baselines first
@@ -424,7 +518,11 @@ def run_finer(args: argparse.Namespace) -> dict[str, Any]:
     evaluation scores block3 / block4 only. Scored with the selection rule's formula at that block.
     """
     payload = json.loads(Path(args.out).read_text(encoding="utf-8"))
+    recorded = payload.get("data_seed", payload.get("settings", {}).get("data_seed"))
+    if recorded is not None and recorded != args.data_seed:
+        raise SystemExit(f"--data-seed {args.data_seed} differs from the data seed {recorded} of {args.out}")
     data = prepare_data(args)
+    payload["data_seed"] = args.data_seed
     labels = [lbl for lbl in args.candidates if lbl.split(" ")[0] == "multilevel"]
     block = args.finer_block
     finer: dict[str, Any] = payload.setdefault("val_finer", {})
@@ -441,7 +539,7 @@ def show(payload: dict[str, Any]) -> str:
     """A plain-text digest: the selection and the test comparisons (AP, SRG@road) before/after."""
     lines = [f"machine: {payload.get('machine')}", f"rule: {payload['selection'].get('rule')}"]
     for variant, sel in payload["selection"].get("variants", {}).items():
-        lines.append(f"{variant}: selected {sel['selected']}")
+        lines.append(f"{variant}: selected {sel['selected']}" + (f" ({sel['reason']})" if sel.get("reason") else ""))
         for label, s in sel["candidates"].items():
             lines.append(f"   {label:28s} score {s['score']:+.3f} admissible {s['admissible']}")
     for split in ("val", "test"):
@@ -521,7 +619,7 @@ def markdown_tables(payload: dict[str, Any], split: str = "val") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--out", default=None, help="JSON file to write (required but with --reselect)")
     p.add_argument("--work", default="method_study_work", help="folder for data, runs and evaluations")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--candidates", nargs="*", default=[], help="labels to train (default: all); baseline always")
@@ -539,10 +637,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=float("inf"), help="skip the test phase past this")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script end to end")
     p.add_argument("--show", action="store_true", help="print the digest of an existing --out JSON and exit")
+    p.add_argument("--reselect", nargs="+", default=None, metavar="JSON", help="apply the selection rule to the "
+                   "stored val numbers of these finished study files and print (and with --out write) the result")
     p.add_argument("--finer-block", default=None, help="only evaluate the finished multilevel runs of --candidates "
                    "at this block (e.g. block2) on val and add the numbers to --out (val_finer)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.reselect:
+        result = reselect(args.reselect)
+        if args.out:
+            _write(Path(args.out), {"command": " ".join(["method_study.py", *(argv if argv is not None else sys.argv[1:])]),
+                                    **result})
+        print(show_reselection(result))
+        return
+    if args.out is None:
+        p.error("--out is required")
     if args.show:
         payload = json.loads(Path(args.out).read_text(encoding="utf-8"))
         print(show(payload))

@@ -97,6 +97,7 @@ def test_recipe_study_selects_on_val_and_confirms_on_a_fresh_draw(tmp_path):
     res = json.loads(out.read_text())
     assert res["partial"] is False and "Val split only" in res["selection"]["rule"]
     assert res["confirmation"]["data_seed"] != res["setup"]["data_seed"]
+    assert (res["data_seed"], res["confirm_data_seed"]) == (0, 1)  # the draws it read, at the top of the JSON
     val_labels = {s["label"] for s in res["val_summary"]}
     assert val_labels == {"baseline", "exact paper gate", "exact g16 area0.25", "dual a=1 paper gate",
                           "dual a=10 paper gate", "dual a=1 g16 area0.25", "dual a=10 g16 area0.25"}  # fmt: skip
@@ -121,7 +122,7 @@ def test_pixel_classifier_runs_and_reports_ap(tmp_path):
     pixel_classifier.main(["--n", "48", "--size", "32", "--max-train-pixels", "4000", "--max-iter", "5",
                            "--data-dir", str(tmp_path / "d"), "--out", str(out)])  # fmt: skip
     res = json.loads(out.read_text())
-    assert 0.0 < res["ap"] <= 1.0 and res["n_positive_test_images"] > 0
+    assert 0.0 < res["ap"] <= 1.0 and res["n_positive_test_images"] > 0 and res["data_seed"] == 0
     assert set(res["raw_channel_ap"]) == {"T1", "T1ce", "T2", "FLAIR"}
     assert res["setup"]["fit_on"].startswith("train") and res["versions"]["sklearn"]
 
@@ -171,3 +172,57 @@ def test_method_study_selection_rule_on_a_hand_built_case():
     finer = {"a": _study_eval("multilevel", 80, 80, 80, 20, block="block2")}
     assert ms.candidate_score(finer, "multilevel", ("block2",))["score"] == pytest.approx(np.log(2.0) / 2)
     assert ms.candidate_score(finer, "multilevel")["score"] == float("-inf")  # block3/block4: no term
+
+
+def test_method_study_an_inadmissible_recipe_never_blocks_an_admissible_candidate():
+    """The round-5 case: the recipe scores highest but fails the accuracy guard on one dataset, a lower-scoring
+    candidate is admissible: the rule selects the candidate (the code once kept the recipe)."""
+    import method_study as ms
+
+    val = {
+        # best maps (AP twice the post-hoc) but 6 points of accuracy lost on dataset b: not admissible
+        "exact recipe": {"a": _study_eval("exact", 80, 80, 80, 20), "b": _study_eval("exact", 74, 80, 80, 20)},
+        # maps at half the post-hoc level, accuracy kept: admissible, score log(1/2) / 2 < the recipe's
+        "exact hybrid+entropy0": {"a": _study_eval("exact", 80, 80, 20, 20), "b": _study_eval("exact", 80, 80, 20, 20)},
+        # not admissible either
+        "exact hybrid": {"a": _study_eval("exact", 70, 80, 40, 20), "b": _study_eval("exact", 80, 80, 40, 20)},
+    }
+    sel = ms.select(val)["variants"]["exact"]
+    assert sel["candidates"]["exact recipe"]["score"] == pytest.approx(np.log(2.0) / 2)
+    assert sel["candidates"]["exact hybrid+entropy0"]["score"] == pytest.approx(np.log(0.5) / 2)
+    assert not sel["candidates"]["exact recipe"]["admissible"] and sel["candidates"]["exact hybrid+entropy0"]["admissible"]
+    assert sel["selected"] == "exact hybrid+entropy0" and "not admissible" in sel["reason"]
+    # nothing admissible at all: the recipe is kept, and the selection says so
+    val["exact hybrid+entropy0"]["b"] = _study_eval("exact", 70, 80, 20, 20)
+    sel = ms.select(val)["variants"]["exact"]
+    assert sel["selected"] == "exact recipe" and sel["reason"].startswith("no candidate is admissible")
+    # an admissible recipe wins a tie; an inadmissible one does not take part in it
+    tie = {"exact recipe": {"score": 0.1, "admissible": True}, "exact pool": {"score": 0.1, "admissible": True},
+           "exact area5": {"score": 0.1, "admissible": True}}
+    assert ms.select_variant(tie, "exact")["selected"] == "exact recipe"
+    tie["exact recipe"]["admissible"] = False
+    assert ms.select_variant(tie, "exact")["selected"] == "exact pool"  # the first in CHANGES' order
+    # a variant without candidates keeps its recipe
+    assert ms.select({})["variants"]["dual"]["selected"] == "dual recipe"
+
+
+def test_method_study_reselect_applies_the_rule_to_a_stored_round(tmp_path):
+    import method_study as ms
+
+    val = {"exact recipe": {"a": _study_eval("exact", 74, 80, 80, 20)},
+           "exact hybrid": {"a": _study_eval("exact", 80, 80, 20, 20)},
+           "multilevel recipe": {"a": _study_eval("multilevel", 80, 80, 40, 20)}}
+    stored = {"settings": {"data_seed": 0}, "val": val, "selection": {"variants": {
+        "exact": {"selected": "exact recipe"}, "multilevel": {"selected": "multilevel recipe"}}}}
+    path = tmp_path / "round.json"
+    path.write_text(json.dumps(stored))
+    res = ms.reselect([path])
+    rows = res["files"][str(path)]["variants"]
+    assert set(rows) == {"exact", "multilevel"}  # dual had no candidate in this round
+    assert rows["exact"] == {**rows["exact"], "recorded": "exact recipe", "selected": "exact hybrid", "changed": True}
+    assert rows["multilevel"]["selected"] == "multilevel recipe" and not rows["multilevel"]["changed"]
+    assert res["files"][str(path)]["data_seed"] == 0 and res["rule"] == ms.SELECTION_RULE
+    out = tmp_path / "reselection.json"
+    ms.main(["--reselect", str(path), "--out", str(out)])
+    assert json.loads(out.read_text())["files"][str(path)]["variants"]["exact"]["selected"] == "exact hybrid"
+    assert "| round.json | exact | exact recipe | exact hybrid | **yes** |" in ms.show_reselection(res)
