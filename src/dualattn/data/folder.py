@@ -29,7 +29,16 @@ from .._io import atomic_write_json, atomic_write_text
 from .errors import DataError
 from .readers import read_image
 from .splits import SPLIT_NAMES, split_indices
-from .transforms import NORMALIZATIONS, augment as _augment, normalize as _normalize, resize as _resize
+from .transforms import (
+    NORMALIZATIONS,
+    ORIENTATIONS,
+    AugmentPolicy,
+    default_orientation,
+    left_right_axis,
+    normalize as _normalize,
+    resize as _resize,
+    resolve_augment,
+)
 
 __all__ = ["FolderDataset", "FolderWriter", "read_labels_csv", "parse_labels_csv", "read_dataset_meta", "check_mask",
            "class_names_from_labels",
@@ -178,7 +187,12 @@ class FolderDataset:
         in_channels: channels the model expects; single-channel images are repeated to it,
             any other mismatch raises :class:`DataError`. ``None``: from ``dataset.json`` or the
             first image.
-        augment: random flips and a small affine, only when ``split == "train"`` (or ``None``).
+        augment: train-time augmentation, only when ``split == "train"`` (or ``None``): ``True`` (the
+            ``lr-flip-affine`` policy: a left-right flip and a small affine), ``False``, a policy name
+            (:data:`~dualattn.data.transforms.AUGMENT_POLICIES`) or an
+            :class:`~dualattn.data.transforms.AugmentPolicy`. Named policies take their axes from
+            ``dataset.json``'s ``"orientation"`` (:data:`~dualattn.data.transforms.ORIENTATIONS`; or its
+            ``"axes"`` when that names one; default ``RAS`` for volumes, ``radiological`` for 2-D images).
         seed: seeds the split and the augmentation.
         fractions: ``(train, val, test)`` fractions of patients.
         normalize: per-sample per-channel ``"zscore"`` (default), ``"minmax"`` or ``"none"``.
@@ -186,7 +200,8 @@ class FolderDataset:
         cache: keep decoded (resized) images in memory after their first read.
 
     Items are dicts: ``image`` ``(C, *S)`` float32, ``label`` int64 scalar tensor, ``mask``
-    ``(1, *S)`` float32 (zeros when the row has none), ``has_mask`` bool, ``id`` str.
+    ``(1, *S)`` float32 (zeros when the row has none), ``has_mask`` bool, ``id`` str. Attributes:
+    ``augment_policy`` (the resolved :class:`~dualattn.data.transforms.AugmentPolicy`), ``orientation``.
 
     Raises:
         DataError: missing labels.csv or files, unknown labels, bad channel counts, corrupt files,
@@ -205,7 +220,7 @@ class FolderDataset:
         split: str | None = None,
         size: int | Sequence[int] | None = None,
         in_channels: int | None = None,
-        augment: bool = False,
+        augment: bool | str | AugmentPolicy = False,
         seed: int = 0,
         fractions: Sequence[float] = (0.7, 0.15, 0.15),
         normalize: str = "zscore",
@@ -260,8 +275,8 @@ class FolderDataset:
         self.size = size
         self.seed = int(seed)
         self.normalize = normalize
-        self.augment = bool(augment) and split in (None, "train")
-        if augment and not self.augment:
+        wanted = augment is not False and augment is not None and augment != "none"
+        if wanted and split not in (None, "train"):
             logger.info("augmentation is for the train split only; off for split=%r", split)
         self.channel_names: list[str] | None = self.meta.get("channel_names")
         self._epoch = 0
@@ -272,6 +287,18 @@ class FolderDataset:
         file_channels = int(self.meta.get("in_channels", first[0].shape[0] if first is not None else 1))
         self.spatial_dims = int(self.meta.get("spatial_dims", first[0].ndim - 1 if first is not None else 2))
         self.in_channels = int(in_channels) if in_channels is not None else file_channels
+        orientation = self.meta.get("orientation")
+        if orientation is None and self.meta.get("axes") in ORIENTATIONS:  # synthetic-brain-3d's key
+            orientation = self.meta["axes"]
+        if orientation is not None:
+            try:
+                left_right_axis(self.spatial_dims, orientation)
+            except ValueError as exc:
+                raise DataError(self.root / META_JSON, f"\"orientation\": {exc}") from None
+        self.orientation: str = orientation or default_orientation(self.spatial_dims)
+        self.augment_policy = resolve_augment(augment if wanted and split in (None, "train") else False,
+                                              spatial_dims=self.spatial_dims, orientation=self.orientation)
+        self.augment = not self.augment_policy.is_identity
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -351,12 +378,15 @@ class FolderDataset:
             raise IndexError(f"index {i} out of range for {len(self)} items")
         i = i % len(self)
         img, msk, has_mask = self._load(i)
+        rng = None
         if self.augment:
             draw = self._draws.get(i, 0)
             self._draws[i] = draw + 1
             rng = np.random.default_rng([self.seed, self._epoch, i, draw])
-            img, msk = _augment(img, msk, rng=rng)
+            img, msk = self.augment_policy.spatial(img, msk, rng=rng)
         img = _normalize(img, method=self.normalize)
+        if rng is not None and self.augment_policy.has_intensity:
+            img = self.augment_policy.intensity(img, rng=rng)  # on the normalized image; never the mask
         return {
             "image": img.contiguous(),
             "label": torch.tensor(self.labels[i], dtype=torch.int64),

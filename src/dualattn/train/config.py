@@ -19,6 +19,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
+from dualattn.data.transforms import AUGMENT_POLICIES
+
 __all__ = ["TrainConfig", "load_config", "save_config", "parse_override", "config_keys", "SELECT_BY"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -43,7 +45,12 @@ class TrainConfig:
         cache_dir: where embedded datasets are generated (None: the library default).
         check_data: before the first epoch, read every file of the dataset once and stop with the
             list of every problem (:func:`dualattn.data.check_dataset`); false skips it.
-        augment: random flips/affine on the training split only (validation/test never augmented).
+        augment: train-time augmentation on the training split only (validation/test never augmented).
+        augment_policy: which augmentation ``augment`` turns on (:data:`AUGMENT_POLICIES`): ``lr-flip-affine``
+            (default: a left-right flip, a small rotation about the left-right axis, zoom and shift),
+            ``anatomy`` (left-right flip, rotations in every anatomical plane, per-axis zoom, shift, per-channel
+            gamma / scale / shift and Gaussian noise), ``anatomy-spatial``, ``intensity`` or ``none``; the
+            left-right axis comes from the data's orientation (:mod:`dualattn.data.transforms`).
         batch_size: training batch size per process.
         eval_batch_size: validation/test batch size (None: 2 x batch_size).
         num_workers: data-loader worker processes (0: load in the main process).
@@ -93,6 +100,7 @@ class TrainConfig:
     cache_dir: str | None = None
     check_data: bool = True
     augment: bool = True
+    augment_policy: str = "lr-flip-affine"
     batch_size: int = 16
     eval_batch_size: int | None = None
     num_workers: int = 0
@@ -157,6 +165,8 @@ class TrainConfig:
             raise bad("weight_decay", "must be >= 0")
         if self.alpha is not None and self.alpha < 0:
             raise bad("alpha", "must be >= 0 or null")
+        if self.augment_policy not in AUGMENT_POLICIES:
+            raise bad("augment_policy", f"must be one of {AUGMENT_POLICIES}")
         if self.optimizer not in _OPTIMIZERS:
             raise bad("optimizer", f"must be one of {_OPTIMIZERS}")
         if self.scheduler not in _SCHEDULERS:

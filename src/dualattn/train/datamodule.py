@@ -182,7 +182,8 @@ def check_channels(datasets: dict[str, Dataset], report: Any) -> None:
 
 
 def build_datasets(config: TrainConfig, *, root: str | os.PathLike[str] | None = None) -> dict[str, Dataset]:
-    """Resolve the dataset and open its train/val/test splits (augmentation on train only).
+    """Resolve the dataset and open its train/val/test splits (augmentation on train only: ``config.augment_policy``
+    when ``config.augment``, resolved against the data's orientation by ``FolderDataset``).
 
     Args:
         config: the run configuration.
@@ -201,8 +202,9 @@ def build_datasets(config: TrainConfig, *, root: str | os.PathLike[str] | None =
         fractions=tuple(config.split_fractions),
     )
     out: dict[str, Dataset] = {}
+    policy = config.augment_policy if config.augment else False
     for split in ("train", "val", "test"):
-        out[split] = FolderDataset(root, split=split, augment=config.augment and split == "train", **common)
+        out[split] = FolderDataset(root, split=split, augment=policy if split == "train" else False, **common)
     logger.info(
         "dataset %s: %s", root, ", ".join(f"{k}={len(v)}" for k, v in out.items())  # type: ignore[arg-type]
     )
