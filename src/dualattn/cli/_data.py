@@ -1,4 +1,4 @@
-"""CLI commands ``dualattn data list|make`` and ``dualattn prepare brats|pet`` (see dualattn.cli)."""
+"""CLI commands ``dualattn data list|make`` and ``dualattn prepare brats|msd|pet`` (see dualattn.cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from ._errors import user_errors
 
 data_app = typer.Typer(help="Embedded datasets: list them, write one in the folder format.", no_args_is_help=True)
-prepare_app = typer.Typer(help="The paper's preprocessing: BraTS halves, PET coronal MIPs.", no_args_is_help=True)
+prepare_app = typer.Typer(help="The paper's preprocessing: BraTS / MSD halves and volumes, PET coronal MIPs.",
+                          no_args_is_help=True)
 #: The ``data`` and ``prepare`` command groups, added to the root app.
 app = typer.Typer()
 app.add_typer(data_app, name="data")
@@ -66,6 +67,37 @@ def prepare_brats_cmd(
         f"{report['cases_done']} cases done ({report['cases_skipped_resume']} already done), "
         f"{len(report['bad_cases'])} bad, {report['items']} items -> {out} (report: {out / 'prepare_report.json'})"
     )
+
+
+@prepare_app.command("msd")
+@user_errors()
+def prepare_msd_cmd(
+    raw: Path = typer.Argument(..., help="The Medical Segmentation Decathlon's Task01_BrainTumour folder (dataset.json, "
+                               "imagesTr/, labelsTr/), or its parent."),
+    out: Path = typer.Argument(..., help="Destination folder (folder format)."),
+    mode: str = typer.Option("2d", "--mode", help="2d: the paper's tumor / no-tumor halves of axial slices; 3d: volumes "
+                             "cut around the brain."),
+    size: Optional[int] = typer.Option(None, "--size", help="2d: resize each half to SIZE x SIZE (default: keep); 3d: "
+                                       "output side (default 64; hemispheres SIZE/2 x SIZE x SIZE)."),
+    min_area: int = typer.Option(1000, "--min-area", help="2d: keep axial slices whose tumor area exceeds this many "
+                                 "pixels."),
+    negatives: str = typer.Option("hemisphere", "--negatives", help="3d: 'hemisphere' (tumor and tumor-free "
+                                  "hemispheres, labels 1 / 0) or 'none' (whole volumes, all with a tumor)."),
+    margin: int = typer.Option(4, "--margin", help="3d: voxels kept around the brain's bounding box."),
+    workers: int = typer.Option(1, "--workers", help="Parallel processes."),
+) -> None:
+    """MSD Task01_BrainTumour -> 4-channel (T1, T1ce, T2, FLAIR) halves or volumes + whole-tumor masks. Resumable."""
+    from ..data.msd import prepare_msd
+
+    report = prepare_msd(raw, out, mode=mode, size=size, min_area=min_area, negatives=negatives, margin=margin,
+                         workers=workers)
+    typer.echo(
+        f"{report['cases_done']} cases done ({report['cases_skipped_resume']} already done), "
+        f"{len(report['bad_cases'])} bad, {report['items']} items (no_tumor / tumor: {report['class_counts'][0]} / "
+        f"{report['class_counts'][1]}) -> {out} (report: {out / 'prepare_report.json'})"
+    )
+    if report.get("note"):
+        typer.echo(f"note: {report['note']}")
 
 
 @prepare_app.command("pet")

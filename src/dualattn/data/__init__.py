@@ -7,7 +7,8 @@ Public API (see ``docs/data.md``):
 - :func:`split_patients`, :func:`split_indices` (patient-level, seeded, order-independent)
 - :func:`list_datasets`, :func:`make_dataset`, :func:`resolve_dataset` (embedded ``synthetic-brain``,
   ``synthetic-pet``, ``br35h``)
-- :func:`prepare_brats`, :func:`prepare_pet` (the paper's preprocessing)
+- :func:`prepare_brats`, :func:`prepare_pet` (the paper's preprocessing), :func:`prepare_msd` (the Medical
+  Segmentation Decathlon's Task01_BrainTumour, 2-D halves or 3-D volumes)
 - :func:`check_dataset` (every problem of a dataset at once: ``dualattn check``), :func:`dataset_fingerprint`,
   :func:`fingerprint_changes` (what a run records of its data)
 - :class:`DataError` (a ``ValueError`` naming the file and the problem)
@@ -35,6 +36,7 @@ _LAZY = {
     "make_dataset": "_registry",
     "resolve_dataset": "_registry",
     "prepare_brats": "brats",
+    "prepare_msd": "msd",
     "prepare_pet": "pet",
     "suv_bw": "pet",
     "check_dataset": "check",

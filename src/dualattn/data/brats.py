@@ -36,7 +36,8 @@ import numpy as np
 from .errors import DataError
 from .readers import radiological_view
 
-__all__ = ["prepare_brats", "find_cases", "MODALITIES", "NAMING_SCHEMES", "expected_names", "cut_at_tumor_edge"]
+__all__ = ["prepare_brats", "find_cases", "MODALITIES", "NAMING_SCHEMES", "expected_names", "cut_at_tumor_edge",
+           "write_halves"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +174,7 @@ def cut_at_tumor_edge(tumor_cols: np.ndarray, width: int, *, min_width: float = 
 
 def _process_case(case: str, files: dict[str, Path | None], out: Path, min_area: int, size: int | None, min_width: float) -> dict[str, Any]:
     """Write one case's halves; return its marker record. Raises DataError for a bad case."""
-    import torch
-
-    from .folder import _save_npy
     from .readers import read_volume
-    from .transforms import resize
 
     missing = [k for k in (*MODALITIES, "seg") if files.get(k) is None]
     if missing:
@@ -201,6 +198,30 @@ def _process_case(case: str, files: dict[str, Path | None], out: Path, min_area:
         vols.append(arr[0])
     image = np.stack([_normalize_brain(v) for v in vols[:4]])  # (4, X, Y, Z)
     seg = vols[4] > 0
+    rows, skipped_midline = write_halves(case, image, seg, out, min_area=min_area, size=size, min_width=min_width)
+    return {"case": case, "rows": rows, "slices_skipped_midline": skipped_midline}
+
+
+def write_halves(case: str, image: np.ndarray, seg: np.ndarray, out: Path, *, min_area: int, size: int | None,
+                 min_width: float) -> tuple[list[dict[str, str]], int]:
+    """Write the tumor / no-tumor halves of one case's axial slices (steps 2-4 of the module docstring).
+
+    Args:
+        case: the case id (patient id and file-name prefix).
+        image: ``(C, X, Y, Z)`` RAS, already normalized.
+        seg: ``(X, Y, Z)`` bool whole-tumor mask.
+        out: the destination folder (``images/`` and ``masks/`` are written there).
+        min_area, size, min_width: as :func:`prepare_brats`.
+
+    Returns:
+        ``(rows, slices_skipped_midline)``: the ``labels.csv`` rows written, and how many kept slices had
+        no cut leaving a wide enough tumor-free part.
+    """
+    import torch
+
+    from .folder import _save_npy
+    from .transforms import resize
+
     areas = seg.sum(axis=(0, 1))
     rows: list[dict[str, str]] = []
     skipped_midline = 0
@@ -223,7 +244,7 @@ def _process_case(case: str, files: dict[str, Path | None], out: Path, min_area:
             _save_npy(out / "images" / f"{name}.npy", img_h.astype(np.float32))
             _save_npy(out / "masks" / f"{name}.npy", (msk_h > 0.5).astype(np.uint8))
             rows.append({"image": f"images/{name}.npy", "label": str(label), "mask": f"masks/{name}.npy", "patient": case})
-    return {"case": case, "rows": rows, "slices_skipped_midline": skipped_midline}
+    return rows, skipped_midline
 
 
 def _worker(args: tuple) -> tuple[str, dict[str, Any] | None, str | None]:
