@@ -29,6 +29,7 @@ from dualattn.consistency import (
     reparameterize_log,
     upsample_blocks,
 )
+from dualattn.consistency._maps import SUM_TOLERANCE
 
 
 @pytest.fixture(autouse=True)
@@ -335,3 +336,121 @@ def test_amortized_witness_starts_at_zero_and_is_per_sample(dims):
         w(torch.randn(2, 5, *grid))
     with pytest.raises(ValueError, match="spatial_dims"):
         AmortizedWitness(6, spatial_dims=1)
+
+
+# --------------------------------------------------------------------------- input checks (the API pitfalls)
+
+PROBABILITY_FUNCTIONS = {
+    "project_exact": lambda f, c: project_exact(f, c),
+    "project_exact_fused": lambda f, c: project_exact(f, c, fused=True),
+    "project_exact_chain": lambda f, c: project_exact_chain([f, c]),
+    "reparameterize": lambda f, c: reparameterize(f, c, torch.zeros(c.shape)),
+    "dual_penalty": lambda f, c: dual_penalty(f, c, torch.zeros(c.shape)),
+    "kl_consistency": lambda f, c: kl_consistency(f, c),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_FUNCTIONS))
+def test_probability_functions_refuse_raw_logits_and_say_what_to_do(name):
+    fn = PROBABILITY_FUNCTIONS[name]
+    gen = torch.Generator().manual_seed(0)
+    logits_f = torch.randn(2, 4, 4, generator=gen) * 3
+    tau_c = rand_map(2, 2, 2, dtype=torch.float32, gen=gen)
+    with pytest.raises(ValueError, match=r"(tau_fine|taus\[0\]) must hold probabilities.*negative values.*raw logits\?") as err:
+        fn(logits_f, tau_c)
+    if name in ("project_exact", "project_exact_fused"):
+        assert "project_exact_log" in str(err.value)
+    # positive but unnormalized (e.g. exp of logits, or a map scaled by its cell count)
+    with pytest.raises(ValueError, match=r"(tau_fine|taus\[0\]) must hold probabilities.*sum to 16 \.\. 16"):
+        fn(torch.ones(2, 4, 4), tau_c)
+    with pytest.raises(ValueError, match=r"(tau_coarse|taus\[1\]) must hold probabilities.*sum to"):
+        fn(rand_map(2, 4, 4, dtype=torch.float32, gen=gen), tau_c * 2)
+    # a probability map passes, and so does one off by rounding (a half-precision softmax cast up)
+    ok_f = rand_map(2, 4, 4, dtype=torch.float32, gen=gen)
+    fn(ok_f, tau_c)
+    fn(ok_f * (1 + 0.5 * SUM_TOLERANCE), tau_c)
+
+
+def test_one_bad_sample_in_a_batch_is_caught():
+    gen = torch.Generator().manual_seed(1)
+    tau_f = rand_map(4, 4, 4, gen=gen)
+    tau_f[2] *= 3.0
+    with pytest.raises(ValueError, match=r"sum to 1 \.\. 3"):
+        project_exact(tau_f, rand_map(4, 2, 2, gen=gen))
+
+
+def test_non_finite_maps_pass_through_for_the_training_loop_to_skip():
+    """NaN/Inf are the training step's to detect and skip (test_numerics), not an argument error."""
+    gen = torch.Generator().manual_seed(2)
+    tau_f = rand_map(2, 4, 4, gen=gen)
+    tau_f[0, 0, 0] = float("nan")
+    mu_f, _ = project_exact(tau_f, rand_map(2, 2, 2, gen=gen))
+    assert torch.isnan(mu_f[0]).any()
+    assert torch.isfinite(dual_penalty(tau_f[1:], rand_map(1, 2, 2, gen=gen), torch.zeros(1, 2, 2)))
+
+
+def test_log_space_functions_accept_any_logits():
+    gen = torch.Generator().manual_seed(3)
+    lf, lc = torch.randn(2, 4, 4, generator=gen) * 50 + 7, torch.randn(2, 2, 2, generator=gen) - 3
+    mu_f, mu_c = project_exact_log(lf, lc)
+    torch.testing.assert_close(mu_f.exp().flatten(1).sum(1), torch.ones(2))
+    project_exact_chain_log([lf, lc])
+    reparameterize_log(lf, lc, torch.zeros(2, 2, 2))
+    kl_divergence_log(torch.log_softmax(lf.flatten(1), 1), torch.log_softmax(lf.flatten(1), 1))
+
+
+def test_kl_divergence_and_objective_check_their_maps():
+    p, q = rand_map(2, 4, 4), rand_map(2, 4, 4)
+    with pytest.raises(ValueError, match=r"p must hold probabilities.*kl_divergence_log"):
+        kl_divergence(p.log(), q)
+    with pytest.raises(ValueError, match=r"q must hold probabilities"):
+        kl_divergence(p, q * 4)
+    with pytest.raises(ValueError, match=r"must hold probabilities"):
+        consistency_objective([p], [q.log()])
+
+
+@pytest.mark.parametrize("name", sorted(PROBABILITY_FUNCTIONS) + ["project_exact_log"])
+def test_a_channel_axis_is_refused_with_a_hint_to_squeeze_it(name):
+    """An explainer's (B, 1, H, W) next to a gate's (B, h, w): the message says to squeeze it."""
+    fn = project_exact_log if name == "project_exact_log" else PROBABILITY_FUNCTIONS[name]
+    gen = torch.Generator().manual_seed(4)
+    with_channel = rand_map(2, 4, 4, gen=gen)[:, None]
+    coarse = rand_map(2, 2, 2, gen=gen)
+    with pytest.raises(ValueError, match=r"\(2, 1, 4, 4\) looks like a map with a channel axis.*squeeze it"):
+        fn(with_channel.log() if name == "project_exact_log" else with_channel, coarse)
+    with pytest.raises(ValueError, match=r"channel axis.*squeeze"):
+        project_exact(rand_map(2, 4, 4, 4, gen=gen)[:, None], rand_map(2, 2, 2, 2, gen=gen)[:, None])  # 5-D
+    with pytest.raises(ValueError, match=r"channel axis.*squeeze"):
+        marginalize(with_channel, (2, 2))
+    with pytest.raises(ValueError, match=r"channel axis.*squeeze"):
+        kl_divergence(with_channel, rand_map(2, 4, 4, gen=gen))
+
+
+def test_every_map_with_a_depth_one_axis_is_a_depth_one_grid():
+    """(B, 1, H, W) with (B, 1, h, w): a 3-D grid of depth 1, which gives the 2-D answer (no guessing)."""
+    gen = torch.Generator().manual_seed(5)
+    f, c = rand_map(2, 4, 4, gen=gen), rand_map(2, 2, 2, gen=gen)
+    mu3 = project_exact(f[:, None], c[:, None])
+    mu2 = project_exact(f, c)
+    for a, b in zip(mu3, mu2):
+        torch.testing.assert_close(a[:, 0], b)
+
+
+def test_input_checks_read_back_once_per_call(monkeypatch):
+    """All the maps of a call are checked with one read-back (one host synchronisation on a GPU), not one
+    per map, sample or element."""
+    calls = []
+    for method in ("tolist", "item", "__bool__", "__float__"):
+        real = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _real=real, _name=method):
+            calls.append((_name, tuple(self.shape)))
+            return _real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    gen = torch.Generator().manual_seed(6)
+    f, c, c2 = rand_map(64, 8, 8, gen=gen), rand_map(64, 4, 4, gen=gen), rand_map(64, 2, 2, gen=gen)
+    project_exact(f, c)
+    project_exact_chain([f, c, c2])
+    monkeypatch.undo()
+    assert calls == [("tolist", (64 * 2 + 2,)), ("tolist", (64 * 3 + 3,))]

@@ -52,10 +52,17 @@ def test_fused_gradcheck(fine, coarse):
     assert torch.autograd.gradcheck(fn, (a, b))
     assert torch.autograd.gradcheck(lambda x, y: fn(x, y)[0], (a, b))  # only mu_k used
     assert torch.autograd.gradcheck(lambda x, y: fn(x, y)[1], (a, b))  # only mu_l used
-    # off the simplex too (unnormalized positive maps)
+    # off the simplex too (unnormalized positive maps): the analytic backward itself; the public function
+    # refuses such maps (they are usually logits by mistake)
+    from dualattn.consistency.fused import exact_pair
+    from dualattn.grids import block_factors
+
     pa = (torch.rand(2, *fine, dtype=torch.float64, generator=gen) + 0.1).requires_grad_(True)
     pb = (torch.rand(2, *coarse, dtype=torch.float64, generator=gen) + 0.1).requires_grad_(True)
-    assert torch.autograd.gradcheck(fn, (pa, pb))
+    factors = block_factors(fine, coarse)
+    assert torch.autograd.gradcheck(lambda x, y: exact_pair(x, y, factors), (pa, pb))
+    with pytest.raises(ValueError, match="sum to"):
+        fn(pa, pb)
     # only one input requiring grad
     assert torch.autograd.gradcheck(lambda x: fn(x, b.detach()), (a,))
     assert torch.autograd.gradcheck(lambda y: fn(a.detach(), y), (b,))

@@ -83,8 +83,10 @@ def test_gradcheck_project_exact(batch, fine, coarse):
     a, b = leaf(batch, *fine, seed=0), leaf(batch, *coarse, seed=1)
     # through softmax so that the inputs move on the simplex, and directly on positive maps
     assert torch.autograd.gradcheck(lambda x, y: project_exact(softmax_map(x), softmax_map(y)), (a, b))
-    pa = (torch.rand(batch, *fine, dtype=torch.float64) + 0.1).requires_grad_(True)
-    pb = (torch.rand(batch, *coarse, dtype=torch.float64) + 0.1).requires_grad_(True)
+    pa = torch.rand(batch, *fine, dtype=torch.float64) + 0.1  # positive maps, normalized per sample
+    pa = (pa / pa.flatten(1).sum(1).reshape(-1, *([1] * len(fine)))).requires_grad_(True)
+    pb = torch.rand(batch, *coarse, dtype=torch.float64) + 0.1
+    pb = (pb / pb.flatten(1).sum(1).reshape(-1, *([1] * len(coarse)))).requires_grad_(True)
     assert torch.autograd.gradcheck(project_exact, (pa, pb))
     assert torch.autograd.gradcheck(project_exact_log, (a, b))
     if batch == 1:

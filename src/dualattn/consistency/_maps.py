@@ -18,15 +18,95 @@ from dualattn.grids import block_factors
 _REDUCTIONS = ("none", "mean", "sum")
 
 
+#: Largest ``|sum - 1|`` of a probability map per sample, and largest negative value, accepted: rounding
+#: in half precision (or in maps cast up from it) stays well inside; raw logits and unnormalized maps
+#: miss by far more. (The projections and the reparameterization are invariant to each map's scale: a map
+#: within the tolerance gets the normalized map's answer.)
+SUM_TOLERANCE = 0.05
+
+
+def _channel_hint(name: str, shape: tuple[int, ...]) -> str:
+    """The sentence telling the caller to drop a channel axis, when ``shape`` has one (axis 1 of size 1)."""
+    if len(shape) in (4, 5) and shape[1] == 1:
+        return (f"; {name} {shape} looks like a map with a channel axis (an explainer's (B, 1, *grid)): squeeze "
+                f"it first ({name}[:, 0])")
+    return ""
+
+
 def _check_map(x: Tensor, name: str) -> None:
+    """A map ``(B, *grid)``: a floating-point tensor with 2 or 3 grid axes.
+
+    A 2-D map with its channel axis kept, ``(B, 1, H, W)``, reads as a 3-D grid of depth 1; the functions
+    here give it the 2-D map's answer when every map of the call has that form, and refuse it with a hint
+    to squeeze the channel axis when it meets a ``(B, h, w)`` partner or grid shape (:func:`_check_pair`,
+    :func:`_check_chain`, :func:`_coarse_spatial`). A 5-D ``(B, 1, D, H, W)`` is refused here.
+    """
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    shape = tuple(x.shape)
     if x.ndim not in (3, 4):
         raise ValueError(
-            f"{name} must be a map (B, H, W) or (B, D, H, W); got shape {tuple(x.shape)} ({x.ndim} dims)"
+            f"{name} must be a map (B, H, W) or (B, D, H, W); got shape {shape} ({x.ndim} dims)"
+            + _channel_hint(name, shape)
         )
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_distributions(*maps: tuple[Tensor, str], log_twin: str | None = None) -> None:
+    """Every sample of every map a distribution: non-negative, summing to 1 within :data:`SUM_TOLERANCE`.
+
+    Cheap enough for every training step: per map one per-sample sum and one minimum, gathered into one
+    small tensor read back once (a single host synchronisation for all the maps of a call); the message
+    is built only when a check fails. Non-finite values pass through unchecked: a NaN/Inf batch is the
+    training loop's to skip (``dualattn.train``), not an argument error.
+
+    Args:
+        *maps: ``(map, argument name)`` pairs, shapes already checked by :func:`_check_map`.
+        log_twin: the function taking log-probabilities or logits instead, named in the message.
+
+    Raises:
+        ValueError: negative values or sums away from 1, naming the argument and saying what was expected.
+    """
+    if any(x.numel() == 0 for x, _name in maps):
+        maps = tuple((x, name) for x, name in maps if x.numel() > 0)
+        if not maps:
+            return
+    sums, lows = [], []
+    for x, _name in maps:  # a few tensor ops, the values read back once
+        xd = x.detach()
+        if xd.dtype in (torch.float16, torch.bfloat16):
+            xd = xd.float()
+        sums.append(xd.sum(_GRID_DIMS[xd.ndim]))
+        lows.append(xd.amin())
+    values = torch.cat((*sums, torch.stack(lows).to(sums[0].dtype))).tolist()
+    tol = SUM_TOLERANCE
+    k = len(maps)
+    if min(values[-k:]) >= -tol and 1.0 - tol <= min(values[:-k]) and max(values[:-k]) <= 1.0 + tol:
+        return  # the common case; a NaN fails a comparison and is sorted out below
+    pos = 0
+    for i, (x, name) in enumerate(maps):
+        n = x.shape[0]
+        row, low = values[pos:pos + n], values[len(values) - k + i]
+        pos += n
+        off = [v for v in row if math.isfinite(v) and abs(v - 1.0) > tol]
+        negative = math.isfinite(low) and low < -tol
+        if not off and not negative:
+            continue
+        hint = f"pass log-probabilities or raw logits to {log_twin} instead, or " if log_twin else ""
+        expected = (f"{name} must hold probabilities, each sample a distribution over its grid (non-negative, "
+                    f"summing to 1 within {tol:g})")
+        if negative:
+            raise ValueError(f"{expected}; it has negative values (min {low:.4g}): raw logits? {hint}"
+                             "apply a softmax over the grid first")
+        finite = [v for v in row if math.isfinite(v)]
+        raise ValueError(f"{expected}; its samples sum to {min(finite):.6g} .. {max(finite):.6g}: raw logits or an "
+                         f"unnormalized map? {hint}normalize each sample (divide by its sum, or a softmax over the "
+                         "grid)")
+
+
+#: the grid axes of a batch-first tensor of each rank
+_GRID_DIMS = {n: tuple(range(1, n)) for n in range(2, 9)}
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,7 +134,7 @@ def _coarse_spatial(x: Tensor, coarse_shape: Sequence[int], name: str) -> tuple[
     if len(shape) != spatial:
         raise ValueError(
             f"coarse_shape {tuple(coarse_shape)} does not match the {spatial} spatial dims of {name} "
-            f"with shape {tuple(x.shape)}"
+            f"with shape {tuple(x.shape)}" + (_channel_hint(name, tuple(x.shape)) if len(shape) < spatial else "")
         )
     return shape
 
@@ -102,9 +182,10 @@ def _check_pair(fine: Tensor, coarse: Tensor, fine_name: str, coarse_name: str) 
     _check_map(fine, fine_name)
     _check_map(coarse, coarse_name)
     if fine.ndim != coarse.ndim:
+        big, big_name = (fine, fine_name) if fine.ndim > coarse.ndim else (coarse, coarse_name)
         raise ValueError(
             f"{fine_name} shape {tuple(fine.shape)} and {coarse_name} shape {tuple(coarse.shape)} "
-            "have different numbers of dims"
+            "have different numbers of dims" + _channel_hint(big_name, tuple(big.shape))
         )
     if fine.shape[0] != coarse.shape[0]:
         raise ValueError(
@@ -146,9 +227,11 @@ def _check_chain(maps: Sequence[Tensor], name: str) -> list[tuple[int, ...]]:
     for m in range(len(maps) - 1):
         a, b = maps[m], maps[m + 1]
         if a.ndim != b.ndim or a.shape[0] != b.shape[0]:
+            big, k = (a, m) if a.ndim > b.ndim else (b, m + 1)
             raise ValueError(
                 f"{name}[{m}] shape {tuple(a.shape)} and {name}[{m + 1}] shape {tuple(b.shape)} "
                 "differ in batch size or number of dims"
+                + (_channel_hint(f"{name}[{k}]", tuple(big.shape)) if a.ndim != b.ndim else "")
             )
         factors.append(block_factors(a.shape[1:], b.shape[1:]))
     return factors

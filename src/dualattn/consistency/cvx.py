@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dualattn._optional import optional_import
 
-from ._maps import _check_chain, _check_pair, _check_weights
+from ._maps import _check_chain, _check_distributions, _check_pair, _check_weights
 
 __all__ = ["solve_cvx", "solve_cvx_chain"]
 
@@ -156,6 +156,7 @@ def solve_cvx(tau_fine: Tensor, tau_coarse: Tensor, **solver_kwargs: object) -> 
         True
     """
     _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
+    _check_distributions((tau_fine, "tau_fine"), (tau_coarse, "tau_coarse"))
     mus = solve_chain_numpy([tau_fine, tau_coarse], None, solver_kwargs)
     return mus[0], mus[1]
 
@@ -175,4 +176,5 @@ def solve_cvx_chain(
     """
     _check_chain(taus, "taus")
     w = _check_weights(weights, len(taus))
+    _check_distributions(*((t, f"taus[{m}]") for m, t in enumerate(taus)))
     return solve_chain_numpy(list(taus), w, solver_kwargs)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from dualattn.grids import block_sum, upsample_blocks
 
-from ._maps import _check_lam, _check_pair, _flat_lse, _log_of, _shifted, _up
+from ._maps import _check_distributions, _check_lam, _check_pair, _flat_lse, _log_of, _shifted, _up
 
 __all__ = ["reparameterize", "reparameterize_log"]
 
@@ -53,6 +53,10 @@ def reparameterize(tau_fine: Tensor, tau_coarse: Tensor, lam: Tensor) -> tuple[T
     Returns:
         ``mu_fine (B, *fine)`` and ``mu_coarse (B, *coarse)``, distributions per sample, input dtypes.
 
+    Raises:
+        ValueError: shapes as :func:`dualattn.consistency.project_exact`; maps that are not probabilities
+            per sample (logits belong in :func:`reparameterize_log`).
+
     Example:
         >>> tau_k = torch.full((1, 4, 4), 1 / 16); tau_l = torch.full((1, 2, 2), 0.25)
         >>> mu_k, mu_l = reparameterize(tau_k, tau_l, torch.zeros(1, 2, 2))
@@ -61,6 +65,7 @@ def reparameterize(tau_fine: Tensor, tau_coarse: Tensor, lam: Tensor) -> tuple[T
     """
     factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
     lam = _check_lam(lam, tau_coarse)
+    _check_distributions((tau_fine, "tau_fine"), (tau_coarse, "tau_coarse"), log_twin="reparameterize_log")
     # Fine map without a transcendental function on the fine grid: every cell of block i gets the same
     # factor exp(c_i), c = -lam - logsumexp(log T - lam) with T = marginalize(t_k), so that
     # sum_{j in N(i)} mu_k[j] = T_i exp(c_i) = softmax(log T - lam)_i <= 1, hence exp(c_i) <= 1 / T_i

@@ -10,7 +10,17 @@ from torch import Tensor
 
 from dualattn.grids import block_sum
 
-from ._maps import _check_lam, _check_pair, _check_reduction, _check_weights, _log_of, _reduce, _up
+from ._maps import (
+    _channel_hint,
+    _check_distributions,
+    _check_lam,
+    _check_pair,
+    _check_reduction,
+    _check_weights,
+    _log_of,
+    _reduce,
+    _up,
+)
 
 __all__ = ["consistency_objective", "dual_penalty", "kl_consistency", "kl_divergence", "kl_divergence_log"]
 
@@ -79,6 +89,10 @@ def kl_divergence(p: Tensor, q: Tensor, *, reduction: str = "none") -> Tensor:
     Returns:
         KL per sample (or reduced), float32 for half-precision inputs, else the input dtype.
 
+    Raises:
+        ValueError: shapes that differ or are not batch-first; maps that are not probabilities per sample
+            (log-probabilities belong in :func:`kl_divergence_log`).
+
     Example:
         >>> p = torch.tensor([[0.5, 0.5]]); q = torch.tensor([[0.25, 0.75]])
         >>> round(kl_divergence(p, q).item(), 6) == round(0.5 * math.log(2) + 0.5 * math.log(2 / 3), 6)
@@ -86,9 +100,19 @@ def kl_divergence(p: Tensor, q: Tensor, *, reduction: str = "none") -> Tensor:
     """
     _check_reduction(reduction)
     if p.shape != q.shape:
-        raise ValueError(f"p shape {tuple(p.shape)} and q shape {tuple(q.shape)} differ")
+        big, big_name = (p, "p") if p.ndim > q.ndim else (q, "q")
+        raise ValueError(f"p shape {tuple(p.shape)} and q shape {tuple(q.shape)} differ"
+                         + (_channel_hint(big_name, tuple(big.shape)) if p.ndim != q.ndim else ""))
     if p.ndim < 2:
         raise ValueError(f"p must be batch-first (B, *grid), got shape {tuple(p.shape)}")
+    if not (p.is_floating_point() and q.is_floating_point()):
+        raise ValueError(f"p and q must be floating-point tensors, got dtypes {p.dtype} and {q.dtype}")
+    _check_distributions((p, "p"), (q, "q"), log_twin="kl_divergence_log")
+    return _kl(p, q, reduction)
+
+
+def _kl(p: Tensor, q: Tensor, reduction: str) -> Tensor:
+    """:func:`kl_divergence` on checked maps."""
     pp, qq = _up(p), _up(q)
     tiny = torch.finfo(pp.dtype).tiny
     # p * log(max(p, tiny)) is 0 at p == 0 with the finite slope log(tiny) there (xlogy's is -inf)
@@ -129,6 +153,7 @@ def dual_penalty(tau_fine: Tensor, tau_coarse: Tensor, lam: Tensor, *, reduction
     _check_reduction(reduction)
     factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
     lam = _check_lam(lam, tau_coarse)
+    _check_distributions((tau_fine, "tau_fine"), (tau_coarse, "tau_coarse"))
     tk = _up(tau_fine)
     log_t = torch.log(block_sum(tk.clamp_min(torch.finfo(tk.dtype).tiny), factors))
     lm = _up(lam)
@@ -160,8 +185,9 @@ def kl_consistency(
     """
     _check_reduction(reduction)
     factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
+    _check_distributions((tau_fine, "tau_fine"), (tau_coarse, "tau_coarse"))
     marg = block_sum(_up(tau_fine), factors)
     tc = _up(tau_coarse)
     if reverse:
-        return kl_divergence(marg, tc, reduction=reduction)
-    return kl_divergence(tc, marg, reduction=reduction)
+        return _kl(marg, tc, reduction)
+    return _kl(tc, marg, reduction)

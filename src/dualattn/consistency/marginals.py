@@ -18,7 +18,8 @@ def marginalize(tau_fine: Tensor, coarse_shape: Sequence[int]) -> Tensor:
     """Sum-pool a fine map onto a coarse grid: ``marg(tau)[i] = sum_{j in N(i)} tau[j]`` (mass-preserving).
 
     Args:
-        tau_fine: ``(B, *fine)`` map (any non-negative values; probabilities in practice).
+        tau_fine: ``(B, *fine)`` map: probabilities in practice, but sum-pooling is linear, so any real values
+            are accepted and not checked (log-probabilities belong in :func:`log_marginalize`).
         coarse_shape: the coarse spatial shape ``(*coarse)`` (or the full ``(B, *coarse)``); every fine axis
             must be an integer multiple of the coarse one.
 
@@ -26,7 +27,8 @@ def marginalize(tau_fine: Tensor, coarse_shape: Sequence[int]) -> Tensor:
         ``(B, *coarse)`` block sums, in ``tau_fine``'s dtype (summed in float32 for half precision).
 
     Raises:
-        ValueError: naming both shapes when they do not divide.
+        ValueError: naming both shapes when they do not divide; a ``(B, 1, H, W)`` map with a 2-D
+            ``coarse_shape`` (the message says to squeeze the channel axis).
 
     Example:
         >>> marginalize(torch.arange(16.0).reshape(1, 4, 4), (2, 2)).tolist()

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dualattn.grids import block_sum, upsample_blocks
 
-from ._maps import _check_chain, _check_pair, _check_weights, _log_of, _shifted, _up
+from ._maps import _check_chain, _check_distributions, _check_pair, _check_weights, _log_of, _shifted, _up
 from .fused import exact_pair
 
 __all__ = ["project_exact", "project_exact_chain", "project_exact_chain_log", "project_exact_log"]
@@ -94,7 +94,8 @@ def project_exact_chain_log(
         ``[log mu_0, ..., log mu_{M-1}]`` with the input shapes and dtypes (float32 math for half inputs).
 
     Raises:
-        ValueError: fewer than 2 levels, non-nesting shapes (naming both), bad weights.
+        ValueError: fewer than 2 levels, non-nesting shapes (naming both), bad weights, a map with a channel
+            axis ``(B, 1, H, W)``. Values are not checked: any real logits are valid input.
 
     Example:
         >>> from dualattn.consistency import marginalize
@@ -120,6 +121,9 @@ def project_exact_chain(taus: Sequence[Tensor], weights: Sequence[float] | None 
     Returns:
         ``[mu_0, ..., mu_{M-1}]``, distributions per sample with ``marginalize(mu_m) == mu_{m+1}``.
 
+    Raises:
+        ValueError: as :func:`project_exact` (logits belong in :func:`project_exact_chain_log`).
+
     Example:
         >>> taus = [torch.softmax(torch.randn(1, s * s), -1).reshape(1, s, s) for s in (8, 4, 2)]
         >>> mus = project_exact_chain(taus)
@@ -128,6 +132,7 @@ def project_exact_chain(taus: Sequence[Tensor], weights: Sequence[float] | None 
     """
     factors = _check_chain(taus, "taus")
     w = _check_weights(weights, len(taus))
+    _check_distributions(*((t, f"taus[{m}]") for m, t in enumerate(taus)), log_twin="project_exact_chain_log")
     out = _chain_core([_log_of(t) for t in taus], factors, w)
     return [o.exp().to(t.dtype) for o, t in zip(out, taus)]
 
@@ -142,6 +147,9 @@ def project_exact_log(log_tau_fine: Tensor, log_tau_coarse: Tensor) -> tuple[Ten
 
     Returns:
         ``log_mu_fine (B, *fine)`` and ``log_mu_coarse (B, *coarse)``, log-normalized per sample.
+
+    Raises:
+        ValueError: as :func:`project_exact_chain_log` (shapes only: any real logits are valid input).
 
     Example:
         >>> lf, lc = project_exact_log(torch.zeros(1, 4, 4), torch.zeros(1, 2, 2))
@@ -185,7 +193,9 @@ def project_exact(tau_fine: Tensor, tau_coarse: Tensor, *, fused: bool = False) 
         ``mu_fine (B, *fine)`` and ``mu_coarse (B, *coarse)`` in the input dtypes.
 
     Raises:
-        ValueError: batch sizes, ranks or non-dividing grid shapes (naming both shapes).
+        ValueError: batch sizes, ranks or non-dividing grid shapes (naming both shapes); a map with a
+            channel axis ``(B, 1, H, W)``; maps that are not probabilities per sample (negative values, NaN,
+            sums away from 1 beyond ``SUM_TOLERANCE``: raw logits belong in :func:`project_exact_log`).
 
     Example:
         >>> tau_k = torch.tensor([[[0.1, 0.3], [0.2, 0.4]]]); tau_l = torch.ones(1, 1, 1)
@@ -194,6 +204,7 @@ def project_exact(tau_fine: Tensor, tau_coarse: Tensor, *, fused: bool = False) 
         ([0.1, 0.3, 0.2, 0.4], 1.0)
     """
     factors = _check_pair(tau_fine, tau_coarse, "tau_fine", "tau_coarse")
+    _check_distributions((tau_fine, "tau_fine"), (tau_coarse, "tau_coarse"), log_twin="project_exact_log")
     if fused:
         mu_k, mu_l = exact_pair(_up(tau_fine), _up(tau_coarse), factors)
     else:
