@@ -214,7 +214,7 @@ def _write_3d(case: str, image: np.ndarray, seg: np.ndarray, out: Path, *, size:
     hi = [int(i[-1]) + 1 + margin for i in idx]
     rows: list[dict[str, str]] = []
 
-    def save(name: str, img: np.ndarray, msk: np.ndarray, label: int, shape: tuple[int, ...]) -> None:
+    def write_item(name: str, img: np.ndarray, msk: np.ndarray, label: int, shape: tuple[int, ...]) -> None:
         _save_npy(out / "images" / f"{name}.npy", _resize3d(img, shape, is_mask=False))
         _save_npy(out / "masks" / f"{name}.npy", _resize3d(msk[None].astype(np.float32), shape, is_mask=True))
         rows.append({"image": f"images/{name}.npy", "label": str(label), "mask": f"masks/{name}.npy",
@@ -224,7 +224,7 @@ def _write_3d(case: str, image: np.ndarray, seg: np.ndarray, out: Path, *, size:
         side = max(h - l for l, h in zip(lo, hi))
         start = tuple((l + h) // 2 - side // 2 for l, h in zip(lo, hi))
         box = (side,) * 3
-        save(case, _crop(image, start, box), _crop(seg, start, box), int(seg.any()), (size,) * 3)
+        write_item(case, _crop(image, start, box), _crop(seg, start, box), int(seg.any()), (size,) * 3)
         return {"case": case, "rows": rows}
     mid = (lo[0] + hi[0]) // 2  # the mid-sagittal plane: the middle of the brain's left-right extent
     left, right = bool(seg[:mid].any()), bool(seg[mid:].any())
@@ -238,7 +238,7 @@ def _write_3d(case: str, image: np.ndarray, seg: np.ndarray, out: Path, *, size:
     for tag, x0, has in (("left", mid - side // 2, left), ("right", mid, right)):
         start = (x0, *yz)
         label = int(has)
-        save(f"{case}_{tag}_{'tumor' if label else 'clean'}", _crop(image, start, box), _crop(seg, start, box),
+        write_item(f"{case}_{tag}_{'tumor' if label else 'clean'}", _crop(image, start, box), _crop(seg, start, box),
              label, shape)
     side_name = "left" if left else ("right" if right else None)
     return {"case": case, "rows": rows, "tumor_side": side_name}
