@@ -13,14 +13,15 @@ import torch
 from test_evaluate_runner import _dataset, _run
 
 METHODS = ["exact", "gradcam", "random"]
-SETTINGS = dict(methods=METHODS, perturbation_steps=2, sanity_images=2, batch_size=4)
-# exact: one run; gradcam and random: the two baseline runs
+SETTINGS = dict(methods=METHODS, perturbation_steps=2, sanity_images=2, batch_size=4,
+                protocols=("common_classifier",), hiding_ks=(20,))
+# exact: one run; gradcam and random: the two baseline runs (the own-model protocol adds units: its own test)
 UNITS = [
-    "exact__block3+block4__0.json",
-    "gradcam__block3+block4__0.json",
-    "gradcam__block3+block4__1.json",
-    "random__block3+block4__0.json",
-    "random__block3+block4__1.json",
+    "exact__exact__block3+block4__0.json",
+    "gradcam__baseline__block3+block4__0.json",
+    "gradcam__baseline__block3+block4__1.json",
+    "random__baseline__block3+block4__0.json",
+    "random__baseline__block3+block4__1.json",
 ]
 
 
@@ -87,14 +88,19 @@ def test_reference_writes_every_unit_record(reference):
     assert res["meta"]["reused_units"] == 0
     rec = json.loads((ref_out / ".partial" / UNITS[1]).read_text())
     assert rec["method"] == "gradcam" and rec["k"] == 0 and len(rec["fingerprint"]) == 64
-    assert set(rec["metrics"]) == {"block3", "block4"} and set(rec["curves"]["block3"]) == {"mean", "background",
-                                                                                             "blur", "road"}
-    assert all(set(orders) == {"least_first", "most_first"} for orders in rec["curves"]["block3"].values())
-    # what the paired bootstrap resamples: per-image values and per-image predictions at every fraction
-    n_pos = res["meta"]["n_positive_with_mask"]
+    assert set(rec["metrics"]) == {"block3", "block4"} and set(rec["scores"]) == {"baseline"}
+    scored = rec["scores"]["baseline"]
+    assert scored["classifier"].endswith("seed0") and set(scored["curves"]["block3"]) == {"mean", "background",
+                                                                                           "blur", "road"}
+    assert all(set(orders) == {"least_first", "most_first", "least_first_prob", "most_first_prob"}
+               for orders in scored["curves"]["block3"].values())
+    # what the bootstrap resamples: per-image values and per-image predictions at every fraction
+    n_pos, n = res["meta"]["n_positive_with_mask"], res["meta"]["n_images"]
     assert all(len(v) == n_pos for v in rec["per_image"]["block3"].values())
-    table = rec["predictions"]["block3"]["road"]["most_first"]
-    assert len(table) == res["meta"]["n_images"] and all(len(row) == 3 for row in table)
+    assert all(len(v) == n for v in scored["per_image"]["block3"].values())
+    assert {"srg_prob@road", "hidden_swap_flips@20"} <= set(scored["per_image"]["block3"])
+    table = scored["predictions"]["block3"]["road"]["most_first"]
+    assert len(table) == n and all(len(row) == 3 for row in table)
 
 
 def test_second_call_reuses_every_unit(reference, tmp_path, monkeypatch, caplog):
@@ -197,7 +203,8 @@ def test_cli_no_resume_recomputes(reference, tmp_path, count_units):
     data, runs, ref_out, ref = reference
     out = _copy_out(ref_out, tmp_path / "out")
     args = ["evaluate", "--runs", str(runs), "--data", str(data), "--out", str(out), "--methods", ",".join(METHODS),
-            "--steps", "2", "--sanity-images", "2", "--batch-size", "4", "--no-progress"]
+            "--steps", "2", "--sanity-images", "2", "--batch-size", "4", "--no-progress",
+            "--protocols", "common_classifier", "--hiding-ks", "20"]
     result = CliRunner().invoke(app, [*args, "--no-resume"])
     assert result.exit_code == 0, result.output
     assert len(count_units["calls"]) == len(UNITS)
@@ -211,23 +218,53 @@ def test_cli_no_resume_recomputes(reference, tmp_path, count_units):
     assert "--no-resume" in CliRunner().invoke(app, ["evaluate", "--help"]).output
 
 
+def test_own_model_units_resume_too(reference, tmp_path, count_units):
+    """With both protocols the post-hoc and control methods also explain the exact run; a baseline unit scores
+    once for both roles; a second call reuses every unit."""
+    from dualattn.evaluate import EvalSettings, evaluate_runs
+
+    data, runs, _, _ = reference
+    both = {**SETTINGS, "protocols": ("common_classifier", "own_model")}
+    out = tmp_path / "out"
+    evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **both))
+    names = sorted(p.name for p in (out / ".partial").iterdir())
+    assert names == sorted(UNITS + ["gradcam__exact__block3+block4__0.json", "random__exact__block3+block4__0.json"])
+    rec = json.loads((out / ".partial" / "gradcam__baseline__block3+block4__1.json").read_text())
+    assert set(rec["scores"]) == {"baseline", "self"} and rec["scores"]["baseline"] == rec["scores"]["self"]
+    rec = json.loads((out / ".partial" / "exact__exact__block3+block4__0.json").read_text())
+    assert rec["scores"]["self"]["classifier"].endswith("exact/seed0")
+    assert rec["scores"]["baseline"]["classifier"].endswith("baseline/seed0")
+    count_units["calls"].clear()
+    res = json.loads(evaluate_runs(runs, out=out, settings=EvalSettings(data=data, **both)).read_text())
+    assert count_units["calls"] == [] and res["meta"]["reused_units"] == len(names)
+
+
 def test_record_round_trips_nan_and_padding(tmp_path):
     from dualattn.evaluate import resume
     from dualattn.evaluate.results import RunNumbers
+    from dualattn.evaluate.units import role_view
 
     rec = {"format": resume.RESUME_FORMAT, "fingerprint": "f" * 64, "method": "m", "k": 1,
            "metrics": {"block3": {"cost_ms": 1.5, "ap": math.nan, "sharpness": math.inf}},
-           "curves": {"block3": {"mean": {"least_first": [50.0, math.nan], "most_first": [1.0, 2.0]}}},
            "per_image": {"block3": {"ap": [12.5, math.nan]}},
-           "predictions": {"block3": {"mean": {"least_first": [[1, 0], [1, 1]], "most_first": [[0, 0], [1, 0]]}}},
+           "scores": {"baseline": {
+               "classifier": "runs/baseline/seed1", "metrics": {"block3": {"srg@mean": -1.0}},
+               "curves": {"block3": {"mean": {"least_first": [50.0, math.nan], "most_first": [1.0, 2.0]}}},
+               "per_image": {"block3": {"srg_prob@mean": [math.nan, 3.0]}},
+               "predictions": {"block3": {"mean": {"least_first": [[1, 0], [1, 1]], "most_first": [[0, 0], [1, 0]]}}},
+           }},
            "consistency": {"pair": "block3+block4", "value": math.nan}, "errors": ["m at block4 on x: not computed"]}
     path = tmp_path / "r.json"
     resume.save_unit(path, rec)
     got = resume.load_unit(path, "f" * 64)
+    sc = got["scores"]["baseline"]
     assert math.isnan(got["metrics"]["block3"]["ap"]) and got["metrics"]["block3"]["sharpness"] == math.inf
-    assert math.isnan(got["curves"]["block3"]["mean"]["least_first"][1]) and math.isnan(got["consistency"]["value"])
-    assert math.isnan(got["per_image"]["block3"]["ap"][1]) and got["predictions"] == rec["predictions"]
+    assert math.isnan(sc["curves"]["block3"]["mean"]["least_first"][1]) and math.isnan(got["consistency"]["value"])
+    assert math.isnan(got["per_image"]["block3"]["ap"][1]) and sc["predictions"] == rec["scores"]["baseline"]["predictions"]
+    assert math.isnan(sc["per_image"]["block3"]["srg_prob@mean"][0])
     assert resume.load_unit(path, "0" * 64) is None
+    got = role_view(got, "baseline")
+    assert got["metrics"]["block3"]["srg@mean"] == -1.0 and set(got["per_image"]["block3"]) == {"ap", "srg_prob@mean"}
     numbers = RunNumbers()
     numbers.add(got, method="m", k=1)
     per_run, curves, notes = numbers.per_run, numbers.curves, numbers.notes

@@ -75,14 +75,15 @@ def evaluated(tmp_path_factory):
 
 def test_results_layout_and_tables(evaluated):
     tmp, _, _, path, res = evaluated
-    assert res["schema_version"] == 2
+    assert res["schema_version"] == 3
     assert any("tau_k" in n for n in res["notes"])  # no tau_k run: skipped with a note
     assert set(res["methods"]) == {"exact", "cvx", "gradcam", "lrp", "random", "raw_channel_0"}
     assert set(res["segmentation"]["rows"]) >= {"exact [block3]", "exact [block4]", "gradcam [block4]"}
     assert res["segmentation"]["higher_is_better"]["ap"] is True
     assert res["perturbation"]["higher_is_better"]["auc_most_first"] is False
     assert res["meta"]["n_images"] == 12 and res["meta"]["n_positive_with_mask"] == 6
-    for stem in ("table1_perturbation", "table2_segmentation", "table3_classification", "table4_diagnostics"):
+    for stem in ("table1_perturbation", "table2_segmentation", "table3_classification", "table4_diagnostics",
+                 "table5_hiding"):
         assert (path.parent / f"{stem}.md").is_file() and (path.parent / f"{stem}.csv").is_file()
     md = (path.parent / "table2_segmentation.md").read_text()
     assert "IoU@97.5 ×100 ↑" in md and "exact [block3]" in md
@@ -171,6 +172,79 @@ def test_perturbation_and_classification_match_direct_computation(evaluated):
     cls = res["classification"]["rows"]
     assert set(cls) == {"baseline", "exact", "unconstrained"}
     assert cls["exact"]["params"] > cls["baseline"]["params"]
+
+
+def test_own_model_protocol_scores_every_map_on_its_own_model(evaluated):
+    """own_model/<variant>/methods/<method>: post-hoc maps of every gated model, every map's curves on the model
+    it comes from; the baseline's own-model numbers are the common classifier's."""
+    from dualattn.evaluate import perturbation_curve
+    from dualattn.explain import explain
+    from dualattn.weights import load_model
+
+    _, data, runs, _, res = evaluated
+    assert set(res["protocols"]) == {"common_classifier", "own_model"}
+    own = res["own_model"]
+    assert set(own) == {"baseline", "exact", "unconstrained"}
+    assert set(own["exact"]["methods"]) == {"exact", "gradcam", "lrp", "random", "raw_channel_0"}
+    assert set(own["unconstrained"]["methods"]) >= {"cvx", "gradcam", "lrp"}
+    test = _test_tensors(data)
+    model = load_model(runs / "exact" / "seed1" / "best.safetensors")
+    for method, target in (("exact", None), ("gradcam", test.labels)):
+        maps = explain(model, test.images, method=method, block="block3", target=target)
+        curve = perturbation_curve(model, test.images, test.labels, maps, fractions=(0, 0.25, 0.5, 0.75, 1.0))
+        cell = own["exact"]["methods"][method]["blocks"]["block3"]
+        assert cell["auc_least_first"]["values"][1] == pytest.approx(curve.auc)
+    # the attention map itself is the same in both protocols: its segmentation numbers agree
+    assert own["exact"]["methods"]["exact"]["blocks"]["block3"]["ap"]["values"] == pytest.approx(
+        res["methods"]["exact"]["blocks"]["block3"]["ap"]["values"])
+    # ... its perturbation numbers need not (another classifier)
+    assert own["baseline"]["methods"]["gradcam"]["blocks"]["block4"]["auc_least_first"]["values"] == pytest.approx(
+        res["methods"]["gradcam"]["blocks"]["block4"]["auc_least_first"]["values"])
+
+
+def test_probability_curves_and_hiding_match_direct_computation(evaluated):
+    from dualattn.evaluate.hiding import foreground, hiding_test, match_partners
+    from dualattn.explain import explain
+    from dualattn.weights import load_model
+
+    _, data, runs, _, res = evaluated
+    test = _test_tensors(data)
+    base = load_model(runs / "baseline" / "seed0" / "best.safetensors").eval()
+    maps = explain(base, test.images, method="gradcam", block="block4", target=test.labels)
+    fr = (0.0, 0.25, 0.5, 0.75, 1.0)
+    from dualattn.evaluate.perturbation import perturbation_outputs
+
+    per_order = {}
+    for order in ("least_first", "most_first"):
+        logp = perturbation_outputs(base, test.images, maps, fractions=fr, order=order, fill="mean")
+        p_true = logp.gather(2, test.labels.view(-1, 1, 1).expand(-1, len(fr), 1))[..., 0].double().exp()
+        per_order[order] = np.trapezoid(p_true.numpy(), fr, axis=1) * 100.0
+    cell = res["methods"]["gradcam"]["blocks"]["block4"]
+    # (float32 outputs computed in batches of 5 there, all at once here)
+    assert cell["auc_least_first_prob@mean"]["values"][0] == pytest.approx(per_order["least_first"].mean(), rel=1e-5)
+    assert cell["srg_prob@mean"]["values"][0] == pytest.approx(
+        (per_order["least_first"] - per_order["most_first"]).mean(), rel=1e-4, abs=1e-4)
+    partners = match_partners(foreground(test.images), test.labels, test.patients, n_partners=5)
+    got = hiding_test(base, test.images, maps, test.labels, partners=partners, ks=(10, 20, 35))
+    for key in ("hidden_swap_flips@20", "kept_swap_flips@35", "hidden_swap_dlogp@10"):
+        assert cell[key]["values"][0] == pytest.approx(float(np.nanmean(got[key])))
+
+
+def test_comparisons_carry_protocol_intervals_and_selection(evaluated):
+    _, _, _, _, res = evaluated
+    recs = res["comparisons"]
+    assert recs, "secondary comparisons are made whatever the primary claims name"
+    from dualattn.evaluate.claims import RECORD_KEYS
+
+    for rec in recs:
+        assert list(rec) == list(RECORD_KEYS)
+        assert rec["protocol"] in ("common_classifier", "own_model")
+        assert rec["resampled"] == ["patients", "seeds"] or rec["resampled"] == ["patients"]
+    # the default primary claims name `dual`, which this evaluation has not: none is primary, none claims
+    assert not any(r["primary"] for r in recs) and all(r["holds"] is None for r in recs)
+    assert {r["ours"] for r in recs if r["metric"] != "balanced_accuracy"} == {"exact"}
+    acc = [r for r in recs if r["metric"] == "balanced_accuracy"]
+    assert {r["ours"] for r in acc} == {"exact", "unconstrained"} and all(r["null"] == -3.0 for r in acc)
 
 
 def test_size_and_channel_adaptation(tmp_path):

@@ -370,7 +370,8 @@ def generate(
         vol = _template(1 if size > 96 else 2)
     finally:
         torch.set_num_threads(threads)
-    meta = {"name": "synthetic-brain", "seed": seed, "size": size, "generator_version": 3}
+    meta = {"name": "synthetic-brain", "seed": seed, "size": size, "generator_version": 3,
+            "slices_per_patient": int(slices_per_patient)}
     if lesion_contrast is not None:
         if not 0 < float(lesion_contrast) <= 2:
             raise ValueError(f"lesion_contrast must be in (0, 2], got {lesion_contrast!r}")

@@ -55,6 +55,7 @@ __all__ = [
     "match_partners",
     "cell_index",
     "kept_pixels",
+    "lesion_oracle_maps",
     "hiding_test",
     "hiding_metric_names",
 ]
@@ -154,6 +155,38 @@ def kept_pixels(maps: Tensor, fg: Tensor, k: float) -> Tensor:
     rank.scatter_(1, order, torch.arange(n_cells, device=order.device).expand(b, n_cells).contiguous())
     kept_cells = (rank < n_keep[:, None]) & cand
     return torch.gather(kept_cells, 1, cid.expand(b, -1)).reshape(b, 1, *size)
+
+
+def lesion_oracle_maps(masks: Tensor, has_mask: Tensor, grid: Sequence[int], *, scale_cells: float = 2.0) -> Tensor:
+    """The dilated-lesion oracle, ``(N, 1, *grid)``: what a map that shows exactly the lesion (and then its
+    surroundings) would score in the hiding test.
+
+    Per cell: the share of its pixels in the mask (1 inside the lesion) plus ``1e-3 * exp(-d / scale_cells)``
+    with ``d`` the distance in cells to the nearest lesion cell, so keeping more cells grows the kept region
+    around the lesion (a dilation) instead of picking arbitrary ties. An image without a (non-empty) mask gets
+    a centred ``exp(-d / scale)`` from the grid's centre (it has no lesion to show). Normalized to sum 1.
+    """
+    n = masks.shape[0]
+    g = tuple(int(v) for v in grid)
+    size = tuple(masks.shape[2:])
+    cid = cell_index(g, size).reshape(-1)
+    n_cells = math.prod(g)
+    pix = (masks.reshape(n, -1) > 0.5).double()
+    inside = torch.zeros(n, n_cells, dtype=torch.float64).index_add_(1, cid, pix)
+    inside = inside / torch.bincount(cid, minlength=n_cells).double().clamp_min(1.0)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(v, dtype=torch.float64) for v in g], indexing="ij"),
+                         dim=-1).reshape(n_cells, len(g))
+    dist = torch.cdist(coords, coords)  # (cells, cells)
+    lesion = (inside > 0) & has_mask.reshape(n, 1).bool()
+    big = torch.full_like(dist, math.inf)
+    d = torch.where(lesion[:, None, :], dist.expand(n, -1, -1), big).amin(dim=2)  # (N, cells)
+    centre = torch.tensor([(v - 1) / 2 for v in g], dtype=torch.float64)
+    d_centre = (coords - centre).norm(dim=1).expand(n, -1)
+    none = ~lesion.any(dim=1, keepdim=True)
+    d = torch.where(none, d_centre, d)
+    value = inside * (~none) + 1e-3 * torch.exp(-d / float(scale_cells))
+    value = value / value.sum(dim=1, keepdim=True)
+    return value.float().reshape(n, 1, *g)
 
 
 def hiding_metric_names(ks: Sequence[int], fills: Sequence[str]) -> list[str]:

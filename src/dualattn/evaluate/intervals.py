@@ -265,10 +265,12 @@ def crossed_comparison(
 
     theta = float(_statistic(kind, np.array(va), np.array(vb)))
     theta_s = _statistic(kind, a_s, b_s)
-    if rep_a.shape[0] < 2:
+    if n_pat < 2:
+        notes.append("one patient: the patients' variance is not estimable, so there is no interval")
+    if rep_a.shape[0] < 2 or n_pat < 2:
         return CrossedInterval(kind, va, vb, _back(kind, theta), None, None, None, null_v, level, None, None,
                                None, None, n_pat, n_seeds, int(rep_a.shape[0]), ("patients", "seeds"),
-                               "; ".join(notes + ["too few defined replicates for an interval"]),
+                               "; ".join(notes if n_pat < 2 else notes + ["too few defined replicates for an interval"]),
                                tuple(float(t) for t in theta_s))
     boot = _statistic(kind, rep_a.mean(axis=1), rep_b.mean(axis=1))
     # a bootstrap variance of a mean over P clusters is (P - 1) / P of the unbiased one: undo that

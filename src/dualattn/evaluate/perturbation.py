@@ -57,6 +57,7 @@ __all__ = [
     "make_fill",
     "make_perturbation",
     "perturbation_curve",
+    "perturbation_outputs",
     "perturbation_predictions",
     "removal_masks",
 ]
@@ -321,7 +322,7 @@ def removal_masks(maps: Tensor, size: Sequence[int], fractions: Sequence[float],
 
 
 @torch.no_grad()
-def perturbation_predictions(
+def perturbation_outputs(
     classifier: nn.Module | Callable[[Tensor], Tensor],
     images: Tensor,
     maps: Tensor,
@@ -331,7 +332,7 @@ def perturbation_predictions(
     fill: str | Fill | None = None,
     perturbation: str | Perturbation | None = None,
 ) -> Tensor:
-    """Predicted class of ``classifier`` on the perturbed images at every fraction.
+    """Log-probabilities of ``classifier`` on the perturbed images at every fraction.
 
     The classifier is called as given (put it in eval mode yourself; :func:`perturbation_curve`
     and :mod:`dualattn.evaluate.runner` do).
@@ -348,7 +349,7 @@ def perturbation_predictions(
             (:func:`make_perturbation`); give it or ``fill``, not both.
 
     Returns:
-        ``(B, F)`` int64 predictions.
+        ``(B, F, K)`` float32 log-softmax outputs.
     """
     if images.dim() < 3:
         raise ValueError(f"images must be (B, C, *S), got shape {tuple(images.shape)}")
@@ -365,7 +366,7 @@ def perturbation_predictions(
             raise ValueError(
                 f"fill {fill_fn.name!r} returned shape {tuple(replacement.shape)}, expected {tuple(images.shape)}"
             )
-    preds = []
+    outs = []
     for f in fr:
         removed = rank < int(round(f * n))
         if replacement is not None:
@@ -374,8 +375,29 @@ def perturbation_predictions(
             perturbed = fill_fn(images, removed)
             if tuple(perturbed.shape) != tuple(images.shape):
                 raise ValueError(f"fill returned shape {tuple(perturbed.shape)}, expected {tuple(images.shape)}")
-        preds.append(classifier(perturbed).argmax(dim=1))
-    return torch.stack(preds, dim=1)
+        outs.append(classifier(perturbed).float().log_softmax(dim=1))
+    return torch.stack(outs, dim=1)
+
+
+@torch.no_grad()
+def perturbation_predictions(
+    classifier: nn.Module | Callable[[Tensor], Tensor],
+    images: Tensor,
+    maps: Tensor,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    order: str = "least_first",
+    fill: str | Fill | None = None,
+    perturbation: str | Perturbation | None = None,
+) -> Tensor:
+    """Predicted class of ``classifier`` on the perturbed images at every fraction: the argmax of
+    :func:`perturbation_outputs` (same arguments).
+
+    Returns:
+        ``(B, F)`` int64 predictions.
+    """
+    return perturbation_outputs(classifier, images, maps, fractions=fractions, order=order, fill=fill,
+                                perturbation=perturbation).argmax(dim=2)
 
 
 def perturbation_curve(

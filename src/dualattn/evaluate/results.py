@@ -17,7 +17,7 @@ from .statistics import mean_std
 
 __all__ = ["SCHEMA_VERSION", "RunNumbers", "assemble", "section"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RunNumbers:
@@ -96,13 +96,14 @@ def assemble(
         run_rows: one row per run: run, variant, model, seed, balanced_accuracy, params.
         blocks: the evaluated blocks (the report's curves are those of the first).
     """
-    seg_cols, pert_cols, fill_cols, diag_cols = (
-        section_columns(s) for s in ("segmentation", "perturbation", "perturbation_fills", "diagnostics"))
+    seg_cols, pert_cols, fill_cols, diag_cols, hide_cols = (
+        section_columns(s) for s in ("segmentation", "perturbation", "perturbation_fills", "diagnostics", "hiding"))
     methods_out: dict[str, Any] = {}
     seg_rows: dict[str, dict[str, Any]] = {}
     pert_rows: dict[str, dict[str, Any]] = {}
     fill_rows: dict[str, dict[str, Any]] = {}
     diag_rows: dict[str, dict[str, Any]] = {}
+    hide_rows: dict[str, dict[str, Any]] = {}
     for method, by_block in numbers.per_run.items():
         entry: dict[str, Any] = {"source": sources.get(method, {}), "blocks": {}}
         pair_kl = None
@@ -120,6 +121,8 @@ def assemble(
                 pert_rows[row] = {c: stats[c] for c in pert_cols if c in stats}
             if any(c in stats for c in fill_cols):
                 fill_rows[row] = {c: stats[c] for c in fill_cols if c in stats}
+            if any(c in stats for c in hide_cols):
+                hide_rows[row] = {c: stats[c] for c in hide_cols if c in stats}
             diag_rows[row] = {c: stats[c] for c in diag_cols if c in stats}
         if pair_kl is not None:
             for block in entry["blocks"]:
@@ -137,7 +140,7 @@ def assemble(
                     if not runs:
                         continue
                     mean, std = _curve_stats(runs)
-                    key = f"auc_{order}" if i == 0 else f"auc_{order}@{fill}"
+                    key = f"auc_{order}" if i == 0 and not order.endswith("_prob") else f"auc_{order}@{fill}"
                     entry_fill[order] = {"mean": mean, "std": std, "runs": runs,
                                          "auc": methods_out[method]["blocks"][block].get(key)}
                 c["fills"][fill] = entry_fill
@@ -172,6 +175,7 @@ def assemble(
         "segmentation": section(seg_rows, "segmentation"),
         "perturbation": {**section(pert_rows, "perturbation"), "curves": report_curves},
         "perturbation_fills": section(fill_rows, "perturbation_fills"),
+        "hiding": section(hide_rows, "hiding"),
         "classification": section(cls_rows, "classification"),
         "diagnostics": section(diag_rows, "diagnostics"),
         "runs": list(run_rows),

@@ -23,11 +23,11 @@ __all__ = ["RESUME_FORMAT", "PARTIAL_DIR", "unit_fingerprint", "unit_filename", 
 logger = logging.getLogger(__name__)
 
 #: bump when a unit record's content or meaning changes: older records are then recomputed
-RESUME_FORMAT = 2
+RESUME_FORMAT = 3
 #: folder under ``out`` holding one JSON record per finished (method, run) unit
 PARTIAL_DIR = ".partial"
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-_NUMERIC_KEYS = ("metrics", "curves", "per_image", "consistency")
+_NUMERIC_KEYS = ("metrics", "per_image", "consistency", "scores")
 
 
 def _encode_floats(obj: Any) -> Any:
@@ -58,28 +58,30 @@ def _decode_floats(obj: Any) -> Any:
 
 
 def unit_fingerprint(
-    common: Mapping[str, Any], *, method: str, k: int, method_blocks: Sequence[str],
-    source: Mapping[str, Any] | None, classifier: Mapping[str, Any] | None,
+    common: Mapping[str, Any], *, method: str, k: int | None, method_blocks: Sequence[str],
+    source: Mapping[str, Any] | None, classifier: Mapping[str, Any] | None, k_own: int | None = None,
 ) -> str:
     """SHA-256 over every setting that changes a unit's numbers.
 
     Args:
-        common: the settings shared by every unit (data, split, blocks, perturbation ...).
-        method, k, method_blocks: the unit: method name, run index, blocks it is evaluated at.
-        source, classifier: digests of the explained run's and the perturbation classifier's weights
+        common: the settings shared by every unit (data, split, blocks, perturbation, hiding test ...).
+        method, k, k_own, method_blocks: the unit: method name, run indices, blocks it is evaluated at.
+        source, classifier: digests of the explained run's weights and, per role, of the classifier's
             (:meth:`dualattn.runs.RunDir.digest`).
     """
     payload = {
-        "resume_format": RESUME_FORMAT, **common, "method": method, "k": int(k), "method_blocks": list(method_blocks),
-        "source": source, "classifier": classifier,
+        "resume_format": RESUME_FORMAT, **common, "method": method, "k": k, "k_own": k_own,
+        "method_blocks": list(method_blocks), "source": source, "classifier": classifier,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def unit_filename(method: str, method_blocks: Sequence[str], k: int) -> str:
-    """``<method>__<block>+<block>__<k>.json`` (characters unsafe in file names replaced)."""
+def unit_filename(method: str, method_blocks: Sequence[str], k: int, variant: str | None = None) -> str:
+    """``<method>__[<variant>__]<block>+<block>__<k>.json`` (characters unsafe in file names replaced); ``k`` is
+    the run's index among its variant's runs."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", method)
-    return f"{safe}__{'+'.join(method_blocks) or 'none'}__{int(k)}.json"
+    middle = "" if variant is None else re.sub(r"[^A-Za-z0-9_.-]", "_", variant) + "__"
+    return f"{safe}__{middle}{'+'.join(method_blocks) or 'none'}__{int(k)}.json"
 
 
 def save_unit(path: Path, record: Mapping[str, Any]) -> None:
@@ -104,19 +106,25 @@ def load_unit(path: Path, fingerprint: str) -> dict[str, Any] | None:
                            "(fingerprint differs); recomputing", path)
             return None
         metrics = _decode_floats(rec["metrics"])
-        curves = _decode_floats(rec["curves"])
         per_image = _decode_floats(rec["per_image"])
-        predictions = rec["predictions"]
-        if not isinstance(predictions, dict):
-            raise ValueError("malformed predictions")
+        scores = {}
+        for role, sc in rec["scores"].items():
+            predictions = sc["predictions"]
+            if not isinstance(predictions, dict):
+                raise ValueError("malformed predictions")
+            scores[str(role)] = {"classifier": str(sc["classifier"]), "metrics": _decode_floats(sc["metrics"]),
+                                 "curves": _decode_floats(sc["curves"]), "per_image": _decode_floats(sc["per_image"]),
+                                 "predictions": predictions}
+            if not all(isinstance(v, dict) for v in (scores[role]["metrics"], scores[role]["curves"])):
+                raise ValueError("malformed scores")
         cons = rec["consistency"]
         if cons is not None:
             cons = {"pair": str(cons["pair"]), "value": _decode_floats(cons["value"])}
         errors = [str(e) for e in rec["errors"]]
-        if not all(isinstance(v, dict) for v in (metrics, curves, *metrics.values(), *curves.values())):
-            raise ValueError("malformed metrics or curves")
+        if not all(isinstance(v, dict) for v in (metrics, *metrics.values())):
+            raise ValueError("malformed metrics")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("ignoring unreadable resume record %s (%s); recomputing", path, exc)
         return None
-    return {**rec, "metrics": metrics, "curves": curves, "per_image": per_image, "predictions": predictions,
-            "consistency": cons, "errors": errors}
+    return {**rec, "metrics": metrics, "per_image": per_image, "scores": scores, "consistency": cons,
+            "errors": errors}

@@ -28,12 +28,13 @@ import torch
 from .._io import atomic_write_json
 from ..explain import eval_mode
 from ..models import count_parameters
+from ..data.sealed import is_sealed
 from ..runs import RunDir
 from . import metrics as M
 from . import road
 from . import units as U
 from .checks import result_warnings
-from .evidence import claimable_comparisons
+from .claims import build_comparisons, protocol_descriptions
 from .results import RunNumbers, assemble
 from .resume import PARTIAL_DIR, load_unit, save_unit, unit_filename, unit_fingerprint
 from .settings import EvalSettings
@@ -84,47 +85,74 @@ def evaluate_runs(
     if "center" in methods_wanted(settings, test):
         ctx.lesion_fraction = _lesion_fraction(settings, data, run_dirs[0].config)
     run_rows = [_classify(run, ctx) for run in progress_bar(run_dirs, progress, "classifying")]
+    ctx.predictions = {str(r["run"]): r.pop("_predictions") for r in run_rows}
 
     methods = methods_wanted(settings, test)
-    units, sources = U.plan_units(methods, run_dirs, baselines, settings.blocks, notes)
+    units, sources, own_sources = U.plan_units(
+        methods, run_dirs, baselines, settings.blocks, notes, protocols=settings.protocols,
+        own_model_methods=settings.own_model_methods)
     common = _fingerprint_settings(settings, test, pos_idx)
+    own_numbers: dict[str, RunNumbers] = {}
     reused, warmed = 0, set()
     for unit in progress_bar(units, progress, "units"):
         if unit.note:
             notes.append(unit.note)
         fingerprint = unit_fingerprint(
-            common, method=unit.method, k=unit.k, method_blocks=unit.blocks, source=unit.run.digest(),
-            classifier=None if unit.classifier is None else unit.classifier.digest(),
+            common, method=unit.method, k=unit.k, k_own=unit.k_own, method_blocks=unit.blocks,
+            source=unit.run.digest(), classifier={role: clf.digest() for role, clf in unit.classifiers.items()},
         )
-        record_path = out / PARTIAL_DIR / unit_filename(unit.method, unit.blocks, unit.k)
+        index = unit.k_own if unit.k_own is not None else unit.k
+        record_path = out / PARTIAL_DIR / unit_filename(unit.method, unit.blocks, index, unit.variant)
         record = load_unit(record_path, fingerprint) if settings.resume else None
         if record is not None:
-            logger.info("reusing %s (%s on %s, run %d)", record_path, unit.method, unit.run.path.name, unit.k)
+            logger.info("reusing %s (%s on %s)", record_path, unit.method, unit.run.path)
             reused += 1
         else:
             record = U.evaluate_unit(unit, ctx, warm_up=unit.method not in warmed)
             warmed.add(unit.method)
             record["fingerprint"] = fingerprint
             save_unit(record_path, record)
-        numbers.add(record, method=unit.method, k=unit.k)
+        if unit.k is not None:
+            numbers.add(U.role_view(record, "baseline"), method=unit.method, k=unit.k)
+        if unit.k_own is not None:
+            own = own_numbers.setdefault(unit.variant, RunNumbers())
+            own.add(U.role_view(record, "self"), method=unit.method, k=unit.k_own)
 
     results = assemble(numbers, fractions=settings.fractions, sources=sources, run_rows=run_rows,
                        blocks=settings.blocks)
-    results["comparisons"] = claimable_comparisons(
-        numbers, labels=test.labels.numpy(), fractions=settings.fractions, run_rows=run_rows, sources=sources,
-        n_positives=len(pos_idx), num_classes=len(test.class_names), n_boot=settings.n_boot, seed=settings.seed,
+    results["protocols"] = protocol_descriptions(settings.protocols)
+    results["own_model"] = {
+        variant: {"methods": assemble(nums, fractions=settings.fractions, sources={}, run_rows=[],
+                                      blocks=settings.blocks)["methods"],
+                  "runs": [str(r.path) for r in run_dirs if r.variant == variant and not r.is_vit]}
+        for variant, nums in sorted(own_numbers.items())
+    }
+    for variant, entry in results["own_model"].items():
+        for method, m_entry in entry["methods"].items():
+            m_entry["source"] = {"variant": variant, **own_sources.get(variant, {}).get(method, {})}
+    results["comparisons"] = build_comparisons(
+        common=numbers, own=own_numbers, test=test, fractions=settings.fractions, run_rows=run_rows,
+        sources=sources, settings=settings, classification=_classification_evidence(run_dirs, ctx),
     )
     results["warnings"] = result_warnings(results)
     results["meta"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": str(data), "data_path": str(test.root), "split": settings.split, "n_images": len(test.ids),
         "n_positive_with_mask": int(len(pos_idx)), "class_names": test.class_names,
+        "n_patients": test.n_patients, **_data_meta(data, test),
         "image_size": list(test.images.shape[2:]), "model": ", ".join(sorted({r.model_name for r in run_dirs})),
         "runs": [str(r.path) for r in run_dirs], "baselines": [str(r.path) for r in baselines],
         "seeds": sorted({r.seed for r in run_dirs if r.seed is not None}), "methods": list(sources),
         "blocks": list(settings.blocks),
         "perturbation": {"fills": list(settings.fills), "fractions": list(settings.fractions),
-                         "classifier": "baseline run k mod #baselines"},
+                         "classifier": "common_classifier: baseline run k mod #baselines; own_model: the map's "
+                                       "own run"},
+        "protocols": list(settings.protocols),
+        "own_model_methods": settings.own_model_methods if isinstance(settings.own_model_methods, str)
+        else list(settings.own_model_methods),
+        "hiding": {"ks": list(settings.hiding_ks), "fills": list(settings.hiding_fills),
+                   "partners": settings.hiding_partners},
+        "n_boot": settings.n_boot,
         "sanity_images": settings.sanity_images, "device": str(dev), "ig_steps": settings.ig_steps,
         "reused_units": reused,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
@@ -137,6 +165,21 @@ def evaluate_runs(
     logger.info("wrote %s (%.1f s; reused %d of %d (method, run) units from %s)", path,
                 time.perf_counter() - t_start, reused, len(units), out / PARTIAL_DIR)
     return path
+
+
+def _data_meta(data: Any, test: TestSet) -> dict[str, Any]:
+    """``data_seed`` / ``sealed`` of the evaluated data: from the dataset folder's ``dataset.json`` (written by
+    the embedded generators and the demo), else unknown (``None`` / ``False``)."""
+    import json
+
+    seed = None
+    info = Path(test.root) / "dataset.json"
+    if info.is_file():
+        try:
+            seed = json.loads(info.read_text(encoding="utf-8")).get("seed")
+        except (OSError, ValueError):
+            seed = None
+    return {"data_seed": seed, "sealed": bool(is_sealed(seed))}
 
 
 def _load_runs(runs: Any, baseline: Any) -> tuple[list[RunDir], list[RunDir]]:
@@ -199,7 +242,16 @@ def _classify(run: RunDir, ctx: U.EvalContext) -> dict[str, Any]:
                           for s in batches(x.shape[0], ctx.settings.batch_size)])
     return {"run": str(run.path), "variant": run.variant, "model": run.model_name, "seed": run.seed,
             "balanced_accuracy": 100.0 * M.balanced_accuracy(ctx.test.labels, pred),
-            "params": count_parameters(run.model)}
+            "params": count_parameters(run.model), "_predictions": pred.tolist()}
+
+
+def _classification_evidence(run_dirs: Sequence[RunDir], ctx: U.EvalContext) -> dict[str, list[list[int]]]:
+    """variant -> one list of test predictions per run (in run order): the accuracy comparisons' evidence."""
+    out: dict[str, list[list[int]]] = {}
+    for r in run_dirs:
+        if not r.is_vit:
+            out.setdefault(str(r.variant), []).append(ctx.predictions[str(r.path)])
+    return out
 
 
 def _fingerprint_settings(settings: EvalSettings, test: TestSet, pos_idx: torch.Tensor) -> dict[str, Any]:
@@ -211,4 +263,8 @@ def _fingerprint_settings(settings: EvalSettings, test: TestSet, pos_idx: torch.
         "blocks": list(settings.blocks), "fills": list(settings.fills), "fractions": list(settings.fractions),
         "road": {"noise_std": road.NOISE_STD, "tol": road.TOL, "max_iter": road.MAX_ITER},
         "sanity_images": settings.sanity_images, "ig_steps": settings.ig_steps, "seed": settings.seed,
+        "protocols": list(settings.protocols),
+        "hiding": {"ks": list(settings.hiding_ks), "fills": list(settings.hiding_fills),
+                   "partners": settings.hiding_partners},
+        "patients_sha256": hashlib.sha256("\x00".join(test.patients).encode("utf-8")).hexdigest(),
     }

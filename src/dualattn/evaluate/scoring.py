@@ -1,12 +1,16 @@
-"""Scoring one method's maps on the test set: the paper's two protocols and the diagnostics.
+"""Scoring one method's maps on the test set: the paper's two protocols, the hiding test and the diagnostics.
 
-:func:`score_maps` is pure (its inputs are not changed; no file, no global): maps of one block in, a dict of
-per-run numbers out. The model-randomization sanity check's copy comes from :func:`randomized_copy`.
+:func:`map_scores` needs the maps only (implicit segmentation, sharpness); :func:`classifier_scores` scores
+them on one classifier (input perturbation on accuracy and on the true class's probability, the hiding test):
+the baseline in the ``common_classifier`` protocol, the map's own model in ``own_model``. :func:`score_maps` is
+both. All are pure (their inputs are not changed; no file, no global). The model-randomization sanity check's
+copy comes from :func:`randomized_copy`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -15,10 +19,12 @@ from torch import Tensor, nn
 
 from ..explain import eval_mode
 from . import metrics as M
-from .perturbation import make_fill, perturbation_predictions
+from .hiding import hiding_test
+from .perturbation import make_fill, perturbation_outputs
 from .testset import TestSet, batches
 
-__all__ = ["QUANTILES", "ORDERS", "score_maps", "randomized_copy", "nanmean"]
+__all__ = ["QUANTILES", "ORDERS", "HidingSetup", "score_maps", "map_scores", "classifier_scores", "randomized_copy",
+           "nanmean"]
 
 #: IoU columns -> quantile of the map's values used as the threshold (DESIGN.md §2)
 QUANTILES: dict[str, float] = {"iou@97.5": 0.975, "iou@95": 0.95, "iou@90": 0.90}
@@ -33,6 +39,24 @@ def nanmean(x: Tensor) -> float:
     return float(x[ok].mean()) if bool(ok.any()) else math.nan
 
 
+@dataclasses.dataclass(frozen=True)
+class HidingSetup:
+    """What the hiding test needs besides the maps and the classifier (computed once per evaluation).
+
+    Attributes:
+        ks: kept shares of the foreground cells (percent).
+        fills: ``"partner"`` and/or ``"road"``.
+        partners: ``(N, n)`` matched healthy partners (:func:`dualattn.evaluate.hiding.match_partners`), or
+            ``None`` when only the ROAD fill runs.
+        fg: ``(N, 1, *S)`` foreground of the test images.
+    """
+
+    ks: tuple[int, ...]
+    fills: tuple[str, ...]
+    partners: Tensor | None
+    fg: Tensor
+
+
 def score_maps(
     maps: Tensor,
     test: TestSet,
@@ -45,38 +69,35 @@ def score_maps(
     device: torch.device | str = "cpu",
     seed: int = 0,
     cache: dict[Any, Tensor] | None = None,
+    hiding: HidingSetup | None = None,
 ) -> dict[str, Any]:
-    """Score one block's maps of every test image.
-
-    Args:
-        maps: ``(N, 1, *grid)``, one map per test image, in test-set order.
-        test: the test set (labels, masks).
-        classifier: the baseline classifier of the perturbation protocol (``None``: no perturbation).
-        classifier_images: the test images as ``classifier`` takes them (:func:`fit_to_model`).
-        fractions: removed fractions of the perturbation curve (0 ... 1).
-        fills: what replaces removed pixels (:data:`dualattn.evaluate.perturbation.FILLS`); the first is the
-            one behind the un-suffixed keys (the paper's protocol).
-        batch_size: images per classifier call.
-        device: where the classifier runs.
-        seed: seed of the noisy fills (ROAD; its noise does not depend on the batching).
-        cache: a dict kept across calls with the same classifier and images (e.g. every method of one run):
-            the predictions at the fractions that do not depend on the map (0: nothing removed; 1: everything
-            removed) are computed once per fill and looked up afterwards.
+    """Score one block's maps of every test image: :func:`map_scores` and, with a classifier,
+    :func:`classifier_scores` (merged; same arguments).
 
     Returns:
-        ``{"metrics", "curves", "per_image", "predictions"}``:
+        ``{"metrics", "curves", "per_image", "predictions"}``.
+    """
+    out = map_scores(maps, test)
+    if classifier is not None and classifier_images is not None:
+        clf = classifier_scores(maps, test, classifier=classifier, classifier_images=classifier_images,
+                                fractions=fractions, fills=fills, batch_size=batch_size, device=device, seed=seed,
+                                cache=cache, hiding=hiding)
+        out["metrics"].update(clf["metrics"])
+        out["per_image"].update(clf["per_image"])
+        out["curves"], out["predictions"] = clf["curves"], clf["predictions"]
+    return out
 
-        * ``metrics``: ``sharpness``; on the images with a non-empty mask the IoU at each quantile, ``ap`` and
-          ``pointing_game`` (x100); with a classifier, per fill ``auc_least_first@<fill>``,
-          ``auc_most_first@<fill>`` and ``srg@<fill>`` (x100), and the first fill's under the un-suffixed keys;
-        * ``curves``: fill -> order -> balanced accuracy x100 per fraction;
-        * ``per_image``: segmentation metric -> one value per positive image (x100, NaN where undefined);
-        * ``predictions``: fill -> order -> ``(N, F)`` predicted classes (what the paired bootstrap resamples).
+
+def map_scores(maps: Tensor, test: TestSet) -> dict[str, Any]:
+    """What a map scores without a classifier: sharpness, and on the images with a non-empty mask the IoU at
+    each quantile, activation precision, ``ap`` and ``pointing_game`` (x100).
+
+    Returns:
+        ``{"metrics": {name: value}, "per_image": {name: one value per positive image (x100, NaN where
+        undefined)}, "curves": {}, "predictions": {}}``.
     """
     vals: dict[str, float] = {"sharpness": nanmean(M.sharpness(maps))}
     per_image: dict[str, list[float]] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
-    predictions: dict[str, dict[str, list[list[int]]]] = {}
     pos = test.positives
     if len(pos):
         pm, mk = maps[pos], test.masks[pos]
@@ -87,29 +108,105 @@ def score_maps(
         per_image["pointing_game"] = (100.0 * M.pointing_game(pm, mk)).tolist()
         for name, values in per_image.items():
             vals[name] = nanmean(torch.tensor(values))
-    if classifier is not None and classifier_images is not None:
+    return {"metrics": vals, "curves": {}, "per_image": per_image, "predictions": {}}
+
+
+def classifier_scores(
+    maps: Tensor,
+    test: TestSet,
+    *,
+    classifier: nn.Module,
+    classifier_images: Tensor,
+    fractions: Sequence[float] = (),
+    fills: Sequence[str] = ("mean",),
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    cache: dict[Any, Tensor] | None = None,
+    hiding: HidingSetup | None = None,
+) -> dict[str, Any]:
+    """What a map scores on one classifier: the perturbation protocol and the hiding test.
+
+    Args:
+        maps: ``(N, 1, *grid)``, one map per test image, in test-set order.
+        test: the test set (labels).
+        classifier: the model the perturbed images go to (the baseline in the ``common_classifier`` protocol,
+            the map's own model in ``own_model``).
+        classifier_images: the test images as ``classifier`` takes them (:func:`fit_to_model`).
+        fractions: removed fractions of the perturbation curve (0 ... 1; fewer than 2: no curves).
+        fills: what replaces removed pixels (:data:`dualattn.evaluate.perturbation.FILLS`); the first is the
+            one behind the un-suffixed keys (the paper's protocol).
+        batch_size: images per classifier call.
+        device: where the classifier runs.
+        seed: seed of the noisy fills (ROAD; its noise does not depend on the batching).
+        cache: a dict kept across calls with the same classifier and images (e.g. every method of one run):
+            the outputs at the fractions that do not depend on the map (0: nothing removed; 1: everything
+            removed) are computed once per fill and looked up afterwards.
+        hiding: the hiding test's setup (:class:`HidingSetup`); ``None``: not run.
+
+    Returns:
+        ``{"metrics", "curves", "per_image", "predictions"}``:
+
+        * ``metrics``: per fill ``auc_least_first@<fill>``, ``auc_most_first@<fill>`` and ``srg@<fill>`` on the
+          balanced accuracy, and ``auc_least_first_prob@<fill>``, ``auc_most_first_prob@<fill>`` and
+          ``srg_prob@<fill>`` on each image's true-class probability (mean over images; x100); the first fill's
+          accuracy keys also un-suffixed; the hiding test's metrics (:func:`dualattn.evaluate.hiding.hiding_test`);
+        * ``curves``: fill -> order -> balanced accuracy x100 per fraction, and ``<order>_prob`` -> mean
+          true-class probability x100 per fraction;
+        * ``per_image``: the probability AUCs / SRG and the hiding metrics, one value per test image;
+        * ``predictions``: fill -> order -> ``(N, F)`` predicted classes (what the bootstrap resamples).
+    """
+    vals: dict[str, float] = {}
+    per_image: dict[str, list[float]] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    predictions: dict[str, dict[str, list[list[int]]]] = {}
+    labels = test.labels
+    if len(fractions) >= 2:
         for k, fill in enumerate(fills):
-            aucs = {}
+            aucs: dict[str, float] = {}
+            prob_aucs: dict[str, Tensor] = {}
             for order in ORDERS:
-                pr = _predictions(classifier, classifier_images, maps, fractions=fractions, order=order, fill=fill,
-                                  seed=seed, batch_size=batch_size, device=device, cache=cache)
-                acc = [float(100.0 * M.balanced_accuracy(test.labels, pr[:, j])) for j in range(len(fractions))]
+                logp = _outputs(classifier, classifier_images, maps, fractions=fractions, order=order, fill=fill,
+                                seed=seed, batch_size=batch_size, device=device, cache=cache)
+                pr = logp.argmax(2)
+                p_true = logp.gather(2, labels.view(-1, 1, 1).expand(-1, logp.shape[1], 1))[..., 0].double().exp()
+                acc = [float(100.0 * M.balanced_accuracy(labels, pr[:, j])) for j in range(len(fractions))]
                 curves.setdefault(fill, {})[order] = acc
+                curves[fill][f"{order}_prob"] = (100.0 * p_true.mean(0)).tolist()
                 predictions.setdefault(fill, {})[order] = pr.tolist()
                 aucs[order] = M.curve_auc(fractions, [a / 100.0 for a in acc])
                 vals[f"auc_{order}@{fill}"] = aucs[order]
+                prob_aucs[order] = _per_image_auc(fractions, p_true)
+                per_image[f"auc_{order}_prob@{fill}"] = prob_aucs[order].tolist()
+                vals[f"auc_{order}_prob@{fill}"] = nanmean(prob_aucs[order])
             vals[f"srg@{fill}"] = aucs["least_first"] - aucs["most_first"]
+            srg_prob = prob_aucs["least_first"] - prob_aucs["most_first"]
+            per_image[f"srg_prob@{fill}"] = srg_prob.tolist()
+            vals[f"srg_prob@{fill}"] = nanmean(srg_prob)
             if k == 0:
                 vals.update({"auc_least_first": aucs["least_first"], "auc_most_first": aucs["most_first"],
                              "srg": vals[f"srg@{fill}"]})
+    if hiding is not None:
+        got = hiding_test(classifier, classifier_images, maps, labels, partners=hiding.partners, fg=hiding.fg,
+                          ks=hiding.ks, fills=hiding.fills, batch_size=max(batch_size, 64), device=device,
+                          seed=seed)
+        for name, values in got.items():
+            per_image[name] = values
+            vals[name] = nanmean(torch.tensor(values, dtype=torch.float64))
     return {"metrics": vals, "curves": curves, "per_image": per_image, "predictions": predictions}
 
 
-def _predictions(
+def _per_image_auc(fractions: Sequence[float], values: Tensor) -> Tensor:
+    """``(N,)`` trapezoid AUC x100 of each row of ``values (N, F)`` over ``fractions``, divided by their range."""
+    x = torch.tensor([float(f) for f in fractions], dtype=torch.float64)
+    return 100.0 * torch.trapezoid(values.double(), x, dim=1) / float(x[-1] - x[0])
+
+
+def _outputs(
     classifier: nn.Module, images: Tensor, maps: Tensor, *, fractions: Sequence[float], order: str, fill: str,
     seed: int, batch_size: int, device: torch.device | str, cache: dict[Any, Tensor] | None,
 ) -> Tensor:
-    """``(N, F)`` predictions of ``classifier`` on the images perturbed by ``maps`` at every fraction.
+    """``(N, F, K)`` log-probabilities of ``classifier`` on the images perturbed by ``maps`` at every fraction.
 
     With a ``cache``, the map-independent end fractions (0 and 1) come from it (computed on first use), and
     only the fractions in between are perturbed by this map.
@@ -123,7 +220,7 @@ def _predictions(
     cols: dict[float, Tensor] = {}
     with eval_mode(classifier):
         if inner:
-            out = torch.cat([perturbation_predictions(
+            out = torch.cat([perturbation_outputs(
                 classifier, images[s].to(device), maps[s].to(device), fractions=inner, order=order, fill=make,
             ).cpu() for s in batches(maps.shape[0], batch_size)])
             cols.update({f: out[:, j] for j, f in enumerate(inner)})
@@ -132,7 +229,7 @@ def _predictions(
             if key not in cache:
                 # nothing or everything removed: any map gives the same images (rank by a constant map)
                 flat = torch.ones_like(maps)
-                cache[key] = torch.cat([perturbation_predictions(
+                cache[key] = torch.cat([perturbation_outputs(
                     classifier, images[s].to(device), flat[s].to(device), fractions=(0.0, 1.0), order=order,
                     fill=make,
                 ).cpu()[:, 0 if f == 0.0 else 1] for s in batches(maps.shape[0], batch_size)])

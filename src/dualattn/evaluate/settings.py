@@ -47,7 +47,19 @@ class EvalSettings:
             metrics are computed on the CPU.
         resume: reuse finished (method, run) units recorded under ``out/.partial/`` whose fingerprint
             matches; ``False`` recomputes every unit and overwrites the records.
-        n_boot: replicates of the paired bootstrap behind ``comparisons``.
+        n_boot: patient replicates of the bootstrap behind ``comparisons`` (>= 10,000 lets Holm's smallest
+            adjusted p-value pass; :mod:`dualattn.evaluate.intervals`).
+        protocols: ``common_classifier`` (the paper's: every map scored on the baseline) and/or ``own_model``
+            (every map scored on the model it comes from; :mod:`dualattn.evaluate.units`).
+        own_model_methods: the post-hoc explainers and controls that also explain every gated variant's runs
+            under ``own_model`` (``"all"``: every one evaluated); attention maps are always scored on their own
+            model.
+        hiding_ks: kept shares (percent of the foreground cells) of the hiding test; ``()`` turns it off.
+        hiding_fills: what replaces the swapped pixels: ``partner`` (matched healthy test images of other
+            patients) and/or ``road`` (ROAD's imputation, for data without registered partners).
+        hiding_partners: matched partners per image.
+        claims: the primary claims (:mod:`dualattn.evaluate.claims`): ``"default"`` (the ones named in advance
+            for the embedded data) or ``()`` for none; everything else is reported as secondary.
 
     Raises:
         ValueError: on construction, for an invalid value (the message names the field).
@@ -68,7 +80,13 @@ class EvalSettings:
     cache_dir: str | os.PathLike[str] | None = None
     device: str = "cpu"
     resume: bool = True
-    n_boot: int = 2000
+    n_boot: int = 10_000
+    protocols: tuple[str, ...] = ("common_classifier", "own_model")
+    own_model_methods: str | tuple[str, ...] = "all"
+    hiding_ks: tuple[int, ...] = (10, 20, 35)
+    hiding_fills: tuple[str, ...] = ("partner",)
+    hiding_partners: int = 5
+    claims: str | tuple[Any, ...] = "default"
 
     def __post_init__(self) -> None:
         # normalize sequences to tuples so that the object stays hashable and comparable
@@ -77,6 +95,14 @@ class EvalSettings:
             if self.methods == ("all",):
                 object.__setattr__(self, "methods", "all")
         object.__setattr__(self, "blocks", tuple(self.blocks))
+        for key in ("protocols", "hiding_fills"):
+            v = getattr(self, key)
+            object.__setattr__(self, key, (v,) if isinstance(v, str) else tuple(v))
+        object.__setattr__(self, "hiding_ks", tuple(int(k) for k in self.hiding_ks))
+        if not isinstance(self.own_model_methods, str):
+            object.__setattr__(self, "own_model_methods", tuple(self.own_model_methods))
+        if not isinstance(self.claims, str):
+            object.__setattr__(self, "claims", tuple(self.claims))
         object.__setattr__(self, "fills", (self.fills,) if isinstance(self.fills, str) else tuple(self.fills))
         if self.size is not None and not isinstance(self.size, int):
             object.__setattr__(self, "size", tuple(int(s) for s in self.size))
@@ -103,6 +129,20 @@ class EvalSettings:
             raise ValueError(f"fills must be distinct names among {', '.join(known)}, got {list(self.fills)}")
         if self.n_boot < 100:
             raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
+        bad = [p for p in self.protocols if p not in ("common_classifier", "own_model")]
+        if bad or not self.protocols:
+            raise ValueError(f"protocols must be among common_classifier, own_model, got {list(self.protocols)}")
+        if any(not 0 < k <= 100 for k in self.hiding_ks):
+            raise ValueError(f"hiding_ks must be percentages in (0, 100], got {list(self.hiding_ks)}")
+        bad = [f for f in self.hiding_fills if f not in ("partner", "road")]
+        if bad:
+            raise ValueError(f"hiding_fills must be among partner, road, got {list(self.hiding_fills)}")
+        if self.hiding_partners < 1:
+            raise ValueError(f"hiding_partners must be >= 1, got {self.hiding_partners}")
+        if isinstance(self.claims, str) and self.claims != "default":
+            raise ValueError(f"claims must be 'default' or a sequence of claim specs, got {self.claims!r}")
+        if isinstance(self.own_model_methods, str) and self.own_model_methods != "all":
+            raise ValueError(f"own_model_methods must be 'all' or method names, got {self.own_model_methods!r}")
         if self.sanity_images < 0:
             raise ValueError(f"sanity_images must be >= 0, got {self.sanity_images}")
         if self.max_images is not None and self.max_images < 1:

@@ -63,7 +63,8 @@ class MetricSpec:
 
 
 #: results.json table sections, in the order the tables are written.
-SECTIONS: tuple[str, ...] = ("segmentation", "perturbation", "perturbation_fills", "classification", "diagnostics")
+SECTIONS: tuple[str, ...] = ("segmentation", "perturbation", "perturbation_fills", "hiding", "classification",
+                             "diagnostics")
 
 _H, _L, _N = Direction.HIGHER, Direction.LOWER, Direction.NONE
 
@@ -125,6 +126,47 @@ for _fill in FILL_NAMES:
             _b, name=f"{_base}@{_fill}", label=f"{_b.label} [{_fill}]",
             description=f"{_b.description}; {_FILL_WORDS[_fill]}", section="perturbation_fills",
         )
+
+_PROB = {
+    "auc_least_first": ("AUC least-first, p(true) ×100",
+                        "mean over images of the area under the true class's probability vs fraction removed, least "
+                        "important first (ROAD / SRG follow the model's output), x100", _H),
+    "auc_most_first": ("AUC most-first, p(true) ×100",
+                       "mean over images of the area under the true class's probability vs fraction removed, most "
+                       "important first, x100", _L),
+    "srg": ("SRG, p(true) ×100",
+            "per image AUC least-first minus AUC most-first of the true class's probability, mean over images, x100",
+            _H),
+}
+for _fill in FILL_NAMES:
+    for _base, (_label, _desc, _dir) in _PROB.items():
+        METRICS[f"{_base}_prob@{_fill}"] = MetricSpec(
+            f"{_base}_prob@{_fill}", f"{_label} [{_fill}]", f"{_desc}; {_FILL_WORDS[_fill]}", _dir,
+            "perturbation_fills", "pct")
+
+#: kept shares of the hiding test that get metric keys (``dualattn.evaluate.hiding.HIDING_KS``)
+HIDING_KEYS: tuple[int, ...] = (10, 20, 35)
+_HIDING_FILL_WORDS = {
+    "swap": "every other pixel replaced by a matched healthy test image of another patient (5 partners)",
+    "road": "every other pixel imputed by ROAD's noisy linear imputation",
+}
+for _tag, _words in _HIDING_FILL_WORDS.items():
+    for _k in HIDING_KEYS:
+        for _name, _label, _desc, _dir in (
+            (f"hidden_{_tag}_flips@{_k}", f"hidden {_tag} flips@{_k} %",
+             f"keep the top {_k} % of the map's foreground cells, {_words}: share of predictions that flip, all "
+             "images (lower: the model cannot get around what the map hides)", _L),
+            (f"hidden_{_tag}_flips_lesion@{_k}", f"… lesion images@{_k} %",
+             f"as hidden_{_tag}_flips@{_k}, on the images of a non-healthy class", _L),
+            (f"hidden_{_tag}_flips_healthy@{_k}", f"… healthy images@{_k} % (floor)",
+             f"as hidden_{_tag}_flips@{_k}, on healthy images: the seam's own effect (the floor)", _L),
+            (f"hidden_{_tag}_dlogp@{_k}", f"Δ log p hidden {_tag}@{_k}",
+             f"mean change of log p(predicted class) under that swap (0: unchanged)", _N),
+            (f"kept_{_tag}_flips@{_k}", f"kept {_tag} flips@{_k} %",
+             f"swap the kept {_k} % cells instead ({_words.split(' replaced')[0].replace('every other pixel', 'same source')}), "
+             "lesion images: share of predictions that flip (higher: the model uses what the map shows)", _H),
+        ):
+            METRICS[_name] = MetricSpec(_name, _label, _desc, _dir, "hiding", "pct")
 
 #: Column order of the diagnostics table (the pointing game first, then the map's own properties).
 _DIAGNOSTIC_ORDER = ("pointing_game", "sharpness", "randomization_spearman", "consistency_kl", "cost_ms")

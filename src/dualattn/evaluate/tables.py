@@ -30,6 +30,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "perturbation_fills": ("table1b_perturbation_fills",
                            "Table 1b: input perturbation under every fill: AUC least-/most-first and SRG x100"),
     "segmentation": ("table2_segmentation", "Table 2: implicit segmentation, IoU at quantiles and AP x100"),
+    "hiding": ("table5_hiding", "Hiding test: keep the top k % of the map's foreground cells, swap the rest "
+                                "(common classifier: the baseline)"),
     "classification": ("table3_classification", "Table 3: classification, balanced accuracy x100 and parameters"),
     "diagnostics": ("table4_diagnostics", "Diagnostics: pointing game, sharpness, sanity check, consistency, cost"),
 }

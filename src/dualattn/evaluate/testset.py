@@ -34,6 +34,8 @@ class TestSet:
         masks: ``(N, 1, *S)`` float (zeros where an image has no mask).
         has_mask: ``(N,)`` bool.
         ids: one id per image.
+        patients: the patient of every image (the unit the intervals resample; one per image when the data
+            name none).
         root: the dataset folder.
         class_names: label strings by class index.
     """
@@ -47,6 +49,18 @@ class TestSet:
     ids: list[str]
     root: Path
     class_names: list[str]
+    patients: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.patients:
+            self.patients = list(self.ids)
+        if len(self.patients) != len(self.ids):
+            raise ValueError(f"patients has {len(self.patients)} entries for {len(self.ids)} images")
+
+    @property
+    def n_patients(self) -> int:
+        """Distinct patients among the images."""
+        return len(set(self.patients))
 
     @property
     def positives(self) -> Tensor:
@@ -110,6 +124,7 @@ def load_test_set(
         ids=[str(it["id"]) for it in items],
         root=Path(root),
         class_names=list(ds.class_names),
+        patients=[str(p) for p in ds.patients[:count]],
     )
 
 
