@@ -7,7 +7,14 @@ import io
 import numpy as np
 import pytest
 
-from dualattn.report.triplanar import lesion_centroid, map_peak, triplanar_figure, triplanar_png, upsample_nearest
+from dualattn.report.triplanar import (
+    lesion_centroid,
+    map_peak,
+    peak_in_slice,
+    triplanar_figure,
+    triplanar_png,
+    upsample_nearest,
+)
 
 SHAPE = (20, 24, 28)
 
@@ -21,7 +28,7 @@ def _case():
 
 
 def _titles(fig) -> list[list[str]]:
-    axes = fig.axes
+    axes = [a for a in fig.axes if a.get_subplotspec() is not None]  # the panels, not the colour bar
     ncols = axes[0].get_subplotspec().get_gridspec().ncols
     return [[a.get_title() for a in axes[r : r + ncols]] for r in range(0, len(axes), ncols)]
 
@@ -34,13 +41,47 @@ def test_centroid_is_the_cube_centre_and_planes_go_through_it():
     hm[1, 3, 4] = 1.0  # its cell's centre: voxels (1.5 * 4, 3.5 * 4, 4.5 * 4) = (6, 14, 18)
     fig = triplanar_figure(vol, {"a": hm, "b": upsample_nearest(hm, SHAPE)}, mask=mask)
     rows = _titles(fig)
-    assert len(rows) == 2  # one row per method
-    for row in rows:
-        assert row[:3] == ["sagittal i=5", "coronal j=12", "axial k=19"]
-    assert rows[0][3:] == ["sagittal i=6 (peak)", "coronal j=14 (peak)", "axial k=18 (peak)"]
-    # on the volume's grid the upsampled map's first maximum is the block's first voxel (4, 12, 16)
-    assert rows[1][3:] == ["sagittal i=4 (peak)", "coronal j=12 (peak)", "axial k=16 (peak)"]
-    assert [a.get_ylabel() for a in fig.axes[::6]] == ["a", "b"]
+    assert len(rows) == 4  # per map: the planes through the lesion, then through the map's peak
+    for row in rows[::2]:  # planes numbered from 1: voxel i=5 is sagittal plane 6 of 20
+        assert row == ["sagittal 6/20", "coronal 13/24", "axial 20/28"]
+    assert rows[1] == ["sagittal 7/20 (peak)", "coronal 15/24 (peak)", "axial 19/28 (peak)"]
+    # on the volume's grid the upsampled block's voxels tie: the one nearest the block's centre (5.5, 13.5, 17.5)
+    assert rows[3] == ["sagittal 6/20 (peak)", "coronal 14/24 (peak)", "axial 18/28 (peak)"]
+    panels = [a for a in fig.axes if a.get_subplotspec() is not None]
+    assert [a.get_ylabel() for a in panels[::3]] == ["a", "a\n(its peak)", "b", "b\n(its peak)"]
+
+
+def test_every_panel_holds_a_plane_and_a_flat_map_is_one_colour():
+    """No blank panels or half-rows; a uniform map shows 1.0 x uniform everywhere (one colour), a peaked one
+    shows its ratio to uniform, on one fixed scale."""
+    vol, mask = _case()
+    flat = np.full((5, 6, 7), 1 / 210)
+    peaked = np.full((5, 6, 7), 0.5 / 209)
+    peaked[1, 3, 4] = 0.5
+    fig = triplanar_figure(vol, {"flat": flat, "peaked": peaked}, mask=mask)
+    panels = [a for a in fig.axes if a.get_images()]
+    assert len(panels) == 3 * 3  # flat: one row (a constant map has no peak row); peaked: two rows
+    for ax in panels:
+        assert ax.axison and len(ax.get_images()) == 2
+    for ax in panels[:3]:
+        np.testing.assert_allclose(np.asarray(ax.get_images()[1].get_array()), 1.0)
+    norms = {(ax.get_images()[1].norm.vmin, ax.get_images()[1].norm.vmax) for ax in panels}
+    assert norms == {(1 / 8, 32.0)}  # the same fixed scale on every panel
+    peak_panel = np.asarray(panels[6].get_images()[1].get_array())  # peaked, through its peak, sagittal
+    assert peak_panel.max() == pytest.approx(min(0.5 * 210, 32.0))
+
+
+def test_flat_and_tied_maps_peak_at_their_centre_not_a_corner():
+    assert map_peak(np.ones((3, 3, 3)), (9, 9, 9)) == (4, 4, 4)
+    hm = np.zeros((6, 6, 6))
+    hm[1:3, 2:4, 4:6] = 1.0  # a block of tied cells: the one nearest its centre of mass, first in C order
+    assert map_peak(hm, (6, 6, 6)) == (1, 2, 4)
+    vol_map = np.zeros((8, 10, 12))
+    vol_map[2:4, 3, 5] = 1.0  # in slice k=5 two tied voxels; elsewhere all zero
+    assert peak_in_slice(vol_map, axis=2, index=5) == (2, 3, 5)
+    assert peak_in_slice(vol_map, axis=2, index=0) == (3, 4, 0)  # an empty slice: its centre
+    with pytest.raises(ValueError, match="outside"):
+        peak_in_slice(vol_map, axis=2, index=12)
 
 
 def test_peak_at_the_centroid_gives_three_columns_and_png_decodes():
@@ -65,8 +106,8 @@ def test_map_peak_hand_computed_and_point_override():
     assert map_peak(hm, (2, 2, 2)) == (1, 0, 1)
     assert map_peak(hm, (3, 5, 7)) == (2, 1, 5)  # floor((a + 0.5) * S / n)
     vol, mask = _case()
-    fig = triplanar_figure(vol[0], {"x": hm}, mask=mask, point=(0, 0, 0))
-    assert _titles(fig)[0][:3] == ["sagittal i=0", "coronal j=0", "axial k=0"]
+    fig = triplanar_figure(vol[0], {"x": hm}, mask=mask, point=(0, 0, 0), show_peaks=False)
+    assert _titles(fig) == [["sagittal 1/20", "coronal 1/24", "axial 1/28"]]
 
 
 def test_radiological_orientation_of_the_planes():
