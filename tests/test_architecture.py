@@ -11,7 +11,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "dualattn"
 
 #: the lowest layer: top-level helper modules every package may use
-BASE = {"_io", "_checks", "_lazy", "_env", "_optional", "grids"}
+BASE = {"_io", "_checks", "_lazy", "_env", "_optional", "_threads", "grids"}
 
 #: package -> the packages it may import (besides itself and BASE); must match docs/ARCHITECTURE.md
 ALLOWED: dict[str, set[str]] = {
