@@ -69,5 +69,12 @@ for _module in (_models, _train, _explain, _evaluate, _demo, _check, _data):
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and ``python -m dualattn``).
+
+    Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets
+    it): set here because the OpenMP runtime reads it once, when torch loads (see dualattn._threads).
+    """
+    from .._threads import prefer_passive_waiting
+
+    prefer_passive_waiting()
     app()

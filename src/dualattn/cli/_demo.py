@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from ._errors import fail, user_errors
+from ._options import threads_option, use_threads
 
 app = typer.Typer()
 
@@ -29,8 +30,7 @@ def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder; re-running with the same "
                              "folder reuses finished steps."),
     training_progress: bool = typer.Option(False, "--training-progress", help="Show Lightning's progress bars."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice). Use 1 "
-                                "when other jobs share the cores: oversubscribed threads slow training many-fold."),
+    threads: int = threads_option(),
 ) -> None:
     """Train the baseline and every attention variant, explain with every method, evaluate, write the report."""
     from rich.console import Console
@@ -38,12 +38,7 @@ def demo_cmd(
     from ..pipelines.demo import run_demo
 
     console = Console(stderr=True)
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads must be >= 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
+    use_threads(threads)
     if not training_progress:  # Lightning's per-run banners drown the demo's own progress lines
         for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
                      "lightning.fabric.utilities.rank_zero"):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ._options import parse_blocks
+from ._options import parse_blocks, threads_option, use_threads
 from ._errors import fail, user_errors
 
 app = typer.Typer()
@@ -55,6 +55,26 @@ def evaluate(
         "the first also the un-suffixed ones.",
     ),
     steps: int = typer.Option(10, "--steps", help="Perturbation fractions 0, 1/steps, ..., 1."),
+    protocols: str = typer.Option(
+        "common_classifier,own_model", "--protocols",
+        help="common_classifier (the paper's: every map scored on the baseline) and/or own_model (every map "
+        "scored on the model it comes from; post-hoc explainers also explain every gated model).",
+    ),
+    own_model_methods: str = typer.Option(
+        "all", "--own-model-methods",
+        help="Post-hoc explainers and controls that also explain every gated model under own_model: 'all' or a "
+        "comma list, e.g. lrp,gradcam_norelu,random.",
+    ),
+    hiding_ks: str = typer.Option(
+        "10,20,35", "--hiding-ks",
+        help="Hiding test: keep the top k % of each map's foreground cells and swap the rest with a matched "
+        "healthy test image; comma list of k ('' or 0: off).",
+    ),
+    hiding_fills: str = typer.Option(
+        "partner", "--hiding-fills",
+        help="What replaces the swapped pixels: partner (matched healthy images of other patients) and/or road "
+        "(ROAD's imputation, for data without registered partners).",
+    ),
     sanity_images: int = typer.Option(8, "--sanity-images", help="Images for the weight-randomization check (0: off)."),
     ig_steps: int = typer.Option(32, "--ig-steps", help="Integrated-gradients steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random reference and the weight randomization."),
@@ -72,6 +92,7 @@ def evaluate(
         "recomputed when that fingerprint differs or the record is unreadable. --no-resume recomputes "
         "every unit and overwrites the records.",
     ),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Explain trained runs with every method; score implicit segmentation and input perturbation.
 
@@ -90,12 +111,17 @@ def evaluate(
     block_list = parse_blocks(blocks)
     method_arg = parse_methods(methods)
     fill_list = tuple(f.strip() for f in fills.split(",") if f.strip())
+    use_threads(threads)
     from dualattn.evaluate import EvalSettings, evaluate_runs
 
     settings = EvalSettings(
         data=data, methods=method_arg, blocks=tuple(block_list), split=split, size=size, max_images=max_images,
         batch_size=batch_size, fills=fill_list, perturbation_steps=steps, sanity_images=sanity_images,
         ig_steps=ig_steps, seed=seed, device=device, resume=resume,
+        protocols=tuple(p.strip() for p in protocols.split(",") if p.strip()),
+        own_model_methods=parse_methods(own_model_methods),
+        hiding_ks=tuple(int(k) for k in hiding_ks.split(",") if k.strip() and int(k) != 0),
+        hiding_fills=tuple(f.strip() for f in hiding_fills.split(",") if f.strip()),
     )
     path = evaluate_runs(all_runs, out=out, settings=settings, baseline=baseline or None, progress=progress)
     results = json.loads(path.read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ from pathlib import Path
 import typer
 
 from ._errors import user_errors
-from ._options import parse_block
+from ._options import parse_block, threads_option, use_threads
 
 app = typer.Typer()
 
@@ -67,6 +67,7 @@ def explain_cmd(
     keep_name: bool = typer.Option(False, "--keep-name", help="Name the output files after the scan's file "
                                    "name (without extension) instead of its digest. Off by default: file "
                                    "names often carry patient identifiers."),
+    threads: int = threads_option(),
 ) -> None:
     """Predict and explain one scan: class + probability (JSON), heatmap overlay PNG, NPY and NIfTI."""
     from rich.console import Console
@@ -78,6 +79,7 @@ def explain_cmd(
     if name is not None:
         _validate_stem(name)  # before the model runs
     blk = None if block is None else parse_block(block, option="--block")
+    use_threads(threads)
     result = explain_scan(scan, run=run, method=method, block=blk, which=which, target=target, axis=axis,
                           volume_rule=volume_rule, background=background, progress=True)
     result.record_path = record_path

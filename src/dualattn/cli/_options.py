@@ -2,14 +2,34 @@
 
 ``--block 3`` (``explain``) and ``--blocks 3,4`` (``evaluate``) accept the same names: a stage number or
 ``blockN``. Method names are the explain registry's names and aliases (``ig`` for
-``integrated_gradients``).
+``integrated_gradients``). ``--threads`` is one option for every command that computes (:func:`threads_option`,
+:func:`use_threads`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-__all__ = ["parse_block", "parse_blocks", "method_help_names"]
+__all__ = ["parse_block", "parse_blocks", "method_help_names", "threads_option", "use_threads", "THREADS_HELP"]
+
+#: ``--threads``' help, the same on every command.
+THREADS_HELP = ("CPU threads for torch. Default: OMP_NUM_THREADS when set, else the cores free now (usable cores "
+                "minus the 1-minute load average, at least 1), so a shared machine is not oversubscribed "
+                "(docs/demo.md, \"Threads\").")
+
+
+def threads_option() -> Any:
+    """The ``--threads`` option (``None`` when not given), e.g. ``threads: int = threads_option()``."""
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP)
+
+
+def use_threads(threads: int | None, *, processes: int = 1) -> int:
+    """Apply ``--threads`` or the default rule (:func:`dualattn._threads.apply_threads`); log and return the count."""
+    from .._threads import apply_threads
+
+    return apply_threads(threads, processes=processes).threads
 
 
 def _one_block(part: str, *, option: str, text: str) -> str:

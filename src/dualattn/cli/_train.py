@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ._errors import fail, user_errors
+from ._options import threads_option, use_threads
 
 app = typer.Typer()
 
@@ -55,6 +56,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in OUT."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Train a classifier from a config: metrics.csv, best/last weights, summary.json in OUT."""
     from rich.console import Console
@@ -73,6 +75,7 @@ def train(
         return
     if out is None:
         fail("missing option '--out' / '-o': the run folder to write (only --print-config runs without it)")
+    _threads_for(cfg, threads)
     from dualattn.train import fit, fit_seeds
     from dualattn.train.quiet import quiet_lightning
 
@@ -83,6 +86,28 @@ def train(
         else:
             run = fit(cfg, out=out, **kwargs)
     _print_summary(console, Path(run), multi=seeds is not None)
+
+
+def _processes(cfg: object) -> int:
+    """Processes one run starts (DDP: one per device); they share the CPU cores."""
+    devices = getattr(cfg, "devices", 1)
+    if isinstance(devices, int):
+        return max(1, devices)
+    text = str(devices).strip()
+    if "," in text:
+        return max(1, len([d for d in text.split(",") if d.strip()]))
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def _threads_for(cfg: object, threads: Optional[int]) -> None:
+    """``--threads`` (or the free cores) split over the run's processes; DDP children inherit it through
+    ``OMP_NUM_THREADS`` (Lightning would otherwise give each process ``cpu_count // processes`` threads)."""
+    import os
+
+    processes = _processes(cfg)
+    count = use_threads(threads, processes=processes)
+    if processes > 1:
+        os.environ["OMP_NUM_THREADS"] = str(count)  # per process: the children keep it
 
 
 def _print_summary(console: object, run: Path, *, multi: bool) -> None:
