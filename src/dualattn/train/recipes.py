@@ -11,7 +11,10 @@ defaults and where they come from" and "Sharp attention"):
 * every gated variant uses the sharp gate (:data:`SHARP_GATE`), in the cascaded form with biases;
 * ``dual`` starts its gates' ``u`` at PyTorch's random initialisation instead of zero (:data:`DUAL_GATE`);
 * ``multilevel`` adds the attention-pooling head beside its two-pass network (``exact_mode="hybrid"``,
-  :data:`MULTILEVEL_GATE`; method study round 5, selected on val).
+  :data:`MULTILEVEL_GATE`; method study round 5, selected on val);
+* ``exact`` adds the same head and drops the sharpness term (:data:`EXACT_GATE`): the study's written rule,
+  applied as written (the code had kept an inadmissible recipe), selects it in round 5 as the only ``exact``
+  candidate that passes the accuracy guard on every dataset -- with uniform val maps.
 
 :func:`resolve_recipe` fills what a :class:`~dualattn.train.config.TrainConfig` leaves unset.
 
@@ -32,7 +35,8 @@ from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS
 from .config import TrainConfig
 
 __all__ = [
-    "DEFAULT_RECIPES", "DUAL_GATE", "MULTILEVEL_GATE", "PAPER_ALPHA", "PENALTY_VARIANTS", "SHARP_GATE", "resolve_recipe",
+    "DEFAULT_RECIPES", "DUAL_GATE", "EXACT_GATE", "MULTILEVEL_GATE", "PAPER_ALPHA", "PENALTY_VARIANTS", "SHARP_GATE",
+    "resolve_recipe",
 ]
 
 #: Gate options of every gated variant's recipe: gain 16 on the potentials, ``u`` started at zero
@@ -64,6 +68,12 @@ DUAL_GATE: dict[str, Any] = {**SHARP_GATE, "gate_zero_init": False}
 #: the seeds' spread; docs/method_study.md)
 MULTILEVEL_GATE: dict[str, Any] = {**SHARP_GATE, "exact_mode": "hybrid"}
 
+#: ``exact``'s options: the pooling head beside the two-pass network, no sharpness term. Method study round 5
+#: under the corrected rule (the deployed recipe failed the synthetic-pet accuracy guard on val, 79.8 against a
+#: floor of 81.6; this was the only admissible ``exact`` candidate; its val maps were uniform):
+#: ``benchmarks/results/method_study_reselection.json``, docs/method_study.md.
+EXACT_GATE: dict[str, Any] = {**SHARP_GATE, "exact_mode": "hybrid", "entropy_weight": 0.0}
+
 #: Default training recipe per variant: ``init`` = ``"scratch"`` (train end to end) or ``"baseline"``
 #: (start from a trained baseline's weights via ``load_backbone_state``); ``freeze_backbone`` = train
 #: only the gates (and witness); ``alpha`` = weight of the consistency penalty (ignored by variants
@@ -77,7 +87,8 @@ DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
             "freeze_backbone": False,
             "alpha": 1.0 if variant in PENALTY_VARIANTS else 0.0,
             "model_kwargs": dict(
-                DUAL_GATE if variant == "dual" else MULTILEVEL_GATE if variant == "multilevel" else SHARP_GATE
+                DUAL_GATE if variant == "dual" else MULTILEVEL_GATE if variant == "multilevel"
+                else EXACT_GATE if variant == "exact" else SHARP_GATE
             ),
         }
         for variant in CNN_VARIANTS
