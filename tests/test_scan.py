@@ -195,7 +195,7 @@ def test_explain_cli_on_png(tmp_path):
     run, _ = _make_run(tmp_path, size=32)
     Image.fromarray((np.random.default_rng(4).random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
     result = CliRunner().invoke(app, ["explain", str(tmp_path / "a.png"), "--run", str(run), "--out",
-                                      str(tmp_path / "o")])
+                                      str(tmp_path / "o"), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["method"] == "exact" and 0.0 <= summary["probability"] <= 1.0

@@ -113,9 +113,24 @@ def test_dicom_series_deciding_slice_is_the_lesion_slice_and_the_overlay_draws_i
     assert result.overlay_slice == result.deciding_slice == LESION
     np.testing.assert_array_equal(result.overlay_image[0], slices[LESION].astype(np.float32))
     assert result.overlay_map.shape == (16, 16)
-    title = overlay_title(result)
-    assert "lesion" in title and f"slice {LESION} of {N_SLICES} (axial)" in title
+    title = overlay_title(result)  # slices numbered from 1, with the instance number a viewer shows
+    assert "lesion" in title and f"slice {LESION + 1} of {N_SLICES} (axial), DICOM instance {N_SLICES - LESION}" in title
     assert result.edge_labels == ("A", "P", "R", "L")
+    assert pred["overlay"]["slice_number"] == LESION + 1 and pred["overlay"]["instance_number"] == N_SLICES - LESION
+    # the tri-planar view cuts through the lesion slice where its map peaks, the voxel the overlay marks
+    axis = result.slice_axis["axis"]
+    assert result.geometry.source_index(axis, result.volume_point[axis]) == (0, LESION)
+    on_slice = np.take(result.heatmap, result.volume_point[axis], axis=axis)
+    others = [a for a in range(3) if a != axis]
+    assert on_slice[result.volume_point[others[0]], result.volume_point[others[1]]] == pytest.approx(on_slice.max())
+    r, c = result.overlay_point
+    assert result.overlay_map[r, c] == pytest.approx(result.overlay_map.max())
+    assert (tmp_path / "o" / "case.triplanar.png").is_file()
+    # the terminal gets a short summary, not the JSON
+    assert "{" not in res.stdout and len(res.stdout.splitlines()) < 15
+    assert f"deciding:   slice {LESION + 1} of {N_SLICES} (axial), DICOM instance {N_SLICES - LESION}" in res.stdout
+    assert "class:      lesion, probability 1.00" in res.stdout and "sharpness:" in res.stdout
+    assert "case.prediction.json" in res.stdout and "case.triplanar.png" in res.stdout
 
 
 @pytest.mark.parametrize("codes,file_axis,file_index", [("LPS", 2, 3), ("IPL", 0, 1)])
@@ -299,3 +314,139 @@ def test_axis_is_checked_before_the_model_runs(tmp_path):
         explain_scan(tmp_path / "v.npy", run=run, axis="axial")
     res = explain_scan(tmp_path / "v.npy", run=run)  # NPY: slices along the first axis, drawn as stored
     assert len(res.slices) == 3 and res.slice_axis["plane"] is None and res.edge_labels is None
+
+
+# --------------------------------------------------------------------------- explain at the edges
+
+
+def test_target_is_checked_against_the_classes_by_index_or_name(tmp_path):
+    from dualattn.pipelines.scan import explain_scan
+
+    run = make_run(tmp_path / "runs", variant="exact", size=16)
+    scan = small_png(tmp_path / "a.png")
+    res = _run_cli(["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o"), "--target", "5"])
+    assert res.exit_code == 2
+    assert "--target 5: the run's classes are 0 ('healthy'), 1 ('lesion'): give an index 0-1 or a class name" in res.output
+    assert not (tmp_path / "o").exists()
+    res = _run_cli(["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o"), "--target", "tumour"])
+    assert res.exit_code == 2 and "'tumour' is no class of this run" in res.output
+    # by name (any case); an attention map is the same for every class: a note says so, the map is unchanged
+    named = explain_scan(scan, run=run, target="Lesion")
+    plain = explain_scan(scan, run=run)
+    assert named.target == 1 and plain.target is None
+    np.testing.assert_array_equal(named.heatmap, plain.heatmap)
+    assert any("gives the same map for every class" in n for n in named.notes)
+    # a post-hoc map does depend on the class: no such note, and the JSON records the target
+    post = explain_scan(scan, run=run, method="gradcam", target=0)
+    assert post.target == 0 and not any("same map for every class" in n for n in post.notes)
+    assert post.summary()["target"] == 0
+
+
+def test_attention_on_a_baseline_run_says_what_to_use(tmp_path):
+    run = make_run(tmp_path / "runs", variant="baseline", size=16)
+    scan = small_png(tmp_path / "a.png")
+    for method in ("attention", "exact", "cvx"):
+        res = _run_cli(["explain", str(scan), "--run", str(run), "--out", str(tmp_path / "o"), "-m", method])
+        assert res.exit_code == 2, res.output
+        text = " ".join(res.output.split())
+        assert "has no attention gates" in text and "--method gradcam, lrp or ig" in text, text
+        assert "gated variant" in text
+    gated = make_run(tmp_path / "runs", variant="unconstrained", size=16)
+    res = _run_cli(["explain", str(scan), "--run", str(gated), "--out", str(tmp_path / "o"), "-m", "exact"])
+    assert res.exit_code == 2 and "use --method unconstrained" in " ".join(res.output.split())
+    res = _run_cli(["explain", str(scan), "--run", str(gated), "--out", str(tmp_path / "o"), "--block", "5"])
+    assert res.exit_code == 2 and "attention maps are at block(s) 3, 4" in " ".join(res.output.split())
+
+
+def test_grayscale_saved_as_rgb_is_read_as_grayscale_with_a_note(tmp_path):
+    from PIL import Image
+
+    from dualattn.pipelines.scan import explain_scan
+
+    run4 = make_run(tmp_path / "runs", variant="exact", size=16, in_channels=4, name="four")
+    grey = (np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    res = explain_scan(tmp_path / "grey_rgb.png", run=run4)
+    assert res.scan.shape == (1, 16, 16)
+    assert any("3 channels are equal (a grayscale image saved as RGB)" in n for n in res.notes)
+    colour = np.stack([grey, grey // 2, 255 - grey], -1)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    out = _run_cli(["explain", str(tmp_path / "colour.png"), "--run", str(run4), "--out", str(tmp_path / "o")])
+    assert out.exit_code == 2
+    assert "the scan has 3 channels but the run's model takes 4: give a scan with 4 channels" in " ".join(out.output.split())
+    # a model that takes 3 channels gets them as they are, without a note
+    run3 = make_run(tmp_path / "runs", variant="exact", size=16, in_channels=3, name="three")
+    same = explain_scan(tmp_path / "grey_rgb.png", run=run3)
+    assert same.scan.shape == (3, 16, 16) and not any("grayscale" in n for n in same.notes)
+
+
+def test_terminal_summary_is_short_and_the_full_json_is_in_the_folder_or_on_request(tmp_path):
+    run = make_run(tmp_path / "runs", variant="exact", size=16)
+    vol = np.random.default_rng(3).uniform(50, 100, size=(16, 16, 40)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 3.0, 1.0])), str(tmp_path / "v.nii.gz"))
+    res = _run_cli(["explain", str(tmp_path / "v.nii.gz"), "--run", str(run), "--out", str(tmp_path / "o"),
+                    "--name", "v"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert len(lines) <= 14 and "{" not in res.stdout
+    assert lines[0].startswith("class:      ") and "probability" in lines[0]
+    assert any(line.startswith("deciding:   slice ") and "of 40 (axial)" in line for line in lines)
+    assert any(line.startswith("sharpness:  ") for line in lines)
+    assert "v.prediction.json" in res.stdout
+    full = json.loads((tmp_path / "o" / "v.prediction.json").read_text())
+    assert len(full["slices"]) == 40 and full["sharpness"] is not None
+    res = _run_cli(["explain", str(tmp_path / "v.nii.gz"), "--run", str(run), "--out", str(tmp_path / "o2"),
+                    "--name", "v", "--json"])
+    assert res.exit_code == 0
+    printed = json.loads(res.stdout[res.stdout.index("{"):])
+    assert printed["slices"] == full["slices"] and printed["files"]["prediction_json"].endswith("v.prediction.json")
+
+
+def test_a_near_uniform_map_is_warned_about_in_the_terminal_json_and_figure(tmp_path, monkeypatch):
+    import dualattn.pipelines.scan.run as scan_run
+
+    def flat(model, x, *, method, block, target):  # a map the model spreads evenly
+        return torch.full((x.shape[0], 1, 4, 4), 1 / 16)
+
+    monkeypatch.setattr(scan_run, "explain", flat)
+    run = make_run(tmp_path / "runs", variant="exact", size=16)
+    res = _run_cli(["explain", str(small_png(tmp_path / "a.png")), "--run", str(run), "--out", str(tmp_path / "o"),
+                    "--name", "a"])
+    assert res.exit_code == 0, res.output
+    assert "sharpness:  1.00" in res.stdout
+    assert "warning:    near-uniform map (sharpness 1.00 > 0.9): it singles out no region" in res.stdout
+    pred = json.loads((tmp_path / "o" / "a.prediction.json").read_text())
+    assert pred["sharpness"] == pytest.approx(1.0) and pred["warnings"] == [
+        "near-uniform map (sharpness 1.00 > 0.9): it singles out no region"]
+
+
+def test_a_single_dicom_image_with_orientation_tags_gets_its_letters(tmp_path):
+    from dualattn.pipelines.scan import explain_scan, overlay_title
+
+    run = make_run(tmp_path / "runs", variant="exact", size=16)
+    px = np.random.default_rng(1).integers(100, 200, size=(16, 16)).astype(np.uint16)
+    sagittal = dicom_slice(tmp_path / "sag.dcm", px, instance=12, modality="MR",
+                           tags={"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]})
+    res = explain_scan(sagittal, run=run)
+    assert res.edge_labels == ("S", "I", "A", "P")
+    assert "ImageOrientationPatient" in res.orientation and "records no patient orientation" not in res.orientation
+    assert res.instance_number == 12 and "DICOM instance 12" in overlay_title(res)
+    np.testing.assert_array_equal(res.overlay_image[0], px.astype(np.float32))  # drawn as stored
+    axial = explain_scan(dicom_slice(tmp_path / "ax.dcm", px), run=run)  # the helper's default: axial
+    assert axial.edge_labels == ("A", "P", "R", "L")
+
+
+def test_errors_say_what_to_do(tmp_path):
+    run = make_run(tmp_path / "runs", variant="exact", size=16)
+    run3d = make_run(tmp_path / "runs", variant="exact", size=16, spatial_dims=3)
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 3), np.float32), np.eye(4)), str(tmp_path / "empty.nii"))
+    cases = {
+        (str(tmp_path / "missing.png"), str(run)): "give an image or volume file, or a DICOM series folder",
+        (str(small_png(tmp_path / "a.png")), str(tmp_path / "nope")): "give a folder written by `dualattn train`",
+        (str(small_png(tmp_path / "b.png")), str(run3d)): "give a 3-D scan, or use a run trained on 2-D images",
+        (str(tmp_path / "empty.nii"), str(run)): "lower the threshold (--background 0",
+    }
+    for (scan, r), advice in cases.items():
+        res = _run_cli(["explain", scan, "--run", r, "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2, res.output
+        assert advice in " ".join(res.output.split()), res.output

@@ -1,9 +1,11 @@
 """CLI commands: explain (see dualattn.cli).
 
-``dualattn explain SCAN --run RUN [--method VARIANT] [--block 3] [--axis axial] [--volume-rule max|mean]
-[--record-path] [--name STEM | --keep-name] --out OUT`` explains one image, volume or DICOM series folder
-with a trained run and writes the prediction JSON, the heatmap (NPY and NIfTI on the input's own voxel
-grid) and an overlay PNG. A volume given to a 2-D model is explained slice by slice as acquired
+``dualattn explain SCAN --run RUN [--method VARIANT] [--block 3] [--target CLASS] [--axis axial]
+[--volume-rule max|mean] [--record-path] [--name STEM | --keep-name] [--json] --out OUT`` explains one
+image, volume or DICOM series folder with a trained run and writes the prediction JSON, the heatmap (NPY
+and NIfTI on the input's own voxel grid) and an overlay PNG (a tri-planar PNG for volumes). The terminal
+gets a short summary (class, probability, deciding slice, the map's sharpness and a warning when it is
+near uniform, the files); ``--json`` prints the full JSON instead. A volume given to a 2-D model is explained slice by slice as acquired
 (``--axis`` overrides), background slices skipped; the JSON lists every slice's probabilities and the
 deciding slice, which the overlay draws (see :mod:`dualattn.pipelines.scan`).
 
@@ -46,7 +48,9 @@ def explain_cmd(
     block: str = typer.Option(None, "--block", help="Block to explain: 3 or block3 (as `evaluate --blocks`). "
                               "Default: block3, the fine gate."),
     which: str = typer.Option("best", "--which", help="Checkpoint: best or last."),
-    target: int = typer.Option(None, "--target", help="Class to explain (default: the predicted one)."),
+    target: str = typer.Option(None, "--target", help="Class to explain, an index or a class name of the run "
+                               "(default: the predicted one). Only post-hoc maps (gradcam, lrp, ig, ...) depend on "
+                               "it; an attention map is the same for every class (a note says so)."),
     axis: str = typer.Option(None, "--axis", help="Volumes with a 2-D model: the axis to cut, axial, coronal, "
                              "sagittal, or 0/1/2 (axes of the array as read: canonical RAS for NIfTI/DICOM/NRRD). "
                              "Default: the axis the slices were acquired along (a DICOM series: its images; "
@@ -68,12 +72,18 @@ def explain_cmd(
                                    "name (without extension) instead of its digest. Off by default: file "
                                    "names often carry patient identifiers."),
     threads: int = threads_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print the full prediction JSON (also written to OUT) "
+                                 "instead of the short summary."),
 ) -> None:
-    """Predict and explain one scan: class + probability (JSON), heatmap overlay PNG, NPY and NIfTI."""
+    """Predict and explain one scan: class + probability, heatmap overlay PNG, NPY and NIfTI.
+
+    Prints a short summary (class, probability, deciding slice of a volume, the map's sharpness, the files
+    written); the full record is OUT/<name>.prediction.json (on stdout with --json).
+    """
     from rich.console import Console
     from rich.markup import escape
 
-    from ..pipelines.scan import _validate_stem, explain_scan, write_scan_explanation
+    from ..pipelines.scan import _validate_stem, explain_scan, terminal_summary, write_scan_explanation
 
     console = Console(stderr=True)
     if name is not None:
@@ -86,6 +96,10 @@ def explain_cmd(
     files = write_scan_explanation(result, out, stem=name, keep_name=keep_name)
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
-    summary = result.summary()
-    summary["files"] = {k: str(p) for k, p in files.items()}
-    typer.echo(json.dumps(summary, indent=2))
+    if as_json:
+        summary = json.loads(files["prediction_json"].read_text(encoding="utf-8"))
+        summary["files"] = {k: str(p) for k, p in files.items()}
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for line in terminal_summary(result, files):
+        typer.echo(line)
