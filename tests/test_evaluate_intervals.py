@@ -180,3 +180,15 @@ def test_holm_levels_reject_exactly_when_the_adjusted_p_is_below_alpha():
         for pi, ai, li in zip(p, adj, lev):
             assert (ai <= 0.05) == (pi <= 1 - li), (p, adj, lev)
     assert math.isclose(holm_levels([0.001])[0], 0.95)
+
+
+def test_module_examples_run():
+    import doctest
+
+    from dualattn.data import sealed
+    from dualattn.evaluate import hiding, intervals
+    from dualattn.report import claims
+
+    for module in (intervals, hiding, sealed, claims):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

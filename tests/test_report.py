@@ -90,8 +90,8 @@ def test_best_per_column_hand_computed():
     best = best_per_column(rows, ["iou", "loss", "params", "ap"])
     # ap: a and b tie and c has no value: every finite row ties, so nothing stands out
     assert best == {"iou": {"b"}, "loss": {"b"}, "params": set(), "ap": set()}
-    rows["c"]["ap"] = 1.0  # now a and b share the best value
-    assert best_per_column(rows, ["ap"]) == {"ap": {"a", "b"}}
+    rows["c"]["ap"] = 1.0  # now a and b share the best value: a shared best singles nothing out either
+    assert best_per_column(rows, ["ap"]) == {"ap": set()}
     assert best_per_column({"only": {"x": 1.0}}, ["x"]) == {"x": {"only"}}
     # explicit direction overrides the name-based default
     assert best_per_column(rows, ["iou"], higher_is_better={"iou": False}) == {"iou": {"a"}}
@@ -239,6 +239,37 @@ def test_paper_ordering_notes_come_from_comparisons_only():
     page = render_report({**mock_results(), "comparisons": [_comparison(holds=False, ci_low=0.9)],
                           "warnings": ["exact [block3]: the attention map is nearly uniform"]})
     assert "Does not hold, or no claim" in page and "nearly uniform" in page
+
+
+def _primary(**kw) -> dict:
+    rec = {"metric": "ap", "block": "block3", "protocol": "own_model", "ours": "dual", "ours_variant": "dual",
+           "ours_value": 60.0, "other": "lrp", "best_other": "lrp", "other_variant": "dual", "other_value": 50.0,
+           "kind": "ratio", "ratio": 1.2, "ci_low": 1.05, "ci_high": 1.37, "difference": 10.0, "diff_ci_low": 2.0,
+           "diff_ci_high": 18.0, "null": 1.0, "direction": "higher", "p_value": 0.004, "p_adjusted": 0.02,
+           "level": 0.9875, "holds": True, "primary": True, "claim_blocked": None}
+    rec.update(kw)
+    return rec
+
+
+def test_primary_claims_are_worded_for_ratios_and_differences_and_blocked_ones_counted_once():
+    from dualattn.report.claims import claim_sentence
+
+    status, text = claim_sentence(_primary())
+    assert status == "holds" and "dual 60.0 vs lrp of dual 50.0" in text and "scored on its own model" in text
+    assert "Holm-adjusted 98.8 % interval 1.05 to 1.37" in text and text.endswith("lies above 1.")
+    # a difference (SRG can be negative, so no ratio) is compared with 0, not with 1
+    status, text = claim_sentence(_primary(metric="srg_prob@road", kind="difference", ratio=None, ci_low=None,
+                                           ci_high=None, null=0.0, difference=-1.5, diff_ci_low=-4.0,
+                                           diff_ci_high=1.0, holds=False))
+    assert status == "does not hold" and "difference -1.5" in text and "lrp of dual scores better" in text
+    status, text = claim_sentence(_primary(ci_low=0.95, holds=False))
+    assert status == "does not hold" and "the interval reaches 1" in text
+    blocked = [_primary(claim_blocked="only 8 positive images (< 30)", holds=False, block=b)
+               for b in ("block3", "block4")]
+    page = render_report({**mock_results(), "comparisons": [_primary(), *blocked],
+                          "protocols": {"own_model": {"description": "every map on its own model"}}})
+    assert page.count("No claim") == 1 and "for 2 of 3 primary claims" in page
+    assert "scored on its own model" in page and "Holds" in page
 
 
 def test_write_report_atomic(tmp_path):

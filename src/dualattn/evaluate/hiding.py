@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Sequence
 
@@ -201,13 +202,17 @@ def hiding_metric_names(ks: Sequence[int], fills: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def _outputs(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: int, device: Any) -> Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).float().log_softmax(1).cpu()
-                      for i in range(0, x.shape[0], batch_size)])
+def _outputs(models: Sequence[Callable[[Tensor], Tensor]], x: Tensor, batch_size: int, device: Any) -> list[Tensor]:
+    outs: list[list[Tensor]] = [[] for _ in models]
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        for j, m in enumerate(models):
+            outs[j].append(m(xb).float().log_softmax(1).cpu())
+    return [torch.cat(o) for o in outs]
 
 
 def hiding_test(
-    model: nn.Module | Callable[[Tensor], Tensor],
+    model: nn.Module | Callable[[Tensor], Tensor] | Sequence[nn.Module | Callable[[Tensor], Tensor]],
     images: Tensor,
     maps: Tensor,
     labels: Tensor,
@@ -220,11 +225,12 @@ def hiding_test(
     batch_size: int = 64,
     device: Any = "cpu",
     seed: int = 0,
-) -> dict[str, list[float]]:
+) -> dict[str, list[float]] | list[dict[str, list[float]]]:
     """Per-image hiding-test values of one set of maps on one model (see the module docstring).
 
     Args:
-        model: ``images -> logits`` (put in eval mode here).
+        model: ``images -> logits`` (put in eval mode here), or a list of models: each sees the same swapped
+            images (made once).
         images: ``(N, C, *S)`` the test images as the model takes them.
         maps: ``(N, 1, *grid)``, one map per image.
         labels: ``(N,)`` true classes (which images are lesion / healthy).
@@ -239,8 +245,10 @@ def hiding_test(
 
     Returns:
         metric -> ``(N,)`` list (NaN where the metric does not apply to an image, e.g. ``_lesion`` on a
-        healthy image, or no partner), x100 for flips.
+        healthy image, or no partner), x100 for flips; a list of those for a list of models.
     """
+    many = isinstance(model, (list, tuple))
+    models = list(model) if many else [model]
     bad = [f for f in fills if f not in HIDING_FILLS]
     if bad or not fills:
         raise ValueError(f"fills must be among {HIDING_FILLS}, got {list(fills)}")
@@ -253,41 +261,41 @@ def hiding_test(
     y = labels.long().cpu()
     lesion = y != healthy_class
     nan = torch.full((n,), math.nan, dtype=torch.float64)
-    out: dict[str, list[float]] = {}
-    ctx = eval_mode(model) if isinstance(model, nn.Module) else torch.no_grad()
-    with ctx:
-        base = _outputs(model, images, batch_size, device)
-        pred0 = base.argmax(1)
-        logp0 = base.gather(1, pred0[:, None])[:, 0].double()
+    outs: list[dict[str, list[float]]] = [{} for _ in models]
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            if isinstance(m, nn.Module):
+                stack.enter_context(eval_mode(m))
+        base = _outputs(models, images, batch_size, device)
+        pred0 = [b.argmax(1) for b in base]
+        logp0 = [b.gather(1, p[:, None])[:, 0].double() for b, p in zip(base, pred0)]
         road = RoadFill(seed=seed) if "road" in fills else None
         for k in ks:
             keep = kept_pixels(maps, fg, float(k))
             for fill in fills:
                 tag = "swap" if fill == "partner" else "road"
-                flips_h, dlogp_h, flips_k = _swaps(model, images, keep, pred0, logp0, fill, partners, road,
-                                                   batch_size, device)
-                out[f"hidden_{tag}_flips@{k}"] = (100.0 * flips_h).tolist()
-                out[f"hidden_{tag}_flips_lesion@{k}"] = torch.where(lesion, 100.0 * flips_h, nan).tolist()
-                out[f"hidden_{tag}_flips_healthy@{k}"] = torch.where(~lesion, 100.0 * flips_h, nan).tolist()
-                out[f"hidden_{tag}_dlogp@{k}"] = dlogp_h.tolist()
-                out[f"kept_{tag}_flips@{k}"] = torch.where(lesion, 100.0 * flips_k, nan).tolist()
-    return out
+                per_model = _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size, device)
+                for out, (flips_h, dlogp_h, flips_k) in zip(outs, per_model):
+                    out[f"hidden_{tag}_flips@{k}"] = (100.0 * flips_h).tolist()
+                    out[f"hidden_{tag}_flips_lesion@{k}"] = torch.where(lesion, 100.0 * flips_h, nan).tolist()
+                    out[f"hidden_{tag}_flips_healthy@{k}"] = torch.where(~lesion, 100.0 * flips_h, nan).tolist()
+                    out[f"hidden_{tag}_dlogp@{k}"] = dlogp_h.tolist()
+                    out[f"kept_{tag}_flips@{k}"] = torch.where(lesion, 100.0 * flips_k, nan).tolist()
+    return outs if many else outs[0]
 
 
-def _swaps(model, images, keep, pred0, logp0, fill, partners, road, batch_size, device):
-    """Mean over partners (or one ROAD draw) of: flips when hiding, Δlog p when hiding, flips when swapping
-    the kept pixels. ``(N,)`` float64 each, NaN where an image has no partner."""
+def _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size, device):
+    """Per model, the mean over partners (or one ROAD draw) of: flips when hiding, Δlog p when hiding, flips
+    when swapping the kept pixels. ``(N,)`` float64 each, NaN where an image has no partner."""
     n = images.shape[0]
     if fill == "road":
         hidden = torch.cat([road(images[i:i + batch_size], ~keep[i:i + batch_size])
                             for i in range(0, n, batch_size)])
         kept = torch.cat([road(images[i:i + batch_size], keep[i:i + batch_size]) for i in range(0, n, batch_size)])
-        oh, ok = _outputs(model, hidden, batch_size, device), _outputs(model, kept, batch_size, device)
-        fh = (oh.argmax(1) != pred0).double()
-        dl = oh.gather(1, pred0[:, None])[:, 0].double() - logp0
-        fk = (ok.argmax(1) != pred0).double()
-        return fh, dl, fk
-    sums = torch.zeros(3, n, dtype=torch.float64)
+        ohs, oks = _outputs(models, hidden, batch_size, device), _outputs(models, kept, batch_size, device)
+        return [((oh.argmax(1) != p0).double(), oh.gather(1, p0[:, None])[:, 0].double() - l0,
+                 (ok.argmax(1) != p0).double()) for oh, ok, p0, l0 in zip(ohs, oks, pred0, logp0)]
+    sums = [torch.zeros(3, n, dtype=torch.float64) for _ in models]
     count = torch.zeros(n, dtype=torch.float64)
     for j in range(partners.shape[1]):
         idx = partners[:, j]
@@ -296,13 +304,13 @@ def _swaps(model, images, keep, pred0, logp0, fill, partners, road, batch_size, 
             continue
         rows = torch.nonzero(has).flatten()
         x, kp, other = images[rows], keep[rows], images[idx[rows]]
-        oh = _outputs(model, torch.where(kp, x, other), batch_size, device)
-        ok = _outputs(model, torch.where(kp, other, x), batch_size, device)
-        p0 = pred0[rows]
-        sums[0, rows] += (oh.argmax(1) != p0).double()
-        sums[1, rows] += oh.gather(1, p0[:, None])[:, 0].double() - logp0[rows]
-        sums[2, rows] += (ok.argmax(1) != p0).double()
+        ohs = _outputs(models, torch.where(kp, x, other), batch_size, device)
+        oks = _outputs(models, torch.where(kp, other, x), batch_size, device)
+        for m, (oh, ok) in enumerate(zip(ohs, oks)):
+            p0 = pred0[m][rows]
+            sums[m][0, rows] += (oh.argmax(1) != p0).double()
+            sums[m][1, rows] += oh.gather(1, p0[:, None])[:, 0].double() - logp0[m][rows]
+            sums[m][2, rows] += (ok.argmax(1) != p0).double()
         count[rows] += 1
-    with torch.no_grad():
-        mean = sums / count.where(count > 0, torch.full_like(count, math.nan))
-    return mean[0], mean[1], mean[2]
+    denom = count.where(count > 0, torch.full_like(count, math.nan))
+    return [tuple(sm[i] / denom for i in range(3)) for sm in sums]

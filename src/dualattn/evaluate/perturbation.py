@@ -323,7 +323,7 @@ def removal_masks(maps: Tensor, size: Sequence[int], fractions: Sequence[float],
 
 @torch.no_grad()
 def perturbation_outputs(
-    classifier: nn.Module | Callable[[Tensor], Tensor],
+    classifier: nn.Module | Callable[[Tensor], Tensor] | Sequence[nn.Module | Callable[[Tensor], Tensor]],
     images: Tensor,
     maps: Tensor,
     *,
@@ -331,14 +331,16 @@ def perturbation_outputs(
     order: str = "least_first",
     fill: str | Fill | None = None,
     perturbation: str | Perturbation | None = None,
-) -> Tensor:
+) -> Tensor | list[Tensor]:
     """Log-probabilities of ``classifier`` on the perturbed images at every fraction.
 
     The classifier is called as given (put it in eval mode yourself; :func:`perturbation_curve`
-    and :mod:`dualattn.evaluate.runner` do).
+    and :mod:`dualattn.evaluate.runner` do). Several classifiers (a list) see the *same* perturbed images,
+    made once (ROAD's imputation is the expensive part; it depends on the images and the map, not on the
+    model).
 
     Args:
-        classifier: ``images (B, C, *S) -> logits (B, K)``.
+        classifier: ``images (B, C, *S) -> logits (B, K)``, or a list of them.
         images: ``(B, C, *S)``.
         maps: ``(B, 1, *grid)`` importance maps (any grid; brought to ``S``).
         fractions: removed fractions (strictly increasing in ``[0, 1]``).
@@ -349,8 +351,10 @@ def perturbation_outputs(
             (:func:`make_perturbation`); give it or ``fill``, not both.
 
     Returns:
-        ``(B, F, K)`` float32 log-softmax outputs.
+        ``(B, F, K)`` float32 log-softmax outputs (a list of them, one per classifier, for a list).
     """
+    many = isinstance(classifier, (list, tuple))
+    models = list(classifier) if many else [classifier]
     if images.dim() < 3:
         raise ValueError(f"images must be (B, C, *S), got shape {tuple(images.shape)}")
     if maps.shape[0] != images.shape[0]:
@@ -366,7 +370,7 @@ def perturbation_outputs(
             raise ValueError(
                 f"fill {fill_fn.name!r} returned shape {tuple(replacement.shape)}, expected {tuple(images.shape)}"
             )
-    outs = []
+    outs: list[list[Tensor]] = [[] for _ in models]
     for f in fr:
         removed = rank < int(round(f * n))
         if replacement is not None:
@@ -375,8 +379,10 @@ def perturbation_outputs(
             perturbed = fill_fn(images, removed)
             if tuple(perturbed.shape) != tuple(images.shape):
                 raise ValueError(f"fill returned shape {tuple(perturbed.shape)}, expected {tuple(images.shape)}")
-        outs.append(classifier(perturbed).float().log_softmax(dim=1))
-    return torch.stack(outs, dim=1)
+        for j, model in enumerate(models):
+            outs[j].append(model(perturbed).float().log_softmax(dim=1))
+    stacked = [torch.stack(o, dim=1) for o in outs]
+    return stacked if many else stacked[0]
 
 
 @torch.no_grad()

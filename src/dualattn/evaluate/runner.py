@@ -90,7 +90,7 @@ def evaluate_runs(
     methods = methods_wanted(settings, test)
     units, sources, own_sources = U.plan_units(
         methods, run_dirs, baselines, settings.blocks, notes, protocols=settings.protocols,
-        own_model_methods=settings.own_model_methods)
+        own_model_methods=settings.own_model_methods, own_model_variants=settings.own_model_variants)
     common = _fingerprint_settings(settings, test, pos_idx)
     own_numbers: dict[str, RunNumbers] = {}
     reused, warmed = 0, set()
@@ -150,8 +150,12 @@ def evaluate_runs(
         "protocols": list(settings.protocols),
         "own_model_methods": settings.own_model_methods if isinstance(settings.own_model_methods, str)
         else list(settings.own_model_methods),
+        "own_model_variants": settings.own_model_variants if isinstance(settings.own_model_variants, str)
+        else list(settings.own_model_variants),
         "hiding": {"ks": list(settings.hiding_ks), "fills": list(settings.hiding_fills),
-                   "partners": settings.hiding_partners},
+                   "partners": settings.hiding_partners,
+                   "blocks": settings.hiding_blocks if isinstance(settings.hiding_blocks, str)
+                   else list(settings.hiding_blocks)},
         "n_boot": settings.n_boot,
         "sanity_images": settings.sanity_images, "device": str(dev), "ig_steps": settings.ig_steps,
         "reused_units": reused,
@@ -265,6 +269,6 @@ def _fingerprint_settings(settings: EvalSettings, test: TestSet, pos_idx: torch.
         "sanity_images": settings.sanity_images, "ig_steps": settings.ig_steps, "seed": settings.seed,
         "protocols": list(settings.protocols),
         "hiding": {"ks": list(settings.hiding_ks), "fills": list(settings.hiding_fills),
-                   "partners": settings.hiding_partners},
+                   "partners": settings.hiding_partners, "blocks": str(settings.hiding_blocks)},
         "patients_sha256": hashlib.sha256("\x00".join(test.patients).encode("utf-8")).hexdigest(),
     }

@@ -9,10 +9,11 @@ copy comes from :func:`randomized_copy`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -115,17 +116,18 @@ def classifier_scores(
     maps: Tensor,
     test: TestSet,
     *,
-    classifier: nn.Module,
-    classifier_images: Tensor,
+    classifier: nn.Module | None = None,
+    classifier_images: Tensor | None = None,
+    classifiers: Mapping[str, tuple[nn.Module, Tensor]] | None = None,
     fractions: Sequence[float] = (),
     fills: Sequence[str] = ("mean",),
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     seed: int = 0,
     cache: dict[Any, Tensor] | None = None,
-    hiding: HidingSetup | None = None,
+    hiding: HidingSetup | Mapping[str, HidingSetup | None] | None = None,
 ) -> dict[str, Any]:
-    """What a map scores on one classifier: the perturbation protocol and the hiding test.
+    """What a map scores on a classifier: the perturbation protocol and the hiding test.
 
     Args:
         maps: ``(N, 1, *grid)``, one map per test image, in test-set order.
@@ -133,6 +135,8 @@ def classifier_scores(
         classifier: the model the perturbed images go to (the baseline in the ``common_classifier`` protocol,
             the map's own model in ``own_model``).
         classifier_images: the test images as ``classifier`` takes them (:func:`fit_to_model`).
+        classifiers: instead of ``classifier``: role -> ``(model, images)``; classifiers that take the same
+            images see the same perturbed images, made once (ROAD's imputation, the hiding test's swaps).
         fractions: removed fractions of the perturbation curve (0 ... 1; fewer than 2: no curves).
         fills: what replaces removed pixels (:data:`dualattn.evaluate.perturbation.FILLS`); the first is the
             one behind the un-suffixed keys (the paper's protocol).
@@ -142,10 +146,10 @@ def classifier_scores(
         cache: a dict kept across calls with the same classifier and images (e.g. every method of one run):
             the outputs at the fractions that do not depend on the map (0: nothing removed; 1: everything
             removed) are computed once per fill and looked up afterwards.
-        hiding: the hiding test's setup (:class:`HidingSetup`); ``None``: not run.
+        hiding: the hiding test's setup (:class:`HidingSetup`; per role with ``classifiers``); ``None``: not run.
 
     Returns:
-        ``{"metrics", "curves", "per_image", "predictions"}``:
+        ``{"metrics", "curves", "per_image", "predictions"}`` (with ``classifiers``: role -> that dict):
 
         * ``metrics``: per fill ``auc_least_first@<fill>``, ``auc_most_first@<fill>`` and ``srg@<fill>`` on the
           balanced accuracy, and ``auc_least_first_prob@<fill>``, ``auc_most_first_prob@<fill>`` and
@@ -156,44 +160,63 @@ def classifier_scores(
         * ``per_image``: the probability AUCs / SRG and the hiding metrics, one value per test image;
         * ``predictions``: fill -> order -> ``(N, F)`` predicted classes (what the bootstrap resamples).
     """
-    vals: dict[str, float] = {}
-    per_image: dict[str, list[float]] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
-    predictions: dict[str, dict[str, list[list[int]]]] = {}
+    single = classifiers is None
+    if single:
+        if classifier is None or classifier_images is None:
+            raise ValueError("give classifier and classifier_images, or classifiers")
+        classifiers = {"": (classifier, classifier_images)}
+        hiding = {"": hiding} if not isinstance(hiding, Mapping) else hiding
+    elif not isinstance(hiding, Mapping):
+        hiding = {role: hiding for role in classifiers}
+    results: dict[str, dict[str, Any]] = {
+        role: {"metrics": {}, "curves": {}, "per_image": {}, "predictions": {}} for role in classifiers}
+    groups: dict[int, list[str]] = {}
+    for role, (_, images) in classifiers.items():
+        groups.setdefault(id(images), []).append(role)
     labels = test.labels
-    if len(fractions) >= 2:
-        for k, fill in enumerate(fills):
-            aucs: dict[str, float] = {}
-            prob_aucs: dict[str, Tensor] = {}
-            for order in ORDERS:
-                logp = _outputs(classifier, classifier_images, maps, fractions=fractions, order=order, fill=fill,
-                                seed=seed, batch_size=batch_size, device=device, cache=cache)
-                pr = logp.argmax(2)
-                p_true = logp.gather(2, labels.view(-1, 1, 1).expand(-1, logp.shape[1], 1))[..., 0].double().exp()
-                acc = [float(100.0 * M.balanced_accuracy(labels, pr[:, j])) for j in range(len(fractions))]
-                curves.setdefault(fill, {})[order] = acc
-                curves[fill][f"{order}_prob"] = (100.0 * p_true.mean(0)).tolist()
-                predictions.setdefault(fill, {})[order] = pr.tolist()
-                aucs[order] = M.curve_auc(fractions, [a / 100.0 for a in acc])
-                vals[f"auc_{order}@{fill}"] = aucs[order]
-                prob_aucs[order] = _per_image_auc(fractions, p_true)
-                per_image[f"auc_{order}_prob@{fill}"] = prob_aucs[order].tolist()
-                vals[f"auc_{order}_prob@{fill}"] = nanmean(prob_aucs[order])
-            vals[f"srg@{fill}"] = aucs["least_first"] - aucs["most_first"]
-            srg_prob = prob_aucs["least_first"] - prob_aucs["most_first"]
-            per_image[f"srg_prob@{fill}"] = srg_prob.tolist()
-            vals[f"srg_prob@{fill}"] = nanmean(srg_prob)
-            if k == 0:
-                vals.update({"auc_least_first": aucs["least_first"], "auc_most_first": aucs["most_first"],
-                             "srg": vals[f"srg@{fill}"]})
-    if hiding is not None:
-        got = hiding_test(classifier, classifier_images, maps, labels, partners=hiding.partners, fg=hiding.fg,
-                          ks=hiding.ks, fills=hiding.fills, batch_size=max(batch_size, 64), device=device,
-                          seed=seed)
-        for name, values in got.items():
-            per_image[name] = values
-            vals[name] = nanmean(torch.tensor(values, dtype=torch.float64))
-    return {"metrics": vals, "curves": curves, "per_image": per_image, "predictions": predictions}
+    for roles in groups.values():
+        models = [classifiers[r][0] for r in roles]
+        images = classifiers[roles[0]][1]
+        if len(fractions) >= 2:
+            for k, fill in enumerate(fills):
+                aucs: dict[str, dict[str, float]] = {r: {} for r in roles}
+                prob_aucs: dict[str, dict[str, Tensor]] = {r: {} for r in roles}
+                for order in ORDERS:
+                    outs = _outputs(models, images, maps, fractions=fractions, order=order, fill=fill, seed=seed,
+                                    batch_size=batch_size, device=device, cache=cache)
+                    for role, logp in zip(roles, outs):
+                        res = results[role]
+                        pr = logp.argmax(2)
+                        p_true = logp.gather(2, labels.view(-1, 1, 1).expand(-1, logp.shape[1], 1))[..., 0]
+                        p_true = p_true.double().exp()
+                        acc = [float(100.0 * M.balanced_accuracy(labels, pr[:, j])) for j in range(len(fractions))]
+                        res["curves"].setdefault(fill, {})[order] = acc
+                        res["curves"][fill][f"{order}_prob"] = (100.0 * p_true.mean(0)).tolist()
+                        res["predictions"].setdefault(fill, {})[order] = pr.tolist()
+                        aucs[role][order] = M.curve_auc(fractions, [a / 100.0 for a in acc])
+                        res["metrics"][f"auc_{order}@{fill}"] = aucs[role][order]
+                        prob_aucs[role][order] = _per_image_auc(fractions, p_true)
+                        res["per_image"][f"auc_{order}_prob@{fill}"] = prob_aucs[role][order].tolist()
+                        res["metrics"][f"auc_{order}_prob@{fill}"] = nanmean(prob_aucs[role][order])
+                for role in roles:
+                    vals, per_image = results[role]["metrics"], results[role]["per_image"]
+                    vals[f"srg@{fill}"] = aucs[role]["least_first"] - aucs[role]["most_first"]
+                    srg_prob = prob_aucs[role]["least_first"] - prob_aucs[role]["most_first"]
+                    per_image[f"srg_prob@{fill}"] = srg_prob.tolist()
+                    vals[f"srg_prob@{fill}"] = nanmean(srg_prob)
+                    if k == 0:
+                        vals.update({"auc_least_first": aucs[role]["least_first"],
+                                     "auc_most_first": aucs[role]["most_first"], "srg": vals[f"srg@{fill}"]})
+        setups = [hiding.get(r) for r in roles]
+        if setups[0] is not None:
+            got = hiding_test(models, images, maps, labels, partners=setups[0].partners, fg=setups[0].fg,
+                              ks=setups[0].ks, fills=setups[0].fills, batch_size=max(batch_size, 64), device=device,
+                              seed=seed)
+            for role, per in zip(roles, got):
+                for name, values in per.items():
+                    results[role]["per_image"][name] = values
+                    results[role]["metrics"][name] = nanmean(torch.tensor(values, dtype=torch.float64))
+    return results[""] if single else results
 
 
 def _per_image_auc(fractions: Sequence[float], values: Tensor) -> Tensor:
@@ -203,10 +226,11 @@ def _per_image_auc(fractions: Sequence[float], values: Tensor) -> Tensor:
 
 
 def _outputs(
-    classifier: nn.Module, images: Tensor, maps: Tensor, *, fractions: Sequence[float], order: str, fill: str,
+    models: Sequence[nn.Module], images: Tensor, maps: Tensor, *, fractions: Sequence[float], order: str, fill: str,
     seed: int, batch_size: int, device: torch.device | str, cache: dict[Any, Tensor] | None,
-) -> Tensor:
-    """``(N, F, K)`` log-probabilities of ``classifier`` on the images perturbed by ``maps`` at every fraction.
+) -> list[Tensor]:
+    """``(N, F, K)`` log-probabilities of every model on the images perturbed by ``maps`` at every fraction (the
+    perturbed images made once for all models).
 
     With a ``cache``, the map-independent end fractions (0 and 1) come from it (computed on first use), and
     only the fractions in between are perturbed by this map.
@@ -217,24 +241,30 @@ def _outputs(
     if cache is None or not ends or len(inner) < 2:
         ends, inner = [], fr
     make = make_fill(fill, seed=seed)
-    cols: dict[float, Tensor] = {}
-    with eval_mode(classifier):
+    cols: list[dict[float, Tensor]] = [{} for _ in models]
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(eval_mode(m))
         if inner:
-            out = torch.cat([perturbation_outputs(
-                classifier, images[s].to(device), maps[s].to(device), fractions=inner, order=order, fill=make,
-            ).cpu() for s in batches(maps.shape[0], batch_size)])
-            cols.update({f: out[:, j] for j, f in enumerate(inner)})
+            parts = [perturbation_outputs(list(models), images[s].to(device), maps[s].to(device), fractions=inner,
+                                          order=order, fill=make) for s in batches(maps.shape[0], batch_size)]
+            for j in range(len(models)):
+                out = torch.cat([p[j].cpu() for p in parts])
+                cols[j].update({f: out[:, i] for i, f in enumerate(inner)})
         for f in ends:
-            key = (id(classifier), id(images), fill, seed, f)
-            if key not in cache:
+            missing = [j for j, m in enumerate(models) if (id(m), id(images), fill, seed, f) not in cache]
+            if missing:
                 # nothing or everything removed: any map gives the same images (rank by a constant map)
                 flat = torch.ones_like(maps)
-                cache[key] = torch.cat([perturbation_outputs(
-                    classifier, images[s].to(device), flat[s].to(device), fractions=(0.0, 1.0), order=order,
-                    fill=make,
-                ).cpu()[:, 0 if f == 0.0 else 1] for s in batches(maps.shape[0], batch_size)])
-            cols[f] = cache[key]
-    return torch.stack([cols[f] for f in fr], dim=1)
+                parts = [perturbation_outputs([models[j] for j in missing], images[s].to(device), flat[s].to(device),
+                                              fractions=(0.0, 1.0), order=order, fill=make)
+                         for s in batches(maps.shape[0], batch_size)]
+                for i, j in enumerate(missing):
+                    cache[(id(models[j]), id(images), fill, seed, f)] = torch.cat(
+                        [p[i].cpu()[:, 0 if f == 0.0 else 1] for p in parts])
+            for j, m in enumerate(models):
+                cols[j][f] = cache[(id(m), id(images), fill, seed, f)]
+    return [torch.stack([c[f] for f in fr], dim=1) for c in cols]
 
 
 def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:

@@ -54,7 +54,10 @@ class EvalSettings:
         own_model_methods: the post-hoc explainers and controls that also explain every gated variant's runs
             under ``own_model`` (``"all"``: every one evaluated); attention maps are always scored on their own
             model.
+        own_model_variants: the variants whose runs those explainers and controls also explain (``"all"``; the
+            baseline's are the common protocol's units and always included).
         hiding_ks: kept shares (percent of the foreground cells) of the hiding test; ``()`` turns it off.
+        hiding_blocks: the blocks whose maps the hiding test runs on (``"all"``: every evaluated block).
         hiding_fills: what replaces the swapped pixels: ``partner`` (matched healthy test images of other
             patients) and/or ``road`` (ROAD's imputation, for data without registered partners).
         hiding_partners: matched partners per image.
@@ -83,9 +86,11 @@ class EvalSettings:
     n_boot: int = 10_000
     protocols: tuple[str, ...] = ("common_classifier", "own_model")
     own_model_methods: str | tuple[str, ...] = "all"
+    own_model_variants: str | tuple[str, ...] = "all"
     hiding_ks: tuple[int, ...] = (10, 20, 35)
     hiding_fills: tuple[str, ...] = ("partner",)
     hiding_partners: int = 5
+    hiding_blocks: str | tuple[str, ...] = "all"
     claims: str | tuple[Any, ...] = "default"
 
     def __post_init__(self) -> None:
@@ -99,8 +104,12 @@ class EvalSettings:
             v = getattr(self, key)
             object.__setattr__(self, key, (v,) if isinstance(v, str) else tuple(v))
         object.__setattr__(self, "hiding_ks", tuple(int(k) for k in self.hiding_ks))
-        if not isinstance(self.own_model_methods, str):
-            object.__setattr__(self, "own_model_methods", tuple(self.own_model_methods))
+        for key in ("own_model_methods", "own_model_variants", "hiding_blocks"):
+            v = getattr(self, key)
+            if not isinstance(v, str):
+                object.__setattr__(self, key, tuple(v))
+            elif v != "all":
+                raise ValueError(f"{key} must be 'all' or a sequence of names, got {v!r}")
         if not isinstance(self.claims, str):
             object.__setattr__(self, "claims", tuple(self.claims))
         object.__setattr__(self, "fills", (self.fills,) if isinstance(self.fills, str) else tuple(self.fills))
@@ -141,8 +150,7 @@ class EvalSettings:
             raise ValueError(f"hiding_partners must be >= 1, got {self.hiding_partners}")
         if isinstance(self.claims, str) and self.claims != "default":
             raise ValueError(f"claims must be 'default' or a sequence of claim specs, got {self.claims!r}")
-        if isinstance(self.own_model_methods, str) and self.own_model_methods != "all":
-            raise ValueError(f"own_model_methods must be 'all' or method names, got {self.own_model_methods!r}")
+
         if self.sanity_images < 0:
             raise ValueError(f"sanity_images must be >= 0, got {self.sanity_images}")
         if self.max_images is not None and self.max_images < 1:

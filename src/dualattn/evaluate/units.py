@@ -187,6 +187,7 @@ def _own_wanted(method: str, family: str, own_methods: str | Sequence[str]) -> b
 def plan_units(
     methods: Sequence[str], runs: Sequence[Any], baselines: Sequence[Any], blocks: Sequence[str], notes: list[str],
     *, protocols: Sequence[str] = PROTOCOLS, own_model_methods: str | Sequence[str] = "all",
+    own_model_variants: str | Sequence[str] = "all",
 ) -> tuple[list[Unit], dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
     """Every (method, run) unit, in method order; each method's common-protocol source; the own-model grid.
 
@@ -217,7 +218,8 @@ def plan_units(
             if family in _OWN_FAMILIES or method in ("prior", "dual_tau"):
                 own = _common_sources(method, runs, baselines)
             elif _own_wanted(method, family, own_model_methods):
-                own = [r for rs in by_variant.values() for r in rs]
+                own = [r for v, rs in by_variant.items() for r in rs
+                       if own_model_variants == "all" or v in own_model_variants or v == "baseline"]
         if not common and not own:
             skipped.append(method)
             continue
@@ -369,13 +371,7 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
             rho = M.spearman_rank_correlation(maps[block][:n_s], after[block])
             vals["randomization_spearman"] = nanmean(rho.abs())
         metrics[block] = vals
-    scores: dict[str, Any] = {}
-    done: dict[int, dict[str, Any]] = {}
-    for role, clf in unit.classifiers.items():
-        if id(clf) in done:  # the baseline's own model is the common classifier: score once
-            scores[role] = done[id(clf)]
-            continue
-        scores[role] = done[id(clf)] = _score_on(clf, maps, unit, ctx)
+    scores = _score_on(unit.classifiers, maps, unit, ctx)
     consistency = None
     first_two = s.blocks[:2]
     if len(s.blocks) >= 2 and all(b in maps for b in first_two) and not pixel_level:
@@ -398,24 +394,36 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
     }
 
 
-def _score_on(clf: Any, maps: Mapping[str, Tensor], unit: Unit, ctx: EvalContext) -> dict[str, Any]:
-    """One role's scores: the perturbation protocol and the hiding test of every block's maps on ``clf``."""
+def _score_on(classifiers: Mapping[str, Any], maps: Mapping[str, Tensor], unit: Unit, ctx: EvalContext
+              ) -> dict[str, dict[str, Any]]:
+    """Every role's scores: the perturbation protocol and the hiding test of every block's maps on its
+    classifier. A classifier that plays two roles (the baseline's own model is the common classifier) is scored
+    once; classifiers that take the same images share the perturbed images."""
     s = ctx.settings
-    out: dict[str, Any] = {"classifier": str(clf.path), "metrics": {}, "curves": {}, "per_image": {},
-                           "predictions": {}}
+    distinct: dict[int, Any] = {}
+    for clf in classifiers.values():
+        distinct.setdefault(id(clf), clf)
+    out: dict[int, dict[str, Any]] = {
+        key: {"classifier": str(clf.path), "metrics": {}, "curves": {}, "per_image": {}, "predictions": {}}
+        for key, clf in distinct.items()}
     for block in unit.blocks:
         if block not in maps:
             continue
+        hide = block in (s.hiding_blocks if s.hiding_blocks != "all" else unit.blocks)
         got = classifier_scores(
-            maps[block], ctx.test, classifier=clf.model, classifier_images=ctx.images_for(clf),
+            maps[block], ctx.test,
+            classifiers={str(key): (clf.model, ctx.images_for(clf)) for key, clf in distinct.items()},
             fractions=s.fractions, fills=s.fills, batch_size=s.batch_size, device=ctx.device, seed=s.seed,
-            cache=ctx.prediction_cache, hiding=ctx.hiding_for(clf),
+            cache=ctx.prediction_cache,
+            hiding={str(key): ctx.hiding_for(clf) if hide else None for key, clf in distinct.items()},
         )
-        out["metrics"][block] = {n: float(v) for n, v in got["metrics"].items()}
-        for key in ("curves", "per_image", "predictions"):
-            if got[key]:
-                out[key][block] = got[key]
-    return out
+        for key in distinct:
+            res = got[str(key)]
+            out[key]["metrics"][block] = {n: float(v) for n, v in res["metrics"].items()}
+            for part in ("curves", "per_image", "predictions"):
+                if res[part]:
+                    out[key][part][block] = res[part]
+    return {role: out[id(clf)] for role, clf in classifiers.items()}
 
 
 def role_view(record: Mapping[str, Any], role: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..evaluate.specs import METRICS
+from ..evaluate.units import EVAL_REFERENCES
+from .claims import PROTOCOL_NAMES, claim_sentence, noninferiority_rows, secondary_rows
 from ..explain import LRP_DESCRIPTION, METHOD_ALIASES, method_family, methods_in_family
 from ..models import CONSISTENT_VARIANTS
 
@@ -151,8 +153,8 @@ def best_per_column(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str
         tol: absolute tolerance for ties.
 
     Returns:
-        column -> set of best row names (empty for unranked columns, all-NaN columns, and columns where
-        every row ties — nothing stands out).
+        column -> set of best row names (empty for unranked columns, all-NaN columns, and columns where the
+        best value is shared: a tie singles nothing out).
 
     Example:
         >>> best_per_column({"a": {"x": 1}, "b": {"x": 2}}, ["x"])
@@ -168,7 +170,7 @@ def best_per_column(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str
             continue
         target = max(finite.values()) if hib else min(finite.values())
         winners = {k for k, v in finite.items() if abs(v - target) <= tol}
-        out[col] = set() if len(finite) > 1 and len(winners) == len(finite) else winners  # all tied: no best
+        out[col] = winners if len(winners) == 1 else set()  # a shared best singles nothing out
     return out
 
 
@@ -248,7 +250,9 @@ def _table_html(section: Mapping[str, Any], *, row_header: str, caption: str | N
     columns = _columns_of(section)
     labels: Mapping[str, str] = section.get("column_labels") or {}
     hib = section.get("higher_is_better") or {}
-    best = best_per_column(rows, columns, higher_is_better=hib)
+    # controls are scored like the methods but are never "best": they are what a method must beat
+    ranked = {name: row for name, row in rows.items() if _family(str(name)) != "control"}
+    best = best_per_column(ranked, columns, higher_is_better=hib)
     parts = ["<table>"]
     if caption:
         parts.append(f"<caption class=\"legend\" style=\"caption-side:bottom;text-align:left\">{html.escape(caption)}</caption>")
@@ -311,6 +315,8 @@ def _rank(rows: Mapping[str, Mapping[str, Any]], column: str, *, higher: bool = 
 def _family(name: str) -> str:
     key = name.lower()
     base = key.split("/")[0].split("@")[0].split(":")[0].split(" [")[0].strip()
+    if base in EVAL_REFERENCES:
+        return "control"
     try:
         if method_family(base) == "control":
             return "control"
@@ -348,16 +354,15 @@ def _fmt_ratio(rec: Mapping[str, Any]) -> str:
 
 
 def paper_ordering_notes(results: Mapping[str, Any]) -> list[tuple[bool, str]]:
-    """The paper's headline claim checked from ``results["comparisons"]`` only: ``(holds, sentence)`` pairs.
-
-    The paper's claim: consistent attention localizes the lesion better than post-hoc explainers (Table 2) and is
-    more faithful under input perturbation (Table 1). Each comparison record (best consistent-attention method vs
-    best post-hoc explainer, paired bootstrap over test images with seeds as strata) gives one sentence; it
-    *holds* only where the 95 % interval of the ratio excludes 1 in the consistent method's favour, and no claim
-    is made where the evaluation recorded why one cannot be (a classifier near chance, too few positives).
-    """
+    """The primary claims (named in advance) as ``(holds, sentence)`` pairs, from ``results["comparisons"]`` only
+    (:func:`dualattn.report.claims.claim_sentence`). Results of the first edition, whose records have no
+    ``primary`` key, are read as before."""
+    records = results.get("comparisons") or []
+    if any("primary" in rec for rec in records):
+        return [(status == "holds", text) for status, text in
+                (claim_sentence(rec) for rec in records if rec.get("primary"))]
     notes: list[tuple[bool, str]] = []
-    for rec in results.get("comparisons") or []:
+    for rec in records:
         metric, block = rec.get("metric"), rec.get("block")
         label = METRICS[metric].label if metric in METRICS else str(metric)
         head = (f"{label} at {block}: {rec.get('ours')} {rec.get('ours_value', float('nan')):.1f} vs "
@@ -376,6 +381,117 @@ def paper_ordering_notes(results: Mapping[str, Any]) -> list[tuple[bool, str]]:
                    f"{rec.get('best_other')} scores better")
             notes.append((False, f"{head}. Does not hold: {why}."))
     return notes
+
+
+def _claims_html(results: Mapping[str, Any]) -> list[str]:
+    """The claims section: the primary claims (Holm-adjusted, per protocol), one line for the ones no claim can
+    be made on, the secondary comparisons and the classifiers' non-inferiority (all from ``comparisons``)."""
+    out = ["<h2>What the evidence supports</h2>"]
+    protocols = results.get("protocols") or {}
+    records = results.get("comparisons") or []
+    if protocols:
+        out.append('<p class="legend">Two protocols, each named: ' + "; ".join(
+            f"<b>{html.escape(PROTOCOL_NAMES.get(p, p))}</b> (<code>{html.escape(p)}</code>): "
+            f"{html.escape(str(d.get('description', '')))}" for p, d in protocols.items()) + ".</p>")
+    primary = [r for r in records if r.get("primary")]
+    if not any("primary" in r for r in records):  # a first-edition results.json (best of each side on test)
+        notes = paper_ordering_notes(results)
+        holding = [t for ok, t in notes if ok]
+        failing = [t for ok, t in notes if not ok]
+        if notes:
+            out.append('<p class="legend">A results.json of the first edition: the best of each side picked on the '
+                       "test data, images resampled per seed; its intervals are too narrow (re-run the evaluation).</p>")
+        if holding:
+            out.append('<div class="ok"><b>Holds</b><ul>' + "".join(f"<li>{html.escape(t)}</li>" for t in holding)
+                       + "</ul></div>")
+        if failing:
+            out.append('<div class="note"><b>Does not hold, or no claim</b><ul>' + "".join(
+                f"<li>{html.escape(t)}</li>" for t in failing) + "</ul></div>")
+        return out
+    if primary:
+        out.append('<p class="legend">Claims named before the test data were read (the pair compared in each was '
+                   "chosen on a validation split). Each interval resamples test patients and training seeds together "
+                   "(a t over the seeds' estimates combined with a patient bootstrap) and is widened by Holm's "
+                   "procedure over the claims; a claim holds only where that interval lies on its side of 1 (a "
+                   "ratio) or 0 (a difference).</p>")
+        sentences = [claim_sentence(r) for r in primary]
+        holding = [t for st, t in sentences if st == "holds"]
+        failing = [t for st, t in sentences if st == "does not hold"]
+        blocked = [r for r, (st, _) in zip(primary, sentences) if st == "no claim"]
+        if holding:
+            out.append('<div class="ok"><b>Holds</b><ul>' + "".join(f"<li>{html.escape(t)}</li>" for t in holding)
+                       + "</ul></div>")
+        if failing:
+            out.append('<div class="note"><b>Does not hold</b><ul>' + "".join(
+                f"<li>{html.escape(t)}</li>" for t in failing) + "</ul></div>")
+        if blocked:
+            reasons = sorted({str(r.get("claim_blocked")) for r in blocked})
+            out.append(f'<p class="legend"><b>No claim</b> for {len(blocked)} of {len(primary)} primary claims: '
+                       f"{html.escape('; '.join(reasons))}.</p>")
+    else:
+        out.append('<p class="legend">No primary claim applies to these runs (the claims named in advance compare '
+                   "methods this evaluation has not): only the secondary comparisons below, which claim nothing.</p>")
+    rows = secondary_rows(results)
+    if rows:
+        blocked = sum(1 for r in rows if r["note"])
+        out.append(f"<details><summary>Secondary comparisons ({len(rows)}; 95 % intervals, not adjusted: reported, "
+                   "not claimed)</summary><table><thead><tr><th>protocol</th><th>comparison</th><th>values</th>"
+                   "<th>estimate [95 % interval]</th></tr></thead><tbody>" + "".join(
+                       f"<tr><td>{html.escape(r['protocol'])}</td><td>{html.escape(r['comparison'])}</td>"
+                       f"<td>{html.escape(r['values'])}</td><td>{html.escape(r['estimate'])}</td></tr>" for r in rows)
+                   + "</tbody></table>"
+                   + (f'<p class="legend">{blocked} of them could support no claim even if they were primary '
+                      "(see <code>claim_blocked</code> in results.json).</p>" if blocked else "")
+                   + "</details>")
+    acc = noninferiority_rows(results)
+    if acc:
+        out.append('<p class="legend"><b>Does attention cost accuracy?</b> Balanced accuracy of each gated classifier '
+                   "minus the baseline's, with its 95 % interval (patients and seeds); non-inferior when the whole "
+                   "interval lies above the margin.</p><table><thead><tr><th>variant</th><th>balanced accuracy</th>"
+                   "<th>difference [95 % interval]</th><th>verdict</th></tr></thead><tbody>" + "".join(
+                       f"<tr><td>{html.escape(r['variant'])}</td><td>{html.escape(r['accuracy'])}</td>"
+                       f"<td>{html.escape(r['difference'])}</td><td>{html.escape(r['verdict'])}</td></tr>"
+                       for r in acc) + "</tbody></table>")
+    return out
+
+
+def own_model_section(results: Mapping[str, Any], variant: str, *, block: str | None = None) -> dict[str, Any] | None:
+    """A table section of ``own_model[variant]`` (every map of that model scored on that model): AP, the
+    probability SRG under each fill, and the hiding test at k = 20, one row per map and block."""
+    entry = ((results.get("own_model") or {}).get(variant) or {}).get("methods") or {}
+    if not entry:
+        return None
+    cols = ["ap"] + sorted({c for m in entry.values() for cells in (m.get("blocks") or {}).values() for c in cells
+                            if c.startswith("srg_prob@")}) + ["hidden_swap_flips@20", "hidden_swap_flips_healthy@20",
+                                                              "kept_swap_flips@20"]
+    rows = {}
+    for method, m in entry.items():
+        for b, cells in (m.get("blocks") or {}).items():
+            if block is None or b == block:
+                rows[f"{method} [{b}]"] = {c: cells.get(c) for c in cols if c in cells}
+    cols = [c for c in cols if any(c in r for r in rows.values())]
+    if not rows or not cols:
+        return None
+    return {"columns": cols, "column_labels": {c: METRICS[c].label if c in METRICS else c for c in cols},
+            "higher_is_better": {c: METRICS[c].higher_is_better if c in METRICS else True for c in cols},
+            "rows": rows}
+
+
+def hiding_section(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The hiding table in a width a page can hold: hidden-swap flips at every k, the healthy floor and the
+    kept-swap flips at 20 (or the middle k), one row per map and block (``common_classifier``)."""
+    sec = results.get("hiding") or {}
+    rows = sec.get("rows") or {}
+    if not rows:
+        return None
+    ks = sorted({int(c.split("@")[1]) for r in rows.values() for c in r if c.startswith("hidden_swap_flips@")})
+    if not ks:
+        return None
+    mid = 20 if 20 in ks else ks[len(ks) // 2]
+    cols = [f"hidden_swap_flips@{k}" for k in ks] + [f"hidden_swap_flips_healthy@{mid}", f"kept_swap_flips@{mid}"]
+    return {"columns": cols, "column_labels": {c: METRICS[c].label for c in cols},
+            "higher_is_better": {c: METRICS[c].higher_is_better for c in cols},
+            "rows": {name: {c: r.get(c) for c in cols} for name, r in rows.items()}}
 
 
 def fill_winners(results: Mapping[str, Any]) -> list[str]:
@@ -431,26 +547,9 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
     body.append("<h2>What was run</h2>")
     body.append(_meta_html(meta) if meta else '<p class="legend">No run information recorded.</p>')
 
-    notes = paper_ordering_notes(results)
     free_notes = [str(n) for n in results.get("notes") or []]
     warnings = [str(w) for w in results.get("warnings") or []]
-    body.append("<h2>Does the paper's ordering reproduce?</h2>")
-    if notes:
-        body.append('<p class="legend">Computed from <code>comparisons</code> in results.json: for each metric and '
-                    "block, the best consistent-attention method against the best post-hoc explainer, paired "
-                    "bootstrap over the test images with the seeds as strata. A claim holds only where the 95 % "
-                    "interval excludes 1.</p>")
-        failing = [s for ok, s in notes if not ok]
-        holding = [s for ok, s in notes if ok]
-        if holding:
-            body.append('<div class="ok"><b>Holds</b><ul>' + "".join(f"<li>{html.escape(s)}</li>" for s in holding)
-                        + "</ul></div>")
-        if failing:
-            body.append('<div class="note"><b>Does not hold, or no claim</b><ul>' + "".join(
-                f"<li>{html.escape(s)}</li>" for s in failing) + "</ul></div>")
-    else:
-        body.append('<p class="legend">No comparison was computed (it needs a consistent-attention method and a '
-                    "post-hoc explainer on the same test images): no claim is made.</p>")
+    body.extend(_claims_html(results))
     winners = fill_winners(results)
     if winners:
         body.append('<p class="legend"><b>Which map wins depends on what replaces the removed pixels</b> '
@@ -522,8 +621,35 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                     "Attention must not cost accuracy.</p>")
         body.append(_table_html(cls, row_header="variant"))
 
+    hide = hiding_section(results)
+    if hide:
+        body.append("<h2>Can the model get around what its map hides? (the hiding test)</h2>")
+        body.append('<p class="legend">Keep the top k % of a map\'s foreground cells, replace every other pixel with '
+                    "the same pixels of a healthy test scan of another patient whose anatomy overlaps most (5 such "
+                    "partners), and ask the baseline classifier again: the share of predictions that flip (lower: the "
+                    "model could not use what the map hides). The healthy column is the floor (a healthy scan patched "
+                    "with another healthy scan); the kept column swaps the kept cells instead on lesion scans "
+                    "(higher: the model does use what the map shows). <i>lesion_oracle</i> keeps the lesion itself "
+                    "and its surroundings; <i>random</i> a random region of the same size.</p>")
+        body.append(_table_html(hide, row_header="map"))
+    for variant in (results.get("own_model") or {}):
+        if variant == "baseline":
+            continue
+        sec = own_model_section(results, variant)
+        if sec is None or len(sec["rows"]) < 2:
+            continue
+        body.append(f"<h2>Every map of the {html.escape(variant)} model, scored on the {html.escape(variant)} "
+                    "model</h2>")
+        body.append('<p class="legend">The <code>own_model</code> protocol: the attention map and the post-hoc '
+                    f"explainers of the same {html.escape(variant)} classifier, its probability of the true class under "
+                    "input perturbation (SRG: least-important-first minus most-important-first area, ×100) and the "
+                    "hiding test on the same model. A comparison between two maps of one model is a comparison "
+                    "between maps, not between models.</p>")
+        body.append(_table_html(sec, row_header="map"))
+
     extra = [k for k in results if k not in {"meta", "segmentation", "perturbation", "classification", "notes",
-                                              "examples", "schema", "schema_version", "comparisons", "warnings"}]
+                                              "examples", "schema", "schema_version", "comparisons", "warnings",
+                                              "hiding", "own_model", "protocols"}]
     for key in extra:
         section = results[key]
         if isinstance(section, Mapping) and isinstance(section.get("rows"), Mapping) and section["rows"]:
