@@ -15,9 +15,9 @@ import typer
 __all__ = ["parse_block", "parse_blocks", "method_help_names", "threads_option", "use_threads", "THREADS_HELP"]
 
 #: ``--threads``' help, the same on every command.
-THREADS_HELP = ("CPU threads for torch. Default: OMP_NUM_THREADS when set, else the cores free now (usable cores "
-                "minus the 1-minute load average, at least 1), so a shared machine is not oversubscribed "
-                "(docs/demo.md, \"Threads\").")
+THREADS_HELP = ("CPU threads for torch. Default: OMP_NUM_THREADS when set, else the cores free when the command "
+                "starts (usable cores minus the CPUs other processes keep busy, at least 1), so a shared machine "
+                "is not oversubscribed (docs/demo.md, \"Threads\").")
 
 
 def threads_option() -> Any:

@@ -56,9 +56,9 @@ def _check_map(x: Tensor, name: str) -> None:
 def _check_distributions(*maps: tuple[Tensor, str], log_twin: str | None = None) -> None:
     """Every sample of every map a distribution: non-negative, summing to 1 within :data:`SUM_TOLERANCE`.
 
-    Cheap enough for every training step: per map one per-sample sum and one minimum, gathered into one
-    small tensor read back once (a single host synchronisation for all the maps of a call); the message
-    is built only when a check fails. Non-finite values pass through unchecked: a NaN/Inf batch is the
+    Cheap enough for every training step: per map one per-sample sum and one minimum, read back to the host
+    (on an accelerator gathered first: one host synchronisation for all the maps of a call); the message is
+    built only when a check fails. Non-finite values pass through unchecked: a NaN/Inf batch is the
     training loop's to skip (``dualattn.train``), not an argument error.
 
     Args:
@@ -73,22 +73,18 @@ def _check_distributions(*maps: tuple[Tensor, str], log_twin: str | None = None)
         if not maps:
             return
     sums, lows = [], []
-    for x, _name in maps:  # a few tensor ops, the values read back once
+    for x, _name in maps:  # two reductions per map
         xd = x.detach()
         if xd.dtype in (torch.float16, torch.bfloat16):
             xd = xd.float()
         sums.append(xd.sum(_GRID_DIMS[xd.ndim]))
         lows.append(xd.amin())
-    values = torch.cat((*sums, torch.stack(lows).to(sums[0].dtype))).tolist()
+    rows, mins = _read_back(sums, lows, gather=sums[0].device.type != "cpu")
     tol = SUM_TOLERANCE
-    k = len(maps)
-    if min(values[-k:]) >= -tol and 1.0 - tol <= min(values[:-k]) and max(values[:-k]) <= 1.0 + tol:
+    every = rows[0] if len(rows) == 1 else [v for row in rows for v in row]
+    if min(mins) >= -tol and 1.0 - tol <= min(every) and max(every) <= 1.0 + tol:
         return  # the common case; a NaN fails a comparison and is sorted out below
-    pos = 0
-    for i, (x, name) in enumerate(maps):
-        n = x.shape[0]
-        row, low = values[pos:pos + n], values[len(values) - k + i]
-        pos += n
+    for (_x, name), row, low in zip(maps, rows, mins):
         off = [v for v in row if math.isfinite(v) and abs(v - 1.0) > tol]
         negative = math.isfinite(low) and low < -tol
         if not off and not negative:
@@ -103,6 +99,22 @@ def _check_distributions(*maps: tuple[Tensor, str], log_twin: str | None = None)
         raise ValueError(f"{expected}; its samples sum to {min(finite):.6g} .. {max(finite):.6g}: raw logits or an "
                          f"unnormalized map? {hint}normalize each sample (divide by its sum, or a softmax over the "
                          "grid)")
+
+
+def _read_back(sums: list[Tensor], lows: list[Tensor], *, gather: bool) -> tuple[list[list[float]], list[float]]:
+    """The per-sample sums and the minima as Python floats.
+
+    ``gather`` (an accelerator): concatenated first and read in one host synchronisation. On the CPU a read
+    is no synchronisation, and reading each small tensor is cheaper than concatenating them.
+    """
+    if not gather:
+        return [t.tolist() for t in sums], [t.item() for t in lows]
+    flat = torch.cat((*sums, torch.stack(lows).to(sums[0].dtype))).tolist()
+    rows, pos = [], 0
+    for t in sums:
+        rows.append(flat[pos:pos + t.numel()])
+        pos += t.numel()
+    return rows, flat[pos:]
 
 
 #: the grid axes of a batch-first tensor of each rank
