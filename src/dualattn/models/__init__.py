@@ -34,7 +34,9 @@ from .base import (
     PENALTY_VARIANTS,
     AttentionOutput,
     CNNBackbone,
+    FeatureWeighting,
     GatedClassifier,
+    pool_features,
     weight_features,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "CNNBackbone",
     "CNN_VARIANTS",
     "CONSISTENT_VARIANTS",
+    "FeatureWeighting",
     "GATED_BLOCKS",
     "PAPER_ALPHA",
     "PENALTY_VARIANTS",
@@ -54,6 +57,7 @@ __all__ = [
     "get_entry",
     "list_models",
     "list_variants",
+    "pool_features",
     "register_model",
     "weight_features",
 ]

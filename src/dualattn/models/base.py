@@ -8,7 +8,10 @@ with global average pooling and a linear layer.
 Feature weighting. A gate gives a distribution ``tau`` over the ``N`` positions of its stage's grid.
 Multiplying the features by ``tau`` shrinks them by about ``1/N`` (a prototype measured BatchNorm
 inputs collapsing), so every variant multiplies by ``N * tau`` (or ``N * mu``): a uniform map is the
-identity, and a gated model initialised from a baseline starts close to it.
+identity, and a gated model initialised from a baseline starts close to it. Every product of features
+and a map (``N * w`` weighting in every variant and ``exact_mode``, and the attention-pooling head's
+``sum_i mu_i v_i``) is a :class:`FeatureWeighting` module without parameters, so explainers find every gate
+by module type (LRP gives it its gate rule, :mod:`dualattn.explain.lrp`).
 
 Variants (DESIGN.md section 1):
 
@@ -93,11 +96,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AttentionOutput",
     "CNNBackbone",
+    "FeatureWeighting",
     "GatedClassifier",
     "GATED_BLOCKS",
+    "LogitSum",
     "PAPER_ALPHA",
     "PENALTY_VARIANTS",
     "normalized_entropy",
+    "pool_features",
     "weight_features",
 ]
 
@@ -164,6 +170,63 @@ def weight_features(features: Tensor, log_weights: Tensor) -> Tensor:
     """
     n = math.prod(log_weights.shape[1:])
     return features * (log_weights + math.log(n)).exp().unsqueeze(1)
+
+
+def pool_features(features: Tensor, log_weights: Tensor) -> Tensor:
+    """The attention-pooled vector ``g = sum_i w_i v_i`` (Jetley et al. 2018) of features ``v`` and a map ``w``.
+
+    Args:
+        features: ``(B, C, *grid)``.
+        log_weights: ``(B, *grid)``, log of a distribution ``w`` over the grid positions.
+
+    Returns:
+        ``(B, C)``: the ``w``-weighted average of the features over the grid.
+    """
+    return (features * log_weights.exp().unsqueeze(1)).flatten(2).sum(-1)
+
+
+class FeatureWeighting(nn.Module):
+    """A gated model's product of its features and an attention map, as a module (no parameters).
+
+    Every place a :class:`GatedClassifier` multiplies features by a map goes through one of these, so an
+    explainer finds every gate by module type: LRP's private copy gives it the signal-take-all rule (the map
+    a constant weighting, :mod:`dualattn.explain.lrp`). The forward is exactly the function it wraps.
+
+    Args:
+        pool: False: ``features * N * w`` (:func:`weight_features`, ``(B, C, *grid)``); True: the
+            attention-pooled vector ``sum_i w_i v_i`` (:func:`pool_features`, ``(B, C)``).
+
+    Example:
+        >>> v = torch.randn(2, 3, 4, 4)
+        >>> uniform = torch.full((2, 4, 4), -math.log(16))
+        >>> torch.allclose(FeatureWeighting()(v, uniform), v)
+        True
+        >>> torch.allclose(FeatureWeighting(pool=True)(v, uniform), v.mean((2, 3)))
+        True
+    """
+
+    def __init__(self, *, pool: bool = False) -> None:
+        super().__init__()
+        self.pool = bool(pool)
+
+    def extra_repr(self) -> str:
+        return "pool=True" if self.pool else ""
+
+    def forward(self, features: Tensor, log_weights: Tensor) -> Tensor:
+        """``features (B, C, *grid)`` and ``log_weights (B, *grid)`` -> ``(B, C, *grid)``, or ``(B, C)`` pooled."""
+        return pool_features(features, log_weights) if self.pool else weight_features(features, log_weights)
+
+
+class LogitSum(nn.Module):
+    """``a + b``: the ``hybrid`` model's two heads' logits summed, as a module (no parameters).
+
+    A plain ``+`` in the classifier's forward is invisible to LRP, which would hand the whole relevance of
+    the logit to both heads; as a module it takes LRP-0, which splits it in proportion to ``a`` and ``b``.
+    """
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a + b``."""
+        return a + b
 
 
 def _log_normalize(logits: Tensor) -> Tensor:
@@ -384,9 +447,18 @@ class GatedClassifier(nn.Module):
                 self.witness = GlobalWitness(tuple(grids[coarse]))
             else:
                 self.witness = AmortizedWitness(backbone.channels[fine], spatial_dims=backbone.spatial_dims)
+        #: one :class:`FeatureWeighting` per product of features and map (no parameters: the state dict
+        #: is unchanged): ``weighting`` multiplies a gated block's features by ``N * w`` (None for the baseline
+        #: and ``pool``), ``attn_pool`` is the attention-pooling head's ``sum_i mu_i v_i``.
+        self.weighting: nn.ModuleDict | None = (
+            nn.ModuleDict({b: FeatureWeighting() for b in blocks}) if blocks and not self._pooled else None
+        )
         pool_cls = nn.AdaptiveAvgPool2d if backbone.spatial_dims == 2 else nn.AdaptiveAvgPool3d
         if self._pool_head:
+            self.attn_pool = nn.ModuleDict({b: FeatureWeighting(pool=True) for b in blocks})
             self.attn_fc = nn.Linear(sum(backbone.channels[b] for b in blocks), num_classes)
+            if not self._pooled:
+                self.logit_sum = LogitSum()
         if not self._pooled:
             self.pool = pool_cls(1)
             last = list(backbone.stages)[-1]
@@ -574,7 +646,7 @@ class GatedClassifier(nn.Module):
                     log_w = _log_normalize(log_tau + lam)
                 mus[name] = log_w.exp()
             weight_logs.append(log_w)
-            h = weight_features(h, log_w)
+            h = self.weighting[name](h, log_w)
         logits = self._head(h)
         penalty = zero
         if self.variant in PENALTY_VARIANTS:
@@ -623,18 +695,18 @@ class GatedClassifier(nn.Module):
             penalty = self.entropy_weight * normalized_entropy(log_mu_list, self.attention_area)
         pooled_logits = None
         if self._pool_head:
-            pooled = [(feats[b] * mus[b].unsqueeze(1)).flatten(2).sum(-1) for b in blocks]
+            pooled = [self.attn_pool[b](feats[b], log_mus[b]) for b in blocks]
             pooled_logits = self.attn_fc(torch.cat(pooled, dim=1))
             if self._pooled:
                 return AttentionOutput(pooled_logits, taus, mus, penalty)
-        h = weight_features(feats[blocks[0]], log_mus[blocks[0]])
+        h = self.weighting[blocks[0]](feats[blocks[0]], log_mus[blocks[0]])
         for name in names[first + 1 :]:
             h = self.backbone.stages[name](h)
             if name in log_mus:
-                h = weight_features(h, log_mus[name])
+                h = self.weighting[name](h, log_mus[name])
         logits = self._head(h)
         if pooled_logits is not None:
-            logits = logits + pooled_logits
+            logits = self.logit_sum(logits, pooled_logits)
         return AttentionOutput(logits, taus, mus, penalty)
 
 
