@@ -473,3 +473,194 @@ def test_describe_the_unet_encoder():
     assert info["layers"][-1]["layer"] == "fc" and not any(r["note"] for r in info["layers"])
     assert len(info["batchnorm_folded"]) == 10 and info["residual_sums"] == [] and info["canonized"]
     assert info["rules"]["lower"] == "gamma (gamma=0.25)" and info["description"] == LRP_DESCRIPTION
+
+
+# ---------------------------------------------------------------- gated models: the signal-take-all gate rule
+GATED_CASES = [(v, None) for v in ("tau_k", "tau_l", "unconstrained", "dual", "kl", "kl_reverse")] + [
+    (v, mode) for v in ("exact", "multilevel") for mode in ("two_pass", "pool", "hybrid")
+]
+
+
+def _gated(name: str, spatial_dims: int, variant: str, mode: str | None, *, size: int) -> nn.Module:
+    """A gated model, bias-free (BatchNorm without shift, heads without bias), with peaked maps (gates' ``u``
+    scaled up) and a dual witness away from zero, in float64."""
+    torch.manual_seed(2)
+    kw = {"features": 4} if name == "unet_encoder" else {"features": 4, "stem": "small"}
+    if mode is not None:
+        kw["exact_mode"] = mode
+    if variant == "dual":
+        kw["img_size"] = size
+    model = create_model(name, variant=variant, spatial_dims=spatial_dims, **kw).double().eval()
+    _randomize_bn(model, zero_shift=True)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for head in ("fc", "attn_fc"):
+            if hasattr(model, head):
+                getattr(model, head).bias.zero_()
+        for gate in model.gates.values():
+            gate.u.weight.mul_(20.0)
+        if model.witness is not None and hasattr(model.witness, "lam"):
+            model.witness.lam.copy_(0.5 * torch.randn(model.witness.lam.shape, generator=g, dtype=torch.float64))
+    return model
+
+
+def _uniform(log_w: torch.Tensor) -> bool:
+    return bool(torch.allclose(log_w.exp(), torch.full_like(log_w, 1.0 / log_w[0].numel()), rtol=0.05))
+
+
+@pytest.mark.parametrize("variant,mode", GATED_CASES)
+@pytest.mark.parametrize("name,spatial_dims", [("unet_encoder", 2), ("unet_encoder", 3), ("resnet18", 2),
+                                               ("resnet18", 3)])
+def test_relevance_is_conserved_through_the_gates(name, spatial_dims, variant, mode):
+    """Bias-free, epsilons ~0, gamma in the lower third: on every gated variant and exact_mode the input relevance
+    sums to the target logit -- through every product of features and map (the map a constant weighting), the
+    attention-pooling head and the hybrid's sum of two heads."""
+    size = 32 if spatial_dims == 2 else 16
+    model = _gated(name, spatial_dims, variant, mode, size=size)
+    x = torch.randn(2, 1, *([size] * spatial_dims), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 1])
+    with torch.no_grad():
+        out = model.forward_with_attention(x)
+    logit = out.logits.gather(1, t[:, None]).squeeze(1)
+    weights = out.mu or out.tau
+    assert not any(_uniform(torch.log(w)) for w in weights.values())  # the gates do weight the features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # canonization must succeed
+        rel = lrp_attribution(model, x, target=t, rules=CONSERVING).double()
+    torch.testing.assert_close(rel.flatten(1).sum(1), logit, rtol=1e-5, atol=1e-6 * float(logit.abs().max()))
+
+
+@pytest.mark.parametrize("variant,mode", GATED_CASES)
+def test_every_product_of_features_and_map_is_a_feature_weighting(variant, mode):
+    """Holding every FeatureWeighting's map constant cuts every path from the gates (and the witness) to the
+    logits: no product of features and map is written outside one. The model itself still differentiates
+    through the gates (what the gradient explainers see)."""
+    import copy
+
+    from dualattn.models import FeatureWeighting
+
+    model = _gated("unet_encoder", 2, variant, mode, size=32)
+    x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+    calls: list[str] = []
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: calls.append(n))
+               for n, m in model.named_modules() if isinstance(m, FeatureWeighting)]
+    model(x)
+    for h in handles:
+        h.remove()
+    blocks = model.attention_blocks
+    expected = {None: ["weighting"], "two_pass": ["weighting"], "pool": ["attn_pool"],
+                "hybrid": ["attn_pool", "weighting"]}[mode]
+    assert calls == [f"{kind}.{b}" for kind in expected for b in blocks]
+    map_params = [p for n, p in model.named_parameters() if n.startswith(("gates.", "witness."))]
+    assert map_params
+    grads = torch.autograd.grad(model(x).sum(), map_params, allow_unused=True)
+    assert all(g is not None for g in grads)
+    held = copy.deepcopy(model)
+    names = L.hold_maps_constant(held)
+    assert sorted(names) == sorted(calls)
+    assert not any(isinstance(m, FeatureWeighting) for m in held.modules())
+    held_params = [p for n, p in held.named_parameters() if n.startswith(("gates.", "witness."))]
+    with torch.no_grad():
+        assert torch.equal(held(x), model(x))
+    assert all(g is None for g in torch.autograd.grad(held(x).sum(), held_params, allow_unused=True))
+
+
+def test_constant_map_weighting_is_the_weighting_with_the_map_detached():
+    from dualattn.models import FeatureWeighting
+
+    torch.manual_seed(6)
+    v = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    log_w = torch.randn(2, 4, 5, 6).flatten(1).log_softmax(1).view(2, 4, 5, 6).requires_grad_(True)
+    for pool in (False, True):
+        mine, theirs = L.ConstantMapWeighting.from_weighting(FeatureWeighting(pool=pool)), FeatureWeighting(pool=pool)
+        assert mine.pool is pool
+        out = mine(v, log_w)
+        assert torch.equal(out, theirs(v, log_w))
+        assert out.shape == ((2, 3) if pool else (2, 3, 4, 5, 6))
+        gv, gw = torch.autograd.grad(out.sum(), (v, log_w), allow_unused=True)
+        assert gw is None
+        scale = 1.0 if pool else 4 * 5 * 6
+        torch.testing.assert_close(gv, (scale * log_w.exp()).unsqueeze(1).expand_as(v))
+
+
+def test_describe_reports_the_gate_rule():
+    model = _gated("unet_encoder", 2, "dual", None, size=32).float()
+    info = describe_lrp_rules(model, torch.randn(1, 1, 32, 32))
+    json.dumps(info)
+    assert info["maps_held_constant"] == ["weighting.block3", "weighting.block4"]
+    assert info["gate_rule"] == L.GATE_RULE and L.GATE_RULE in info["description"]
+    assert "signal-take-all" in L.GATE_RULE and "signal-take-all" in LRP_DESCRIPTION
+    off = [r["layer"] for r in info["layers"] if not r["gets_relevance"]]
+    assert off == ["gates.block3.U", "gates.block3.u", "gates.block4.U", "gates.block4.u"]
+    two_pass = describe_lrp_rules(_gated("unet_encoder", 2, "exact", "two_pass", size=32).float(),
+                                  torch.randn(1, 1, 32, 32))
+    off = {r["layer"] for r in two_pass["layers"] if not r["gets_relevance"]}
+    # the first pass's block4 (copies.0) only computes the coarse gate's map
+    assert off == {"gates.block3.U", "gates.block3.u", "gates.block4.U", "gates.block4.u",
+                   "backbone.stages.block4.1.copies.0", "backbone.stages.block4.4.copies.0"}
+    base = describe_lrp_rules(_backbone("unet_encoder", 2, zero_shift=False).float(), torch.randn(1, 1, 32, 32))
+    assert base["maps_held_constant"] == [] and all(r["gets_relevance"] for r in base["layers"])
+
+
+def test_the_gate_rule_leaves_the_baseline_alone(monkeypatch):
+    from dualattn.models import FeatureWeighting
+
+    model = _backbone("unet_encoder", 2, zero_shift=False).float()
+    assert not any(isinstance(m, FeatureWeighting) for m in model.modules())
+    x = torch.randn(2, 1, 32, 32)
+    t = torch.tensor([0, 1])
+    ours = lrp_attribution(model, x, target=t)
+    monkeypatch.setattr(L, "hold_maps_constant", lambda model: [])
+    assert torch.equal(ours, lrp_attribution(model, x, target=t))
+
+
+@pytest.mark.parametrize("variant,mode", GATED_CASES)
+def test_lrp_on_gated_models_batched_equals_one_by_one(variant, mode):
+    model = _gated("unet_encoder", 2, variant, mode, size=32).float()
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0, 1, 1])
+    x1 = x.clone()
+    batched = explain(model, x, method="lrp", target=t)
+    single = torch.cat([explain(model, x[i : i + 1], method="lrp", target=t[i : i + 1]) for i in range(3)])
+    scale = single.abs().max().clamp_min(1e-12)
+    torch.testing.assert_close(batched / scale, single / scale, atol=2e-5, rtol=1e-4)
+    assert torch.equal(x, x1)
+
+
+@pytest.mark.parametrize("variant,mode", [("dual", None), ("exact", "two_pass"), ("exact", "hybrid"),
+                                          ("multilevel", "pool")])
+def test_callers_gated_model_is_not_mutated(variant, mode):
+    from dualattn.models import FeatureWeighting
+
+    model = _gated("unet_encoder", 2, variant, mode, size=32).float()
+    model.train()
+    x = torch.randn(2, 1, 32, 32)
+    before = _state(model)
+    lrp_attribution(model, x, target=torch.tensor([0, 1]))
+    describe_lrp_rules(model, x)
+    after = _state(model)
+    assert before["types"] == after["types"] and before["forward"] == after["forward"]
+    assert FeatureWeighting in after["types"] and L.ConstantMapWeighting not in after["types"]
+    assert before["rules"] == after["rules"] and before["hooks"] == after["hooks"]
+    assert before["training"] == after["training"] and before["requires_grad"] == after["requires_grad"]
+    for k in before["sd"]:
+        assert torch.equal(before["sd"][k], after["sd"][k]), k
+
+
+def test_gradient_explainers_still_differentiate_through_the_gates():
+    """Only LRP's private copy holds the maps constant: Input x Gradient is the real model's gradient, gate path
+    included (it differs from the gradient with the maps held constant)."""
+    import copy
+
+    model = _gated("unet_encoder", 2, "dual", None, size=32).float()
+    x = torch.randn(2, 1, 32, 32)
+    t = torch.tensor([0, 1])
+    ixg = pixel_attribution(model, x, method="input_x_gradient", target=t)
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xr).gather(1, t[:, None]).sum(), xr)
+    torch.testing.assert_close(ixg, x * g)
+    held = copy.deepcopy(model)
+    L.hold_maps_constant(held)
+    xr = x.clone().requires_grad_(True)
+    (g_held,) = torch.autograd.grad(held(xr).gather(1, t[:, None]).sum(), xr)
+    assert float((g - g_held).norm() / g.norm()) > 0.01

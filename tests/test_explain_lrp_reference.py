@@ -6,12 +6,14 @@
   only, zennit's (like Montavon et al. 2019, whose denominator sums over the bias too) adds ``gamma * b+`` to
   the bias as well. With no bias in the gamma layers the two agree to float rounding; with folded BatchNorm
   biases they agree once zennit's gamma is built (from its own ``BasicHook`` / ``GammaMod``) on the weights only.
-* A gated model (``dual``, the recipe's cascaded gate): the features are multiplied by the map (``h * N w``),
-  a product no LRP rule covers in either library, so relevance passes it as autograd passes a gradient, and
-  the two libraries pass it differently. A reference written out here (every rule as a formula, the gate's
-  softmax / normalization / product by hand) computes LRP with either treatment and matches ours to float
-  rounding with Captum's and zennit's with zennit's; a third treatment (all relevance of ``h * N w`` to ``h``,
-  none to the map: the map as a constant weighting) is the one that conserves relevance.
+* A gated model (``dual``, the recipe's cascaded gate): the features are multiplied by the map (``h * N w``).
+  A reference written out here (every rule as a formula, the gate's softmax / normalization / product by hand)
+  computes LRP with three treatments of that product: as autograd passes a gradient, the way Captum does
+  (what ours computed while the product was a plain op) and the way zennit does (neither library has a rule
+  for it), and the signal-take-all treatment (all relevance of ``h * N w`` to ``h``, none to the map: the map
+  as a constant weighting, Arras et al. 2017). Each library matches the reference with its own treatment to
+  float rounding; ours now gives every ``FeatureWeighting`` the signal-take-all rule and matches that one,
+  the only treatment that conserves relevance.
 
 zennit 0.5.1 imports its torchvision canonizers when the package is imported, and torchvision does not
 install beside the CPU torch here; the tests give that import a stand-in module with the two class names it
@@ -32,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dualattn.explain.lrp as L
 from dualattn.explain.lrp import LRP_RULES, LRPRule, describe_lrp_rules, lrp_attribution
-from dualattn.models import create_model
+from dualattn.models import FeatureWeighting, create_model, weight_features
 from dualattn.train.recipes import DUAL_GATE
 
 
@@ -334,14 +337,44 @@ def test_the_reference_is_the_model(dual_case):
         torch.testing.assert_close(logits, model(x), rtol=1e-12, atol=1e-12)
 
 
-def test_ours_on_the_gated_model_is_the_reference_with_captums_product(dual_case):
+def test_ours_on_the_gated_model_is_the_reference_with_the_signal_take_all_rule(dual_case):
     model, x, t = dual_case
     roles = _roles(model, x)
     ours = lrp_attribution(model, x, target=t)
-    ref, _ = reference_lrp_dual(model, x, t, roles, product="captum")
+    ref, _ = reference_lrp_dual(model, x, t, roles, product="signal")
     assert _max_rel(ours, ref) < 1e-6
-    for other in ("zennit", "signal"):  # the treatment of the product matters
+    for other in ("zennit", "captum"):  # the treatment of the product matters
         assert _max_rel(ours, reference_lrp_dual(model, x, t, roles, product=other)[0]) > 0.1
+
+
+class _InlineProduct(nn.Module):
+    """``h * N w`` as a plain op inside a module that is not a leaf (what the model computed before
+    ``FeatureWeighting``): Captum hooks no module there, and relevance passes the product as a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Identity()  # a child: the module is not a leaf, so Captum does not hook it
+
+    def forward(self, features, log_weights):  # noqa: ANN001, ANN201
+        return weight_features(features, log_weights)
+
+
+def _products_inline(model: nn.Module) -> list[str]:
+    names = [n for n, m in model.named_modules() if isinstance(m, FeatureWeighting)]
+    for name in names:
+        L.replace_module(model, name, _InlineProduct())
+    return []
+
+
+def test_with_the_product_a_plain_op_ours_was_the_reference_with_captums_product(dual_case, monkeypatch):
+    """What LRP computed before the signal-take-all rule (the product a plain op) is the reference's "captum"
+    treatment: the comparison behind docs/evaluation.md's numbers of how much the maps moved."""
+    model, x, t = dual_case
+    roles = _roles(model, x)
+    monkeypatch.setattr(L, "hold_maps_constant", _products_inline)
+    old = lrp_attribution(model, x, target=t)
+    ref, _ = reference_lrp_dual(model, x, t, roles, product="captum")
+    assert _max_rel(old, ref) < 1e-6
 
 
 def test_zennit_on_the_gated_model_is_the_reference_with_its_product(zennit):
@@ -357,7 +390,8 @@ def test_zennit_on_the_gated_model_is_the_reference_with_its_product(zennit):
 
 def test_only_the_constant_weighting_conserves_relevance_through_the_gates():
     """Bias-free and epsilons ~0 (gamma in the lower third): conservation holds exactly when the map is treated
-    as a constant weighting; passing relevance through the gates as gradients (either library) does not."""
+    as a constant weighting (the reference's and ours, which agree); passing relevance through the gates as
+    gradients (either library) does not."""
     model = _model("dual", shifts=False)
     x = torch.randn(2, 4, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([0, 1])
@@ -369,5 +403,9 @@ def test_only_the_constant_weighting_conserves_relevance_through_the_gates():
         ratio = rel.flatten(1).sum(1) / logits[torch.arange(2), t]
         if product == "signal":
             torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=1e-6, atol=0)
+            ours = lrp_attribution(model, x, target=t, rules=conserving)
+            assert _max_rel(ours, rel) < 1e-6
+            ours_ratio = ours.double().flatten(1).sum(1) / logits[torch.arange(2), t]
+            torch.testing.assert_close(ours_ratio, torch.ones_like(ratio), rtol=1e-6, atol=0)
         else:
             assert float((ratio - 1).abs().min()) > 1.0, (product, ratio)

@@ -53,6 +53,21 @@ Canonization (on the private copy, never on the caller's model; :func:`prepare_l
   to both branches. Only submodules whose ``forward`` takes one argument and traces are rewritten.
 * Reused modules are split (one copy per call) and in-place activations made out-of-place.
 
+The gates (a rule, applied in both the canonized and the fallback copy): every product of a gated model's
+features and its attention map is a :class:`~dualattn.models.FeatureWeighting` (``v * N w`` in every
+variant and ``exact_mode``, and the attention-pooling head's ``sum_i w_i v_i``), replaced by
+:class:`ConstantMapWeighting` (:func:`hold_maps_constant`): the same values with the map detached, so the
+product is a bias-free linear layer of the features, and LRP-0 on it gives all relevance of the product to
+the features, in proportion to their contributions, and none to the map (:data:`GATE_RULE`). This is the
+signal-take-all rule for multiplicative gates of Arras et al., "Explaining Recurrent Neural Network
+Predictions in Sentiment Analysis" (2017): the map is a per-sample constant weighting; the gates'
+convolutions, the dual witness and the exact projection that compute it get no relevance. Why: relevance
+is then conserved through the gates (``tests/test_explain_lrp_reference.py`` writes the alternatives out;
+passing relevance through the product as a gradient, as Captum and zennit do for an op they have no rule
+for, does not conserve it). The ``hybrid`` head's sum of two logits is a :class:`~dualattn.models.base.LogitSum`
+module and takes LRP-0 like a residual sum. Gradient explainers are not affected: they differentiate the
+model itself, gates included.
+
 The canonized copy must compute the same logits as the model (checked on the first image, relative
 tolerance ``1e-4``); otherwise LRP runs on the uncanonized copy (BatchNorm with the identity rule,
 plain sums) and a warning says so.
@@ -61,9 +76,10 @@ Conservation: the sum of the input relevance equals the target logit when the ne
 and the epsilons are ~0 (gamma rules conserve too; the tests check it on the U-Net encoder and the
 ResNets, 2-D and 3-D). Folded BatchNorm creates biases, which take their share, and the input and
 middle epsilons absorb weak relevance by design, so for the default composite on a trained model the
-sum differs from the logit -- the epsilon rule's purpose, not an error. On gated models the
-attention weighting (a product of features and maps) and on a ViT the attention products and layer
-norms have no LRP rule: relevance flows through them as gradients do (no transformer-specific rules).
+sum differs from the logit -- the epsilon rule's purpose, not an error. Gated models conserve it too
+(every variant and ``exact_mode``, 2-D and 3-D, tested): the gate rule passes relevance through the
+products of features and maps. On a ViT the attention products and layer norms have no LRP rule:
+relevance flows through them as gradients do (no transformer-specific rules).
 
 Example:
     >>> import torch
@@ -93,6 +109,7 @@ import torch
 from torch import Tensor, nn
 
 from .._optional import optional_import
+from ..models import FeatureWeighting, pool_features, weight_features
 from ._modules import LeafCall, leaf_calls, leaves, make_out_of_place, replace_module, split_reused_modules
 from ._state import isolated_copy
 
@@ -103,11 +120,14 @@ __all__ = [
     "LRPRule",
     "attach_rules",
     "composite_description",
+    "ConstantMapWeighting",
     "DetachedScaleNorm",
+    "GATE_RULE",
     "depth_third",
     "describe_lrp_rules",
     "detach_norm_scales",
     "fold_batchnorm",
+    "hold_maps_constant",
     "lrp_attribution",
     "prepare_lrp_model",
     "split_residual_sums",
@@ -186,6 +206,13 @@ LRP_RULES: Mapping[str, LRPRule] = types.MappingProxyType({
     "upper": LRPRule("zero"),
 })
 
+#: The rule of every product of features and an attention map (:class:`ConstantMapWeighting`), for reports.
+GATE_RULE = (
+    "signal-take-all (the map a constant per-sample weighting: all relevance of features x map to the "
+    "features, none to the map or what computes it; Arras et al. 2017)"
+)
+
+
 def composite_description(rules: Mapping[str, LRPRule] | None = None) -> str:
     """One sentence for reports: what ``lrp`` computes with ``rules`` (default :data:`LRP_RULES`)."""
     rules = LRP_RULES if rules is None else rules
@@ -195,7 +222,8 @@ def composite_description(rules: Mapping[str, LRPRule] | None = None) -> str:
         f"{rules['input'].label} on the input layer, {rules['lower'].label} on the rest of the lower "
         f"third (the middle rule where a layer's output is not followed by a ReLU), {rules['middle'].label} "
         f"on the middle third, {rules['upper'].label} on the upper third (the classifier head included); "
-        "BatchNorm folded into the preceding convolution; residual sums split in proportion to their inputs"
+        "BatchNorm folded into the preceding convolution; residual sums split in proportion to their inputs; "
+        f"attention-gated features: {GATE_RULE}"
     )
 
 
@@ -385,6 +413,57 @@ def detach_norm_scales(model: nn.Module) -> list[str]:
     return replaced
 
 
+class ConstantMapWeighting(nn.Module):
+    """A gated model's features x map with the map held constant: LRP's signal-take-all rule for a gate.
+
+    The forward computes what the :class:`~dualattn.models.FeatureWeighting` it stands for computes (the same
+    ops on the same values: ``features * N w``, or the attention-pooled ``sum_i w_i v_i``), with the map ``w``
+    detached. The product is then, per sample, a linear layer of the features without bias, and LRP-0 on
+    it hands all relevance of the product to the features in proportion to their contributions
+    (``R_v = v w R_p / p = R_p`` elementwise; pooled: ``R_{v_i} = w_i v_i R_g / g``) and none to the map:
+    the gate's convolutions, a witness and the exact projection that compute the map receive no relevance.
+    This is the standard LRP treatment of a multiplicative gate (Arras et al., "Explaining Recurrent Neural
+    Network Predictions in Sentiment Analysis", 2017: the gate is a constant, the signal takes all), and
+    the one that conserves relevance through the gates.
+
+    Args:
+        pool: the :class:`~dualattn.models.FeatureWeighting`'s ``pool``.
+    """
+
+    def __init__(self, *, pool: bool = False) -> None:
+        super().__init__()
+        self.pool = bool(pool)
+
+    @classmethod
+    def from_weighting(cls, weighting: FeatureWeighting) -> "ConstantMapWeighting":
+        """The stand-in for ``weighting``."""
+        return cls(pool=weighting.pool)
+
+    def extra_repr(self) -> str:
+        return "pool=True" if self.pool else ""
+
+    def forward(self, features: Tensor, log_weights: Tensor) -> Tensor:
+        """``FeatureWeighting.forward`` with ``log_weights`` detached."""
+        fn = pool_features if self.pool else weight_features
+        return fn(features, log_weights.detach())
+
+
+def hold_maps_constant(model: nn.Module) -> list[str]:
+    """Replace every :class:`~dualattn.models.FeatureWeighting` by its :class:`ConstantMapWeighting`.
+
+    Modifies ``model`` in place: call it on a private copy. The logits do not change (the same function);
+    only the backward pass does: no gradient, hence no relevance, reaches the maps through the products.
+
+    Returns:
+        The names of the replaced modules.
+    """
+    replaced = [name for name, m in model.named_modules() if isinstance(m, FeatureWeighting)]
+    named = dict(model.named_modules())
+    for name in replaced:
+        replace_module(model, name, ConstantMapWeighting.from_weighting(named[name]))
+    return replaced
+
+
 def split_residual_sums(model: nn.Module, example: Tensor) -> list[str]:
     """Replace each tensor sum ``a + b`` inside a submodule's ``forward`` by a Captum ``Addition_Module``.
 
@@ -547,7 +626,7 @@ def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRu
             chosen[id(m)] = LRPRule("zero")  # never called in the forward
         elif isinstance(m, _ELEMENTWISE) or isinstance(m, _BATCHNORMS):
             chosen[id(m)] = LRPRule("identity")
-        else:  # DetachedScaleNorm, pooling, residual sums, anything else: LRP-0
+        else:  # ConstantMapWeighting, DetachedScaleNorm, pooling, residual sums, anything else: LRP-0
             chosen[id(m)] = LRPRule("zero")
     return rows, chosen
 
@@ -562,6 +641,7 @@ class LRPPlan:
             ``note`` (why a lower layer has the middle rule; empty otherwise).
         batchnorm_folded: ``(conv, batchnorm)`` name pairs folded.
         norms_detached: per-sample normalizations replaced by :class:`DetachedScaleNorm`.
+        maps_held_constant: products of features and maps replaced by :class:`ConstantMapWeighting`.
         residual_sums: submodules whose sums became ``Addition_Module`` calls.
         canonized: False when the canonized copy did not reproduce the logits and LRP fell back to
             the uncanonized one.
@@ -573,6 +653,7 @@ class LRPPlan:
     residual_sums: list[str]
     canonized: bool
     norms_detached: list[str] = dataclasses.field(default_factory=list)
+    maps_held_constant: list[str] = dataclasses.field(default_factory=list)
     rules: dict[int, LRPRule] = dataclasses.field(repr=False, default_factory=dict)
 
 
@@ -598,6 +679,7 @@ def prepare_lrp_model(
         reference = model(example)
     prepared = copy.deepcopy(model)
     make_out_of_place(prepared)
+    gates = hold_maps_constant(prepared)
     folded = fold_batchnorm(prepared, example)
     norms = detach_norm_scales(prepared)
     sums = split_residual_sums(prepared, example)
@@ -614,10 +696,12 @@ def prepare_lrp_model(
         )
         prepared = copy.deepcopy(model)
         make_out_of_place(prepared)
+        gates = hold_maps_constant(prepared)  # a rule, not a canonization: the same function
         split_reused_modules(prepared, example)
         folded, sums, norms = [], [], []
     rows, chosen = _composite_rows(prepared, example, rules)
-    return prepared, LRPPlan(rows, folded, sums, canonized, norms_detached=norms, rules=chosen)
+    return prepared, LRPPlan(rows, folded, sums, canonized, norms_detached=norms, maps_held_constant=gates,
+                             rules=chosen)
 
 
 def attach_rules(model: nn.Module, plan: LRPPlan) -> None:
@@ -675,18 +759,47 @@ def describe_lrp_rules(
         rules: the composite (default :data:`LRP_RULES`).
 
     Returns:
-        ``{"description", "rules": {role: label}, "layers": [{"layer", "type", "role", "rule", "note"}, ...],
-        "batchnorm_folded": [[conv, bn], ...], "norms_detached": [...], "residual_sums": [...],
-        "canonized": bool}``.
+        ``{"description", "rules": {role: label}, "layers": [{"layer", "type", "role", "rule", "note",
+        "gets_relevance"}, ...], "batchnorm_folded": [[conv, bn], ...], "norms_detached": [...],
+        "residual_sums": [...], "maps_held_constant": [...], "gate_rule", "canonized": bool}``. A layer with
+        ``gets_relevance`` False only computes an attention map that the gate rule holds constant (a gate's
+        convolutions, a witness, the first pass of ``two_pass`` after the finest gate): its rule is listed
+        but never applied. ``maps_held_constant`` names the products of features and map
+        (:class:`~dualattn.models.FeatureWeighting`) that take ``gate_rule``.
     """
+    example = images[:1].detach()
     with isolated_copy(model, requires_grad=True) as clone, _quiet():
-        _, plan = prepare_lrp_model(clone, images[:1].detach(), rules)
+        prepared, plan = prepare_lrp_model(clone, example, rules)
+        reached = _layers_reaching_the_logits(prepared, example)
     return {
         "description": composite_description(rules),
         "rules": {role: rules[role].label for role in _ROLES},
-        "layers": plan.layers,
+        "layers": [{**row, "gets_relevance": row["layer"] in reached} for row in plan.layers],
         "batchnorm_folded": [list(p) for p in plan.batchnorm_folded],
         "norms_detached": list(plan.norms_detached),
         "residual_sums": list(plan.residual_sums),
+        "maps_held_constant": list(plan.maps_held_constant),
+        "gate_rule": GATE_RULE,
         "canonized": plan.canonized,
     }
+
+
+def _layers_reaching_the_logits(model: nn.Module, example: Tensor) -> set[str]:
+    """Names of the weight layers of the prepared ``model`` whose output the logits depend on through autograd:
+    the layers relevance reaches (not those computing only a map held constant, e.g. the gates' convolutions)."""
+    outs: dict[str, Tensor] = {}
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: outs.setdefault(name, out))
+        for name, m in leaves(model) if isinstance(m, _WEIGHT_LAYERS)
+    ]
+    try:
+        with torch.enable_grad():
+            logits = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    names = [n for n, t in outs.items() if isinstance(t, Tensor) and t.requires_grad]
+    if not names or not logits.requires_grad:
+        return set()
+    grads = torch.autograd.grad(logits.sum(), [outs[n] for n in names], allow_unused=True)
+    return {n for n, g in zip(names, grads) if g is not None}
