@@ -27,7 +27,17 @@ from typing import Any
 from torch import nn
 
 from . import resnet, unet, vit  # noqa: F401  (their @register_model decorators fill the registry)
-from ._registry import CNN_VARIANTS, CONSISTENT_VARIANTS, get_entry, list_models, list_variants, register_model
+from . import local  # noqa: F401  (after unet: registers unet_encoder's "additive" variant)
+from ._registry import (
+    CNN_VARIANTS,
+    CONSISTENT_VARIANTS,
+    get_entry,
+    get_factory,
+    list_models,
+    list_variants,
+    register_model,
+    register_variant,
+)
 from .base import (
     GATED_BLOCKS,
     PAPER_ALPHA,
@@ -59,6 +69,7 @@ __all__ = [
     "list_variants",
     "pool_features",
     "register_model",
+    "register_variant",
     "weight_features",
 ]
 
@@ -126,7 +137,7 @@ def create_model(
         json.dumps(config)
     except TypeError as exc:
         raise ValueError(f"model options must be JSON-serializable, got {kw!r}: {exc}") from exc
-    model = entry.factory(
+    model = get_factory(name, variant)(
         variant=variant, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims, config=config,
         **{**entry.defaults, **kw},
     )

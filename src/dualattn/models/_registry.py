@@ -92,6 +92,38 @@ def register_model(
     return decorator
 
 
+#: ``(backbone, variant) -> factory`` for the variants added by :func:`register_variant`.
+_VARIANT_FACTORIES: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
+def register_variant(name: str, variant: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator adding ``variant`` to the registered backbone ``name``, built by the decorated factory.
+
+    A model design that is not a :class:`~dualattn.models.base.GatedClassifier` variant lives in a file of its
+    own and offers itself as a variant of an existing backbone (``create_model("unet_encoder",
+    variant="additive")``, :mod:`dualattn.models.local`). The factory has the signature of a
+    :func:`register_model` factory and gets the backbone's ``defaults``.
+
+    Raises:
+        ValueError: unknown backbone, or a variant it already has.
+    """
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        entry = get_entry(name)
+        if variant in entry.variants:
+            raise ValueError(f"model {name!r} already has a variant {variant!r}")
+        _VARIANT_FACTORIES[(name, variant)] = fn
+        _REGISTRY[name] = dataclasses.replace(entry, variants=(*entry.variants, variant))
+        return fn
+
+    return decorator
+
+
+def get_factory(name: str, variant: str) -> Callable[..., Any]:
+    """The factory building ``variant`` of backbone ``name``: its own (:func:`register_variant`) or the backbone's."""
+    return _VARIANT_FACTORIES.get((name, variant)) or get_entry(name).factory
+
+
 def get_entry(name: str) -> ModelEntry:
     """Return the registry entry of ``name``.
 
