@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 KEY_METRICS = ("ap", "activation_precision", "iou@90", "auc_least_first@mean", "srg@mean", "srg@road",
-               "auc_least_first@road")
-CONTROLS = ("prior", "dual_tau", "center", "random")
+               "auc_least_first@road", "srg_prob@mean", "srg_prob@road", "auc_least_first_prob@road",
+               "hidden_swap_flips@10", "hidden_swap_flips@20", "hidden_swap_flips@35", "hidden_swap_flips_lesion@20",
+               "hidden_swap_flips_healthy@20", "kept_swap_flips@20")
+CONTROLS = ("prior", "dual_tau", "center", "random", "lesion_oracle")
+#: comparison fields the summary keeps
+COMPARISON_FIELDS = ("name", "protocol", "metric", "block", "ours", "ours_variant", "ours_value", "other",
+                     "other_variant", "other_value", "kind", "ratio", "ci_low", "ci_high", "difference", "diff_ci_low",
+                     "diff_ci_high", "level", "p_value", "p_adjusted", "holds", "primary", "noninferior",
+                     "resampled", "n_patients", "n_seeds", "df", "claim_blocked")
 
 
 def _cell(stat: Any) -> dict[str, Any] | None:
@@ -40,12 +47,17 @@ def summarize(demo: Path, *, threads: int | None = None) -> dict[str, Any]:
             row = {m: _cell(cells.get(m)) for m in (*KEY_METRICS, "sharpness")}
             table[f"{method} [{block}]"] = {k: v for k, v in row.items() if v is not None}
     comparisons = [
-        {k: rec.get(k) for k in ("metric", "block", "ours", "ours_value", "best_other", "other_value", "ratio",
-                                 "ci_low", "ci_high", "difference", "diff_ci_low", "diff_ci_high", "p_value",
-                                 "holds", "claim_blocked")}
+        {k: rec.get(k) for k in COMPARISON_FIELDS}
         for rec in results.get("comparisons", [])
-        if rec.get("metric") in ("ap", "iou@90", "srg@road", "auc_least_first@mean", "srg@mean")
+        if rec.get("primary") or rec.get("metric") == "balanced_accuracy"
+        or rec.get("metric") in ("ap", "srg_prob@road") and rec.get("ours") in ("dual", "exact", "multilevel")
     ]
+    own: dict[str, Any] = {}
+    for variant, entry in (results.get("own_model") or {}).items():
+        for method, m in (entry.get("methods") or {}).items():
+            for block, cells in (m.get("blocks") or {}).items():
+                row = {k: _cell(cells.get(k)) for k in (*KEY_METRICS, "sharpness")}
+                own.setdefault(variant, {})[f"{method} [{block}]"] = {k: v for k, v in row.items() if v is not None}
     accuracy = {variant: _cell(row.get("balanced_accuracy"))
                 for variant, row in results.get("classification", {}).get("rows", {}).items()}
     return {
@@ -57,12 +69,16 @@ def summarize(demo: Path, *, threads: int | None = None) -> dict[str, Any]:
         "seeds": meta.get("seeds"),
         "n_images": meta.get("n_images"),
         "n_positive_with_mask": meta.get("n_positive_with_mask"),
+        "n_patients": meta.get("n_patients"),
+        "data_seed": meta.get("data_seed"),
+        "sealed": meta.get("sealed"),
         "wall_time_s": meta.get("wall_time_s"),
         "step_seconds": (results.get("demo") or {}).get("step_seconds"),
         "machine": meta.get("machine") or f"{platform.machine()}, python {platform.python_version()}",
         "versions": meta.get("versions"),
         "balanced_accuracy": accuracy,
         "maps": table,
+        "own_model": own,
         "comparisons": comparisons,
         "warnings": results.get("warnings", []),
     }

@@ -43,6 +43,7 @@ import yaml
 from .._env import versions
 from .._io import atomic_write_json
 from ..data import resolve_dataset
+from ..data.sealed import SEALED_DATA_SEED
 from ..evaluate import EvalSettings, evaluate_runs
 from ..evaluate.perturbation import FILLS
 from ..explain import list_methods, method_sources
@@ -62,6 +63,8 @@ __all__ = [
     "DemoOutcome",
     "run_demo",
     "runs_by_variant",
+    "train_run",
+    "train_preset_runs",
     "method_sources",
     "load_examples",
     "DEMO_DATASETS",
@@ -69,6 +72,10 @@ __all__ = [
 
 #: Embedded dataset names the demo accepts besides a folder path.
 DEMO_DATASETS: tuple[str, ...] = ("synthetic-brain", "synthetic-pet", "br35h", "synthetic-brain-3d")
+
+#: The post-hoc explainers and controls the CPU presets also run on every gated variant (``own_model``): the
+#: primary claims' comparators (:data:`dualattn.evaluate.claims.DEFAULT_CLAIMS`) and the hiding test's floors.
+OWN_MODEL_DEFAULT: tuple[str, ...] = ("lrp", "gradcam_norelu", "random", "lesion_oracle")
 
 #: The variants a demo trains: every CNN variant but the two KL ablations (the paper's Table 3 rows and ours).
 ALL_VARIANTS: tuple[str, ...] = tuple(v for v in CNN_VARIANTS if v not in ("kl", "kl_reverse"))
@@ -103,6 +110,19 @@ class DemoPreset:
         fills: perturbation fills scored (:data:`dualattn.evaluate.perturbation.FILLS`; the first one is the
             paper's protocol behind the un-suffixed keys); ``None``: every fill.
         accelerator: Lightning accelerator (``"cpu"`` for the CPU presets, ``"auto"`` for ``full``).
+        data_seed: seed of the embedded dataset's draw: the sealed draw
+            (:data:`dualattn.data.sealed.SEALED_DATA_SEED`), which no study has read.
+        data_options: options of the embedded dataset's generator (e.g. ``{"slices_per_patient": 1}``: more
+            patients with fewer slices each, so the test split holds enough patients for intervals that
+            resample patients).
+        split_fractions: train / val / test fractions of the patient-level split.
+        own_model_methods: post-hoc explainers and controls that also explain gated variants under the
+            ``own_model`` protocol (``"all"``: every one; the CPU presets run the primary claims' comparators and
+            the floors, ``benchmarks/own_model_grid.py`` the whole grid).
+        own_model_variants: the gated variants those run on (``"all"``; the CPU presets: the featured one).
+        hiding_ks: kept shares (percent of the foreground cells) of the hiding test; ``()``: off.
+        hiding_blocks: the blocks whose maps the hiding test runs on (``"all"``; the CPU presets: the finest).
+        hiding_fills: the hiding test's fills (``partner``: matched healthy test images; ``road``).
     """
 
     name: str
@@ -127,6 +147,14 @@ class DemoPreset:
     sanity_images: int = 8
     references: bool = True
     accelerator: str = "cpu"
+    data_seed: int = SEALED_DATA_SEED
+    data_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    own_model_methods: str | tuple[str, ...] = OWN_MODEL_DEFAULT
+    own_model_variants: str | tuple[str, ...] = ("dual",)
+    hiding_ks: tuple[int, ...] = (10, 20, 35)
+    hiding_fills: tuple[str, ...] = ("partner",)
+    hiding_blocks: str | tuple[str, ...] = ("block3",)
 
     def __post_init__(self) -> None:
         for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps", "ig_steps"):
@@ -144,6 +172,10 @@ class DemoPreset:
                                  f"{', '.join(known)}")
         if self.sanity_images < 0:
             raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
+        fr = tuple(float(f) for f in self.split_fractions)
+        if len(fr) != 3 or any(f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6 or fr[0] <= 0:
+            raise ValueError(f"preset {self.name!r}: split_fractions={self.split_fractions!r} must be three "
+                             "non-negative fractions (train, val, test) summing to 1")
         if self.max_eval_images is not None and self.max_eval_images < 1:
             raise ValueError(f"preset {self.name!r}: max_eval_images={self.max_eval_images!r} must be >= 1 or None")
 
@@ -154,6 +186,15 @@ class DemoPreset:
         out["variants"] = list(self.variants)
         out["seeds"] = list(self.seeds)
         out["methods"] = None if self.methods is None else list(self.methods)
+        out["data_options"] = dict(self.data_options)
+        out["split_fractions"] = list(self.split_fractions)
+        out["own_model_methods"] = self.own_model_methods if isinstance(self.own_model_methods, str) \
+            else list(self.own_model_methods)
+        out["hiding_ks"] = list(self.hiding_ks)
+        out["hiding_fills"] = list(self.hiding_fills)
+        for key in ("own_model_variants", "hiding_blocks"):
+            v = getattr(self, key)
+            out[key] = v if isinstance(v, str) else list(v)
         if self.fills is None:  # absent, so that demo folders written before the field existed still resume
             out.pop("fills")
         else:
@@ -167,21 +208,27 @@ PRESETS: dict[str, DemoPreset] = {
         description="smoke test: 32x32 images, 64 scans, 1 epoch, 4 base features (under a minute on 2 CPU cores)",
         n=64, image_size=32, model_kwargs={"features": 4}, max_epochs=1, batch_size=8,
         n_examples=2, perturbation_steps=2, max_eval_images=8, ig_steps=4, sanity_images=2, references=False,
+        data_options={"slices_per_patient": 1}, own_model_methods=("lrp",), hiding_ks=(20,),
     ),
     "default": DemoPreset(
         name="default",
         description="64x64 images, 640 scans, 3 seeds, 10 epochs, U-Net encoder with 8 base features, the "
-                    "variants the claims compare (the single-gate ablations tau_k / tau_l are in 'full'); every "
-                    "method and control under four perturbation fills on the 96 test scans (wall time: docs/demo.md)",
+                    "variants the claims compare (the single-gate ablations tau_k / tau_l are in 'full'); the sealed "
+                    "draw, one slice per patient: 128 test scans of 64 patients; every method and control under the "
+                    "mean and ROAD fills, both protocols (own_model: the featured dual with its claims' comparators), "
+                    "the hiding test at block3 (wall time: docs/demo.md)",
         n=640, image_size=64, model_kwargs={"features": 8}, max_epochs=10, batch_size=16, seeds=(0, 1, 2),
         variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
         n_examples=4, perturbation_steps=4, max_eval_images=None, ig_steps=16,
+        data_options={"slices_per_patient": 1}, split_fractions=(0.7, 0.1, 0.2), fills=("mean", "road"),
     ),
     "full": DemoPreset(
         name="full",
         description="the paper's protocol: 5 seeds, 128x128 images, 30 epochs, 32 base features (for a GPU)",
         n=2000, image_size=128, model_kwargs={"features": 32}, max_epochs=30, batch_size=32,
         seeds=(0, 1, 2, 3, 4), n_examples=6, perturbation_steps=20, max_eval_images=None, accelerator="auto",
+        data_options={"slices_per_patient": 1}, split_fractions=(0.7, 0.1, 0.2), own_model_methods="all",
+        own_model_variants="all", hiding_blocks="all",
     ),
     "tiny3d": DemoPreset(
         name="tiny3d",
@@ -359,10 +406,45 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
         augment=preset.augment,
         seed=seed,
         split_seed=0,
+        split_fractions=tuple(preset.split_fractions),
         accelerator=preset.accelerator,
         devices=1 if preset.accelerator == "cpu" else "auto",
         progress=progress,
     )
+
+
+def train_run(preset: DemoPreset, *, data: Path, out: Path, variant: str, seed: int, progress: bool = False
+              ) -> dict[str, Any]:
+    """Train (or resume, or reuse when finished) ``out/runs/<variant>/seed<seed>`` as the preset says; a
+    variant whose recipe starts from the baseline starts from ``out/runs/baseline/seed<seed>``.
+
+    Returns:
+        ``{"run": path relative to out[, "reused": True]}``.
+    """
+    run_dir = Path(out) / "runs" / variant / f"seed{seed}"
+    if RunDir(run_dir).finished:
+        return {"run": str(run_dir), "reused": True}
+    config = _train_config(preset, data=data, variant=variant, seed=seed, progress=progress)
+    init = None
+    if DEFAULT_RECIPES.get(variant, {}).get("init") == "baseline" and variant != "baseline":
+        init = Path(out) / "runs" / "baseline" / f"seed{seed}"
+    fit(config, out=run_dir, resume=run_dir.is_dir(), init_from=init)
+    return {"run": str(run_dir.relative_to(out))}
+
+
+def train_preset_runs(preset: DemoPreset, *, data: Path, out: Path, progress: bool = False) -> dict[str, list[Path]]:
+    """Every run of the preset (seeds outer, variants inner, the baseline first), as the demo trains them;
+    finished runs are reused. Studies that train "as the demo does" on another data draw call this.
+
+    Returns:
+        variant -> run folders.
+    """
+    runs: dict[str, list[Path]] = {}
+    for seed in preset.seeds:
+        for variant in _variants_for(preset):
+            train_run(preset, data=data, out=Path(out), variant=variant, seed=seed, progress=progress)
+            runs.setdefault(variant, []).append(Path(out) / "runs" / variant / f"seed{seed}")
+    return runs
 
 
 def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None,
@@ -408,7 +490,8 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
 
     # 1. data
     def make_data() -> dict[str, Any]:
-        path = Path(resolve_dataset(dataset, cache_dir=out_dir / "data", n=cfg.n, size=cfg.image_size, seed=0))
+        path = Path(resolve_dataset(dataset, cache_dir=out_dir / "data", n=cfg.n, size=cfg.image_size,
+                                    seed=cfg.data_seed, options=cfg.data_options or None))
         try:  # inside the demo folder: stored relative, so the folder can be moved
             return {"path": str(path.resolve().relative_to(out_dir.resolve())), "relative": True}
         except ValueError:
@@ -428,15 +511,9 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
             run_dir = out_dir / "runs" / variant / f"seed{seed}"
             name = f"train-{variant}-seed{seed}"
 
-            def train_one(variant: str = variant, seed: int = seed, run_dir: Path = run_dir) -> dict[str, Any]:
-                if RunDir(run_dir).finished:
-                    return {"run": str(run_dir), "reused": True}
-                config = _train_config(cfg, data=data, variant=variant, seed=seed, progress=show_training_progress)
-                init = None
-                if DEFAULT_RECIPES.get(variant, {}).get("init") == "baseline" and variant != "baseline":
-                    init = out_dir / "runs" / "baseline" / f"seed{seed}"
-                fit(config, out=run_dir, resume=run_dir.is_dir(), init_from=init)
-                return {"run": str(run_dir.relative_to(out_dir))}
+            def train_one(variant: str = variant, seed: int = seed) -> dict[str, Any]:
+                return train_run(cfg, data=data, out=out_dir, variant=variant, seed=seed,
+                                 progress=show_training_progress)
 
             steps.run(name, f"train {k}/{total}: {variant} (seed {seed})", train_one)
             runs.setdefault(variant, []).append(run_dir)
@@ -451,6 +528,8 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
             data=data, methods="all" if (cfg.methods is None and cfg.references) else tuple(methods),
             size=cfg.image_size, max_images=cfg.max_eval_images, perturbation_steps=cfg.perturbation_steps,
             ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images,
+            own_model_methods=cfg.own_model_methods, own_model_variants=cfg.own_model_variants,
+            hiding_ks=tuple(cfg.hiding_ks), hiding_fills=tuple(cfg.hiding_fills), hiding_blocks=cfg.hiding_blocks,
             **({} if cfg.fills is None else {"fills": tuple(cfg.fills)}),
         )
         path = evaluate_runs(out_dir / "runs", out=eval_dir, settings=settings, progress=show_evaluation_progress)
