@@ -6,7 +6,8 @@ Methods (:func:`list_methods`):
   ``kl``, ``kl_reverse``, ``exact``, ``multilevel`` (each for a model of that variant; the map
   that weights the features: ``mu`` when the model has it for the block, else ``tau``; see
   :mod:`dualattn.explain.attention`), ``attention`` (the same for any variant) and ``cvx``
-  (Eq. 4 solved post hoc on an unconstrained model's maps);
+  (Eq. 4 solved post hoc on an unconstrained model's maps); the ``additive`` model's ``additive`` (its map
+  ``mu``) and ``additive_contribution`` (``mu * s``, what each place contributed; :mod:`dualattn.explain.evidence`);
 * post-hoc, through Captum (:mod:`dualattn.explain.posthoc`): ``gradcam``, ``gradcam_norelu``,
   ``input_x_gradient``, ``deeplift``, ``lrp`` (a composite rule set, :mod:`dualattn.explain.lrp`:
   :data:`LRP_RULES`, :func:`describe_lrp_rules`), ``integrated_gradients``;
@@ -60,6 +61,7 @@ from ._registry import (
 from ._state import eval_mode, isolated_copy
 from .attention import VARIANT_METHODS, model_variant
 from .controls import DEFAULT_LESION_FRACTION, center_map, center_sigma, dual_tau_map, prior_map
+from .evidence import EVIDENCE_METHODS, additive_attention_map, additive_contribution_map
 from .lrp import LRP_DESCRIPTION, LRP_RULES, LRPRule, describe_lrp_rules
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, pixel_attribution
 
@@ -79,6 +81,9 @@ __all__ = [
     "METHOD_ALIASES",
     "VIT_SOURCE",
     "VARIANT_METHODS",
+    "EVIDENCE_METHODS",
+    "additive_attention_map",
+    "additive_contribution_map",
     "POSTHOC_METHODS",
     "PIXEL_METHODS",
     "model_variant",

@@ -17,6 +17,7 @@ from ._pool import block_grid
 from ._registry import VIT_SOURCE, get_method, register_method
 from .attention import VARIANT_METHODS, attention_map, cvx_map
 from .controls import DEFAULT_LESION_FRACTION, center_map, dual_tau_map, prior_map
+from .evidence import EVIDENCE_METHODS, additive_attention_map, additive_contribution_map
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, posthoc_map
 from .reference import random_map, raw_channel_map
 from .vit import VIT_METHODS, vit_map
@@ -35,6 +36,17 @@ def _cvx(
     model: nn.Module, images: Tensor, *, method: str, block: str, target: Any, solver: str = "closed_form"
 ) -> Tensor:
     return cvx_map(model, images, block=block, solver=solver)
+
+
+def _additive(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
+    return additive_attention_map(model, images, block=block)
+
+
+def _contribution(
+    model: nn.Module, images: Tensor, *, method: str, block: str, target: Any, contrast: bool = True,
+    scales: str = "all",
+) -> Tensor:
+    return additive_contribution_map(model, images, block=block, target=target, contrast=contrast, scales=scales)
 
 
 def _vit(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
@@ -85,6 +97,17 @@ for _name in VARIANT_METHODS:
 register_method(
     "attention", family="attention", source_variant=None, compute=_attention,
     description="the map any gated model weights its features by (mu where it has one, else tau)",
+)
+# the additive local-evidence model (dualattn.models.local, dualattn.explain.evidence)
+register_method(
+    EVIDENCE_METHODS[0], family="attention", source_variant=EVIDENCE_METHODS[0], compute=_additive,
+    description="where an additive model looks: mu, the exact consistent map pooling its per-cell evidence",
+)
+register_method(
+    EVIDENCE_METHODS[1], family="attention", source_variant=EVIDENCE_METHODS[0], compute=_contribution,
+    options=("contrast", "scales"),
+    description="what each place contributed to an additive model's logit (target minus the others' mean): "
+    "mu * s, signed, summing exactly to the logit less the bias",
 )
 register_method(
     "cvx", family="cvx", source_variant="unconstrained", compute=_cvx, options=("solver",),

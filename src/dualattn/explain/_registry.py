@@ -269,8 +269,8 @@ def list_methods(model: nn.Module | None = None, *, in_channels: int | None = No
         variant = model_variant(model)
         gates = tuple(getattr(model, "attention_blocks", ()) or ())
         if gates:
-            if variant in METHOD_FAMILIES["attention"]:
-                out.append(variant)
+            # the variant's own maps (its name; the additive model's contribution map too)
+            out += [m for m in METHOD_FAMILIES["attention"] if variant and _REGISTRY[m].source_variant == variant]
             out.append("attention")
             if len(gates) >= 2:
                 out += list(METHOD_FAMILIES["cvx"])
