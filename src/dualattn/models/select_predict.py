@@ -1,0 +1,643 @@
+"""Select, then predict: a hard consistent mask chosen by a gated selector; a predictor that sees only it.
+
+The design of issue 22 expected to make "the model cannot use what its map hides" true by construction.
+
+* **Selector** -- today's pass 1 of a gated network: the backbone's stages up to the coarsest gated block, an
+  :class:`~dualattn.attention.AttentionGate` on every gated block (``block3``, ``block4``; ``selector=
+  "multilevel"`` adds ``block2``) and the exact consistency layer
+  (:func:`dualattn.consistency.project_exact_log` / ``project_exact_chain_log``), so its maps ``mu`` agree
+  across the scales exactly. It reads the whole image, z-scored per sample and channel (it may: what it reads
+  can only move the mask). Its modules carry a gated classifier's names (``backbone.stages.blockK``,
+  ``gates.blockK``), so a trained ``exact``, ``multilevel`` or ``dual`` run's weights load into it
+  (:meth:`SelectPredictClassifier.load_backbone_state`).
+* **Hard consistent mask** -- on the finest gated grid, the foreground cells (at least half their pixels above
+  the image's 1st percentile by 5 % of its 1st-99th percentile range, the hiding test's rule) are the
+  candidates; the top ``k = max(1, ceil(budget * candidates))`` of them by ``mu`` are visible (ties: the lower
+  flat index first). A coarser cell is visible iff one of its fine cells is (a max-pool): the masks of all
+  scales are consistent by construction.
+* **Predictor** -- a separate network of the same backbone family (no module shared with the selector), run
+  from its own stem on ``C + 1`` channels: the image's channels z-scored with the mean and standard deviation
+  of the *visible* pixels only, every hidden pixel set to the constant ``hidden_value``, and the pixel mask
+  itself (1 visible, 0 hidden). No pass-1 feature, skip connection or pooled head reaches it; the logits are
+  the predictor's.
+
+**The guarantee** (what is proven, ``tests/test_select_predict.py``): with the mask fixed, the logits are a
+function of the visible pixels alone, bit for bit -- every hidden pixel enters the predictor through
+``torch.where(visible, x, 0)`` before any arithmetic, so its value (even NaN or inf) never reaches a sum. With
+the mask recomputed the same holds for any change of hidden pixels that leaves the selector's mask unchanged.
+What is *not* proven, and is measured instead: the selector reads hidden pixels, so such a change may move the
+mask (mask IoU before/after), and a mask's shape may itself encode the class (the EVAL-X gap,
+:mod:`dualattn.train.select_predict`).
+
+**Normalization.** No normalization in front of the model may read a hidden pixel, or the visible inputs
+change with the hidden ones. The model therefore takes *raw* intensities (the data pipeline's
+``normalize="none"``, which ``dualattn train`` sets for this variant) and normalizes inside: the selector per
+image (it may read everything), the predictor on the visible pixels only. Both are invariant to a positive
+per-channel affine map of the input, so an image z-scored per sample upstream gives the same outputs up to
+float rounding -- but not bit for bit, which is why the deployed preprocessing is ``none``.
+
+**Training** (:mod:`dualattn.train.select_predict`): in training mode :meth:`forward_with_attention` passes a
+straight-through relaxation of the top-k (the value is the hard mask; the gradient flows through
+``sigmoid((log mu - threshold) / (temperature * spread))``), so the selector can learn against the predictor.
+In eval mode the mask is hard and has no gradient.
+
+Example:
+    >>> import torch
+    >>> from dualattn.models import create_model
+    >>> m = create_model("unet_encoder", variant="select_predict", features=4, budget=0.25).eval()
+    >>> out = m.forward_with_attention(torch.randn(2, 1, 32, 32))
+    >>> out.logits.shape, out.mask["block3"].shape, out.mu["block4"].shape
+    (torch.Size([2, 2]), torch.Size([2, 8, 8]), torch.Size([2, 4, 4]))
+    >>> int(out.mask["block3"][0].sum())  # 25 % of the 64 foreground cells
+    16
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from dualattn._checks import check_number
+from dualattn.consistency import project_exact_chain_log, project_exact_log
+from dualattn.grids import block_factors
+
+from ._registry import get_entry, register_variant
+from .base import normalized_entropy
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SELECTORS",
+    "SelectPredictClassifier",
+    "Selection",
+    "SelectionOutput",
+    "cell_fraction",
+    "cells_to_pixels",
+    "coarsen_mask",
+    "foreground_cells",
+    "foreground_pixels",
+    "masked_zscore",
+    "top_cells",
+]
+
+#: The variant name of this design (a variant of every CNN backbone).
+VARIANT = "select_predict"
+#: Selector designs: the gated variant whose pass 1 it is, and its gated blocks (finest first).
+SELECTORS: dict[str, tuple[str, ...]] = {"exact": ("block3", "block4"), "multilevel": ("block2", "block3", "block4")}
+#: ``create_model`` options that configure only the selector (its gates, their sharpness term).
+_SELECTOR_OPTIONS = (
+    "gate_embed", "gate_scale", "gate_learn_scale", "gate_zero_init", "gate_form", "gate_bias", "entropy_weight",
+    "attention_area",
+)
+#: options of the paper's variants that mean nothing here (accepted so a recipe's kwargs pass through)
+_IGNORED_OPTIONS = ("alpha", "witness", "exact_mode", "exact_proposal")
+
+
+class Selection(NamedTuple):
+    """What :meth:`SelectPredictClassifier.select` returns.
+
+    Attributes:
+        tau: the selector's gate maps, block -> ``(B, *grid)``.
+        mu: its exactly consistent maps, block -> ``(B, *grid)``.
+        log_mu: ``log mu`` of every block.
+        mask: the hard consistent mask, block -> ``(B, *grid)`` bool (a coarse cell visible iff one of its fine
+            cells is).
+        pixels: ``(B, 1, *S)`` bool, the finest mask on the input grid.
+        kept: ``(B,)`` int64, the number of visible cells of the finest grid.
+        candidates: ``(B, *grid)`` bool, the finest grid's foreground cells (the budget's denominator).
+        soft: ``(B, 1, *S)`` the straight-through mask (value: ``pixels``; gradient: the relaxation), or None.
+        penalty: scalar, ``entropy_weight`` x the selector's sharpness term (0 when off).
+        features: the selector's feature maps of the gated blocks, block -> ``(B, C_b, *grid)`` (for a training
+            loss of the selector's own; never an input of the predictor).
+    """
+
+    tau: dict[str, Tensor]
+    mu: dict[str, Tensor]
+    log_mu: dict[str, Tensor]
+    mask: dict[str, Tensor]
+    pixels: Tensor
+    kept: Tensor
+    candidates: Tensor
+    soft: Tensor | None
+    penalty: Tensor
+    features: dict[str, Tensor]
+
+
+class SelectionOutput(NamedTuple):
+    """What :meth:`SelectPredictClassifier.forward_with_attention` returns: an ``AttentionOutput`` (the same
+    first four fields) plus the hard mask.
+
+    Attributes:
+        logits: ``(B, num_classes)``, the predictor's on the masked input.
+        tau: the selector's gate maps, block -> ``(B, *grid)``.
+        mu: the selector's consistent maps, block -> ``(B, *grid)``.
+        penalty: scalar: the selector's sharpness term (0 unless ``entropy_weight > 0``).
+        mask: the hard consistent mask, block -> ``(B, *grid)`` bool.
+    """
+
+    logits: Tensor
+    tau: dict[str, Tensor]
+    mu: dict[str, Tensor]
+    penalty: Tensor
+    mask: dict[str, Tensor]
+
+
+# ----------------------------------------------------------------------------------------- grid helpers
+def _axis_index(size: int, cells: int, device: torch.device) -> Tensor:
+    """Cell of every pixel along one axis: pixel ``i`` of ``size`` lies in cell ``floor(i * cells / size)``."""
+    return torch.div(torch.arange(size, device=device) * cells, size, rounding_mode="floor")
+
+
+def cells_to_pixels(cells: Tensor, size: Sequence[int]) -> Tensor:
+    """``(B, *grid)`` -> ``(B, *size)``: every pixel takes its cell's value (nearest; exact blocks when the grid
+    divides the size, the hiding test's :func:`~dualattn.evaluate.hiding.cell_index` rule otherwise)."""
+    out = cells
+    for axis, s in enumerate(size):
+        out = out.index_select(axis + 1, _axis_index(int(s), cells.shape[axis + 1], cells.device))
+    return out
+
+
+def cell_fraction(pixels: Tensor, grid: Sequence[int]) -> Tensor:
+    """``(B, *S)`` 0/1 -> ``(B, *grid)``: the share of every cell's pixels that are set (float64)."""
+    out = pixels.double()
+    count = torch.ones(pixels.shape[1:], dtype=torch.float64, device=pixels.device)[None]
+    for axis, g in enumerate(grid):
+        idx = _axis_index(pixels.shape[axis + 1], int(g), pixels.device)
+        shape = list(out.shape)
+        shape[axis + 1] = int(g)
+        out = out.new_zeros(shape).index_add_(axis + 1, idx, out)
+        cshape = list(count.shape)
+        cshape[axis + 1] = int(g)
+        count = count.new_zeros(cshape).index_add_(axis + 1, idx, count)
+    return out / count.clamp_min(1.0)
+
+
+def foreground_pixels(x: Tensor, *, rel_threshold: float = 0.05) -> Tensor:
+    """``(B, C, *S)`` -> ``(B, *S)`` bool: where some channel exceeds its 1st percentile by ``rel_threshold`` of
+    its 1st-99th percentile range (per image and channel; the hiding test's foreground)."""
+    flat = x.detach().float().flatten(2)
+    lo = torch.quantile(flat, 0.01, dim=2, keepdim=True)
+    hi = torch.quantile(flat, 0.99, dim=2, keepdim=True)
+    fg = (flat > lo + rel_threshold * (hi - lo)) & (hi > lo)
+    return fg.any(dim=1).reshape(x.shape[0], *x.shape[2:])
+
+
+def foreground_cells(x: Tensor, grid: Sequence[int], *, rel_threshold: float = 0.05) -> Tensor:
+    """``(B, *grid)`` bool: cells at least half of whose pixels are foreground (:func:`foreground_pixels`); every
+    cell of an image without any."""
+    cand = cell_fraction(foreground_pixels(x, rel_threshold=rel_threshold), grid) >= 0.5
+    none = ~cand.flatten(1).any(1)
+    return cand | none.reshape(-1, *([1] * len(grid)))
+
+
+def budget_count(candidates: Tensor, budget: float) -> Tensor:
+    """``(B,)`` int64: ``max(1, ceil(budget * n))`` for ``n`` candidate cells per sample (a hair below the
+    product, so ``0.2 * 50`` is 10, not 11 by rounding)."""
+    n = candidates.flatten(1).sum(1).double()
+    return torch.ceil(n * float(budget) - 1e-9).clamp_min(1).long()
+
+
+def top_cells(scores: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
+    """``(B, *grid)`` bool: the ``k[b]`` candidate cells of highest score per sample (ties: lower flat index first).
+
+    Args:
+        scores: ``(B, *grid)`` finite scores.
+        candidates: ``(B, *grid)`` bool; only these may be chosen.
+        k: ``(B,)`` cells to keep (at most the number of candidates is kept).
+    """
+    b = scores.shape[0]
+    flat = scores.detach().flatten(1).double()
+    cand = candidates.flatten(1)
+    flat = torch.where(cand, flat, torch.full_like(flat, -math.inf))
+    order = torch.argsort(-flat, dim=1, stable=True)
+    n = flat.shape[1]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n, device=order.device).expand(b, n).contiguous())
+    return ((rank < k.to(rank.device)[:, None]) & cand).reshape(scores.shape)
+
+
+def coarsen_mask(mask: Tensor, coarse: Sequence[int]) -> Tensor:
+    """``(B, *fine)`` bool -> ``(B, *coarse)`` bool: a coarse cell is set iff one of its fine cells is."""
+    factors = block_factors(tuple(mask.shape[1:]), tuple(coarse))
+    pool = F.max_pool2d if mask.dim() == 3 else F.max_pool3d
+    return pool(mask[:, None].float(), kernel_size=factors, stride=factors)[:, 0] > 0.5
+
+
+def masked_zscore(x: Tensor, visible: Tensor | None = None, *, eps: float = 1e-6) -> Tensor:
+    """Per-sample, per-channel z-score of ``(B, C, *S)`` over the ``visible`` pixels only (all when None).
+
+    Hidden pixels are replaced by 0 with ``torch.where`` before any arithmetic and are 0 in the output: their
+    values (NaN and inf included) cannot change a visible output bit. Channels are divided by a power of two
+    first (exact) so that values near the dtype's maximum do not overflow; a constant channel gives zeros.
+
+    Args:
+        x: ``(B, C, *S)``.
+        visible: ``(B, 1, *S)`` or ``(B, *S)`` bool, or None (every pixel).
+        eps: standard deviations below it count as zero.
+
+    Returns:
+        ``(B, C, *S)``, the input's dtype.
+    """
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    if visible is None:
+        vis = None
+        xv = flat
+        n = flat.new_tensor(float(flat.shape[-1]))
+    else:
+        vis = visible.reshape(b, 1, -1).expand(b, c, -1)
+        xv = torch.where(vis, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+        n = vis.sum(-1, keepdim=True).clamp_min(1).to(flat.dtype)
+    amax = xv.detach().abs().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    scale = torch.exp2(torch.floor(torch.log2(amax)))
+    xs = xv / scale
+    mean = xs.sum(-1, keepdim=True) / n
+    dev = xs - mean
+    if vis is not None:
+        dev = torch.where(vis, dev, torch.zeros((), dtype=dev.dtype, device=dev.device))
+    std = ((dev * dev).sum(-1, keepdim=True) / n).sqrt()
+    out = dev / std.clamp_min(eps / scale) * (std > eps / scale)
+    return out.reshape(x.shape)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """Channels-last for float32 CPU inputs (the layout the gated classifiers use: faster oneDNN convolutions)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() in (4, 5):
+        return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class SelectPredictClassifier(nn.Module):
+    """A gated selector's hard consistent mask, and a predictor that sees only the masked input.
+
+    Build it with ``create_model(backbone, variant="select_predict", ...)`` (module docstring). The selector's
+    modules are ``backbone`` (the stages up to the coarsest gated block) and ``gates``; the predictor is the
+    module ``predictor`` (a baseline classifier of the same family on ``in_channels + 1`` channels).
+
+    Args:
+        backbone: the selector's :class:`~dualattn.models.base.CNNBackbone` (stages after the coarsest gate
+            removed).
+        gates: ``nn.ModuleDict`` block -> :class:`~dualattn.attention.AttentionGate`.
+        predictor: the predictor (``forward(x) -> logits`` on ``in_channels + 1`` channels).
+        num_classes: number of logits.
+        budget: the share of the finest grid's foreground cells kept visible, in (0, 1].
+        hidden_value: the constant every hidden pixel takes in the predictor's normalized space.
+        foreground_threshold: the foreground rule's relative threshold (:func:`foreground_pixels`).
+        entropy_weight, attention_area: the selector's sharpness term (``normalized_entropy`` of its ``mu`` maps;
+            in the training objective only).
+        img_size: the input size (recorded; the evaluation fits images to it).
+        config: the ``create_model`` arguments (``model.config``).
+    """
+
+    variant = VARIANT
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        gates: nn.ModuleDict,
+        predictor: nn.Module,
+        num_classes: int,
+        budget: float = 0.2,
+        hidden_value: float = 0.0,
+        foreground_threshold: float = 0.05,
+        entropy_weight: float = 0.0,
+        attention_area: float | None = None,
+        img_size: Sequence[int] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        check_number("budget", budget, low=0.0, high=1.0, low_inclusive=False)
+        check_number("hidden_value", hidden_value, low=-math.inf)
+        check_number("foreground_threshold", foreground_threshold, low=0.0, high=1.0)
+        self.backbone = backbone
+        self.gates = gates
+        self.predictor = predictor
+        self.num_classes = int(num_classes)
+        self.spatial_dims = int(backbone.spatial_dims)
+        self.budget = float(budget)
+        self.hidden_value = float(hidden_value)
+        self.foreground_threshold = float(foreground_threshold)
+        self.entropy_weight = float(entropy_weight)
+        self.attention_area = None if attention_area is None else float(attention_area)
+        self.img_size = None if img_size is None else tuple(int(s) for s in img_size)
+        self.attention_blocks: tuple[str, ...] = tuple(gates)
+        self.map_blocks: tuple[str, ...] = self.attention_blocks
+        #: temperature of the straight-through relaxation used in training mode (set by the training loop)
+        self.relax_temperature = 1.0
+        self._config = copy.deepcopy(config or {})
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable ``create_model`` arguments rebuilding this architecture."""
+        return copy.deepcopy(self._config)
+
+    @property
+    def finest_block(self) -> str:
+        """The gated block whose grid the mask is chosen on."""
+        return self.attention_blocks[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of the predictor on the input masked by the selector's mask."""
+        return self.forward_with_attention(x).logits
+
+    def forward_with_attention(self, x: Tensor) -> SelectionOutput:
+        """Logits, the selector's maps and the hard consistent mask.
+
+        In training mode the predictor's input carries the straight-through relaxation (:meth:`select` with
+        ``relaxed=True``; the same values), so a loss on the logits reaches the selector.
+        """
+        sel = self.select(x, relaxed=self.training and torch.is_grad_enabled())
+        logits = self._predict(x, sel.pixels, sel.soft)
+        return SelectionOutput(logits, sel.tau, sel.mu, sel.penalty, sel.mask)
+
+    def mask(self, x: Tensor) -> dict[str, Tensor]:
+        """The hard consistent mask, block -> ``(B, *grid)`` bool."""
+        return self.select(x).mask
+
+    def select(self, x: Tensor, *, relaxed: bool = False, temperature: float | None = None) -> Selection:
+        """Run the selector: maps, the hard consistent mask, and (``relaxed``) the straight-through mask.
+
+        Args:
+            x: ``(B, C, *S)`` raw intensities (module docstring, "Normalization").
+            relaxed: also return ``soft``: value the hard pixel mask, gradient that of
+                ``sigmoid((log mu - t) / (temperature * spread))`` with ``t`` midway between the last kept and the
+                first dropped candidate's ``log mu`` and ``spread`` the candidates' standard deviation of it.
+            temperature: of the relaxation (default :attr:`relax_temperature`).
+        """
+        self._check_input(x)
+        size = tuple(x.shape[2:])
+        feats, log_taus = self._pass_one(masked_zscore(x))
+        blocks = self.attention_blocks
+        for fine, coarse in zip(blocks[:-1], blocks[1:]):
+            block_factors(tuple(log_taus[fine].shape[1:]), tuple(log_taus[coarse].shape[1:]))
+        if len(blocks) == 2:
+            log_mu_list = list(project_exact_log(log_taus[blocks[0]], log_taus[blocks[1]]))
+        else:
+            log_mu_list = list(project_exact_chain_log([log_taus[b] for b in blocks]))
+        log_mu = dict(zip(blocks, log_mu_list))
+        fine = log_mu[blocks[0]]
+        grid = tuple(fine.shape[1:])
+        cand = foreground_cells(x, grid, rel_threshold=self.foreground_threshold)
+        kept = budget_count(cand, self.budget)
+        cells = top_cells(fine, cand, kept)
+        mask = {blocks[0]: cells}
+        for b in blocks[1:]:
+            mask[b] = coarsen_mask(cells, tuple(log_mu[b].shape[1:]))
+        pixels = cells_to_pixels(cells, size)[:, None]
+        soft = None
+        if relaxed:
+            soft = self._relaxed(fine, cand, kept, size, pixels, temperature)
+        penalty = x.new_zeros(())
+        if self.entropy_weight > 0:
+            penalty = self.entropy_weight * normalized_entropy(log_mu_list, self.attention_area)
+        return Selection(
+            tau={b: t.exp() for b, t in log_taus.items()},
+            mu={b: m.exp() for b, m in log_mu.items()},
+            log_mu=log_mu,
+            mask=mask,
+            pixels=pixels,
+            kept=kept,
+            candidates=cand,
+            soft=soft,
+            penalty=penalty,
+            features=feats,
+        )
+
+    def predict_masked(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The predictor's logits on ``x`` under a GIVEN mask (the hiding test "with the mask held fixed").
+
+        Args:
+            x: ``(B, C, *S)`` raw intensities.
+            mask: the finest gated grid's cells ``(B, *grid)`` or a pixel mask ``(B, 1, *S)`` / ``(B, *S)``;
+                bool or 0/1.
+
+        Returns:
+            ``(B, num_classes)``.
+        """
+        self._check_input(x)
+        size = tuple(x.shape[2:])
+        m = mask.bool() if mask.dtype != torch.bool else mask
+        if m.dim() == x.dim() and m.shape[1] == 1 and tuple(m.shape[2:]) == size:
+            pixels = m
+        elif tuple(m.shape[1:]) == size:
+            pixels = m[:, None]
+        elif m.dim() == x.dim() - 1:
+            pixels = cells_to_pixels(m, size)[:, None]
+        else:
+            raise ValueError(
+                f"mask must be (B, *grid) cells or a (B, 1, *S) pixel mask for input {tuple(x.shape)}, got "
+                f"{tuple(mask.shape)}"
+            )
+        if pixels.shape[0] != x.shape[0]:
+            raise ValueError(f"mask has {pixels.shape[0]} samples for {x.shape[0]} images")
+        return self._predict(x, pixels, None)
+
+    def predictor_input(self, x: Tensor, pixels: Tensor, soft: Tensor | None = None) -> Tensor:
+        """The predictor's ``(B, C + 1, *S)`` input: the visible pixels z-scored on themselves, hidden pixels
+        ``hidden_value``, and the mask channel. With ``soft`` (straight-through, value equal to ``pixels``) the
+        image channels are ``xn * soft + hidden_value * (1 - soft)`` and the mask channel is ``soft``."""
+        xn = masked_zscore(x, pixels)
+        if soft is None:
+            hidden = torch.full((), self.hidden_value, dtype=xn.dtype, device=xn.device)
+            return torch.cat([torch.where(pixels, xn, hidden), pixels.to(xn.dtype)], dim=1)
+        img = xn * soft if self.hidden_value == 0.0 else xn * soft + self.hidden_value * (1 - soft)
+        return torch.cat([img, soft.to(xn.dtype)], dim=1)
+
+    def feature_layers(self) -> dict[str, nn.Module]:
+        """Block name -> the predictor's stage (the decision path; GradCAM's target)."""
+        layers = getattr(self.predictor, "feature_layers", None)
+        return dict(layers()) if callable(layers) else {}
+
+    def selector_parameters(self) -> Iterator[nn.Parameter]:
+        """The selector's parameters (its stages and gates)."""
+        for name, p in self.named_parameters():
+            if not name.startswith("predictor."):
+                yield p
+
+    def predictor_parameters(self) -> Iterator[nn.Parameter]:
+        """The predictor's parameters."""
+        return self.predictor.parameters()
+
+    def selector_modules(self) -> list[nn.Module]:
+        """The selector's modules (``backbone``, ``gates``)."""
+        return [self.backbone, self.gates]
+
+    def load_backbone_state(self, state_dict: dict[str, Tensor]) -> None:
+        """Start the selector from a trained gated run (``exact``, ``multilevel``, ``dual``; or a baseline's
+        stages, the gates keeping their initialisation).
+
+        The selector's stages and gates have a gated classifier's names, so the run's ``backbone.stages.*`` and
+        ``gates.*`` load as they are; its head, later stages and witness are not used. The predictor is not
+        touched (it takes ``in_channels + 1`` channels and learns on random masks).
+
+        Raises:
+            ValueError: a stage of the selector missing from the state dict, gates of another form or width
+                (the message names the options to set), or a normalization mismatch.
+        """
+        sd = dict(state_dict)
+        if sd and all(k.startswith("model.") for k in sd):
+            sd = {k[len("model."):]: v for k, v in sd.items()}
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("predictor.")}
+        stats = [any(k.startswith("backbone.") and k.endswith(".running_mean") for k in d) for d in (sd, own)]
+        if stats[0] != stats[1]:
+            raise ValueError(
+                f"the state dict's backbone {'has' if stats[0] else 'has no'} BatchNorm statistics and this "
+                f"selector's {'has' if stats[1] else 'has no'}: train the source run with the same norm "
+                "(model_kwargs.norm)"
+            )
+        missing = [k for k in own if k.startswith("backbone.") and k not in sd]
+        if missing:
+            raise ValueError(
+                f"the state dict lacks the selector's stages {missing[:6]}{'...' if len(missing) > 6 else ''}: "
+                "start from a run of the same backbone and width (model_kwargs.features)"
+            )
+        has_gates = [k for k in sd if k.startswith("gates.") and k.split(".")[1] in self.gates]
+        gate_keys = [k for k in own if k.startswith("gates.")]
+        if has_gates:
+            extra = sorted(set(has_gates) - set(gate_keys))
+            lacking = sorted(k for k in gate_keys if k not in sd and not k.endswith("log_scale"))
+            if extra or lacking:
+                raise ValueError(
+                    f"the run's gates differ from this selector's (unexpected {extra[:4]}, missing {lacking[:4]}): "
+                    "set the selector's gate_form / gate_bias / gate_learn_scale to the run's "
+                    "(--set model_kwargs.gate_form=... model_kwargs.gate_bias=...)"
+                )
+        loadable = {k: v for k, v in sd.items() if k in own}
+        bad = [k for k, v in loadable.items() if tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise ValueError(
+                "shape mismatch (set model_kwargs.features / gate_embed to the run's): "
+                + ", ".join(f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:6])
+            )
+        self.load_state_dict(loadable, strict=False)
+        logger.info("selector started from %d tensors (%s gates)", len(loadable), "with" if has_gates else "without")
+
+    # ------------------------------------------------------------------ internals
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != self.spatial_dims + 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"expected input of shape (B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W) for "
+                f"spatial_dims={self.spatial_dims}, got {shape}"
+            )
+
+    def _pass_one(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The selector's stages to the coarsest gated block: (features, log tau) of every gated block."""
+        h = _channels_last(x)
+        if getattr(self.backbone, "stem", None) is not None:
+            h = self.backbone.stem(h)
+        last = self.attention_blocks[-1]
+        feats: dict[str, Tensor] = {}
+        log_taus: dict[str, Tensor] = {}
+        for name, stage in self.backbone.stages.items():
+            h = stage(h)
+            if name in self.gates:
+                feats[name] = h
+                log_taus[name] = self.gates[name].log_attention(h)
+            if name == last:
+                break
+        return feats, log_taus
+
+    def _relaxed(self, fine: Tensor, cand: Tensor, kept: Tensor, size: tuple[int, ...], pixels: Tensor,
+                 temperature: float | None) -> Tensor:
+        t = float(self.relax_temperature if temperature is None else temperature)
+        if not t > 0:
+            raise ValueError(f"temperature must be > 0, got {t!r}")
+        b = fine.shape[0]
+        flat = fine.flatten(1)
+        c = cand.flatten(1)
+        with torch.no_grad():
+            masked = torch.where(c, flat, torch.full_like(flat, -math.inf))
+            ordered = masked.sort(dim=1, descending=True).values
+            n_c = c.sum(1)
+            i_last = (kept - 1).clamp_min(0).clamp_max(flat.shape[1] - 1)
+            i_next = kept.clamp_max(flat.shape[1] - 1)
+            last = ordered.gather(1, i_last[:, None])
+            nxt = ordered.gather(1, i_next[:, None])
+            nxt = torch.where((kept < n_c)[:, None], nxt, last - 1.0)
+            thr = (last + nxt) / 2
+            mean = (torch.where(c, flat, 0).sum(1, keepdim=True) / n_c.clamp_min(1)[:, None])
+            var = torch.where(c, (flat - mean) ** 2, 0).sum(1, keepdim=True) / n_c.clamp_min(1)[:, None]
+            spread = var.sqrt().clamp_min(1e-6)
+        relax = torch.sigmoid((flat - thr) / (t * spread)) * c
+        relax_pix = cells_to_pixels(relax.reshape(b, *fine.shape[1:]), size)[:, None]
+        hard = pixels.to(relax_pix.dtype)
+        return hard + (relax_pix - relax_pix.detach())
+
+    def _predict(self, x: Tensor, pixels: Tensor, soft: Tensor | None) -> Tensor:
+        return self.predictor(self.predictor_input(x, pixels, soft))
+
+
+# ------------------------------------------------------------------------------------------ the factories
+def _build(
+    backbone_name: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int,
+    config: dict[str, Any] | None,
+    budget: float = 0.2,
+    selector: str = "exact",
+    predictor_features: int | None = None,
+    hidden_value: float = 0.0,
+    foreground_threshold: float = 0.05,
+    img_size: int | Sequence[int] | None = None,
+    **kw: Any,
+) -> SelectPredictClassifier:
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; valid: {', '.join(SELECTORS)}")
+    if predictor_features is not None and (not isinstance(predictor_features, int) or predictor_features < 1):
+        raise ValueError(f"predictor_features must be a positive int or None, got {predictor_features!r}")
+    factory = get_entry(backbone_name).factory
+    for key in _IGNORED_OPTIONS:
+        kw.pop(key, None)
+    gate_kw = {k: kw.pop(k) for k in _SELECTOR_OPTIONS if k in kw}
+    entropy_weight = float(gate_kw.pop("entropy_weight", 0.0))
+    attention_area = gate_kw.pop("attention_area", None)
+    if isinstance(img_size, int):
+        img_size = (img_size,) * spatial_dims
+    sized = {"img_size": list(img_size)} if img_size is not None else {}
+    # the selector: a gated classifier's pass 1 (pool mode drops the stages after the coarsest gate); its head is
+    # not kept
+    gated = factory(
+        variant=selector, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
+        exact_mode="pool", **gate_kw, **sized, **kw,
+    )
+    pred_kw = dict(kw)
+    if predictor_features is not None:
+        pred_kw["features"] = predictor_features
+    predictor = factory(
+        variant="baseline", in_channels=in_channels + 1, num_classes=num_classes, spatial_dims=spatial_dims,
+        **sized, **pred_kw,
+    )
+    return SelectPredictClassifier(
+        backbone=gated.backbone, gates=gated.gates, predictor=predictor, num_classes=num_classes, budget=budget,
+        hidden_value=hidden_value, foreground_threshold=foreground_threshold, entropy_weight=entropy_weight,
+        attention_area=attention_area, img_size=img_size, config=config,
+    )
+
+
+def _factory_for(backbone_name: str):  # noqa: ANN202 - a registry factory
+    def factory(
+        *, variant: str = VARIANT, in_channels: int = 1, num_classes: int = 2, spatial_dims: int = 2,
+        config: dict[str, Any] | None = None, **kw: Any,
+    ) -> SelectPredictClassifier:
+        """Select, then predict (:mod:`dualattn.models.select_predict`)."""
+        return _build(backbone_name, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
+                      config=config, **kw)
+
+    return factory
+
+
+for _name in ("unet_encoder", "resnet18", "resnet50"):
+    register_variant(_name, VARIANT)(_factory_for(_name))
+del _name
