@@ -44,7 +44,8 @@ def _vit():
 # ---------------------------------------------------------------- the registry
 def test_names_come_from_one_place():
     gated = tuple(v for v in CNN_VARIANTS if v != "baseline")
-    assert METHOD_FAMILIES["attention"] == (*gated, "attention", *E.EVIDENCE_METHODS)  # + the additive model's
+    # + the additive model's, the select-then-predict model's
+    assert METHOD_FAMILIES["attention"] == (*gated, "attention", *E.EVIDENCE_METHODS, *E.SELECTION_METHODS)
     assert E.VARIANT_METHODS == gated
     assert methods_in_family("posthoc") == ("gradcam", "gradcam_norelu", "input_x_gradient", "deeplift", "lrp",
                                             "integrated_gradients")
@@ -188,7 +189,8 @@ def test_method_sources_equals_the_demos_rule():
     assert method_sources(["vit_rollout", "attention", "ig", "nope"], ["baseline"]) == \
         {"vit_rollout": "baseline", "ig": "baseline", "nope": "baseline"}
     # the old rule predates the additive model's methods (tests/test_models_local.py checks theirs)
-    methods = [m for m in [*list_methods(in_channels=2), *METHOD_ALIASES, "nope"] if m not in E.EVIDENCE_METHODS]
+    methods = [m for m in [*list_methods(in_channels=2), *METHOD_ALIASES, "nope"]
+               if m not in (*E.EVIDENCE_METHODS, *E.SELECTION_METHODS)]
     for variants in (list(CNN_VARIANTS), ["baseline"], ["exact", "unconstrained"], [], ["baseline", "tau_l", "kl"]):
         assert method_sources(methods, variants) == _old_method_sources(methods, variants)
 

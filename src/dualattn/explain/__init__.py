@@ -8,6 +8,8 @@ Methods (:func:`list_methods`):
   :mod:`dualattn.explain.attention`), ``attention`` (the same for any variant) and ``cvx``
   (Eq. 4 solved post hoc on an unconstrained model's maps); the ``additive`` model's ``additive`` (its map
   ``mu``) and ``additive_contribution`` (``mu * s``, what each place contributed; :mod:`dualattn.explain.evidence`);
+  the ``select_predict`` model's ``select_predict`` (its selector's ``mu`` ranked inside the hard mask) and
+  ``select_predict_mask`` (the hard mask; :mod:`dualattn.explain.selection`);
 * post-hoc, through Captum (:mod:`dualattn.explain.posthoc`): ``gradcam``, ``gradcam_norelu``,
   ``input_x_gradient``, ``deeplift``, ``lrp`` (a composite rule set, :mod:`dualattn.explain.lrp`:
   :data:`LRP_RULES`, :func:`describe_lrp_rules`), ``integrated_gradients``;
@@ -64,6 +66,7 @@ from .controls import DEFAULT_LESION_FRACTION, center_map, center_sigma, dual_ta
 from .evidence import EVIDENCE_METHODS, additive_attention_map, additive_contribution_map
 from .lrp import LRP_DESCRIPTION, LRP_RULES, LRPRule, describe_lrp_rules
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, pixel_attribution
+from .selection import SELECTION_METHODS, selection_map, selection_mask_map
 
 __all__ = [
     "explain",
@@ -84,6 +87,9 @@ __all__ = [
     "EVIDENCE_METHODS",
     "additive_attention_map",
     "additive_contribution_map",
+    "SELECTION_METHODS",
+    "selection_map",
+    "selection_mask_map",
     "POSTHOC_METHODS",
     "PIXEL_METHODS",
     "model_variant",

@@ -20,6 +20,7 @@ from .controls import DEFAULT_LESION_FRACTION, center_map, dual_tau_map, prior_m
 from .evidence import EVIDENCE_METHODS, additive_attention_map, additive_contribution_map
 from .posthoc import PIXEL_METHODS, POSTHOC_METHODS, posthoc_map
 from .reference import random_map, raw_channel_map
+from .selection import SELECTION_METHODS, selection_map, selection_mask_map
 from .vit import VIT_METHODS, vit_map
 
 __all__: list[str] = []
@@ -47,6 +48,14 @@ def _contribution(
     scales: str = "all",
 ) -> Tensor:
     return additive_contribution_map(model, images, block=block, target=target, contrast=contrast, scales=scales)
+
+
+def _selection(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
+    return selection_map(model, images, block=block)
+
+
+def _selection_mask(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
+    return selection_mask_map(model, images, block=block)
 
 
 def _vit(model: nn.Module, images: Tensor, *, method: str, block: str, target: Any) -> Tensor:
@@ -108,6 +117,16 @@ register_method(
     options=("contrast", "scales"),
     description="what each place contributed to an additive model's logit (target minus the others' mean): "
     "mu * s, signed, summing exactly to the logit less the bias",
+)
+# the select-then-predict model (dualattn.models.select_predict, dualattn.explain.selection)
+register_method(
+    SELECTION_METHODS[0], family="attention", source_variant=SELECTION_METHODS[0], compute=_selection,
+    description="where a select-then-predict model looks: its selector's consistent map mu, every cell of the "
+    "hard mask ranked above every hidden one",
+)
+register_method(
+    SELECTION_METHODS[1], family="attention", source_variant=SELECTION_METHODS[0], compute=_selection_mask,
+    description="what a select-then-predict model's predictor is shown: the hard consistent mask (uniform on it)",
 )
 register_method(
     "cvx", family="cvx", source_variant="unconstrained", compute=_cvx, options=("solver",),
