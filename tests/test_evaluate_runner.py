@@ -362,3 +362,36 @@ def test_unknown_methods_and_blocks_are_refused_before_any_image_is_read(tmp_pat
     res = CliRunner().invoke(app, ["evaluate", "--runs", str(run), "--out", str(tmp_path / "o"),
                                    "--methods", "gradcam,gradcamm"])
     assert res.exit_code == 2 and "gradcamm" in res.output
+
+
+def test_plan_units_protocol_grid_by_hand():
+    """Which (method, run) units each protocol asks for, and with which classifier roles."""
+    from pathlib import Path as _P
+    from types import SimpleNamespace
+
+    from dualattn.evaluate.units import plan_units
+
+    def run(variant, seed):
+        model = SimpleNamespace(attention_blocks=("block3", "block4") if variant != "baseline" else ())
+        return SimpleNamespace(variant=variant, is_vit=False, path=_P(f"runs/{variant}/seed{seed}"), model=model)
+
+    base = [run("baseline", s) for s in (0, 1)]
+    dual = [run("dual", s) for s in (0, 1)]
+    exact = [run("exact", s) for s in (0, 1)]
+    runs = base + dual + exact
+    units, sources, own = plan_units(
+        ["dual", "exact", "lrp", "prior", "raw_channel_0"], runs, base, ("block3", "block4"), [],
+        own_model_methods=("lrp",), own_model_variants=("dual",), map_only=("raw_channel_",))
+    got = {(u.method, str(u.run.path)): (sorted(u.classifiers), u.k, u.k_own) for u in units}
+    # attention maps: both roles; the common classifier is baseline run k mod #baselines
+    assert got[("dual", "runs/dual/seed1")] == (["baseline", "self"], 1, 1)
+    assert {u.classifiers["baseline"].path for u in units if u.method == "exact"} == {b.path for b in base}
+    # lrp: the baselines (one classifier plays both roles) and, under own_model, the named variant only
+    assert got[("lrp", "runs/baseline/seed0")] == (["baseline", "self"], 0, 0)
+    assert got[("lrp", "runs/dual/seed1")] == (["self"], None, 1)
+    assert ("lrp", "runs/exact/seed0") not in got
+    # prior is not named in own_model_methods: the common protocol only; raw channels: no classifier at all
+    assert got[("prior", "runs/dual/seed0")] == (["baseline"], 0, None)
+    assert got[("raw_channel_0", "runs/baseline/seed0")] == ([], 0, None)
+    assert set(own) == {"baseline", "dual", "exact"} and set(own["dual"]) == {"dual", "lrp"}
+    assert sources["lrp"]["variant"] == "baseline" and sources["prior"]["variant"] == "dual"

@@ -90,7 +90,8 @@ def evaluate_runs(
     methods = methods_wanted(settings, test)
     units, sources, own_sources = U.plan_units(
         methods, run_dirs, baselines, settings.blocks, notes, protocols=settings.protocols,
-        own_model_methods=settings.own_model_methods, own_model_variants=settings.own_model_variants)
+        own_model_methods=settings.own_model_methods, own_model_variants=settings.own_model_variants,
+        map_only=settings.map_only_methods)
     common = _fingerprint_settings(settings, test, pos_idx)
     own_numbers: dict[str, RunNumbers] = {}
     reused, warmed = 0, set()
@@ -156,7 +157,7 @@ def evaluate_runs(
                    "partners": settings.hiding_partners,
                    "blocks": settings.hiding_blocks if isinstance(settings.hiding_blocks, str)
                    else list(settings.hiding_blocks)},
-        "n_boot": settings.n_boot,
+        "n_boot": settings.n_boot, "map_only_methods": list(settings.map_only_methods),
         "sanity_images": settings.sanity_images, "device": str(dev), "ig_steps": settings.ig_steps,
         "reused_units": reused,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",

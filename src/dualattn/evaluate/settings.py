@@ -58,6 +58,8 @@ class EvalSettings:
             baseline's are the common protocol's units and always included).
         hiding_ks: kept shares (percent of the foreground cells) of the hiding test; ``()`` turns it off.
         hiding_blocks: the blocks whose maps the hiding test runs on (``"all"``: every evaluated block).
+        map_only_methods: methods scored without a classifier (segmentation and sharpness only): names, or
+            prefixes ending in ``_`` (``"raw_channel_"``: every raw-channel control).
         hiding_fills: what replaces the swapped pixels: ``partner`` (matched healthy test images of other
             patients) and/or ``road`` (ROAD's imputation, for data without registered partners).
         hiding_partners: matched partners per image.
@@ -91,6 +93,7 @@ class EvalSettings:
     hiding_fills: tuple[str, ...] = ("partner",)
     hiding_partners: int = 5
     hiding_blocks: str | tuple[str, ...] = "all"
+    map_only_methods: tuple[str, ...] = ()
     claims: str | tuple[Any, ...] = "default"
 
     def __post_init__(self) -> None:
@@ -100,7 +103,7 @@ class EvalSettings:
             if self.methods == ("all",):
                 object.__setattr__(self, "methods", "all")
         object.__setattr__(self, "blocks", tuple(self.blocks))
-        for key in ("protocols", "hiding_fills"):
+        for key in ("protocols", "hiding_fills", "map_only_methods"):
             v = getattr(self, key)
             object.__setattr__(self, key, (v,) if isinstance(v, str) else tuple(v))
         object.__setattr__(self, "hiding_ks", tuple(int(k) for k in self.hiding_ks))

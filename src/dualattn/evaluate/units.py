@@ -176,8 +176,10 @@ def _common_sources(method: str, runs: Sequence[Any], baselines: Sequence[Any]) 
 
 
 def _own_wanted(method: str, family: str, own_methods: str | Sequence[str]) -> bool:
-    """Whether a baseline-sourced method (post-hoc, control) also explains every other variant's runs."""
-    if family in _OWN_FAMILIES or method in ("prior", "dual_tau"):
+    """Whether a method is scored under ``own_model``: a variant's own attention map always; ``cvx``, the dual's
+    controls and the baseline-sourced methods (post-hoc, controls) when ``own_methods`` names them (or is
+    ``"all"``)."""
+    if family in ("attention", "vit"):
         return True
     if own_methods == "all":
         return True
@@ -187,13 +189,14 @@ def _own_wanted(method: str, family: str, own_methods: str | Sequence[str]) -> b
 def plan_units(
     methods: Sequence[str], runs: Sequence[Any], baselines: Sequence[Any], blocks: Sequence[str], notes: list[str],
     *, protocols: Sequence[str] = PROTOCOLS, own_model_methods: str | Sequence[str] = "all",
-    own_model_variants: str | Sequence[str] = "all",
+    own_model_variants: str | Sequence[str] = "all", map_only: Sequence[str] = (),
 ) -> tuple[list[Unit], dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
     """Every (method, run) unit, in method order; each method's common-protocol source; the own-model grid.
 
     Methods without a run to explain are skipped with a note; attention methods are evaluated only at the
     blocks their model has gates at (the method's first unit carries a note when fewer than asked); ViT maps
-    at ``"patches"``.
+    at ``"patches"``. Methods named in ``map_only`` (a name, or a prefix ending in ``_`` such as
+    ``"raw_channel_"``) are scored without a classifier (implicit segmentation and sharpness only).
 
     Returns:
         ``(units, sources, own_sources)``: ``sources[method] = {"variant", "runs"}`` (common protocol);
@@ -214,10 +217,10 @@ def plan_units(
         family = _family(method)
         common = _common_sources(method, runs, baselines) if "common_classifier" in protocols else []
         own: list[Any] = []
-        if "own_model" in protocols:
+        if "own_model" in protocols and _own_wanted(method, family, own_model_methods):
             if family in _OWN_FAMILIES or method in ("prior", "dual_tau"):
                 own = _common_sources(method, runs, baselines)
-            elif _own_wanted(method, family, own_model_methods):
+            else:
                 own = [r for v, rs in by_variant.items() for r in rs
                        if own_model_variants == "all" or v in own_model_variants or v == "baseline"]
         if not common and not own:
@@ -242,13 +245,15 @@ def plan_units(
         for i, run in enumerate(seen):
             classifiers: dict[str, Any] = {}
             k = next((j for j, r in enumerate(common) if r is run), None)
-            if k is not None and baselines:
+            scored = not any(method == m or (m.endswith("_") and method.startswith(m)) for m in map_only)
+            if k is not None and baselines and scored:
                 classifiers["baseline"] = baselines[k % len(baselines)]
             k_own = None
             if any(run is r for r in own):
                 peers = by_variant.get(str(run.variant), [run]) if not run.is_vit else [r for r in own if r.is_vit]
                 k_own = next((j for j, r in enumerate(peers) if r is run), 0)
-                classifiers["self"] = run
+                if scored:
+                    classifiers["self"] = run
                 own_sources.setdefault(str(run.variant), {}).setdefault(method, {"runs": []})["runs"].append(
                     str(run.path))
             units.append(Unit(method=method, family=family, run=run, blocks=method_blocks, classifiers=classifiers,

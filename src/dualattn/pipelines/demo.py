@@ -122,6 +122,8 @@ class DemoPreset:
         own_model_variants: the gated variants those run on (``"all"``; the CPU presets: the featured one).
         hiding_ks: kept shares (percent of the foreground cells) of the hiding test; ``()``: off.
         hiding_blocks: the blocks whose maps the hiding test runs on (``"all"``; the CPU presets: the finest).
+        map_only_methods: methods scored without a classifier (the CPU presets: the raw-channel controls, which
+            are there for implicit segmentation: "above every raw channel").
         hiding_fills: the hiding test's fills (``partner``: matched healthy test images; ``road``).
     """
 
@@ -155,6 +157,7 @@ class DemoPreset:
     hiding_ks: tuple[int, ...] = (10, 20, 35)
     hiding_fills: tuple[str, ...] = ("partner",)
     hiding_blocks: str | tuple[str, ...] = ("block3",)
+    map_only_methods: tuple[str, ...] = ("raw_channel_",)
 
     def __post_init__(self) -> None:
         for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps", "ig_steps"):
@@ -192,6 +195,7 @@ class DemoPreset:
             else list(self.own_model_methods)
         out["hiding_ks"] = list(self.hiding_ks)
         out["hiding_fills"] = list(self.hiding_fills)
+        out["map_only_methods"] = list(self.map_only_methods)
         for key in ("own_model_variants", "hiding_blocks"):
             v = getattr(self, key)
             out[key] = v if isinstance(v, str) else list(v)
@@ -228,7 +232,7 @@ PRESETS: dict[str, DemoPreset] = {
         n=2000, image_size=128, model_kwargs={"features": 32}, max_epochs=30, batch_size=32,
         seeds=(0, 1, 2, 3, 4), n_examples=6, perturbation_steps=20, max_eval_images=None, accelerator="auto",
         data_options={"slices_per_patient": 1}, split_fractions=(0.7, 0.1, 0.2), own_model_methods="all",
-        own_model_variants="all", hiding_blocks="all",
+        own_model_variants="all", hiding_blocks="all", map_only_methods=(),
     ),
     "tiny3d": DemoPreset(
         name="tiny3d",
@@ -530,6 +534,7 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
             ig_steps=cfg.ig_steps, sanity_images=cfg.sanity_images,
             own_model_methods=cfg.own_model_methods, own_model_variants=cfg.own_model_variants,
             hiding_ks=tuple(cfg.hiding_ks), hiding_fills=tuple(cfg.hiding_fills), hiding_blocks=cfg.hiding_blocks,
+            map_only_methods=tuple(cfg.map_only_methods),
             **({} if cfg.fills is None else {"fills": tuple(cfg.fills)}),
         )
         path = evaluate_runs(out_dir / "runs", out=eval_dir, settings=settings, progress=show_evaluation_progress)
