@@ -453,3 +453,26 @@ def test_trains_through_the_pipeline_above_chance(tmp_path):
     total = sum(c.flatten(1).sum(1) for c in scale_contributions(out, w).values())
     torch.testing.assert_close(total, (out.logits[:, 1] - out.logits[:, 0]) - (out.bias[1] - out.bias[0]),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_the_figure_script_refuses_the_sealed_draw(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    import dualattn.data as data
+    import dualattn.data._registry as registry
+    from dualattn.data.sealed import SEALED_DATA_SEED
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "additive_figure", raising=False)
+    import additive_figure
+
+    def boom(*args, **kwargs):
+        raise AssertionError("data generated before the sealed seed was refused")
+
+    for module in (data, registry):
+        monkeypatch.setattr(module, "make_dataset", boom)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        additive_figure.main(["--data-seed", str(SEALED_DATA_SEED), "--work", str(tmp_path),
+                              "--figure", str(tmp_path / "f.png"), "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "f.png").exists()
