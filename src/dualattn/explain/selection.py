@@ -4,8 +4,10 @@
 method                     map at ``block`` (``(B, 1, *grid)``, a distribution per sample)
 =========================  ==================================================================================
 ``select_predict``         where the model looks: the selector's consistent map ``mu[block]`` ranked inside the
-                           hard mask -- ``(mu + 2 * mask) / Z``: every visible cell above every hidden one, ``mu``'s
-                           order within each set, so average precision sees no ties where ``mu`` has none
+                           hard mask -- ``mu * exp(S * mask) / Z`` with ``S`` the least factor (plus ``log 2``)
+                           that puts every visible cell above every hidden one: ``mu``'s order and ratios within
+                           each set, so average precision sees no ties where ``mu`` has none (a common factor
+                           keeps float precision; a common offset would round small values together)
 ``select_predict_mask``    what the predictor is shown: the hard consistent mask of ``block``, uniform on its
                            visible cells (ties inside)
 =========================  ==================================================================================
@@ -16,6 +18,7 @@ predictor), without gradients, in eval mode; the caller's model is not changed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -46,11 +49,16 @@ def _selection(model: nn.Module, images: Tensor, method: str, block: str) -> Any
 
 
 def selection_map(model: nn.Module, images: Tensor, *, block: str = "block3") -> Tensor:
-    """``(mu + 2 * mask) / Z`` of ``block`` (module docstring): ``(B, 1, *grid)``, a distribution per sample."""
+    """``mu * exp(S * mask) / Z`` of ``block`` (module docstring): ``(B, 1, *grid)``, a distribution per sample."""
     sel = _selection(model, images, VARIANT, block)
-    value = sel.mu[block].double() + 2.0 * sel.mask[block].double()
-    value = value / value.flatten(1).sum(1).reshape(-1, *([1] * (value.dim() - 1)))
-    return value.float().unsqueeze(1)
+    log_mu = sel.log_mu[block].double().flatten(1)
+    mask = sel.mask[block].flatten(1)
+    inf = torch.tensor(math.inf, dtype=log_mu.dtype, device=log_mu.device)
+    top_hidden = torch.where(mask, -inf, log_mu).amax(1, keepdim=True)
+    low_visible = torch.where(mask, log_mu, inf).amin(1, keepdim=True)
+    shift = (top_hidden - low_visible).clamp_min(0.0).nan_to_num(0.0, posinf=0.0, neginf=0.0) + math.log(2.0)
+    value = torch.softmax(log_mu + mask * shift, dim=1)
+    return value.reshape(sel.mask[block].shape).float().unsqueeze(1)
 
 
 def selection_mask_map(model: nn.Module, images: Tensor, *, block: str = "block3") -> Tensor:

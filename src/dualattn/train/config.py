@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
-from dualattn.data.transforms import AUGMENT_POLICIES
+from dualattn.data.transforms import AUGMENT_POLICIES, NORMALIZATIONS
 
 __all__ = ["TrainConfig", "load_config", "save_config", "parse_override", "config_keys", "SELECT_BY"]
 
@@ -61,6 +61,12 @@ class TrainConfig:
             (:data:`dualattn.train.recipes.DEFAULT_RECIPES`).
         alpha: weight of the consistency penalty. None: the variant's recipe
             (:mod:`dualattn.train.recipes`), else the paper's :data:`dualattn.models.PAPER_ALPHA`.
+        normalize: the data's per-sample intensity normalization (``zscore``, ``minmax``, ``none``; None: the
+            variant's recipe, else ``zscore``). ``select_predict`` takes raw intensities (``none``) and normalizes
+            inside, on the visible pixels only (docs/models.md, "Select, then predict").
+        select_predict: the ``select_predict`` variant's training options (``--set select_predict.NAME=VALUE``;
+            :class:`dualattn.train.select_predict.SelectPredictOptions`: the predictor's epochs on random masks,
+            their budgets, the selector's learning rate and relaxation temperatures); ignored by other variants.
         init_from: a trained run folder (or ``.safetensors`` file) whose backbone initialises this
             model (None: the variant's recipe; ``""`` or ``"scratch"``: from scratch).
         freeze_backbone: train only the gates/witness (None: the variant's recipe, else False).
@@ -109,6 +115,8 @@ class TrainConfig:
     variant: str = "baseline"
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     alpha: float | None = None
+    normalize: str | None = None
+    select_predict: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_from: str | None = None
     freeze_backbone: bool | None = None
     # optimisation
@@ -136,6 +144,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.split_fractions = tuple(float(f) for f in self.split_fractions)  # type: ignore[assignment]
         self.model_kwargs = dict(self.model_kwargs)
+        self.select_predict = dict(self.select_predict)
         self.validate()
 
     def validate(self) -> None:
@@ -165,6 +174,8 @@ class TrainConfig:
             raise bad("weight_decay", "must be >= 0")
         if self.alpha is not None and self.alpha < 0:
             raise bad("alpha", "must be >= 0 or null")
+        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
+            raise bad("normalize", f"must be one of {NORMALIZATIONS} or null")
         if self.augment_policy not in AUGMENT_POLICIES:
             raise bad("augment_policy", f"must be one of {AUGMENT_POLICIES}")
         if self.optimizer not in _OPTIMIZERS:

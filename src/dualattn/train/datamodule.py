@@ -183,7 +183,8 @@ def check_channels(datasets: dict[str, Dataset], report: Any) -> None:
 
 def build_datasets(config: TrainConfig, *, root: str | os.PathLike[str] | None = None) -> dict[str, Dataset]:
     """Resolve the dataset and open its train/val/test splits (augmentation on train only: ``config.augment_policy``
-    when ``config.augment``, resolved against the data's orientation by ``FolderDataset``).
+    when ``config.augment``, resolved against the data's orientation by ``FolderDataset``; intensities normalized
+    per sample as :func:`dualattn.train.recipes.data_normalization` says: ``config.normalize``, else the variant's).
 
     Args:
         config: the run configuration.
@@ -194,12 +195,15 @@ def build_datasets(config: TrainConfig, *, root: str | os.PathLike[str] | None =
     """
     from dualattn.data import FolderDataset
 
+    from .recipes import data_normalization
+
     root = resolve_data(config) if root is None else Path(root)
     common: dict[str, Any] = dict(
         size=config.image_size,
         in_channels=config.in_channels,
         seed=config.split_seed,
         fractions=tuple(config.split_fractions),
+        normalize=data_normalization(config),
     )
     out: dict[str, Dataset] = {}
     policy = config.augment_policy if config.augment else False

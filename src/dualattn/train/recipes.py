@@ -35,8 +35,8 @@ from dualattn.models import CNN_VARIANTS, PAPER_ALPHA, PENALTY_VARIANTS
 from .config import TrainConfig
 
 __all__ = [
-    "DEFAULT_RECIPES", "DUAL_GATE", "EXACT_GATE", "MULTILEVEL_GATE", "PAPER_ALPHA", "PENALTY_VARIANTS", "SHARP_GATE",
-    "resolve_recipe",
+    "DEFAULT_RECIPES", "DESIGN_RECIPES", "DUAL_GATE", "EXACT_GATE", "MULTILEVEL_GATE", "PAPER_ALPHA",
+    "PENALTY_VARIANTS", "SHARP_GATE", "data_normalization", "resolve_recipe",
 ]
 
 #: Gate options of every gated variant's recipe: gain 16 on the potentials, ``u`` started at zero
@@ -96,19 +96,47 @@ DEFAULT_RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Recipes of the designs built beside the paper's variants (issue 22), same keys as :data:`DEFAULT_RECIPES` plus
+#: ``normalize``, the data's intensity normalization. ``select_predict`` (docs/models.md, "Select, then
+#: predict"): its selector starts from a trained gated run (``init="gated"``: ``init_from`` an ``exact``,
+#: ``multilevel`` or ``dual`` run, whose gate form it shares: the sharp gate's cascaded gates with biases, without
+#: the sharpness term); raw intensities in (``normalize="none"``), normalized inside on the visible pixels only.
+DESIGN_RECIPES: dict[str, dict[str, Any]] = {
+    "select_predict": {
+        "init": "gated",
+        "freeze_backbone": False,
+        "alpha": 0.0,
+        "normalize": "none",
+        "model_kwargs": {**SHARP_GATE, "entropy_weight": 0.0},
+    },
+}
+
+
+def data_normalization(config: TrainConfig) -> str:
+    """The data's per-sample intensity normalization for ``config``: its ``normalize``, else the variant's design
+    recipe's (:data:`DESIGN_RECIPES`; ``"none"`` for ``select_predict``), else ``"zscore"``.
+
+    Example:
+        >>> data_normalization(TrainConfig(variant="select_predict")), data_normalization(TrainConfig())
+        ('none', 'zscore')
+    """
+    if config.normalize is not None:
+        return config.normalize
+    return str(DESIGN_RECIPES.get(config.variant, {}).get("normalize", "zscore"))
+
 
 def resolve_recipe(config: TrainConfig) -> dict[str, Any]:
     """Fill ``alpha``, ``init_from`` and ``freeze_backbone`` left as None from the variant's recipe.
 
-    Uses :data:`DEFAULT_RECIPES` ``[variant]`` when it exists (keys ``init``, ``freeze_backbone``,
-    ``alpha``), else the paper's alpha (:data:`PAPER_ALPHA`), training from scratch, no freezing.
+    Uses :data:`DEFAULT_RECIPES` ``[variant]`` (or :data:`DESIGN_RECIPES` ``[variant]``) when it exists (keys
+    ``init``, ``freeze_backbone``, ``alpha``), else the paper's alpha (:data:`PAPER_ALPHA`), training from scratch, no freezing.
 
     Returns:
         ``{"alpha": float, "init": "scratch" | "baseline", "freeze_backbone": bool, "model_kwargs": dict}``;
         ``model_kwargs`` are the recipe's gate options (gain, initialisation, sharpness term), which the
         config's own ``model_kwargs`` override key by key.
     """
-    recipe: dict[str, Any] = dict(DEFAULT_RECIPES.get(config.variant, {}))
+    recipe: dict[str, Any] = dict(DEFAULT_RECIPES.get(config.variant) or DESIGN_RECIPES.get(config.variant, {}))
     alpha = config.alpha if config.alpha is not None else recipe.get("alpha", PAPER_ALPHA)
     freeze = config.freeze_backbone if config.freeze_backbone is not None else recipe.get("freeze_backbone", False)
     return {

@@ -45,7 +45,7 @@ from dualattn.weights import load_model
 
 from .config import SELECT_BY, TrainConfig, load_config, save_config
 from .quiet import quiet_lightning
-from .recipes import PENALTY_VARIANTS, resolve_recipe
+from .recipes import PENALTY_VARIANTS, data_normalization, resolve_recipe
 
 __all__ = ["fit", "fit_seeds", "load_run", "resolve_recipe", "build_model", "data_record"]
 
@@ -344,6 +344,9 @@ def fit(
     ckpt = run.checkpoint_file
     if init_from is not None:
         config = config.replace(init_from=str(init_from))
+    if config.normalize is None and data_normalization(config) != "zscore":
+        # recorded in config.yaml: evaluate and explain prepare images the way the run was trained
+        config = config.replace(normalize=data_normalization(config))
     _prepare_out(run, resume=resume, overwrite=overwrite)
     resume_from = ckpt if resume and ckpt.is_file() else None
     if resume and resume_from is None:
@@ -389,10 +392,10 @@ def fit(
         source = None
     if source is not None and resume_from is None:
         _init_from(model, str(source), freeze=recipe["freeze_backbone"])
-    elif source is None and recipe["init"] == "baseline" and config.init_from is None:
+    elif source is None and recipe["init"] != "scratch" and config.init_from is None:
         logger.warning(
-            "the %r recipe starts from a trained baseline, but no init_from was given: training from scratch",
-            config.variant,
+            "the %r recipe starts from a trained %s, but no init_from was given: training from scratch",
+            config.variant, "baseline" if recipe["init"] == "baseline" else "gated run (exact, multilevel or dual)",
         )
     if recipe["freeze_backbone"] and (source is None or resume_from is not None):
         freezer = getattr(model, "freeze_backbone", None)
@@ -401,7 +404,10 @@ def fit(
     if _is_launch_primary():
         run.write_config(config)  # on resume: the new max_epochs etc.
 
-    module = ClassifierModule(model, config=config)
+    module_cls = ClassifierModule
+    if config.variant == "select_predict":  # two phases: predictor on random masks, then the selector
+        from .select_predict import SelectPredictModule as module_cls
+    module = module_cls(model, config=config)
     data = TrainDataModule(dict(datasets), config=config)
     n_params, n_trainable = _count(model)
     metadata: dict[str, Any] = {
@@ -463,6 +469,13 @@ def fit(
         best_model = run.load_model("best").to(device)
         loader = data.loader("test", train=False, shard=False)
         test_bal, n_test = evaluate_balanced_accuracy(best_model, loader, device=device)
+    design: dict[str, Any] = {}
+    if config.variant == "select_predict" and run.weights_path("best").is_file():
+        from .select_predict import select_predict_summary
+
+        design["select_predict"] = select_predict_summary(
+            run.load_model("best"), {k: datasets[k] for k in ("val", "test") if k in datasets}, config=config
+        )
     summary = {
         "run": out.name,
         "model": config.model,
@@ -494,6 +507,7 @@ def fit(
         "precision": config.precision,
         "resumed": resume_from is not None,
         "versions": versions(("torch", "lightning", "dualattn")),
+        **design,
     }
     run.write_summary(summary)
     logger.info(
