@@ -504,3 +504,19 @@ def test_training_in_3d(tmp_path):
     assert math.isfinite(summary["select_predict"]["val"]["evalx_gap"])
     model = load_model(run / "best.safetensors").eval()
     assert model.spatial_dims == 3 and model.mask(torch.rand(1, 1, 16, 16, 16))["block4"].shape == (1, 2, 2, 2)
+
+
+def test_explain_scan_gives_the_model_raw_intensities(trained, blobs, tmp_path):
+    """`dualattn explain` prepares a scan the way the run was trained: raw intensities (the run's normalize)."""
+    from dualattn.pipelines.scan import explain_scan
+    from dualattn.runs import RunDir
+
+    run = RunDir(trained)
+    assert run.input_normalization == "none"
+    scan = np.load(blobs / "images" / "img001.npy") * 10 + 3  # a scanner's own scale
+    np.save(tmp_path / "scan.npy", scan)
+    res = explain_scan(tmp_path / "scan.npy", run=trained)
+    assert res.method == VARIANT  # the run's own map by default
+    with torch.no_grad():
+        probs = torch.softmax(run.model(torch.from_numpy(scan)[None]), dim=1)[0]
+    assert res.probabilities == pytest.approx(probs.tolist(), abs=1e-6)

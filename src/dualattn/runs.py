@@ -199,6 +199,16 @@ class RunDir:
         return str(v or "baseline")
 
     @property
+    def input_normalization(self) -> str:
+        """How an image is normalized before this run's model: the config's ``normalize`` (training records it when
+        it is not the default), else the model's own ``input_normalization`` (``"none"`` for ``select_predict``,
+        which normalizes on the visible pixels itself), else ``"zscore"`` (per sample and channel)."""
+        value = self.config.get("normalize")
+        if value:
+            return str(value)
+        return str(getattr(self.model, "input_normalization", "zscore"))
+
+    @property
     def model_name(self) -> str:
         """The config's ``model`` (backbone), else the model's name, else ``"model"``."""
         name = self.config.get("model") or self._model_config().get("name")

@@ -297,6 +297,8 @@ class SelectPredictClassifier(nn.Module):
     """
 
     variant = VARIANT
+    #: the preprocessing this model takes (``dualattn.runs.RunDir.input_normalization``): raw intensities
+    input_normalization = "none"
 
     def __init__(
         self,

@@ -180,14 +180,15 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
         return explain_volume_2d(
             scan_path, run_dir, model, array, geometry, axis=a, axis_why=why, method=method, block=blk,
             target=target_index, size=size, in_channels=in_channels, volume_rule=volume_rule, background=background,
-            progress=progress, names=names, notes=notes)
+            progress=progress, names=names, notes=notes, normalization=run_info.input_normalization)
     if len(spatial) != model_dims:
         raise ValueError(f"scan {scan_path} has a {len(spatial)}-D grid {spatial} but the run's model is "
                          f"{model_dims}-D: give a {model_dims}-D scan, or use a run trained on "
                          f"{len(spatial)}-D images")
     if size is None:
         size = _bounded_size(spatial, notes)
-    x = scan_to_model_input(array, in_channels=in_channels, size=size, notes=notes)
+    x = scan_to_model_input(array, in_channels=in_channels, size=size, notes=notes,
+                            normalization=run_info.input_normalization)
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), dim=1)[0]
     pred = int(probs.argmax())

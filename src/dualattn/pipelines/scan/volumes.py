@@ -200,8 +200,10 @@ def positive_class(probs_width: int, target: int | None) -> int:
 def explain_volume_2d(scan_path: Path, run_dir: Path, model: Any, array: np.ndarray, geometry: Any, *,
                        axis: int, axis_why: str, method: str, block: str, target: int | None,
                        size: Sequence[int] | None, in_channels: int, volume_rule: str, background: float,
-                       progress: bool, names: list[str] | None, notes: list[str]) -> ScanExplanation:
-    """A volume and a 2-D model: slice by slice along ``axis`` (module docstring)."""
+                       progress: bool, names: list[str] | None, notes: list[str],
+                       normalization: str = "zscore") -> ScanExplanation:
+    """A volume and a 2-D model: slice by slice along ``axis`` (module docstring); every slice normalized as the
+    run's images were (``normalization``: :attr:`dualattn.runs.RunDir.input_normalization`)."""
     from tqdm.auto import tqdm
 
     oriented = bool(getattr(geometry, "oriented", False))
@@ -227,7 +229,8 @@ def explain_volume_2d(scan_path: Path, run_dir: Path, model: Any, array: np.ndar
 
     def batch(ks: Sequence[int], first: bool) -> Any:
         return torch.cat([scan_to_model_input(plane(array, axis, int(k), oriented), in_channels=in_channels,
-                                              size=size, notes=notes if (first and j == 0) else [])
+                                              size=size, notes=notes if (first and j == 0) else [],
+                                              normalization=normalization)
                           for j, k in enumerate(ks)])
 
     chunks = [kept[i:i + SLICE_BATCH] for i in range(0, kept.size, SLICE_BATCH)]
