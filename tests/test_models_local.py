@@ -438,6 +438,7 @@ def test_trains_through_the_pipeline_above_chance(tmp_path):
     from _train_helpers import write_blobs
 
     from dualattn.train import fit, load_config, load_run
+    from dualattn.train.recipes import SHARP_GATE
 
     data = write_blobs(tmp_path / "blobs", n=96)
     cfg = load_config(overrides=[f"dataset={data}", "accelerator=cpu", "devices=1", "batch_size=8", "max_epochs=4",
@@ -447,6 +448,8 @@ def test_trains_through_the_pipeline_above_chance(tmp_path):
     assert summary["val_balanced_accuracy"] >= 0.8 and summary["test_balanced_accuracy"] >= 0.7
     model = load_run(run)
     assert model.config["variant"] == "additive" and model.attention_blocks == ("block3", "block4")
+    for key, value in SHARP_GATE.items():  # the recipe (dualattn.train.recipes.DESIGN_RECIPES)
+        assert model.config[key] == value
     with torch.no_grad():
         out = model.forward_with_evidence(torch.randn(2, 1, 32, 32))
     w = class_weights(2, torch.tensor([1, 1]))

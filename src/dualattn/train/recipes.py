@@ -109,6 +109,15 @@ DESIGN_RECIPES: dict[str, dict[str, Any]] = {
         "normalize": "none",
         "model_kwargs": {**SHARP_GATE, "entropy_weight": 0.0},
     },
+    # the additive local-evidence model (docs/models.md, "Local evidence, additive consistent pooling"): from
+    # scratch with the sharp gate of the other gated variants; not selected by a study for it (on the training
+    # tests' blob data the gate gain and hinge took its maps' sharpness from 0.997 to 0.87)
+    "additive": {
+        "init": "scratch",
+        "freeze_backbone": False,
+        "alpha": 0.0,
+        "model_kwargs": dict(SHARP_GATE),
+    },
 }
 
 
