@@ -418,3 +418,55 @@ def test_console_capture_detects_errors(tmp_path):
     bad.write_text("<html><body>x<script>undefinedFunction();</script></body></html>", encoding="utf-8")
     console, _ = render_in_chromium(bad, tmp_path / "bad.png", tmp_path / "profile", width=400, height=300)
     assert any(re.search("undefinedFunction", line) for line in console)
+
+
+def _second_edition_results() -> dict:
+    res = mock_results()
+    res["meta"].update({"variants": ["baseline", "dual"], "n_images": 128, "n_patients": 64, "sealed": True,
+                        "class_names": ["no_tumor", "tumor"]})
+    res["comparisons"] = [
+        _primary(), _primary(block="block4", holds=False, ci_low=0.9),
+        _primary(metric="srg_prob@road", kind="difference", ratio=None, ci_low=None, ci_high=None, null=0.0,
+                 difference=-4.0, diff_ci_low=-9.0, diff_ci_high=1.0, holds=False),
+        {"metric": "balanced_accuracy", "ours": "dual", "other": "baseline", "ours_value": 90.0, "other_value": 91.0,
+         "difference": -1.0, "diff_ci_low": -2.5, "diff_ci_high": 0.5, "null": -3.0, "noninferior": True,
+         "primary": False, "claim_blocked": None},
+    ]
+    res["own_model"] = {"dual": {"methods": {"dual": {"blocks": {"block3": {
+        "hidden_swap_flips@20": {"mean": 12.5}, "hidden_swap_flips_healthy@20": {"mean": 3.1},
+        "kept_swap_flips@20": {"mean": 70.0}}}}}}}
+    return res
+
+
+def test_plain_summary_is_computed_from_the_results():
+    from dualattn.report.summary import plain_summary
+
+    text = " ".join(plain_summary(_second_edition_results()))
+    assert "tested on 128 scans of 64 patients (the sealed test draw" in text
+    assert "The baseline classifies 91.0 %" in text and "not to cost more than 3 points: dual" in text
+    assert "1 of 2 claims hold" in text and "0 of 1 claims hold" in text
+    assert "flips 12.5 % of its predictions (healthy scans patched the same way: 3.1 %)" in text
+    assert "also uses what the map hides" in text
+    # a number that is missing leaves its sentence out instead of guessing it
+    bare = plain_summary({"meta": {}})
+    assert bare == []
+
+
+@pytest.mark.browser
+def test_report_summary_and_glossary_are_there_in_a_real_browser(tmp_path):
+    """Headless Chromium renders the report: the summary and the glossary are in the rendered DOM, near the top
+    and at the end, and the page does not overflow."""
+    from dualattn.report.summary import GLOSSARY
+
+    html_path = write_report(_second_edition_results(), tmp_path / "report.html", examples=mock_examples(2))
+    console, rgb = render_in_chromium(html_path, tmp_path / "shot.png", tmp_path / "profile")
+    assert console == [] and rgb.std() > 10.0
+    assert rgb[:, int(rgb.shape[1] * 0.92):].std() < 8.0
+    exe = _chromium()
+    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", html_path.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert '<section id="summary">' in dom and '<section id="glossary">' in dom
+    assert dom.index('id="summary"') < dom.index("What was run") < dom.index('id="glossary"')
+    assert all(term in dom for term in ("hiding test", "ROAD", "SRG", "LeRF / MoRF"))
+    assert dom.count("<dt>") >= len(GLOSSARY)

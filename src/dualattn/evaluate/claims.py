@@ -388,4 +388,6 @@ def _block(records: list[dict[str, Any]], *, run_rows: Sequence[Mapping[str, Any
         rec["claim_blocked"] = "; ".join(sorted(blocked)) or None
         if blocked and rec["primary"]:
             rec["holds"] = False
+        if blocked and rec.get("noninferior") is not None:
+            rec["noninferior"] = None  # a classifier near chance: no verdict either way
 

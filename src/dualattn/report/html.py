@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..evaluate.specs import METRICS
 from ..evaluate.units import EVAL_REFERENCES
 from .claims import PROTOCOL_NAMES, claim_sentence, noninferiority_rows, secondary_rows
+from .summary import GLOSSARY, plain_summary
 from ..explain import LRP_DESCRIPTION, METHOD_ALIASES, method_family, methods_in_family
 from ..models import CONSISTENT_VARIANTS
 
@@ -92,6 +93,11 @@ td .sd { color: var(--muted); font-weight: 400; font-size: .85em; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: .5em 0; }
 dl.meta dt { font-weight: 600; color: var(--muted); }
 dl.meta dd { margin: 0; overflow-wrap: anywhere; }
+ul.summary { background:#f3f6fb; border-left: 4px solid var(--accent); padding: .6em 1em .6em 2em; margin: .4em 0; }
+ul.summary li { margin: .25em 0; }
+dl.glossary { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: .5em 0; }
+dl.glossary dt { font-weight: 600; }
+dl.glossary dd { margin: 0; color: var(--muted); }
 figure { margin: .6em 0 1.2em; }
 figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: .85em; margin-top: .3em; }
@@ -544,6 +550,10 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
         + "</p>"
     )
 
+    summary = plain_summary(results)
+    if summary:
+        body.append('<section id="summary"><h2>In short</h2><ul class="summary">'
+                    + "".join(f"<li>{html.escape(s)}</li>" for s in summary) + "</ul></section>")
     body.append("<h2>What was run</h2>")
     body.append(_meta_html(meta) if meta else '<p class="legend">No run information recorded.</p>')
 
@@ -659,6 +669,9 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                 body.append(f'<p class="legend">{html.escape(legend)}</p>')
             body.append(_table_html(section, row_header="method"))
 
+    body.append('<section id="glossary"><h2>Glossary</h2><dl class="glossary">' + "".join(
+        f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY.items())
+        + "</dl></section>")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body.append(f"<footer>Written by dualattn on {stamp}. Self-contained: no network access needed.</footer>")
     return (
