@@ -117,3 +117,27 @@ def test_an_image_without_partner_gets_nan_and_the_road_fill_needs_none():
     assert road["kept_road_flips@25"][0] == 100.0
     with pytest.raises(ValueError, match="partners"):
         hiding_test(_quadrant_model(), x, on, labels, ks=(25,))
+
+
+def test_swaps_are_made_before_each_models_preprocessing():
+    """With ``preprocess`` the swapped pixels are raw: a model that z-scores the whole image reads the hidden
+    pixels through its normalization, one that normalizes only what it keeps does not."""
+    n = 2
+    x = torch.zeros(n, 1, 4, 4)
+    x[:, 0, :2, :2] = 1.0
+    x[1, 0, 2:, 2:] = 9.0  # the partner's hidden region is bright
+    labels = torch.tensor([1, 0])
+    keep_map = torch.tensor([[4.0, 1.0], [1.0, 0.5]]).expand(n, 1, 2, 2)
+    fg = torch.ones(n, 1, 4, 4, dtype=torch.bool)
+
+    def zscore(b):
+        flat = b.flatten(1)
+        return ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-6)).view_as(b)
+
+    model = _quadrant_model(threshold=1.5)
+    seen = hiding_test(model, x, keep_map, labels, partners=torch.tensor([[1], [-1]]), fg=fg, ks=(25,),
+                       preprocess=zscore)
+    blind = hiding_test(model, x, keep_map, labels, partners=torch.tensor([[1], [-1]]), fg=fg, ks=(25,),
+                        preprocess=lambda b: b)
+    assert blind["hidden_swap_flips@25"][0] == 0.0  # the kept quadrant is unchanged and the model reads only it
+    assert seen["hidden_swap_flips@25"][0] == 100.0  # the bright hidden region shifts the z-score of the kept one

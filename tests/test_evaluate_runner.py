@@ -224,8 +224,12 @@ def test_probability_curves_and_hiding_match_direct_computation(evaluated):
     assert cell["auc_least_first_prob@mean"]["values"][0] == pytest.approx(per_order["least_first"].mean(), rel=1e-5)
     assert cell["srg_prob@mean"]["values"][0] == pytest.approx(
         (per_order["least_first"] - per_order["most_first"]).mean(), rel=1e-4, abs=1e-4)
-    partners = match_partners(foreground(test.images), test.labels, test.patients, n_partners=5)
-    got = hiding_test(base, test.images, maps, test.labels, partners=partners, ks=(10, 20, 35))
+    from dualattn.data.transforms import normalize
+
+    # the swaps are made in the raw images, then the model's own preprocessing (a per-sample z-score) runs
+    partners = match_partners(foreground(test.raw_images), test.labels, test.patients, n_partners=5)
+    zscore = lambda b: torch.stack([normalize(img, method="zscore") for img in b])  # noqa: E731
+    got = hiding_test(base, test.raw_images, maps, test.labels, partners=partners, ks=(10, 20, 35), preprocess=zscore)
     for key in ("hidden_swap_flips@20", "kept_swap_flips@35", "hidden_swap_dlogp@10"):
         assert cell[key]["values"][0] == pytest.approx(float(np.nanmean(got[key])))
 

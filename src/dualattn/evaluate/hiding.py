@@ -202,12 +202,15 @@ def hiding_metric_names(ks: Sequence[int], fills: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def _outputs(models: Sequence[Callable[[Tensor], Tensor]], x: Tensor, batch_size: int, device: Any) -> list[Tensor]:
+def _outputs(models: Sequence[Callable[[Tensor], Tensor]], x: Tensor, batch_size: int, device: Any,
+             preprocess: Sequence[Callable[[Tensor], Tensor] | None] | None = None) -> list[Tensor]:
     outs: list[list[Tensor]] = [[] for _ in models]
+    prep = list(preprocess) if preprocess is not None else [None] * len(models)
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device)
+        xb = x[i:i + batch_size]
         for j, m in enumerate(models):
-            outs[j].append(m(xb).float().log_softmax(1).cpu())
+            inp = xb if prep[j] is None else prep[j](xb)
+            outs[j].append(m(inp.to(device)).float().log_softmax(1).cpu())
     return [torch.cat(o) for o in outs]
 
 
@@ -225,6 +228,7 @@ def hiding_test(
     batch_size: int = 64,
     device: Any = "cpu",
     seed: int = 0,
+    preprocess: Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor] | None] | None = None,
 ) -> dict[str, list[float]] | list[dict[str, list[float]]]:
     """Per-image hiding-test values of one set of maps on one model (see the module docstring).
 
@@ -242,6 +246,9 @@ def hiding_test(
         healthy_class: the class whose images are the healthy partners and the floor.
         batch_size, device: model calls.
         seed: ROAD's noise.
+        preprocess: what turns (swapped) ``images`` into a model's input (one per model for a list), e.g. a
+            per-sample normalization: the swaps are then made before it, as the deployed pipeline would see a
+            scan whose hidden region was another patient's. ``None``: ``images`` are the models' input.
 
     Returns:
         metric -> ``(N,)`` list (NaN where the metric does not apply to an image, e.g. ``_lesion`` on a
@@ -249,6 +256,9 @@ def hiding_test(
     """
     many = isinstance(model, (list, tuple))
     models = list(model) if many else [model]
+    preps = (list(preprocess) if isinstance(preprocess, (list, tuple)) else [preprocess] * len(models))
+    if len(preps) != len(models):
+        raise ValueError(f"preprocess must give one function per model ({len(models)}), got {len(preps)}")
     bad = [f for f in fills if f not in HIDING_FILLS]
     if bad or not fills:
         raise ValueError(f"fills must be among {HIDING_FILLS}, got {list(fills)}")
@@ -266,7 +276,7 @@ def hiding_test(
         for m in models:
             if isinstance(m, nn.Module):
                 stack.enter_context(eval_mode(m))
-        base = _outputs(models, images, batch_size, device)
+        base = _outputs(models, images, batch_size, device, preps)
         pred0 = [b.argmax(1) for b in base]
         logp0 = [b.gather(1, p[:, None])[:, 0].double() for b, p in zip(base, pred0)]
         road = RoadFill(seed=seed) if "road" in fills else None
@@ -274,7 +284,7 @@ def hiding_test(
             keep = kept_pixels(maps, fg, float(k))
             for fill in fills:
                 tag = "swap" if fill == "partner" else "road"
-                per_model = _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size, device)
+                per_model = _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size, device, preps)
                 for out, (flips_h, dlogp_h, flips_k) in zip(outs, per_model):
                     out[f"hidden_{tag}_flips@{k}"] = (100.0 * flips_h).tolist()
                     out[f"hidden_{tag}_flips_lesion@{k}"] = torch.where(lesion, 100.0 * flips_h, nan).tolist()
@@ -284,7 +294,7 @@ def hiding_test(
     return outs if many else outs[0]
 
 
-def _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size, device):
+def _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size, device, preps):
     """Per model, the mean over partners (or one ROAD draw) of: flips when hiding, Δlog p when hiding, flips
     when swapping the kept pixels. ``(N,)`` float64 each, NaN where an image has no partner."""
     n = images.shape[0]
@@ -292,7 +302,7 @@ def _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size,
         hidden = torch.cat([road(images[i:i + batch_size], ~keep[i:i + batch_size])
                             for i in range(0, n, batch_size)])
         kept = torch.cat([road(images[i:i + batch_size], keep[i:i + batch_size]) for i in range(0, n, batch_size)])
-        ohs, oks = _outputs(models, hidden, batch_size, device), _outputs(models, kept, batch_size, device)
+        ohs, oks = _outputs(models, hidden, batch_size, device, preps), _outputs(models, kept, batch_size, device, preps)
         return [((oh.argmax(1) != p0).double(), oh.gather(1, p0[:, None])[:, 0].double() - l0,
                  (ok.argmax(1) != p0).double()) for oh, ok, p0, l0 in zip(ohs, oks, pred0, logp0)]
     sums = [torch.zeros(3, n, dtype=torch.float64) for _ in models]
@@ -304,8 +314,8 @@ def _swaps(models, images, keep, pred0, logp0, fill, partners, road, batch_size,
             continue
         rows = torch.nonzero(has).flatten()
         x, kp, other = images[rows], keep[rows], images[idx[rows]]
-        ohs = _outputs(models, torch.where(kp, x, other), batch_size, device)
-        oks = _outputs(models, torch.where(kp, other, x), batch_size, device)
+        ohs = _outputs(models, torch.where(kp, x, other), batch_size, device, preps)
+        oks = _outputs(models, torch.where(kp, other, x), batch_size, device, preps)
         for m, (oh, ok) in enumerate(zip(ohs, oks)):
             p0 = pred0[m][rows]
             sums[m][0, rows] += (oh.argmax(1) != p0).double()

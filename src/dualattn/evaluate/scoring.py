@@ -49,13 +49,17 @@ class HidingSetup:
         fills: ``"partner"`` and/or ``"road"``.
         partners: ``(N, n)`` matched healthy partners (:func:`dualattn.evaluate.hiding.match_partners`), or
             ``None`` when only the ROAD fill runs.
-        fg: ``(N, 1, *S)`` foreground of the test images.
+        fg: ``(N, 1, *S)`` foreground of the images the swaps are made in.
+        raw: the images the swaps are made in (the raw test images), ``None``: the model's own input images.
+        preprocess: ``raw batch -> the model's input`` (its normalization and fitting), with ``raw``.
     """
 
     ks: tuple[int, ...]
     fills: tuple[str, ...]
     partners: Tensor | None
     fg: Tensor
+    raw: Tensor | None = None
+    preprocess: Any = None
 
 
 def score_maps(
@@ -209,9 +213,11 @@ def classifier_scores(
                                      "auc_most_first": aucs[role]["most_first"], "srg": vals[f"srg@{fill}"]})
         setups = [hiding.get(r) for r in roles]
         if setups[0] is not None:
-            got = hiding_test(models, images, maps, labels, partners=setups[0].partners, fg=setups[0].fg,
-                              ks=setups[0].ks, fills=setups[0].fills, batch_size=max(batch_size, 64), device=device,
-                              seed=seed)
+            raw = setups[0].raw
+            got = hiding_test(models, images if raw is None else raw, maps, labels, partners=setups[0].partners,
+                              fg=setups[0].fg, ks=setups[0].ks, fills=setups[0].fills, batch_size=max(batch_size, 64),
+                              device=device, seed=seed,
+                              preprocess=None if raw is None else [st.preprocess for st in setups])
             for role, per in zip(roles, got):
                 for name, values in per.items():
                     results[role]["per_image"][name] = values

@@ -36,6 +36,9 @@ class TestSet:
         ids: one id per image.
         patients: the patient of every image (the unit the intervals resample; one per image when the data
             name none).
+        raw_images: ``(N, C, *S)`` the same images before any normalization (``images`` is their per-sample
+            z-score): what a model that normalizes on its own takes (``RunDir.input_normalization == "none"``), and
+            where the hiding test swaps pixels before each model's own preprocessing.
         root: the dataset folder.
         class_names: label strings by class index.
     """
@@ -50,6 +53,7 @@ class TestSet:
     root: Path
     class_names: list[str]
     patients: list[str] = dataclasses.field(default_factory=list)
+    raw_images: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.patients:
@@ -111,13 +115,16 @@ def load_test_set(
     """
     int_size = size if isinstance(size, int) or size is None else None
     root = resolve_dataset(data, cache_dir=cache_dir, n=n, size=int_size, seed=seed)
-    ds = FolderDataset(root, split=None if split == "all" else split, size=size, seed=seed, fractions=tuple(fractions))
+    ds = FolderDataset(root, split=None if split == "all" else split, size=size, seed=seed, fractions=tuple(fractions),
+                       normalize="none")
     count = len(ds) if max_images is None else min(len(ds), int(max_images))
     if count == 0:
         raise ValueError(f"dataset {str(root)!r} has no images in split {split!r}")
     items = [ds[i] for i in progress_bar(range(count), progress, "reading test images")]
+    raw = torch.stack([it["image"] for it in items]).float()
     return TestSet(
-        images=torch.stack([it["image"] for it in items]).float(),
+        images=torch.stack([normalize(img, method="zscore") for img in raw]),
+        raw_images=raw,
         labels=torch.stack([torch.as_tensor(it["label"]) for it in items]).long(),
         masks=torch.stack([it["mask"] for it in items]).float(),
         has_mask=torch.tensor([bool(it["has_mask"]) for it in items]),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ from .hiding import foreground, lesion_oracle_maps, match_partners
 from .resume import RESUME_FORMAT
 from .scoring import HidingSetup, classifier_scores, map_scores, nanmean, randomized_copy
 from .settings import EvalSettings
+from ..data.transforms import normalize
 from .testset import TestSet, batches, fit_to_model
 
 __all__ = [
@@ -106,13 +107,30 @@ class EvalContext:
         self._inputs: dict[int, Tensor] = {}
         self._hiding: dict[int, HidingSetup | None] = {}
         self._partners: Tensor | None = None
+        self._raw_fg: Tensor | None = None
+
+    def preprocess_for(self, run: Any) -> Callable[[Tensor], tuple[Tensor, list[str]]]:
+        """``raw images -> (the images as run's model takes them, notes)``: the run's own normalization
+        (:attr:`dualattn.runs.RunDir.input_normalization`: a per-sample z-score, or none for a model that
+        normalizes its visible pixels itself), then the channel and size fitting of :func:`fit_to_model`."""
+        norm = str(getattr(run, "input_normalization", "zscore") or "zscore")
+        in_ch, size = run.model_input()
+
+        def prep(raw: Tensor) -> tuple[Tensor, list[str]]:
+            x = raw if norm == "none" else torch.stack([normalize(img, method=norm) for img in raw])
+            return fit_to_model(x, in_channels=in_ch, size=size, normalization=None if norm == "none" else norm)
+
+        return prep
 
     def images_for(self, run: Any) -> Tensor:
         """The test images fitted to ``run``'s model (computed once per run; each change noted once)."""
         key = id(run)
         if key not in self._inputs:
-            in_ch, size = run.model_input()
-            x, fit_notes = fit_to_model(self.test.images, in_channels=in_ch, size=size)
+            if self.test.raw_images is not None:
+                x, fit_notes = self.preprocess_for(run)(self.test.raw_images)
+            else:
+                in_ch, size = run.model_input()
+                x, fit_notes = fit_to_model(self.test.images, in_channels=in_ch, size=size)
             for note in fit_notes:
                 text = f"{run.path.name} ({run.variant}): {note}"
                 if text not in self.notes:
@@ -126,7 +144,7 @@ class EvalContext:
         if "partner" not in s.hiding_fills or not s.hiding_ks:
             return None
         if self._partners is None:
-            fg = foreground(self.test.images)
+            fg = foreground(self.test.raw_images if self.test.raw_images is not None else self.test.images)
             self._partners = match_partners(fg, self.test.labels, self.test.patients, n_partners=s.hiding_partners)
             missing = int((self._partners[:, 0] < 0).sum())
             if missing:
@@ -141,9 +159,18 @@ class EvalContext:
             return None
         key = id(run)
         if key not in self._hiding:
-            x = self.images_for(run)
-            self._hiding[key] = HidingSetup(ks=tuple(s.hiding_ks), fills=tuple(s.hiding_fills),
-                                            partners=self.partners(), fg=foreground(x))
+            raw = self.test.raw_images
+            if raw is None:  # no raw images: swap in the model's input space
+                x = self.images_for(run)
+                self._hiding[key] = HidingSetup(ks=tuple(s.hiding_ks), fills=tuple(s.hiding_fills),
+                                                partners=self.partners(), fg=foreground(x))
+            else:  # swap the raw pixels, then the model's own preprocessing (the deployed pipeline)
+                if self._raw_fg is None:
+                    self._raw_fg = foreground(raw)
+                prep = self.preprocess_for(run)
+                self._hiding[key] = HidingSetup(ks=tuple(s.hiding_ks), fills=tuple(s.hiding_fills),
+                                                partners=self.partners(), fg=self._raw_fg, raw=raw,
+                                                preprocess=lambda b, prep=prep: prep(b)[0])
         return self._hiding[key]
 
 
