@@ -664,3 +664,28 @@ def test_gradient_explainers_still_differentiate_through_the_gates():
     xr = x.clone().requires_grad_(True)
     (g_held,) = torch.autograd.grad(held(xr).gather(1, t[:, None]).sum(), xr)
     assert float((g - g_held).norm() / g.norm()) > 0.01
+
+
+@pytest.mark.parametrize("variant", ["dual", "exact", "multilevel"])
+def test_gated_backbones_take_the_baselines_composite(variant):
+    """Depth thirds count only the layers relevance reaches: the gates' convolutions (which compute a map held
+    constant) take no role, so every backbone layer of a gated model has the role it has in the baseline."""
+    from dualattn.explain.lrp import describe_lrp_rules
+    from dualattn.models import create_model
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 32, 32)
+    base = describe_lrp_rules(create_model("unet_encoder", variant="baseline", in_channels=4, features=4).eval(), x)
+    kw = {"img_size": 32} if variant == "dual" else {}
+    gated = describe_lrp_rules(create_model("unet_encoder", variant=variant, in_channels=4, features=4, **kw).eval(), x)
+    import re
+
+    base_roles = {r["layer"]: r["role"] for r in base["layers"]}
+    # a layer run twice (exact's two passes) is split into copies; the one relevance reaches keeps the role
+    for r in gated["layers"]:
+        r["layer"] = re.sub(r"\.copies\.\d+$", "", r["layer"])
+    shared = [r for r in gated["layers"] if r["layer"] in base_roles and r["gets_relevance"]]
+    assert len(shared) >= len(base_roles) - 1  # every backbone layer (and the head)
+    assert all(r["role"] == base_roles[r["layer"]] for r in shared), [
+        (r["layer"], r["role"], base_roles[r["layer"]]) for r in shared if r["role"] != base_roles[r["layer"]]]
+    assert all(r["role"] == "none" for r in gated["layers"] if not r["gets_relevance"])

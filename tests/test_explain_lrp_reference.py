@@ -370,8 +370,8 @@ def test_with_the_product_a_plain_op_ours_was_the_reference_with_captums_product
     """What LRP computed before the signal-take-all rule (the product a plain op) is the reference's "captum"
     treatment: the comparison behind docs/evaluation.md's numbers of how much the maps moved."""
     model, x, t = dual_case
-    roles = _roles(model, x)
     monkeypatch.setattr(L, "hold_maps_constant", _products_inline)
+    roles = _roles(model, x)  # with the product a plain op, every layer's output reaches the logits
     old = lrp_attribution(model, x, target=t)
     ref, _ = reference_lrp_dual(model, x, t, roles, product="captum")
     assert _max_rel(old, ref) < 1e-6

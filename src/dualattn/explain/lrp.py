@@ -604,6 +604,14 @@ def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRu
         if all(c.module is not m for _, m in order):
             order.append((c.name, c.module))
         outputs.setdefault(id(c.module), []).append(c.output)
+    # depth thirds count only the layers relevance reaches: the convolutions that compute a map the gate rule
+    # holds constant (gates, witness) get none, so a gated model's backbone takes the baseline's composite
+    reached = _layers_reaching_the_logits(model, example)
+    if reached:
+        idle = [(n, m) for n, m in order if n not in reached]
+        order = [(n, m) for n, m in order if n in reached]
+    else:
+        idle = []
     chosen: dict[int, LRPRule] = {}
     rows = []
     for i, (name, m) in enumerate(order):
@@ -618,6 +626,10 @@ def _composite_rows(model: nn.Module, example: Tensor, rules: Mapping[str, LRPRu
             note = why
         chosen[id(m)] = rule
         rows.append({"layer": name, "type": type(m).__name__, "role": role, "rule": rule.label, "note": note})
+    for name, m in idle:
+        chosen[id(m)] = LRPRule("zero")
+        rows.append({"layer": name, "type": type(m).__name__, "role": "none", "rule": LRPRule("zero").label,
+                     "note": "computes only a map the gate rule holds constant: no relevance reaches it"})
     del calls, readers, outputs
     for _, m in leaves(model):
         if id(m) in chosen or isinstance(m, _CAPTUM_NONLINEAR):
