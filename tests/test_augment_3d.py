@@ -146,7 +146,8 @@ def test_image_size_label_follows_the_dataset(tmp_path, shape, expected):
 def test_preset_fills_reach_the_evaluation_and_are_checked():
     from dualattn.pipelines.demo import get_preset
 
-    assert "fills" not in get_preset("default").to_dict()  # old demo folders keep resuming
+    assert "fills" not in get_preset("tiny").to_dict()  # a preset without fills keeps old demo folders resuming
+    assert get_preset("default").to_dict()["fills"] == ["mean", "road"]  # the paper's fill and ROAD
     assert get_preset("3d", fills=("road", "mean")).to_dict()["fills"] == ["road", "mean"]
     with pytest.raises(ValueError, match="fills"):
         get_preset("3d", fills=("road", "road"))

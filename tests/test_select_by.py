@@ -145,8 +145,9 @@ def test_recorder_rebuilds_its_best_from_the_rows(tmp_path):
 
 @pytest.fixture(scope="module")
 def exact_run(blobs, tmp_path_factory) -> Path:
-    # the recipe's sharp gate (entropy_weight 1) gives the exact variant a penalty > 0
-    cfg = _cfg(blobs, "variant=exact", "select_by=val_objective", "max_epochs=3")
+    # the sharp gate (entropy_weight 1) gives the variant a penalty > 0 (multilevel's recipe keeps it; exact's
+    # corrected recipe has none)
+    cfg = _cfg(blobs, "variant=multilevel", "select_by=val_objective", "max_epochs=3")
     assert resolve_entropy_weight(cfg) > 0
     return fit(cfg, out=tmp_path_factory.mktemp("runs") / "exact")
 
@@ -198,7 +199,7 @@ def test_selected_value_is_the_best_weights_objective_on_val(blobs, exact_run):
 
 
 def test_resume_keeps_the_selection(blobs, exact_run, tmp_path):
-    args = ("variant=exact", "select_by=val_objective")
+    args = ("variant=multilevel", "select_by=val_objective")
     fit(_cfg(blobs, *args, "max_epochs=1"), out=tmp_path / "r")
     resumed = fit(_cfg(blobs, *args, "max_epochs=3"), out=tmp_path / "r", resume=True)
     a = json.loads((exact_run / "summary.json").read_text())
@@ -208,7 +209,7 @@ def test_resume_keeps_the_selection(blobs, exact_run, tmp_path):
     assert state_digest(load_run(exact_run, "best")) == state_digest(load_run(resumed, "best"))
     # the selection rule is part of what a run computes: it may not change on resume
     with pytest.raises(ValueError, match="select_by"):
-        fit(_cfg(blobs, "variant=exact", "max_epochs=4"), out=resumed, resume=True)
+        fit(_cfg(blobs, "variant=multilevel", "max_epochs=4"), out=resumed, resume=True)
 
 
 def test_early_stopping_watches_the_selection_metric(blobs, tmp_path):

@@ -30,7 +30,11 @@ def test_sharp_gate_values_and_penalty_alpha():
                           "gate_form": "cascaded", "gate_bias": True}
     assert DUAL_GATE == {**SHARP_GATE, "gate_zero_init": False}  # dual alone starts u at random (method study)
     assert MULTILEVEL_GATE == {**SHARP_GATE, "exact_mode": "hybrid"}  # multilevel adds the pooling head (round 5)
-    special = {"dual": DUAL_GATE, "multilevel": MULTILEVEL_GATE}
+    from dualattn.train.recipes import EXACT_GATE
+
+    # exact: what the method study's corrected rule selects (round 5): the pooling head, no sharpness term
+    assert EXACT_GATE == {**SHARP_GATE, "exact_mode": "hybrid", "entropy_weight": 0.0}
+    special = {"dual": DUAL_GATE, "multilevel": MULTILEVEL_GATE, "exact": EXACT_GATE}
     for variant in CNN_VARIANTS[1:]:
         assert DEFAULT_RECIPES[variant]["model_kwargs"] == special.get(variant, SHARP_GATE)
         assert DEFAULT_RECIPES[variant]["model_kwargs"] is not SHARP_GATE  # each recipe owns its copy
