@@ -317,3 +317,20 @@ def test_class_names_from_the_training_dataset(tmp_path):
     cfg["dataset"] = str(data)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     assert run_class_names(run) == ["no_tumor", "tumor"]
+
+
+def test_a_variants_every_map_fits_its_run_and_only_class_dependent_maps_take_a_target(tmp_path):
+    """additive_contribution is the additive model's second map (refused before: its name is not the variant's),
+    and it depends on the class, so --target gets no "same map for every class" note."""
+    from types import SimpleNamespace
+
+    from dualattn.pipelines.scan.run import _check_method_fits_run, _target_note
+
+    additive = SimpleNamespace(attention_blocks=("block3", "block4"), map_blocks=("block3", "block4"),
+                               config={"variant": "additive"})
+    _check_method_fits_run("additive_contribution", additive, tmp_path, "block3")
+    _check_method_fits_run("additive", additive, tmp_path, "block3")
+    with pytest.raises(ValueError, match="use --method additive"):
+        _check_method_fits_run("exact", additive, tmp_path, "block3")
+    assert _target_note("additive_contribution", 1, ["no", "yes"], volume=False) is None
+    assert "same map for every class" in _target_note("additive", 1, ["no", "yes"], volume=False)

@@ -32,6 +32,7 @@ from ..explain import (
     PIXEL_METHODS,
     block_grid,
     explain_blocks,
+    get_method,
     list_methods,
     method_family,
     select_sources,
@@ -202,6 +203,12 @@ def _common_sources(method: str, runs: Sequence[Any], baselines: Sequence[Any]) 
     return select_sources(method, runs, baselines)
 
 
+def _uses_target(method: str) -> bool:
+    if method in EVAL_REFERENCES:
+        return False
+    return bool(get_method(method).uses_target)
+
+
 def _own_wanted(method: str, family: str, own_methods: str | Sequence[str]) -> bool:
     """Whether a method is scored under ``own_model``: a variant's own attention map always; ``cvx``, the dual's
     controls and the baseline-sourced methods (post-hoc, controls) when ``own_methods`` names them (or is
@@ -364,7 +371,8 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
         options["lesion_fraction"] = ctx.lesion_fraction
     if unit.method == "prior":  # an amortized witness's prior: its mean over the whole test set
         options["population"] = x
-    targets = test.labels if unit.family == "posthoc" else None
+    # a class-dependent map (post-hoc methods, a contribution map) explains the true class
+    targets = test.labels if unit.family == "posthoc" or _uses_target(unit.method) else None
     if warm_up:
         # warm-up (lazy imports, allocator) so that cost_ms measures the method itself
         _explain_all(model, x[:1], unit, ctx, None if targets is None else targets[:1], options, unit.blocks[:1])

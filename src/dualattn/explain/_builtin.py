@@ -114,7 +114,7 @@ register_method(
 )
 register_method(
     EVIDENCE_METHODS[1], family="attention", source_variant=EVIDENCE_METHODS[0], compute=_contribution,
-    options=("contrast", "scales"),
+    options=("contrast", "scales"), uses_target=True,
     description="what each place contributed to an additive model's logit (target minus the others' mean): "
     "mu * s, signed, summing exactly to the logit less the bias",
 )

@@ -78,6 +78,7 @@ class MethodSpec:
         per_channel: ``name`` is a template standing for one method per input channel.
         pixel_level: the method attributes pixels and sum-pools the attribution to the block's
             grid, so one attribution serves every block (:func:`dualattn.explain.explain_blocks`).
+        uses_target: the map depends on the explained class (post-hoc methods, a contribution map).
         description: one line for listings.
     """
 
@@ -90,6 +91,7 @@ class MethodSpec:
     per_channel: bool = False
     pixel_level: bool = False
     description: str = ""
+    uses_target: bool = False
 
     @property
     def prefix(self) -> str:
@@ -152,6 +154,7 @@ def register_method(
     aliases: Sequence[str] = (),
     pixel_level: bool = False,
     description: str = "",
+    uses_target: bool | None = None,
 ) -> MethodSpec:
     """Register an explanation method.
 
@@ -165,6 +168,9 @@ def register_method(
         aliases: short names for it.
         pixel_level: one pixel attribution serves every block (see :class:`MethodSpec`).
         description: one line for listings.
+        uses_target: the map depends on the explained class (default: post-hoc methods do, others do not);
+            the evaluation gives such a method the true class, ``dualattn explain`` says when ``--target``
+            changes nothing.
 
     Returns:
         The registered :class:`MethodSpec`.
@@ -189,6 +195,7 @@ def register_method(
         per_channel=per_channel,
         pixel_level=pixel_level,
         description=description,
+        uses_target=(family == "posthoc") if uses_target is None else bool(uses_target),
     )
     _REGISTRY[name] = spec
     METHOD_ALIASES.update({alias: name for alias in spec.aliases})

@@ -69,7 +69,8 @@ def _check_method_fits_run(method: str, model: Any, run_dir: Path, block: str) -
         raise ValueError(f"method {method!r} shows an attention map, but run {run_dir} ({variant or 'no variant'}) "
                          f"has no attention gates: use {_POSTHOC_HINT} on it, or a run of a gated variant "
                          "(e.g. DEMO/runs/exact/seed0)")
-    if family == "attention" and method != "attention" and variant is not None and method != variant:
+    source = get_method(method).source_variant
+    if family == "attention" and method != "attention" and variant is not None and source not in (None, variant):
         raise ValueError(f"method {method!r} is the map of a model of variant {method!r}, but run {run_dir} is of "
                          f"variant {variant!r}: use --method {variant} (or attention, its own map), cvx, or "
                          f"{_POSTHOC_HINT}")
@@ -83,7 +84,7 @@ def _check_method_fits_run(method: str, model: Any, run_dir: Path, block: str) -
 
 def _target_note(method: str, target: int, names: list[str] | None, volume: bool) -> str | None:
     """The note saying that ``--target`` changes no map of a class-independent method."""
-    if method_family(method) in CLASS_DEPENDENT_FAMILIES:
+    if method_family(method) in CLASS_DEPENDENT_FAMILIES or get_method(method).uses_target:
         return None
     what = f"{target} ({names[target]!r})" if names and target < len(names) else str(target)
     return (f"--target {what}: method {method!r} gives the same map for every class, so the target changes no map"
