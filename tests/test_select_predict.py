@@ -354,6 +354,27 @@ def test_selector_starts_from_an_exact_run():
         single.load_backbone_state(exact.state_dict())
 
 
+def test_predictor_starts_from_a_baseline_run():
+    """From a baseline's weights the predictor is that classifier on the visible pixels (the mask channel starts at
+    zero): with every pixel visible it is the baseline on the per-image z-scored image."""
+    torch.manual_seed(4)
+    base = create_model("unet_encoder", variant="baseline", in_channels=2, features=2).eval()
+    model = _model(2, seed=5)
+    model.load_backbone_state(base.state_dict())
+    first = model.predictor.state_dict()["backbone.stages.block1.0.weight"]
+    assert torch.equal(first[:, :2], base.state_dict()["backbone.stages.block1.0.weight"])
+    assert first[:, 2].abs().max() == 0
+    x = torch.cat([_image(2, s, background=False) for s in range(2)])
+    grid = model.backbone.grid_shapes(x.shape[2:])[model.finest_block]
+    with torch.no_grad():
+        full = model.predict_masked(x, torch.ones((2, *grid), dtype=torch.bool))
+        torch.testing.assert_close(full, base(masked_zscore(x)), rtol=1e-4, atol=1e-5)
+    other = _model(2, seed=5, predictor_features=3)  # another width: the predictor keeps its initialisation
+    before = {k: v.clone() for k, v in other.predictor.state_dict().items()}
+    other.load_backbone_state(base.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in other.predictor.state_dict().items())
+
+
 # -- explain --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("block", ["block3", "block4"])
 def test_explain_methods(block):
@@ -488,6 +509,14 @@ def test_random_masks_are_blobs_of_the_asked_size():
     assert edges(masks) < 0.6 * edges(scattered)
     # and the mask's cells carry no class: they are drawn from the image's foreground only (no label is read)
     assert masks.shape == cand.shape
+
+
+def test_swap_objective_trains(tmp_path):
+    data = write_blobs(tmp_path / "d", n=24)
+    run = fit(_cfg(data, "max_epochs=2", "select_predict.predictor_epochs=1", "select_predict.swap_weight=1.0",
+                   "model_kwargs.features=2"), out=tmp_path / "r")
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(math.isfinite(float(v)) for v in rows[-1].split(",")[1:4])
 
 
 def test_training_in_3d(tmp_path):

@@ -473,13 +473,16 @@ class SelectPredictClassifier(nn.Module):
         """The selector's modules (``backbone``, ``gates``)."""
         return [self.backbone, self.gates]
 
-    def load_backbone_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Start the selector from a trained gated run (``exact``, ``multilevel``, ``dual``; or a baseline's
-        stages, the gates keeping their initialisation).
+    def load_backbone_state(self, state_dict: dict[str, Tensor], *, predictor: bool = True) -> None:
+        """Start from a trained run: the selector from a gated run (``exact``, ``multilevel``, ``dual``; or a
+        baseline's stages, the gates keeping their initialisation), the predictor from the same run's backbone.
 
         The selector's stages and gates have a gated classifier's names, so the run's ``backbone.stages.*`` and
-        ``gates.*`` load as they are; its head, later stages and witness are not used. The predictor is not
-        touched (it takes ``in_channels + 1`` channels and learns on random masks).
+        ``gates.*`` load as they are; its head, later stages and witness are not used. With ``predictor`` the
+        predictor (same family and width) takes the run's stages and linear head, its first convolution the run's
+        weights for the image channels and zeros for the mask channel: a classifier of whole images, which the
+        training's phase 1 then fine-tunes on random masks only (it never learns on the selector's masks). Left
+        as it is when the widths differ (``predictor_features``) or the run has no full backbone (a ``pool`` run).
 
         Raises:
             ValueError: a stage of the selector missing from the state dict, gates of another form or width
@@ -522,6 +525,33 @@ class SelectPredictClassifier(nn.Module):
             )
         self.load_state_dict(loadable, strict=False)
         logger.info("selector started from %d tensors (%s gates)", len(loadable), "with" if has_gates else "without")
+        if predictor:
+            self._load_predictor(sd)
+
+    def _load_predictor(self, sd: dict[str, Tensor]) -> bool:
+        """The predictor from a run's backbone and head (see :meth:`load_backbone_state`); False when they do not
+        fit (nothing is loaded then)."""
+        own = self.predictor.state_dict()
+        take: dict[str, Tensor] = {}
+        for key, value in own.items():
+            src = sd.get(key)
+            if src is None:
+                break
+            if tuple(src.shape) == tuple(value.shape):
+                take[key] = src
+            elif (src.dim() == value.dim() >= 3 and src.shape[0] == value.shape[0]
+                  and src.shape[1] + 1 == value.shape[1] and src.shape[2:] == value.shape[2:]):
+                first = torch.zeros_like(value)  # the first convolution: the mask channel starts at zero
+                first[:, : src.shape[1]] = src
+                take[key] = first
+            else:
+                break
+        if len(take) != len(own):
+            logger.info("predictor left at its initialisation: the run's backbone does not fit it")
+            return False
+        self.predictor.load_state_dict(take)
+        logger.info("predictor started from the run's backbone and head (mask channel at zero)")
+        return True
 
     # ------------------------------------------------------------------ internals
     def _check_input(self, x: Tensor) -> None:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..evaluate.metrics import balanced_accuracy
 from ..models import pool_features
-from ..models.select_predict import foreground_cells, top_cells
+from ..models.select_predict import foreground_cells, foreground_pixels, top_cells
 from .config import TrainConfig
 from .module import ClassifierModule
 
@@ -75,6 +75,10 @@ class SelectPredictOptions:
             (nothing of it reaches the predictor). 0 turns it off.
         selector_pretrain: in phase 1 train the selector too, by that loss alone (independently of the
             predictor, which sees only random masks), so that it finds lesions before it meets the predictor.
+        swap_weight: in phase 2, weight of the same objective on the hiding test's composites (each image's
+            hidden pixels replaced by a healthy image's of the batch, the label kept): it trains the selector to
+            keep its mask where the decision is when hidden content changes (the mask-stability gap the guarantee
+            leaves open). 0 turns it off.
     """
 
     predictor_epochs: int | None = None
@@ -87,6 +91,7 @@ class SelectPredictOptions:
     evalx_draws: int = 4
     selector_aux: float = 1.0
     selector_pretrain: bool = True
+    swap_weight: float = 0.0
     max_epochs: int = 30
 
     def __post_init__(self) -> None:
@@ -108,6 +113,8 @@ class SelectPredictOptions:
             raise bad("evalx_draws", "must be an integer >= 1")
         if not self.selector_aux >= 0:
             raise bad("selector_aux", "must be >= 0")
+        if not self.swap_weight >= 0:
+            raise bad("swap_weight", "must be >= 0")
         if not isinstance(self.selector_pretrain, bool):
             raise bad("selector_pretrain", "must be true or false")
 
@@ -122,7 +129,7 @@ class SelectPredictOptions:
         if "blob_sigma" in data:
             data["blob_sigma"] = tuple(float(v) for v in data["blob_sigma"])
         for key in ("budget_low", "budget_high", "temperature_start", "temperature_end", "selector_lr",
-                    "selector_aux"):
+                    "selector_aux", "swap_weight"):
             if data.get(key) is not None:
                 if isinstance(data[key], bool) or not isinstance(data[key], (int, float)):
                     raise ValueError(f"config: select_predict.{key}={data[key]!r} must be a number")
@@ -310,6 +317,8 @@ class SelectPredictModule(ClassifierModule):
             sel = model.select(x, relaxed=True)
             logits = model.predictor(model.predictor_input(x, sel.pixels, sel.soft))
             penalty = self._selector_loss(sel, y)
+            if self.options.swap_weight > 0:
+                penalty = penalty + self.options.swap_weight * self._swap_loss(x, y, sel.pixels.detach())
         ce = F.cross_entropy(logits.float(), y)
         loss = ce + penalty
         n = float(y.shape[0])
@@ -319,6 +328,31 @@ class SelectPredictModule(ClassifierModule):
             terms = torch.stack([loss.detach() * n, ce.detach() * n, penalty.detach() * n, ce.new_tensor(n)])
             self._train_sums += torch.where(torch.isfinite(terms).all(), terms, torch.zeros_like(terms))
         return loss
+
+    def _swap_loss(self, x: Tensor, y: Tensor, pixels: Tensor) -> Tensor:
+        """The selector's objective on the hiding test's composites: every image's hidden pixels replaced by those
+        of the batch's healthy (class 0) image of another index whose foreground overlaps it most; the label kept.
+        A selector that moves its mask away from what decided when the hidden content changes pays for it."""
+        healthy = y == 0
+        b = x.shape[0]
+        if not bool(healthy.any()) or b < 2:
+            return x.new_zeros(())
+        with torch.no_grad():
+            fg = foreground_pixels(x).flatten(1).float()
+            inter = fg @ fg.T
+            area = fg.sum(1)
+            iou = inter / (area[:, None] + area[None, :] - inter).clamp_min(1.0)
+            ok = healthy[None, :].expand(b, b) & ~torch.eye(b, dtype=torch.bool, device=x.device)
+            score = torch.where(ok, iou, torch.full_like(iou, -1.0))
+            partner = score.argmax(1)
+            has = ok.any(1)
+        if not bool(has.any()):
+            return x.new_zeros(())
+        rows = torch.nonzero(has)[:, 0]
+        composite = torch.where(pixels[rows], x[rows], x[partner[rows]])
+        sel = self.model.select(composite, relaxed=True)
+        logits = self.model.predictor(self.model.predictor_input(composite, sel.pixels, sel.soft))
+        return F.cross_entropy(logits.float(), y[rows]) + self._selector_loss(sel, y[rows])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = self.config
