@@ -192,3 +192,21 @@ def test_module_examples_run():
     for module in (intervals, hiding, sealed, claims):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_default_claims_are_what_the_val_selection_chose():
+    """The primary claims are named before the sealed test draw is read: their comparators are what
+    benchmarks/select_claims.py chose on a validation split (its JSON), never edited by hand."""
+    import json
+    from pathlib import Path
+
+    from dualattn.data.sealed import SEALED_DATA_SEED
+    from dualattn.evaluate.claims import DEFAULT_CLAIMS
+
+    sel = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "claims_selection.json")
+                     .read_text())
+    assert sel["split"] == "val" and sel["data_seed"] != SEALED_DATA_SEED
+    chosen = [(c["protocol"], c["metric"], c["block"], c["ours"], c["other"]) for c in sel["choices"]]
+    named = [(c.protocol, c.metric, c.block, c.ours, c.other) for c in DEFAULT_CLAIMS]
+    assert named == chosen
+    assert len(DEFAULT_CLAIMS) <= 6

@@ -127,11 +127,11 @@ def _claim(protocol: str, metric: str, block: str, ours: str, other: str, kind: 
 #: otherwise; the record says which).
 DEFAULT_CLAIMS: tuple[ClaimSpec, ...] = (
     _claim("own_model", "ap", "block3", "dual", "lrp"),
-    _claim("own_model", "ap", "block4", "dual", "gradcam_norelu"),
+    _claim("own_model", "ap", "block4", "dual", "lrp"),
     _claim("own_model", "srg_prob@road", "block3", "dual", "lrp"),
     _claim("own_model", "srg_prob@road", "block4", "dual", "lrp"),
     _claim("common_classifier", "ap", "block3", "dual", "lrp"),
-    _claim("common_classifier", "srg_prob@road", "block3", "dual", "lrp"),
+    _claim("common_classifier", "srg_prob@road", "block3", "dual", "gradcam_norelu"),
 )
 
 #: Keys of every comparison record, in order.

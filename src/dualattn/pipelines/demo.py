@@ -75,7 +75,7 @@ DEMO_DATASETS: tuple[str, ...] = ("synthetic-brain", "synthetic-pet", "br35h", "
 
 #: The post-hoc explainers and controls the CPU presets also run on every gated variant (``own_model``): the
 #: primary claims' comparators (:data:`dualattn.evaluate.claims.DEFAULT_CLAIMS`) and the hiding test's floors.
-OWN_MODEL_DEFAULT: tuple[str, ...] = ("lrp", "gradcam_norelu", "random", "lesion_oracle")
+OWN_MODEL_DEFAULT: tuple[str, ...] = ("lrp", "random", "lesion_oracle")
 
 #: The variants a demo trains: every CNN variant but the two KL ablations (the paper's Table 3 rows and ours).
 ALL_VARIANTS: tuple[str, ...] = tuple(v for v in CNN_VARIANTS if v not in ("kl", "kl_reverse"))
