@@ -118,3 +118,39 @@ def test_gate_width_check_refuses_the_sealed_draw_and_merges_one_draw(tmp_path, 
     with pytest.raises(SystemExit, match="different data draws"):
         gate_width_check.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out",
                                str(tmp_path / "m.json")])
+
+
+@pytest.mark.parametrize("script", ["select_claims", "design_study"])
+def test_claim_and_design_selection_refuse_the_sealed_draw(tmp_path, monkeypatch, script):
+    import importlib
+
+    module = importlib.import_module(script)
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        module.main(["--work", str(tmp_path), "--out", str(tmp_path / "o.json"), "--data-seed", SEALED])
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_design_study_rule_by_hand():
+    """Admissible = accuracy within 3 points of the baseline on every dataset; featured = lowest mean hidden flips,
+    ties within 1 point broken by the AP ratio against LRP; nothing admissible keeps dual."""
+    import design_study as ds
+
+    def row(base, **designs):
+        return {"baseline_accuracy": base, "designs": {
+            d: {"balanced_accuracy": acc, "hidden_flips@20": flips, "ap_ratio": ratio}
+            for d, (acc, flips, ratio) in designs.items()}}
+
+    rows = {
+        "a": row(90.0, dual=(89.0, 15.0, 1.2), select_predict=(88.0, 1.0, 0.9), additive=(87.5, 1.5, 1.4),
+                 exact=(80.0, 0.5, 2.0), multilevel=(90.0, 20.0, 1.0)),
+        "br35h": row(80.0, dual=(80.0, 13.0, float("nan")), select_predict=(79.0, 2.0, float("nan")),
+                     additive=(78.0, 1.8, float("nan")), exact=(79.0, 0.1, float("nan")),
+                     multilevel=(81.0, 9.0, float("nan"))),
+    }
+    got = ds.choose(rows)
+    assert "exact" not in got["admissible"] and "exact" in got["why"]  # 10 points below on "a"
+    # select_predict 1.5 and additive 1.65 are tied within 1 point: the AP ratio (only "a" has masks) decides
+    assert set(got["tied"]) == {"select_predict", "additive"} and got["featured"] == "additive"
+    rows["a"]["designs"] = {d: {**v, "balanced_accuracy": 50.0} for d, v in rows["a"]["designs"].items()}
+    assert ds.choose(rows)["featured"] == "dual"
