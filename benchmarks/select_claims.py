@@ -8,8 +8,8 @@ The rule (written before this script was first run):
    recipes and seeds, trained on that draw's train split.
 2. The featured map is named, not selected: ``dual``, the paper's method (so its choice costs no
    multiplicity).
-3. Evaluation on the **val split only**, both protocols, every post-hoc explainer on every gated variant
-   (``own_model_methods="all"``), the ROAD fill, no hiding test.
+3. Evaluation on the **val split only**, both protocols, every post-hoc explainer on the baseline and on the
+   featured variant (``own_model_methods="all"``, ``own_model_variants=("dual",)``), the ROAD fill, no hiding test.
 4. For every (protocol, metric, block) of the primary claims -- ``own_model`` AP and ``srg_prob@road`` at
    block3 and block4, ``common_classifier`` AP and ``srg_prob@road`` at block3 -- the comparator is the
    post-hoc explainer with the best val mean in the metric's direction (the post-hoc map of the featured
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     posthoc = [m for m in methods_in_family("posthoc")]
     settings = EvalSettings(data=data, methods=tuple(posthoc) + (FEATURED,), split="val", size=preset.image_size,
                             perturbation_steps=preset.perturbation_steps, ig_steps=preset.ig_steps, sanity_images=0,
-                            fills=("road",), own_model_methods="all", hiding_ks=(), claims=())
+                            fills=("road",), own_model_methods="all", own_model_variants=(FEATURED,), hiding_ks=(),
+                            claims=())
     path = evaluate_runs(args.work / "runs", out=args.work / "eval-val", settings=settings)
     results = json.loads(Path(path).read_text(encoding="utf-8"))
     choices = choose(results, posthoc)
