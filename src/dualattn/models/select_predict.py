@@ -36,10 +36,11 @@ image (it may read everything), the predictor on the visible pixels only. Both a
 per-channel affine map of the input, so an image z-scored per sample upstream gives the same outputs up to
 float rounding -- but not bit for bit, which is why the deployed preprocessing is ``none``.
 
-**Training** (:mod:`dualattn.train.select_predict`): in training mode :meth:`forward_with_attention` passes a
-straight-through relaxation of the top-k (the value is the hard mask; the gradient flows through
-``sigmoid((log mu - threshold) / (temperature * spread))``), so the selector can learn against the predictor.
-In eval mode the mask is hard and has no gradient.
+**Training** (:mod:`dualattn.train.select_predict`: the predictor on random masks, then the selector against
+it): in training mode :meth:`forward_with_attention` passes a straight-through relaxation of the top-k (the value
+is the hard mask; the gradient flows through ``sigmoid((log mu - threshold) / (temperature * spread))``), so the
+selector can learn against the predictor. In eval mode the mask is hard and has no gradient.
+:meth:`SelectPredictClassifier.load_backbone_state` starts both parts from a trained run.
 
 Example:
     >>> import torch

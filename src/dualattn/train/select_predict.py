@@ -3,17 +3,25 @@
 Against a mask that encodes the class by its shape (Jethani et al., AISTATS 2021, "Have We Learned to Explain?":
 REAL-X / EVAL-X), the predictor never learns on the selector's masks:
 
-* **phase 1** (epochs ``0 .. predictor_epochs - 1``): the predictor alone, on *random* masks: blob-like (the top
+* **phase 1** (epochs ``0 .. predictor_epochs - 1``): the predictor on *random* masks only: blob-like (the top
   cells of a Gaussian-smoothed noise field, :func:`random_blob_masks`), cell-aligned on the selector's finest grid,
   covering a budget drawn uniformly in ``[budget_low, budget_high]`` (5-35 %) of the foreground cells. A random
   mask carries no class, so the predictor learns ``p(y | what is visible)`` and cannot learn to read a class from
-  a mask's shape. The selector is frozen (eval mode, no gradient).
+  a mask's shape. Beside it, independently, the selector learns to find what decides by its own objective
+  (``selector_aux``: a training-only linear head on its ``mu``-pooled features; ``selector_pretrain``); neither
+  sees the other.
 * **phase 2** (the remaining epochs): the selector against the frozen predictor (eval mode, no gradient to its
   weights), by the straight-through top-k of :meth:`~dualattn.models.select_predict.SelectPredictClassifier.select`
   (the value is the hard mask, the gradient a sigmoid relaxation around the budget's threshold) whose temperature
-  is annealed geometrically from ``temperature_start`` to ``temperature_end`` over the phase. The selector starts
-  from a trained gated run (``init_from``; its gates start from that run's consistent maps): trained from scratch
-  by the straight-through signal alone, a prototype's selector did not learn to find lesions (DESIGN.md §2).
+  is annealed geometrically from ``temperature_start`` to ``temperature_end`` over the phase, plus its own
+  objective (and, with ``swap_weight``, both on hiding-test composites).
+
+The run starts from a trained one (``init_from``; the recipe: a baseline): the selector takes its stages (and a
+gated run's gates), the predictor its stages and head
+(:meth:`~dualattn.models.select_predict.SelectPredictClassifier.load_backbone_state`). Trained from scratch by the
+straight-through signal alone, a prototype's selector did not learn to find lesions (DESIGN.md §2); the pooled
+head's direct signal does, and a predictor started from a whole-image classifier learns on random masks in a
+few epochs where one from scratch learned nothing in eight (docs/models.md, "Select, then predict").
 
 Validation measures the deployed model (the selector's hard mask, the predictor on it) after every epoch, so
 ``best.safetensors`` is the best deployed model of either phase. After training, ``summary.json`` gets
