@@ -549,3 +549,19 @@ def test_explain_scan_gives_the_model_raw_intensities(trained, blobs, tmp_path):
     with torch.no_grad():
         probs = torch.softmax(run.model(torch.from_numpy(scan)[None]), dim=1)[0]
     assert res.probabilities == pytest.approx(probs.tolist(), abs=1e-6)
+
+
+def test_sanity_benchmark_refuses_the_sealed_draw(tmp_path, monkeypatch):
+    import sys
+
+    import dualattn.data as data
+    from dualattn.data.sealed import SEALED_DATA_SEED
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setattr(data, "make_dataset", lambda *a, **k: pytest.fail("data generated before the refusal"))
+    sys.modules.pop("select_predict_sanity", None)
+    import select_predict_sanity as bench
+
+    with pytest.raises(ValueError, match="sealed"):
+        bench.main(["--data-seed", str(SEALED_DATA_SEED), "--work", str(tmp_path), "--out", str(tmp_path / "o.json")])
+    assert not (tmp_path / "o.json").exists()
