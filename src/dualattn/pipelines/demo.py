@@ -51,7 +51,7 @@ from ..models import CNN_VARIANTS, list_variants
 from ..report import write_report
 from ..runs import RunDir
 from ..train import TrainConfig, fit
-from ..train.recipes import DEFAULT_RECIPES
+from ..train.recipes import DEFAULT_RECIPES, DESIGN_RECIPES
 from .examples import collect_examples, load_examples
 
 logger = logging.getLogger(__name__)
@@ -430,7 +430,8 @@ def train_run(preset: DemoPreset, *, data: Path, out: Path, variant: str, seed: 
         return {"run": str(run_dir), "reused": True}
     config = _train_config(preset, data=data, variant=variant, seed=seed, progress=progress)
     init = None
-    if DEFAULT_RECIPES.get(variant, {}).get("init") == "baseline" and variant != "baseline":
+    recipe = DEFAULT_RECIPES.get(variant) or DESIGN_RECIPES.get(variant) or {}
+    if recipe.get("init") == "baseline" and variant != "baseline":
         init = Path(out) / "runs" / "baseline" / f"seed{seed}"
     fit(config, out=run_dir, resume=run_dir.is_dir(), init_from=init)
     return {"run": str(run_dir.relative_to(out))}
