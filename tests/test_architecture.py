@@ -21,14 +21,15 @@ ALLOWED: dict[str, set[str]] = {
     "weights": {"models"},
     "data": set(),
     "runs": {"models", "weights", "data"},
+    "cards": {"runs"},
     "explain": {"consistency", "attention", "models"},
     "evaluate": {"data", "models", "weights", "runs", "explain"},
-    "report": {"evaluate", "explain", "models"},
-    "train": {"consistency", "attention", "models", "weights", "data", "runs", "evaluate"},
-    "pipelines": {"consistency", "attention", "models", "weights", "data", "runs", "explain", "evaluate", "report",
-                  "train"},
-    "cli": {"consistency", "attention", "models", "weights", "data", "runs", "explain", "evaluate", "report", "train",
-            "pipelines"},
+    "report": {"evaluate", "explain", "models", "cards"},
+    "train": {"consistency", "attention", "models", "weights", "data", "runs", "cards", "evaluate"},
+    "pipelines": {"consistency", "attention", "models", "weights", "data", "runs", "cards", "explain", "evaluate",
+                  "report", "train"},
+    "cli": {"consistency", "attention", "models", "weights", "data", "runs", "cards", "explain", "evaluate", "report",
+            "train", "pipelines"},
 }
 
 

@@ -151,6 +151,12 @@ def test_tiny_demo_results_hold_every_table(tiny_demo):
     assert {"srg_prob@mean", "hidden_swap_flips@20", "kept_swap_flips@20"} <= set(cell)
     assert all(c["protocol"] in ("common_classifier", "own_model") and "p_adjusted" in c
                for c in results["comparisons"])
+    # a model card in every run folder, with what the evaluation measured, and one per variant in the report
+    for variant, paths in outcome.runs.items():
+        for path in paths:
+            card = (path / "MODEL_CARD.md").read_text()
+            assert card.startswith(f"# Model card: {variant} (unet_encoder)") and "## Measured" in card
+    assert "Model cards" in outcome.report.read_text()
     # the whole file is standard JSON: no NaN tokens
     assert "NaN" not in outcome.results.read_text()
 

@@ -42,6 +42,7 @@ import yaml
 
 from .._env import versions
 from .._io import atomic_write_json
+from ..cards import model_card, write_model_card
 from ..data import resolve_dataset
 from ..data.sealed import SEALED_DATA_SEED
 from ..evaluate import EvalSettings, evaluate_runs
@@ -570,8 +571,17 @@ def run_demo(*, preset: str | DemoPreset = "default", dataset: str | None = None
                        "reused_steps": steps.skipped, "runs": {v: [str(p) for p in ps] for v, ps in runs.items()}}
     results_path = out_dir / "results.json"
     atomic_write_json(results_path, results)
+    # every run's model card, now with what the evaluation measured; the report shows one per variant
+    cards: dict[str, str] = {}
+    for variant, paths in runs.items():
+        for k, path in enumerate(paths):
+            if RunDir(path).summary:
+                command = (f"dualattn demo --preset {cfg.name} --out DEMO   # trains runs/{variant}/seed"
+                           f"{cfg.seeds[k] if k < len(cfg.seeds) else k} among the others")
+                write_model_card(path, results=results, command=command)
+                cards.setdefault(variant, model_card(RunDir(path).summary, results=results, command=command))
     report = write_report(results, out_dir / "report.html", examples=load_examples(examples_file),
-                          title="dualattn demo report")
+                          title="dualattn demo report", cards=cards)
     steps.say(f"[done]  {results_path} and {report} ({time.perf_counter() - t_start:.1f} s)")
     return DemoOutcome(out=out_dir, results=results_path, report=report, runs=runs,
                        wall_time_s=time.perf_counter() - t_start, skipped_steps=steps.skipped)

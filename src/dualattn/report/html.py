@@ -98,6 +98,7 @@ ul.summary li { margin: .25em 0; }
 dl.glossary { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: .5em 0; }
 dl.glossary dt { font-weight: 600; }
 dl.glossary dd { margin: 0; color: var(--muted); }
+pre.card { white-space: pre-wrap; font-size: .85em; background:#f6f7f9; padding: .6em; }
 figure { margin: .6em 0 1.2em; }
 figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: .85em; margin-top: .3em; }
@@ -518,7 +519,7 @@ def fill_winners(results: Mapping[str, Any]) -> list[str]:
 
 
 def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str, Any]] | None = None,
-                  title: str = "dualattn report") -> str:
+                  title: str = "dualattn report", cards: Mapping[str, str] | None = None) -> str:
     """Render the report as one HTML string (see the module docstring for the results layout).
 
     Args:
@@ -526,6 +527,7 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
         examples: optional example scans for the overlay grid; each ``{"image": (C, H, W), "mask":
             (1, H, W), "maps": {method: (h, w)}, "id": str, "label": int, "pred": int}``.
         title: page title.
+        cards: variant -> its model card (markdown, :func:`dualattn.cards.model_card`), shown folded.
 
     Returns:
         The HTML document.
@@ -669,6 +671,13 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
                 body.append(f'<p class="legend">{html.escape(legend)}</p>')
             body.append(_table_html(section, row_header="method"))
 
+    if cards:
+        body.append('<h2>Model cards</h2><p class="legend">For each variant: intended use, data, what its maps are '
+                    "guaranteed to do (by a test) and measured to do (with the protocol), known failure modes, how to "
+                    "reproduce it. The same card is MODEL_CARD.md in each run folder.</p>")
+        for variant, text in cards.items():
+            body.append(f"<details><summary>{html.escape(str(variant))}</summary><pre class=\"card\">"
+                        f"{html.escape(text)}</pre></details>")
     body.append('<section id="glossary"><h2>Glossary</h2><dl class="glossary">' + "".join(
         f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY.items())
         + "</dl></section>")
@@ -683,7 +692,8 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
 
 
 def write_report(results: Mapping[str, Any], out_html: str | os.PathLike[str], *,
-                 examples: Sequence[Mapping[str, Any]] | None = None, title: str = "dualattn report") -> Path:
+                 examples: Sequence[Mapping[str, Any]] | None = None, title: str = "dualattn report",
+                 cards: Mapping[str, str] | None = None) -> Path:
     """Write the self-contained HTML report atomically.
 
     Args:
@@ -691,6 +701,7 @@ def write_report(results: Mapping[str, Any], out_html: str | os.PathLike[str], *
         out_html: destination file.
         examples: optional example scans (see :func:`render_report`).
         title: page title.
+        cards: variant -> model card markdown (see :func:`render_report`).
 
     Returns:
         The path written.
@@ -701,7 +712,7 @@ def write_report(results: Mapping[str, Any], out_html: str | os.PathLike[str], *
     from .._io import atomic_write_text
 
     out = Path(out_html)
-    atomic_write_text(out, render_report(results, examples=examples, title=title))
+    atomic_write_text(out, render_report(results, examples=examples, title=title, cards=cards))
     logger.info("wrote %s", out)
     return out
 

@@ -40,6 +40,7 @@ from torch import nn
 from dualattn._env import versions
 from dualattn._io import atomic_write_json
 from dualattn.evaluate.statistics import mean_std
+from dualattn.cards import write_model_card
 from dualattn.runs import RunDir
 from dualattn.weights import load_model
 
@@ -510,6 +511,7 @@ def fit(
         **design,
     }
     run.write_summary(summary)
+    write_model_card(run)  # what the run is for and guaranteed to do; the demo adds the measured numbers
     logger.info(
         "%s: val balanced accuracy %.4f (epoch %s, selected by %s = %.4f), test %.4f, %.1fs",
         out,
