@@ -24,9 +24,12 @@ States (``--states``): ``idle`` (nothing started; the load before each run is re
 ``python -c 'while True: pass'`` per usable core, started ``--warmup-s`` seconds before the timings and
 killed (by pid) afterwards.
 
+Each run records the CPUs other processes kept busy just before it (``busy_cpus_before``, over 0.5 s) and
+the 1-minute load: on a shared machine "idle" only means that this script started no load.
+
 Usage:
     python benchmarks/threads.py [--states idle,busy] [--workloads demo_tiny,explain_64] [--repeats 1]
-        [--out benchmarks/results/threads.json]
+        [--out benchmarks/results/threads.json] [--append --note "what else ran"]
 """
 
 from __future__ import annotations
@@ -168,6 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--timeout", type=float, default=400.0, help="seconds per run")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="busy state: seconds between starting the load and timing")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads.json")
+    ap.add_argument("--append", action="store_true",
+                    help="add these runs to the ones already in --out (another session: e.g. an idle window)")
+    ap.add_argument("--note", default="", help="what else ran on the machine (recorded with the runs)")
+    ap.add_argument("--idle-label", default="idle",
+                    help="the name the no-load state's runs get, e.g. 'shared' when other jobs ran meanwhile")
     args = ap.parse_args(argv)
     states = [s for s in args.states.split(",") if s]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -193,12 +201,24 @@ def main(argv: list[str] | None = None) -> dict:
                 for _rep in range(args.repeats):
                     for workload in workloads:
                         for config in configs:  # round robin: load drift hits every policy alike
-                            rows.append(run_one(config, workload, state, tmp, f"{state}{k}",
-                                                default_threads=default_threads, timeout=args.timeout))
+                            label = args.idle_label if state == "idle" else state
+                            row = run_one(config, workload, label, tmp, f"{state}{k}", default_threads=default_threads,
+                                          timeout=args.timeout)
+                            row["session"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                            if args.note:
+                                row["note"] = args.note
+                            rows.append(row)
                             k += 1
             finally:
                 if spin is not None:
                     spin.__exit__(None, None, None)
+    sessions = []
+    if args.append and args.out.is_file():
+        import json
+
+        previous = json.loads(args.out.read_text(encoding="utf-8"))
+        sessions = previous.get("sessions", [previous["setup"]])
+        rows = previous["runs"] + rows
     report = {
         "setup": {"states": states, "workloads": workloads, "configs": configs, "repeats": args.repeats,
                   "timeout_s": args.timeout, "busy_warmup_s": args.warmup_s, "busy_load": f"{cores} x `python -c 'while True: pass'`",
@@ -207,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
                     "usable_cores": cores},
         "versions": versions(),
+        "sessions": [*sessions, {"command": "python benchmarks/threads.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]), "note": args.note}] if sessions else None,
         "runs": rows,
         "summary": summarize(rows),
     }

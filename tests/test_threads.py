@@ -133,3 +133,21 @@ def test_demo_script_leaves_the_thread_count_to_the_rule_and_waits_passively():
     text = (SRC.parent / "scripts" / "demo.sh").read_text()
     assert 'export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"' in text
     assert "OMP_NUM_THREADS=" not in text and "--threads" not in text
+
+
+def test_threads_benchmark_builds_each_policy_and_summarizes(monkeypatch):
+    """benchmarks/threads.py (run by hand, minutes): each policy's command line and environment, and the summary."""
+    monkeypatch.syspath_prepend(str(SRC.parent / "benchmarks"))
+    import threads as bench
+
+    argv, env = bench.command("torch_default", ["demo"], default_threads=2)
+    assert argv[1] == "-c" and "--threads=2" in argv and "OMP_WAIT_POLICY" not in env  # no entry point: no PASSIVE
+    argv, env = bench.command("torch_default_passive", ["demo"], default_threads=2)
+    assert "--threads=2" in argv and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    argv, env = bench.command("free_cores", ["demo"], default_threads=2)
+    assert not any(a.startswith("--threads") for a in argv) and "OMP_NUM_THREADS" not in env
+    argv, _ = bench.command("free_cores_passive", ["demo"], default_threads=2)
+    assert argv[1:3] == ["-m", "dualattn"]  # the real entry point, which sets the waiting policy
+    rows = [{"state": "busy", "workload": "demo_tiny", "config": "one_thread", "wall_s": w, "threads": 1}
+            for w in (3.0, 1.0, 2.0)]
+    assert bench.summarize(rows) == {"busy": {"demo_tiny": {"one_thread": {"threads": 1, "median_s": 2.0}}}}
