@@ -115,7 +115,8 @@ def noninferiority_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
             continue
         lo, hi = rec.get("diff_ci_low"), rec.get("diff_ci_high")
         margin = rec.get("null", -3.0)
-        verdict = ("non-inferior" if rec.get("noninferior") else
+        verdict = ("no verdict: " + str(rec["claim_blocked"]) if rec.get("claim_blocked") else
+                   "non-inferior" if rec.get("noninferior") else
                    "not shown non-inferior" if lo is not None else "no interval")
         rows.append({
             "variant": str(rec.get("ours")),

@@ -432,7 +432,7 @@ def _claims_html(results: Mapping[str, Any]) -> list[str]:
             out.append('<div class="note"><b>Does not hold</b><ul>' + "".join(
                 f"<li>{html.escape(t)}</li>" for t in failing) + "</ul></div>")
         if blocked:
-            reasons = sorted({str(r.get("claim_blocked")) for r in blocked})
+            reasons = sorted({part for r in blocked for part in str(r.get("claim_blocked")).split("; ")})
             out.append(f'<p class="legend"><b>No claim</b> for {len(blocked)} of {len(primary)} primary claims: '
                        f"{html.escape('; '.join(reasons))}.</p>")
     else:
