@@ -41,8 +41,9 @@ def _verdict(c: dict[str, Any]) -> str:
 def tables(summary: dict[str, Any]) -> str:
     """The markdown block between the README markers."""
     comps = summary.get("comparisons") or []
+    commands = " then ".join(f"`{c.strip()}`" for c in str(summary.get("command", "")).split(";") if c.strip())
     lines = [
-        f"Default demo (`{summary.get('command', '')}`), test split of the sealed draw: "
+        f"Default demo ({commands}), test split of the sealed draw: "
         f"{summary.get('n_images')} scans of {summary.get('n_patients')} patients, seeds "
         f"{', '.join(str(s) for s in summary.get('seeds') or [])}; intervals resample patients and seeds, "
         "Holm-adjusted over the six claims named in advance.",
@@ -73,8 +74,8 @@ def tables(summary: dict[str, Any]) -> str:
                          f"[{_n(c.get('diff_ci_low'), '+.1f')}, {_n(c.get('diff_ci_high'), '+.1f')}] | "
                          f"{'yes' if c.get('noninferior') else 'no'} |")
     own = summary.get("own_model") or {}
-    maps = summary.get("maps") or {}
     rows = []
+    names = {"random": "a random region", "lesion_oracle": "the lesion itself (oracle)"}
     for variant, by_row in own.items():
         for name, cells in by_row.items():
             method, block = name.split(" [")[0], name.split(" [")[1].rstrip("]")
@@ -82,19 +83,19 @@ def tables(summary: dict[str, Any]) -> str:
                 continue
             if method != variant and method not in ("lrp", "random", "lesion_oracle"):
                 continue
-            rows.append((f"{_who(method, variant)}", cells))
+            rows.append((variant, "its attention map" if method == variant else names.get(method, method), cells))
     if rows:
-        lines += ["", "Can a model get around what its map hides? Keep the top 20 % of the map's block3 cells, swap the "
-                  "rest with a matched healthy scan (5 partners), each map on its own model (mean ± std over seeds):",
-                  "", "| map | flips, all scans % | flips, healthy scans % (floor) | kept cells swapped instead: flips % |",
-                  "|---|---|---|---|"]
-        for who, cells in rows:
+        lines += ["", "Can a model get around what its map hides? Keep the top 20 % of a map's block3 cells, swap the "
+                  "rest with a matched healthy scan of another patient (5 partners), and count flipped predictions, "
+                  "each map on its own model (mean ± std over seeds):",
+                  "", "| model | map kept | flips, all scans % | flips, healthy scans % (floor) | "
+                  "kept cells swapped instead: flips % |", "|---|---|---|---|---|"]
+        for variant, what, cells in rows:
             def cell(k: str) -> str:
                 c = cells.get(k)
                 return "n/a" if not c else f"{c['mean']:.1f} ± {c['std'] or 0:.1f}"
-            lines.append(f"| {who} | {cell('hidden_swap_flips@20')} | {cell('hidden_swap_flips_healthy@20')} | "
-                         f"{cell('kept_swap_flips@20')} |")
-    _ = maps
+            lines.append(f"| {variant} | {what} | {cell('hidden_swap_flips@20')} | "
+                         f"{cell('hidden_swap_flips_healthy@20')} | {cell('kept_swap_flips@20')} |")
     return "\n".join(lines)
 
 
