@@ -29,6 +29,7 @@ from torch import nn
 from . import resnet, unet, vit  # noqa: F401  (their @register_model decorators fill the registry)
 from . import local  # noqa: F401  (after unet: registers unet_encoder's "additive" variant)
 from . import select_predict  # noqa: F401  (after the backbones: registers their "select_predict" variant)
+from ._layers import NORMS
 from ._registry import (
     CNN_VARIANTS,
     CONSISTENT_VARIANTS,
@@ -60,6 +61,7 @@ __all__ = [
     "CONSISTENT_VARIANTS",
     "FeatureWeighting",
     "GATED_BLOCKS",
+    "NORMS",
     "PAPER_ALPHA",
     "PENALTY_VARIANTS",
     "GatedClassifier",

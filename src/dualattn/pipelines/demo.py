@@ -45,10 +45,11 @@ from .._io import atomic_write_json
 from ..cards import model_card, write_model_card
 from ..data import resolve_dataset
 from ..data.sealed import SEALED_DATA_SEED
+from ..data.transforms import AUGMENT_POLICIES, DEFAULT_AUGMENT_POLICY
 from ..evaluate import EvalSettings, evaluate_runs
 from ..evaluate.perturbation import FILLS
 from ..explain import list_methods, method_sources
-from ..models import CNN_VARIANTS, list_variants
+from ..models import CNN_VARIANTS, NORMS, list_variants
 from ..report import write_report
 from ..runs import RunDir
 from ..train import TrainConfig, fit
@@ -93,7 +94,9 @@ class DemoPreset:
         n: images generated for an embedded dataset.
         image_size: side length the images are resized to.
         model: backbone (``dualattn.models.list_models()``).
-        model_kwargs: backbone options, e.g. ``{"features": 16}``.
+        model_kwargs: backbone options, e.g. ``{"features": 16}``; ``norm`` (``batch``, ``group``,
+            ``instance``: :data:`dualattn.models.NORMS`) is checked here and reaches every run's
+            ``TrainConfig.model_kwargs``.
         variants: variants trained; ``multilevel`` is dropped when the backbone lacks it.
         seeds: training seeds (every number in the tables is a mean ± std over them).
         max_epochs: training epochs per run.
@@ -101,6 +104,10 @@ class DemoPreset:
         lr: learning rate.
         augment: train-time augmentation (``TrainConfig.augment``: a random left-right flip and a small
             affine on the training split; see :func:`dualattn.data.transforms.augment`).
+        augment_policy: which augmentation ``augment`` turns on (``TrainConfig.augment_policy``,
+            :data:`dualattn.data.transforms.AUGMENT_POLICIES`; ``anatomy`` flips left-right only and adds small
+            rotations, per-axis zooms and intensity changes). Absent from :meth:`to_dict` when it is the default,
+            so demo folders written before the field existed still resume.
         methods: explanation methods evaluated (``None``: every method that applies).
         n_examples: example scans in the report's figure grid.
         perturbation_steps: fractions in the perturbation curve (``steps + 1`` points from 0 to 1).
@@ -141,6 +148,7 @@ class DemoPreset:
     batch_size: int = 16
     lr: float = 1e-3
     augment: bool = True
+    augment_policy: str = DEFAULT_AUGMENT_POLICY
     fills: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None
     n_examples: int = 4
@@ -174,6 +182,12 @@ class DemoPreset:
             if not self.fills or any(f not in known for f in self.fills) or len(set(self.fills)) != len(self.fills):
                 raise ValueError(f"preset {self.name!r}: fills={self.fills!r} must be distinct names among "
                                  f"{', '.join(known)}")
+        if self.augment_policy not in AUGMENT_POLICIES:
+            raise ValueError(f"preset {self.name!r}: augment_policy={self.augment_policy!r} must be one of "
+                             f"{', '.join(AUGMENT_POLICIES)}")
+        if "norm" in self.model_kwargs and self.model_kwargs["norm"] not in NORMS:
+            raise ValueError(f"preset {self.name!r}: model_kwargs norm={self.model_kwargs['norm']!r} must be one of "
+                             f"{', '.join(NORMS)}")
         if self.sanity_images < 0:
             raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
         fr = tuple(float(f) for f in self.split_fractions)
@@ -204,6 +218,8 @@ class DemoPreset:
             out.pop("fills")
         else:
             out["fills"] = list(self.fills)
+        if self.augment_policy == DEFAULT_AUGMENT_POLICY:  # likewise
+            out.pop("augment_policy")
         return out
 
 
@@ -409,6 +425,7 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
         batch_size=preset.batch_size,
         lr=preset.lr,
         augment=preset.augment,
+        augment_policy=preset.augment_policy,
         seed=seed,
         split_seed=0,
         split_fractions=tuple(preset.split_fractions),
