@@ -21,10 +21,10 @@ app = typer.Typer()
 @app.command("demo")
 @user_errors()
 def demo_cmd(
-    preset: str = typer.Option("default", "--preset", "-p", help="tiny (about 15 s on 2 idle CPU cores), default "
-                               "(about 10 min on 2 idle CPU cores), full (the paper's protocol, for a GPU), tiny3d "
-                               "(about 40 s) or 3d (3-D volumes, about 11 min on 2 idle CPU cores); measurements "
-                               "in docs/demo.md."),
+    preset: str = typer.Option("default", "--preset", "-p", help="tiny (about 20 s on 2 CPU cores), default "
+                               "(33 min on 2 CPU cores shared with another job), full (the paper's protocol, for a "
+                               "GPU), tiny3d (about 40 s) or 3d (3-D volumes, 11 min on 2 idle CPU cores); "
+                               "measurements in docs/demo.md."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic-brain (the 2-D presets' default), "
                                 "synthetic-pet, br35h, synthetic-brain-3d (the 3-D presets' default), or a folder in "
                                 "the dataset folder format."),
