@@ -97,9 +97,9 @@ def test_learnability_3d_refuses_the_sealed_draw_and_writes_its_seed(tmp_path, m
     _no_data(monkeypatch)
     with pytest.raises(ValueError, match="sealed test draw"):
         learnability_3d.main(["--out", str(tmp_path / "l.json"), "--work", str(tmp_path), "--data-seed", SEALED])
-    args = argparse.Namespace(out=str(tmp_path / "l.json"), work=str(tmp_path), seeds=[0], workers=1, threads=1,
-                              device="cpu", data_seed=5)  # fmt: skip
-    learnability_3d._write(args, [], 0.0)
+    args = argparse.Namespace(out=str(tmp_path / "l.json"), work=str(tmp_path), workers=1, threads=1, data_seed=5,
+                              confirm=False)  # fmt: skip
+    learnability_3d._write(args, {})
     assert json.loads((tmp_path / "l.json").read_text())["data_seed"] == 5
 
 

@@ -1,0 +1,120 @@
+"""benchmarks/learnability_3d.py: its selection rule on hand-built cases, the sealed draw refused, and a tiny
+screening that trains as the demo does and writes the fields docs/demo.md quotes."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualattn.data.sealed import SEALED_DATA_SEED
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _bench_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def l3d():
+    import learnability_3d
+
+    return learnability_3d
+
+
+def _stat(mean, std, n=3):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_judge_needs_every_variant_at_the_mean_and_the_std(l3d):
+    v = ("baseline", "dual", "exact")
+    ok = l3d.judge({"baseline": _stat(88.0, 5.0), "dual": _stat(95, 1), "exact": _stat(90, 2)}, variants=v)
+    assert ok["admissible"] and ok["misses"] == [] and ok["score"] == pytest.approx(83.0)  # min(83, 94, 88)
+    low = l3d.judge({"baseline": _stat(87.9, 1), "dual": _stat(95, 1), "exact": _stat(90, 2)}, variants=v)
+    assert not low["admissible"] and low["misses"] == ["baseline: mean 87.9 < 88"]
+    wide = l3d.judge({"baseline": _stat(95, 1), "dual": _stat(95, 5.1), "exact": _stat(90, 2)}, variants=v)
+    assert not wide["admissible"] and wide["misses"] == ["dual: std 5.1 > 5"]
+    assert wide["score"] == pytest.approx(88.0)  # dual: 95 - 5.1 = 89.9; exact: 88; baseline: 94
+    short = l3d.judge({"baseline": _stat(95, 1, n=2), "dual": _stat(95, 1), "exact": _stat(95, 1)}, variants=v)
+    assert not short["admissible"] and math.isnan(short["score"]) and short["misses"] == ["baseline: 2 of 3 runs"]
+    missing = l3d.judge({"baseline": _stat(95, 1), "dual": _stat(95, 1)}, variants=v)
+    assert not missing["admissible"] and missing["misses"] == ["exact: 0 of 3 runs"]
+
+
+def test_choose_takes_the_cheapest_admissible_else_the_best_score(l3d):
+    cands = [{"key": "cheap-bad", "admissible": False, "score": 70.0, "cost_s": 20.0},
+             {"key": "mid-ok", "admissible": True, "score": 85.0, "cost_s": 40.0},
+             {"key": "dear-ok", "admissible": True, "score": 93.0, "cost_s": 60.0}]
+    assert l3d.choose(cands) == "mid-ok"  # cheapest admissible, though another scores higher
+    none_ok = [{**c, "admissible": False} for c in cands]
+    assert l3d.choose(none_ok) == "dear-ok"  # the best score
+    tie = none_ok + [{"key": "dear-ok-cheaper", "admissible": False, "score": 93.0, "cost_s": 50.0}]
+    assert l3d.choose(tie) == "dear-ok-cheaper"  # ties: the cheaper
+    assert l3d.choose([{"key": "x", "admissible": False, "score": math.nan, "cost_s": 1.0}]) is None
+
+
+def test_ladder_pairs_are_the_two_best_scored_pairs_at_the_base_size(l3d):
+    base = l3d.BASE_SIZE
+
+    def c(norm, policy, score, **size):
+        return {**base, **size, "norm": norm, "augment_policy": policy, "score": score, "cost_s": 1.0,
+                "key": f"{norm}-{policy}-{size}"}
+
+    cands = [c("batch", "anatomy", 80), c("group", "anatomy", 86), c("instance", "lr-flip-affine", 84),
+             c("group", "lr-flip-affine", math.nan), c("batch", "lr-flip-affine", 99, n=640)]  # not the base size
+    assert l3d.ladder_pairs(cands) == [("group", "anatomy"), ("instance", "lr-flip-affine")]
+
+
+def test_confirmation_needs_all_five_variants_and_the_budget(l3d):
+    good = {v: _stat(92, 2) for v in l3d.DEMO_VARIANTS}
+    assert l3d.confirmation_passes({"val_balanced_accuracy": good, "wall_time_s": 899.0})
+    assert not l3d.confirmation_passes({"val_balanced_accuracy": good, "wall_time_s": 901.0})
+    assert not l3d.confirmation_passes({"val_balanced_accuracy": {**good, "multilevel": _stat(80, 2)},
+                                        "wall_time_s": 600.0})
+
+
+def test_rule_examples_run(l3d):
+    result = doctest.testmod(l3d)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_sealed_draw_is_refused_before_any_data(l3d, tmp_path, monkeypatch):
+    monkeypatch.setattr(l3d, "_data", lambda *a, **k: pytest.fail("data generated before the refusal"))
+    with pytest.raises(ValueError, match="sealed test draw"):
+        l3d.main(["--out", str(tmp_path / "l.json"), "--work", str(tmp_path), "--data-seed", str(SEALED_DATA_SEED)])
+    with pytest.raises(ValueError, match="sealed test draw"):
+        l3d.main(["--out", str(tmp_path / "l.json"), "--work", str(tmp_path), "--data-seed", str(SEALED_DATA_SEED),
+                  "--confirm"])
+    assert not (tmp_path / "l.json").exists()
+
+
+def test_a_tiny_screening_trains_as_the_demo_does_and_writes_its_json(l3d, tmp_path, monkeypatch):
+    monkeypatch.setattr(l3d, "BASE_SIZE", {"n": 24, "epochs": 1, "features": 2})
+    monkeypatch.setattr(l3d, "NORMS", ("group",))
+    monkeypatch.setattr(l3d, "POLICIES", ("anatomy",))
+    monkeypatch.setattr(l3d, "SCREEN_VARIANTS", ("baseline",))
+    monkeypatch.setattr(l3d, "SEEDS", (0,))
+    monkeypatch.setattr(l3d, "SIZE_LADDER", ())
+    out = tmp_path / "l.json"
+    l3d.main(["--out", str(out), "--work", str(tmp_path / "w"), "--workers", "1", "--data-seed", "5"])
+    rep = json.loads(out.read_text())
+    assert rep["data_seed"] == 5 and rep["rule"] == l3d.RULE
+    (key, cand), = rep["candidates"].items()
+    assert key == "n24_e1_f2_group_anatomy" and cand["stage"] == "policy" and cand["runs"] == 1
+    assert cand["cost_s"] > 0 and set(cand["val_balanced_accuracy"]) == {"baseline"}
+    run = tmp_path / "w" / key / "runs" / "baseline" / "seed0"
+    from dualattn.runs import RunDir
+
+    cfg = RunDir(run).config
+    assert cfg["augment_policy"] == "anatomy" and cfg["model_kwargs"]["norm"] == "group"  # the demo's own config
+    assert cfg["max_epochs"] == 1 and cfg["split_fractions"] == [0.7, 0.15, 0.15]
+    # a second call reuses the finished run (no new row)
+    l3d.main(["--out", str(out), "--work", str(tmp_path / "w"), "--workers", "1", "--data-seed", "5"])
+    assert len(json.loads(out.read_text())["runs"]) == 1
