@@ -610,19 +610,20 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
             body.append(f'<p class="note">Perturbation curves not drawn: {html.escape(str(exc))}</p>')
 
     if examples:
+        names = list(meta.get("class_names") or []) or None
         body.append("<h2>Example scans (paper Figures 4-5)</h2>")
         body.append('<p class="legend">Each row is one test scan; the first column shows the scan with the '
                     "ground-truth lesion contour (cyan), the others each method's heatmap (bright = important) "
                     "over the scan.</p>")
         flat = [ex for ex in examples if not triplanar.is_volume_example(ex)]
         volumes = [ex for ex in examples if triplanar.is_volume_example(ex)]
-        for k, png in enumerate(figures.example_grid_png(flat) if flat else []):
+        for k, png in enumerate(figures.example_grid_png(flat, class_names=names) if flat else []):
             body.append(f"<figure>{_img_tag(png, alt=f'example heatmaps {k + 1}')}</figure>")
         if volumes:
             body.append('<p class="legend">3-D scans: three orthogonal planes through the lesion\'s centroid (and, '
                         "where a method's map peaks elsewhere, through its peak), the lesion contour on each, one "
                         "row per method; radiological convention (the patient's right on the image's left).</p>")
-        for k, (caption, png) in enumerate(triplanar.example_pngs(volumes)):
+        for k, (caption, png) in enumerate(triplanar.example_pngs(volumes, class_names=names)):
             body.append(f"<figure>{_img_tag(png, alt=f'tri-planar example {k + 1}')}"
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
