@@ -6,8 +6,7 @@ source scripts/python-env.sh
 PYTHON="$(dualattn_python)"  # the interpreter setup.sh installs into (.venv on a PEP 668 system Python)
 export PYTHON
 bash scripts/setup.sh
-# Threads: dualattn uses the cores that are free when it starts (see docs/demo.md, "Threads"); idle OpenMP
-# threads sleep rather than spin, so another job on the machine is not slowed (the entry point sets this
-# too; an OMP_WAIT_POLICY or OMP_NUM_THREADS of your own is kept).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# Threads: dualattn uses the cores that are free when it starts (see docs/demo.md, "Threads"); when other jobs
+# keep a CPU busy, its idle OpenMP threads sleep rather than spin (the entry point decides; an OMP_WAIT_POLICY or
+# OMP_NUM_THREADS of your own is kept).
 exec "$PYTHON" -m dualattn demo --preset "${PRESET:-default}" --out "${OUT:-demo-out}" "$@"

@@ -99,11 +99,25 @@ def _run(code: str, env: dict[str, str]) -> str:
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True).stdout
 
 
-def test_entry_point_sets_passive_waiting_before_torch_loads():
-    code = ("import os, sys\nfrom dualattn.cli import main\nsys.argv = ['dualattn', '--help']\n"
+def test_passive_waiting_only_when_other_jobs_keep_a_cpu_busy(monkeypatch):
+    from dualattn._threads import IDLE_BUSY, prefer_passive_waiting
+
+    monkeypatch.delitem(sys.modules, "torch")  # as before torch loads (only the check reads it)
+
+    env: dict[str, str] = {}
+    assert prefer_passive_waiting(env, busy=0.0) is False and "OMP_WAIT_POLICY" not in env  # idle: spin
+    assert prefer_passive_waiting(env, busy=IDLE_BUSY + 0.5) is True and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert prefer_passive_waiting({"OMP_WAIT_POLICY": "ACTIVE"}, busy=2.0) is False  # the user's choice stays
+    env = {}
+    assert prefer_passive_waiting(env, measure=False) is True and env["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_entry_point_decides_the_waiting_policy_before_torch_loads():
+    code = ("import os, sys\nimport dualattn._threads as T\nT.busy_cores = lambda *a, **k: (1.5, 'test')\n"
+            "from dualattn.cli import main\nsys.argv = ['dualattn', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print('POLICY', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    assert "POLICY PASSIVE False" in _run(code, {})
+    assert "POLICY PASSIVE False" in _run(code, {})  # another job keeps 1.5 CPUs busy: threads sleep
     assert "POLICY ACTIVE" in _run(code, {"OMP_WAIT_POLICY": "ACTIVE"})  # the user's choice stays
     late = "import torch\nfrom dualattn._threads import prefer_passive_waiting\nprint(prefer_passive_waiting())"
     assert _run(late, {}).strip() == "False"  # too late once torch is loaded: nothing set
@@ -129,9 +143,9 @@ def test_threads_zero_is_refused(tmp_path):
     assert res.exit_code == 2 and "--threads" in res.output
 
 
-def test_demo_script_leaves_the_thread_count_to_the_rule_and_waits_passively():
+def test_demo_script_leaves_the_thread_count_and_the_waiting_policy_to_the_entry_point():
     text = (SRC.parent / "scripts" / "demo.sh").read_text()
-    assert 'export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"' in text
+    assert "export OMP_WAIT_POLICY" not in text
     assert "OMP_NUM_THREADS=" not in text and "--threads" not in text
 
 

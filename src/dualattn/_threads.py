@@ -84,6 +84,10 @@ def _cgroup_cpus(path: Path = CGROUP_CPU_MAX) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
+#: fewer busy CPUs than this (other processes, sampled over SAMPLE_S) counts as an idle machine
+IDLE_BUSY: float = 0.25
+
+
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (at least 1)."""
     try:
@@ -260,17 +264,31 @@ def apply_threads(requested: int | None = None, *, processes: int = 1, log: logg
     return choice
 
 
-def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it or torch is already loaded.
+def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None, *, busy: float | None = None,
+                           measure: bool = True) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when other jobs keep a CPU busy, unless the environment sets it or torch is
+    already loaded.
 
-    OpenMP threads waiting for work then sleep instead of spinning on a core another job needs. The
-    OpenMP runtime reads the variable once, when torch loads it: call this before ``import torch``.
+    OpenMP threads waiting for work then sleep instead of spinning on a core another job needs (a tiny demo on a
+    busy 2-core machine: 260 s spinning, 54 s sleeping; ``benchmarks/results/threads.json``). On an idle machine
+    sleeping costs a wake-up per parallel region: a training run of the default preset took 12.2 s with two
+    sleeping threads against 9.9 s spinning, so then the runtime's default (spinning) is kept. The OpenMP runtime
+    reads the variable once, when torch loads it: call this before ``import torch``.
+
+    Args:
+        environ: the environment to set (default ``os.environ``).
+        busy: busy CPUs of the machine (default: measured now with :func:`busy_cores` when ``measure``).
+        measure: measure the busy CPUs when ``busy`` is not given; ``False`` sets PASSIVE whatever the load.
 
     Returns:
-        Whether the variable was set (``False``: already set, or torch already imported).
+        Whether the variable was set (``False``: already set, torch already imported, or the machine is idle).
     """
     env = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" in env or "torch" in sys.modules:
         return False
+    if busy is None and measure:
+        busy, _ = busy_cores()
+    if busy is not None and busy < IDLE_BUSY:
+        return False  # nobody to yield the cores to: spinning threads are faster
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
