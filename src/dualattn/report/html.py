@@ -544,9 +544,9 @@ def render_report(results: Mapping[str, Any], *, examples: Sequence[Mapping[str,
     dataset = meta.get("dataset", "")
     model = meta.get("model", "")
     body.append(
-        '<p class="lead">Attention maps of classifiers whose decisions can only use what their attention '
-        "gates let through, next to post-hoc explainers: how well each map outlines the lesion "
-        "(implicit segmentation) and how faithful it is (input perturbation)."
+        '<p class="lead">The attention maps of gated classifiers next to post-hoc explainers: how well each map '
+        "outlines the lesion (implicit segmentation), how faithful it is to the model it comes from (input "
+        "perturbation), and whether the model can get around what the map hides (the hiding test)."
         + (f" Data: <b>{html.escape(str(dataset))}</b>." if dataset else "")
         + (f" Model: <b>{html.escape(str(model))}</b>." if model else "")
         + "</p>"
