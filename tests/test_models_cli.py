@@ -29,3 +29,14 @@ def test_models_table_prints_every_variant():
     assert result.exit_code == 0, result.output
     for word in ("unet_encoder", "resnet50", "multilevel", "baseline"):
         assert word in result.output
+
+
+def test_models_lists_the_registered_designs():
+    """select_predict and additive are variants registered in their own files: the table lists them too."""
+    from dualattn.cli._models import _table_rows, all_variants
+
+    assert {"select_predict", "additive"} <= set(all_variants())
+    rows = {r["name"]: r["params"] for r in _table_rows(in_channels=4, spatial_dims=2, img_size=64, num_classes=2,
+                                                        features=4)}
+    assert rows["unet_encoder"]["additive"] > 0 and rows["unet_encoder"]["select_predict"] > 0
+    assert rows["resnet18"]["additive"] is None  # additive is a U-Net encoder design

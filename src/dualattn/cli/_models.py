@@ -7,19 +7,27 @@ from typing import Optional
 import typer
 
 
+def all_variants() -> list[str]:
+    """Every variant some backbone offers, the paper's first (``CNN_VARIANTS``), then the registered designs."""
+    from ..models import CNN_VARIANTS, list_models, list_variants
+
+    return list(dict.fromkeys([*CNN_VARIANTS, *(v for name in list_models() for v in list_variants(name))]))
+
+
 def _table_rows(*, in_channels: int, spatial_dims: int, img_size: int, num_classes: int, features: Optional[int]) -> list[dict]:
     """One row per backbone: parameter count per variant (None where unsupported)."""
     import torch
 
-    from ..models import CNN_VARIANTS, count_parameters, create_model, list_models
+    from ..models import count_parameters, create_model, list_models, list_variants
     from ..models import get_entry
 
     rows = []
     for name in list_models():
         entry = get_entry(name)
         counts: dict[str, Optional[int]] = {}
-        for variant in CNN_VARIANTS:
-            if variant not in entry.variants or spatial_dims not in entry.spatial_dims:
+        offered = set(list_variants(name))  # the paper's variants and the designs registered for this backbone
+        for variant in all_variants():
+            if variant not in offered or spatial_dims not in entry.spatial_dims:
                 counts[variant] = None
                 continue
             kw: dict = {"img_size": img_size}
@@ -53,8 +61,6 @@ def models_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from ..models import CNN_VARIANTS
-
     try:
         rows = _table_rows(
             in_channels=in_channels, spatial_dims=spatial_dims, img_size=img_size,
@@ -69,7 +75,7 @@ def models_cmd(
     table.add_column("variant", style="bold", no_wrap=True)
     for row in rows:
         table.add_column(row["name"], justify="right", no_wrap=True)
-    for v in CNN_VARIANTS:
+    for v in all_variants():
         cells = [v]
         for row in rows:
             n = row["params"][v]
