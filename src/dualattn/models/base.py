@@ -91,6 +91,8 @@ from dualattn.consistency import (
 )
 from dualattn.grids import block_factors, upsample_blocks
 
+from ._parts import BackboneSplit
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -300,7 +302,7 @@ class CNNBackbone(nn.Module):
         return h
 
 
-class GatedClassifier(nn.Module):
+class GatedClassifier(BackboneSplit, nn.Module):
     """A CNN backbone with attention gates, global average pooling and a linear head.
 
     Args:
@@ -503,41 +505,6 @@ class GatedClassifier(nn.Module):
     def feature_layers(self) -> dict[str, nn.Module]:
         """Block name -> module whose output is that stage's (unweighted) feature map (GradCAM target)."""
         return dict(self.backbone.stages.items())
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters a baseline also has (stem, stages, linear head)."""
-        for name, p in self.named_parameters():
-            if name.startswith(_BACKBONE_PREFIXES):
-                yield p
-
-    def gate_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters a baseline lacks (gates, witness, attention-pooling head)."""
-        for name, p in self.named_parameters():
-            if not name.startswith(_BACKBONE_PREFIXES):
-                yield p
-
-    def freeze_backbone(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) the backbone parameters; frozen BatchNorm layers stay in eval mode (GroupNorm and
-        InstanceNorm, ``norm="group"`` / ``"instance"``, use each sample's statistics in either mode).
-
-        Args:
-            frozen: True freezes (the paper's gate fine-tuning on a trained baseline).
-        """
-        self._backbone_frozen = bool(frozen)
-        for p in self.backbone_parameters():
-            p.requires_grad_(not frozen)
-        self.train(self.training)
-
-    @property
-    def backbone_frozen(self) -> bool:
-        """Whether :meth:`freeze_backbone` is in effect."""
-        return self._backbone_frozen
-
-    def train(self, mode: bool = True) -> "GatedClassifier":
-        super().train(mode)
-        if self._backbone_frozen:
-            self.backbone.eval()
-        return self
 
     def load_backbone_state(self, state_dict: dict[str, Tensor]) -> None:
         """Load a baseline's weights (of the same backbone and width) into this model's backbone.

@@ -67,6 +67,7 @@ from dualattn.grids import block_factors, block_sum, upsample_blocks
 
 from ._layers import batch_norm, init_weights, max_pool, relu
 from ._registry import register_variant
+from ._parts import BackboneSplit
 from .base import AttentionOutput, CNNBackbone, FeatureWeighting, LogitSum, normalized_entropy
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ BLOCK_CHOICES: tuple[tuple[str, ...], ...] = (("block3", "block4"), ("block2", "
 #: Normalizations that keep the receptive field bounded (module docstring).
 LOCAL_NORMS: tuple[str, ...] = ("batch",)
 _GATE_EMBED_CAP = 64
-_BACKBONE_PREFIXES = ("backbone.", "evidence.", "bias")
 
 
 # ---------------------------------------------------------------------------- receptive field
@@ -267,7 +267,7 @@ class EvidenceOutput(NamedTuple):
         return AttentionOutput(self.logits, self.tau, self.mu, self.penalty)
 
 
-class AdditiveEvidenceClassifier(nn.Module):
+class AdditiveEvidenceClassifier(BackboneSplit, nn.Module):
     """Per-cell class evidence pooled by exact consistent attention maps (module docstring).
 
     Args:
@@ -281,6 +281,9 @@ class AdditiveEvidenceClassifier(nn.Module):
         img_size: the training images' size (recorded only; any size whose grids nest works).
         config: the ``create_model`` arguments (``model.config``).
     """
+
+    #: the stages, the evidence layers and the bias make the evidence (what freezing keeps fixed)
+    BACKBONE_PREFIXES = ("backbone.", "evidence.", "bias")
 
     variant = ADDITIVE_VARIANT
 
@@ -423,36 +426,6 @@ class AdditiveEvidenceClassifier(nn.Module):
         """Block name -> module whose output is that stage's feature map (GradCAM target)."""
         return dict(self.backbone.stages.items())
 
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """The stages, the evidence layers and the bias (what makes the evidence)."""
-        for name, p in self.named_parameters():
-            if name.startswith(_BACKBONE_PREFIXES):
-                yield p
-
-    def gate_parameters(self) -> Iterator[nn.Parameter]:
-        """The gates (what makes the maps)."""
-        for name, p in self.named_parameters():
-            if not name.startswith(_BACKBONE_PREFIXES):
-                yield p
-
-    def freeze_backbone(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) :meth:`backbone_parameters`; frozen BatchNorm layers stay in eval mode."""
-        self._backbone_frozen = bool(frozen)
-        for p in self.backbone_parameters():
-            p.requires_grad_(not frozen)
-        self.train(self.training)
-
-    @property
-    def backbone_frozen(self) -> bool:
-        """Whether :meth:`freeze_backbone` is in effect."""
-        return self._backbone_frozen
-
-    def train(self, mode: bool = True) -> "AdditiveEvidenceClassifier":
-        super().train(mode)
-        if self._backbone_frozen:
-            self.backbone.eval()
-        return self
-
     def load_backbone_state(self, state_dict: dict[str, Tensor]) -> None:
         """Load the stages, evidence layers and bias of another ``additive`` model of the same architecture.
 
@@ -465,8 +438,8 @@ class AdditiveEvidenceClassifier(nn.Module):
         sd = dict(state_dict)
         if sd and all(k.startswith("model.") for k in sd):
             sd = {k[len("model.") :]: v for k, v in sd.items()}
-        own = {k: v for k, v in self.state_dict().items() if k.startswith(_BACKBONE_PREFIXES)}
-        theirs = {k: v for k, v in sd.items() if k.startswith(_BACKBONE_PREFIXES)}
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(self.BACKBONE_PREFIXES)}
+        theirs = {k: v for k, v in sd.items() if k.startswith(self.BACKBONE_PREFIXES)}
         missing = sorted(set(own) - set(theirs))
         unexpected = sorted(set(theirs) - set(own))
         bad = [k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape)]
