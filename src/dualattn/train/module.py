@@ -241,6 +241,12 @@ class ClassifierModule(pl.LightningModule):
                 f"model {cfg.model!r} variant {cfg.variant!r} has no trainable parameters "
                 f"(freeze_backbone={cfg.freeze_backbone!r})"
             )
+        return self._optimizer(params)
+
+    def _optimizer(self, params: Any) -> torch.optim.Optimizer:
+        """The config's optimizer over ``params`` (parameters or parameter groups) and, with
+        ``scheduler="plateau"``, its ReduceLROnPlateau (restored from a checkpoint when one is pending)."""
+        cfg = self.config
         if cfg.optimizer == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adamw":

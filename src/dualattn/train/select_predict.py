@@ -371,21 +371,7 @@ class SelectPredictModule(ClassifierModule):
              + (list(self.selector_head.parameters()) if self.selector_head is not None else []),
              "lr": selector_lr, "initial_lr": selector_lr},
         ]
-        if cfg.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self._plateau = None
-        if cfg.scheduler == "plateau":
-            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
-            )
-            if self._pending_plateau is not None:
-                self._plateau.load_state_dict(self._pending_plateau)
-                self._pending_plateau = None
-        return opt
+        return self._optimizer(groups)
 
 
 # --------------------------------------------------------------------------------------------- EVAL-X
