@@ -116,8 +116,34 @@ def _readonly(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class _RunTable:
+    """What every evidence table shares: runs x images in its first two axes (``_table``), the statistic of each
+    run on all images, and their mean. Subclasses define ``_table`` and ``strata_statistics``."""
+
+    _table: np.ndarray
+
+    @property
+    def n_runs(self) -> int:
+        return int(self._table.shape[0])
+
+    @property
+    def n_images(self) -> int:
+        return int(self._table.shape[1])
+
+    def run_statistics(self) -> np.ndarray:
+        """``(R,)`` the statistic of each run on all images (NaN for a run without a defined value)."""
+        return self.strata_statistics(np.arange(self.n_runs), np.ones((1, self.n_runs, self.n_images)))[0]
+
+    def value(self) -> float:
+        """Mean over runs of :meth:`run_statistics`."""
+        return float(np.mean(self.run_statistics()))
+
+    def strata_statistics(self, runs: np.ndarray, counts: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, eq=False)
-class PerImage:
+class PerImage(_RunTable):
     """Per-image values of one method's runs: ``values (R, P)`` float, NaN = undefined for that image.
 
     Statistic: mean over runs of the nanmean over images.
@@ -138,20 +164,8 @@ class PerImage:
         object.__setattr__(self, "values", _readonly(v))
 
     @property
-    def n_runs(self) -> int:
-        return int(self.values.shape[0])
-
-    @property
-    def n_images(self) -> int:
-        return int(self.values.shape[1])
-
-    def run_statistics(self) -> np.ndarray:
-        """``(R,)`` nanmean over images of each run (NaN for a run without a defined value)."""
-        return self.strata_statistics(np.arange(self.n_runs), np.ones((1, self.n_runs, self.n_images)))[0]
-
-    def value(self) -> float:
-        """Mean over runs of :meth:`run_statistics`."""
-        return float(np.mean(self.run_statistics()))
+    def _table(self) -> np.ndarray:
+        return self.values
 
     def strata_statistics(self, runs: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """``(B, S)`` statistic of run ``runs[s]`` on resample ``counts[b, s]`` (image multiplicities
@@ -166,7 +180,7 @@ class PerImage:
 
 
 @dataclass(frozen=True, eq=False)
-class Curves:
+class Curves(_RunTable):
     """Perturbation predictions of one method's runs, in one removal order.
 
     Args:
@@ -209,20 +223,8 @@ class Curves:
         object.__setattr__(self, "fractions", fr)
 
     @property
-    def n_runs(self) -> int:
-        return int(self.preds.shape[0])
-
-    @property
-    def n_images(self) -> int:
-        return int(self.preds.shape[1])
-
-    def run_statistics(self) -> np.ndarray:
-        """``(R,)`` AUC (×100) of each run on all images."""
-        return self.strata_statistics(np.arange(self.n_runs), np.ones((1, self.n_runs, self.n_images)))[0]
-
-    def value(self) -> float:
-        """Mean over runs of :meth:`run_statistics`."""
-        return float(np.mean(self.run_statistics()))
+    def _table(self) -> np.ndarray:
+        return self.preds
 
     def strata_statistics(self, runs: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """``(B, S)`` AUC of run ``runs[s]`` on resample ``counts[b, s]`` (``(B, S, N)`` multiplicities)."""
@@ -287,7 +289,7 @@ class Srg:
 
 
 @dataclass(frozen=True, eq=False)
-class BalancedAccuracy:
+class BalancedAccuracy(_RunTable):
     """Predicted classes of one method's runs on the test images: ``preds (R, N)`` int, ``labels (N,)``.
 
     Statistic: mean over runs of the balanced accuracy (sklearn's: mean recall over the classes present), x100.
@@ -310,19 +312,8 @@ class BalancedAccuracy:
         object.__setattr__(self, "labels", _readonly(y.astype(np.int64)))
 
     @property
-    def n_runs(self) -> int:
-        return int(self.preds.shape[0])
-
-    @property
-    def n_images(self) -> int:
-        return int(self.preds.shape[1])
-
-    def run_statistics(self) -> np.ndarray:
-        """``(R,)`` balanced accuracy (x100) of each run on all images."""
-        return self.strata_statistics(np.arange(self.n_runs), np.ones((1, self.n_runs, self.n_images)))[0]
-
-    def value(self) -> float:
-        return float(np.mean(self.run_statistics()))
+    def _table(self) -> np.ndarray:
+        return self.preds
 
     def strata_statistics(self, runs: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """``(B, S)`` balanced accuracy x100 of run ``runs[s]`` on resample ``counts[b, s]``."""
