@@ -22,6 +22,13 @@ The rule, written before the first run:
    size before this study). Stage ``size``: only when no pair is admissible at the base size, the two pairs with
    the best score climb the size ladder :data:`SIZE_LADDER` (in order of predicted cost), one rung at a time,
    stopping after the first rung where a candidate is admissible.
+   *Amendment, written when 52 of the policy stage's 54 runs had finished (none of the amendment's yet):* in their
+   ``metrics.csv`` the training cross-entropy of most runs stays near ln 2 for 1-5 epochs before it falls, and 30
+   of the 34 finished GroupNorm/InstanceNorm runs never leave it within the 6 epochs (84 optimizer steps in all at batch 16), so the
+   number of optimizer steps, not the number of volumes, looks like the limit. Stage ``steps``
+   runs between the two stages: the two ladder pairs at the base size with batch :data:`STEPS_BATCH` (twice the
+   steps, the same volume passes, about the same CPU time); the size ladder runs only when stage ``steps`` has no
+   admissible candidate either. Candidates of stage ``steps`` carry ``batch`` and the key suffix ``_b8``.
 5. Chosen: the admissible candidate of least cost; when none is, the candidate with the best score.
 6. Confirmation (``--confirm``): the chosen candidate runs as the whole ``3d`` demo on this study's draw
    (2 threads, every variant, the evaluation included). It passes when every variant of the demo (the 4 gated
@@ -51,6 +58,9 @@ from typing import Any, Iterable, Mapping, Sequence
 NORMS = ("batch", "group", "instance")
 POLICIES = ("lr-flip-affine", "anatomy")
 BASE_SIZE = {"n": 320, "epochs": 6, "features": 8}
+#: The preset's batch size before this study, and the amendment's smaller one (twice the optimizer steps).
+BASE_BATCH = 16
+STEPS_BATCH = 8
 #: Larger sizes, in order of predicted training cost (relative to the base size: n x epochs, x 1.5 for 12 features).
 SIZE_LADDER: tuple[dict[str, int], ...] = (
     {"n": 480, "epochs": 5, "features": 8},    # 1.25
@@ -70,15 +80,21 @@ RULE = ("admissible: every screened variant's mean val balanced accuracy >= 88 a
         "stage size (only when none is admissible): the two best-scored pairs climb SIZE_LADDER, stopping after the "
         "first rung with an admissible candidate; chosen: the admissible candidate of least cost (mean training "
         "seconds per run), else the best score; confirmation: the chosen candidate as the whole 3d demo on this "
-        "draw must meet the targets for all 5 variants on val within 900 s, else the next admissible candidate")
+        "draw must meet the targets for all 5 variants on val within 900 s, else the next admissible candidate. "
+        "Amendment (written when 52 of the policy stage's 54 runs had finished): stage steps, between policy and size, "
+        "runs the two ladder pairs at the base size with batch 8 instead of 16 (twice the optimizer steps, the same "
+        "volume passes); the size ladder runs only when stage steps has no admissible candidate either")
 
 
 # ----------------------------------------------------------------------------- the rule (pure, tested by hand)
 
 
 def candidate_key(c: Mapping[str, Any]) -> str:
-    """``"n320_e6_f8_group_anatomy"``: one candidate's folder and JSON key."""
-    return f"n{c['n']}_e{c['epochs']}_f{c['features']}_{c['norm']}_{c['augment_policy']}"
+    """``"n320_e6_f8_group_anatomy"``: one candidate's folder and JSON key (``_b8`` appended when its batch size is
+    not :data:`BASE_BATCH`)."""
+    batch = int(c.get("batch", BASE_BATCH))
+    return (f"n{c['n']}_e{c['epochs']}_f{c['features']}_{c['norm']}_{c['augment_policy']}"
+            + ("" if batch == BASE_BATCH else f"_b{batch}"))
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:
@@ -142,7 +158,8 @@ def choose(candidates: Sequence[Mapping[str, Any]]) -> str | None:
 
 def ladder_pairs(candidates: Sequence[Mapping[str, Any]], *, k: int = 2) -> list[tuple[str, str]]:
     """Step 4: the ``k`` (norm, policy) pairs of the best score at the base size (ties: least cost)."""
-    base = [c for c in candidates if all(c[f] == BASE_SIZE[f] for f in BASE_SIZE) and math.isfinite(c["score"])]
+    base = [c for c in candidates if all(c[f] == BASE_SIZE[f] for f in BASE_SIZE)
+            and int(c.get("batch", BASE_BATCH)) == BASE_BATCH and math.isfinite(c["score"])]
     base.sort(key=lambda c: (-c["score"], c["cost_s"], c["key"]))
     return [(c["norm"], c["augment_policy"]) for c in base[:k]]
 
@@ -160,6 +177,7 @@ def _preset(c: Mapping[str, Any], data_seed: int):
     from dualattn.pipelines.demo import get_preset
 
     return get_preset("3d", n=int(c["n"]), max_epochs=int(c["epochs"]), data_seed=data_seed,
+                      batch_size=int(c.get("batch", BASE_BATCH)),
                       model_kwargs={"features": int(c["features"]), "norm": c["norm"]},
                       augment_policy=c["augment_policy"])
 
@@ -250,7 +268,10 @@ def screen(args: argparse.Namespace, state: dict[str, Any]) -> None:
     if not any(s["admissible"] for s in base):
         pairs = ladder_pairs(base)
         state["ladder_pairs"] = [list(p) for p in pairs]
-        for rung, size in enumerate(SIZE_LADDER, 1):
+        steps = run_stage("steps", [{**BASE_SIZE, "batch": STEPS_BATCH, "norm": nm, "augment_policy": p}
+                                    for nm, p in pairs])
+        rungs = [] if any(s["admissible"] for s in steps) else list(enumerate(SIZE_LADDER, 1))
+        for rung, size in rungs:
             got = run_stage(f"size{rung}", [{**size, "norm": nm, "augment_policy": p} for nm, p in pairs])
             if any(s["admissible"] for s in got):
                 break
@@ -278,6 +299,7 @@ def confirm(args: argparse.Namespace, state: dict[str, Any]) -> None:
         if key not in results:
             out = Path(args.work) / f"confirm_{key}"
             fields = {f: c[f] for f in ("n", "epochs", "features", "norm", "augment_policy")}
+            fields["batch"] = int(c.get("batch", BASE_BATCH))
             outcome = run_demo(preset=_preset(fields, args.data_seed), out=out)
             demo_results = json.loads(outcome.results.read_text(encoding="utf-8"))
             wall = float(demo_results["meta"]["wall_time_s"])  # the sum of the steps' seconds when some were reused
@@ -330,12 +352,14 @@ def _write(args: argparse.Namespace, state: dict[str, Any]) -> None:
 
 def table(state: Mapping[str, Any]) -> str:
     """The candidates as a Markdown table (val balanced accuracy, mean ± std over seeds; seconds per run)."""
-    lines = ["| n | epochs | features | norm | policy | " + " | ".join(SCREEN_VARIANTS) + " | s/run | admissible |",
-             "|---|---|---|---|---|" + "---|" * len(SCREEN_VARIANTS) + "---|---|"]
+    lines = ["| n | epochs | features | batch | norm | policy | " + " | ".join(SCREEN_VARIANTS)
+             + " | s/run | admissible |",
+             "|---|---|---|---|---|---|" + "---|" * len(SCREEN_VARIANTS) + "---|---|"]
     for c in state.get("candidates", {}).values():
         cells = [f"{c['val_balanced_accuracy'][v]['mean']:.1f} ± {c['val_balanced_accuracy'][v]['std']:.1f}"
                  for v in SCREEN_VARIANTS]
-        lines.append(f"| {c['n']} | {c['epochs']} | {c['features']} | {c['norm']} | {c['augment_policy']} | "
+        lines.append(f"| {c['n']} | {c['epochs']} | {c['features']} | {c.get('batch', BASE_BATCH)} | {c['norm']} | "
+                     f"{c['augment_policy']} | "
                      + " | ".join(cells) + f" | {c['cost_s']:.0f} | {'yes' if c['admissible'] else 'no'} |")
     return "\n".join(lines)
 
