@@ -118,3 +118,30 @@ def test_a_tiny_screening_trains_as_the_demo_does_and_writes_its_json(l3d, tmp_p
     # a second call reuses the finished run (no new row)
     l3d.main(["--out", str(out), "--work", str(tmp_path / "w"), "--workers", "1", "--data-seed", "5"])
     assert len(json.loads(out.read_text())["runs"]) == 1
+
+
+def test_the_3d_preset_is_the_candidate_the_stored_screening_chose(l3d):
+    """The ``3d`` preset's size, norm, augmentation and batch are what ``benchmarks/results/learnability_3d.json``
+    chose on val (docs/demo.md quotes that file); retuning one without the other fails here."""
+    from dualattn.pipelines.demo import get_preset
+
+    stored = json.loads((BENCH / "results" / "learnability_3d.json").read_text(encoding="utf-8"))
+    assert stored["data_seed"] != SEALED_DATA_SEED
+    chosen = stored["candidates"][stored["chosen"]]
+    assert l3d.choose(list(stored["candidates"].values())) == stored["chosen"]
+    preset = get_preset("3d")
+    assert (preset.n, preset.max_epochs, preset.batch_size) == (chosen["n"], chosen["epochs"],
+                                                                chosen.get("batch", l3d.BASE_BATCH))
+    assert preset.model_kwargs.get("features") == chosen["features"]
+    assert preset.model_kwargs.get("norm", "batch") == chosen["norm"]
+    assert preset.augment_policy == chosen["augment_policy"]
+
+
+def test_ladder_pairs_ignore_the_amendments_batch_8_candidates(l3d):
+    base = {**l3d.BASE_SIZE, "admissible": False, "cost_s": 1.0}
+    cands = [{**base, "key": "a", "norm": "batch", "augment_policy": "anatomy", "score": 70.0},
+             {**base, "key": "b", "norm": "group", "augment_policy": "anatomy", "score": 60.0},
+             {**base, "key": "c", "norm": "instance", "augment_policy": "anatomy", "score": 90.0, "batch": 8}]
+    assert l3d.ladder_pairs(cands) == [("batch", "anatomy"), ("group", "anatomy")]
+    assert l3d.candidate_key(cands[2]) == "n320_e6_f8_instance_anatomy_b8"
+    assert l3d.candidate_key(cands[0]) == "n320_e6_f8_batch_anatomy"
