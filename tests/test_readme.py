@@ -14,7 +14,7 @@ README = ROOT / "README.md"
 def _prose_words(text: str) -> int:
     """Words outside fenced and indented code and the generated results block."""
     text = re.sub(r"```.*?```", "", text, flags=re.S)
-    text = re.sub(r"<!-- results:start -->.*?<!-- results:end -->", "", text, flags=re.S)
+    text = re.sub(r"<!-- results(3d)?:start -->.*?<!-- results(3d)?:end -->", "", text, flags=re.S)
     lines = [ln for ln in text.splitlines() if not ln.startswith("    ")]
     return len(re.findall(r"\b\w[\w'./-]*\b", "\n".join(lines)))
 
@@ -26,12 +26,48 @@ def test_readme_is_short_and_carries_no_hash_or_issue_number():
     assert not re.search(r"(?i)\bissue\s*#?\d+|#\d{1,4}\b", text), "an issue number"
 
 
-def test_readme_results_block_is_generated_from_the_demo_summary():
+def _readme_table():
     spec = importlib.util.spec_from_file_location("readme_table", ROOT / "benchmarks" / "readme_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_block_is_generated_from_the_demo_summary():
+    module = _readme_table()
     summary = json.loads((ROOT / "benchmarks" / "results" / "demo_default.json").read_text(encoding="utf-8"))
     text = README.read_text(encoding="utf-8")
     block = text.split(module.START, 1)[1].split(module.END, 1)[0].strip()
     assert block == module.tables(summary).strip()
     assert summary.get("sealed") is True and summary.get("n_patients", 0) >= 60
+
+
+def test_readme_3d_block_is_generated_from_the_3d_demo_summary():
+    module = _readme_table()
+    summary = json.loads((ROOT / "benchmarks" / "results" / "demo_3d.json").read_text(encoding="utf-8"))
+    text = README.read_text(encoding="utf-8")
+    block = text.split(module.START_3D, 1)[1].split(module.END_3D, 1)[0].strip()
+    assert block == module.tables_3d(summary).strip()
+    assert summary.get("sealed") is True
+
+
+def _stat(mean, std=1.0):
+    return {"mean": mean, "std": std, "n": 3}
+
+
+def test_3d_targets_are_judged_from_the_numbers():
+    module = _readme_table()
+    good = {"command": "c", "n_images": 4, "n_positive_with_mask": 2, "seeds": [0, 1, 2], "wall_time_s": 1.0,
+            "balanced_accuracy": {"baseline": _stat(90), "dual": _stat(95, 4.9)},
+            "maps": {"dual [block3]": {"ap": _stat(70), "activation_precision": _stat(55)},
+                     "raw_channel_3 [block3]": {"ap": _stat(60, 0), "activation_precision": _stat(20, 0)}},
+            "own_model": {"dual": {"dual [block3]": {"hidden_swap_flips@20": _stat(1.5)}}}}
+    verdicts = [ln for ln in module.tables_3d(good).splitlines() if ln.startswith("- ")]
+    assert len(verdicts) == 4 and all(ln.endswith("met by every variant") for ln in verdicts), verdicts
+    bad = json.loads(json.dumps(good))
+    bad["balanced_accuracy"]["baseline"] = _stat(90, 5.1)           # std over the limit
+    bad["maps"]["dual [block3]"]["ap"] = _stat(59.9)                 # below raw FLAIR
+    del bad["own_model"]                                             # not measured is not "met"
+    out = module.tables_3d(bad)
+    assert "missed by baseline" in out and "(60.0): missed by dual" in out
+    assert "not measured for dual" in out and "| raw FLAIR | | 60.0 | 20.0 | |" in out
