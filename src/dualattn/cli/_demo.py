@@ -1,6 +1,6 @@
 """CLI commands: demo and report (see dualattn.cli).
 
-``dualattn demo [--preset tiny|default|full] [--dataset NAME|PATH] --out DIR`` runs the whole job;
+``dualattn demo [--preset tiny|default|full|tiny3d|3d|3d-full] [--dataset NAME|PATH] --out DIR`` runs the whole job;
 ``dualattn report RESULTS.json --out report.html`` renders a results file as the HTML report.
 """
 
@@ -22,8 +22,8 @@ app = typer.Typer()
 @user_errors()
 def demo_cmd(
     preset: str = typer.Option("default", "--preset", "-p", help="tiny (about 20 s on 2 CPU cores), default "
-                               "(33 min on 2 CPU cores shared with another job), full (the paper's protocol, for a "
-                               "GPU), tiny3d (about 40 s) or 3d (3-D volumes, 11 min on 2 idle CPU cores); "
+                               "(14 min on 2 idle CPU cores), full (the paper's protocol, for a GPU), tiny3d (about "
+                               "40 s), 3d (3-D volumes, 18 min on 2 idle CPU cores) or 3d-full (3-D, for a GPU); "
                                "measurements in docs/demo.md."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="synthetic-brain (the 2-D presets' default), "
                                 "synthetic-pet, br35h, synthetic-brain-3d (the 3-D presets' default), or a folder in "
