@@ -265,11 +265,22 @@ PRESETS: dict[str, DemoPreset] = {
                     "encoder with 8 base features, BatchNorm, left-right flip and small affine (the best "
                     "worst-variant val accuracy of benchmarks/learnability_3d.py; no candidate met its target), "
                     "the variants the claims compare; every method and control under the mean and ROAD fills on "
-                    "16 test volumes (wall time: docs/demo.md)",
+                    "16 test volumes, the hiding test at k = 20 only (wall time: docs/demo.md)",
         dataset="synthetic-brain-3d", n=320, image_size=32, model_kwargs={"features": 8}, max_epochs=8,
         batch_size=16, seeds=(0, 1, 2), variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
         n_examples=2, perturbation_steps=4, max_eval_images=16, ig_steps=8, sanity_images=2,
-        fills=("mean", "road"),
+        fills=("mean", "road"), hiding_ks=(20,),
+    ),
+    "3d-full": DemoPreset(
+        name="3d-full",
+        description="3-D for a GPU: synthetic-brain-3d, 1200 volumes of 64^3 (2.75 mm voxels), 5 seeds, 12 epochs, "
+                    "U-Net encoder with 16 base features, the 3d preset's norm and augmentation; every test volume, "
+                    "both protocols with the whole own-model grid, the hiding test at both blocks",
+        dataset="synthetic-brain-3d", n=1200, image_size=64, model_kwargs={"features": 16}, max_epochs=12,
+        batch_size=16, seeds=(0, 1, 2, 3, 4), variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
+        n_examples=4, perturbation_steps=10, max_eval_images=None, ig_steps=16, accelerator="auto",
+        split_fractions=(0.7, 0.1, 0.2), fills=("mean", "road"), own_model_methods="all", own_model_variants="all",
+        hiding_blocks="all", map_only_methods=(),
     ),
 }
 
