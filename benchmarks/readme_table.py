@@ -45,10 +45,15 @@ def _verdict(c: dict[str, Any]) -> str:
     return "**holds**" if c.get("holds") else "does not hold"
 
 
+def _commands(summary: dict[str, Any]) -> str:
+    """The summary's commands, each in its own backticks (docs tests parse every backticked command)."""
+    return " then ".join(f"`{c.strip()}`" for c in str(summary.get("command", "")).split(";") if c.strip())
+
+
 def tables(summary: dict[str, Any]) -> str:
     """The markdown block between the README markers."""
     comps = summary.get("comparisons") or []
-    commands = " then ".join(f"`{c.strip()}`" for c in str(summary.get("command", "")).split(";") if c.strip())
+    commands = _commands(summary)
     lines = [
         f"Default demo ({commands}), test split of the sealed draw: "
         f"{summary.get('n_images')} scans of {summary.get('n_patients')} patients, seeds "
@@ -127,7 +132,7 @@ def tables_3d(summary: dict[str, Any], *, block: str = "block3") -> str:
             else math.nan
 
     lines = [
-        f"3-D demo (`{summary.get('command', '')}`), test split of "
+        f"3-D demo ({_commands(summary)}), test split of "
         f"{'the sealed draw' if summary.get('sealed') else 'data seed ' + str(summary.get('data_seed'))}: "
         f"{summary.get('n_images')} volumes "
         f"({summary.get('n_positive_with_mask')} with a lesion mask), seeds "
