@@ -60,6 +60,8 @@ POLICIES = ("lr-flip-affine", "anatomy")
 BASE_SIZE = {"n": 320, "epochs": 6, "features": 8}
 #: The preset's batch size before this study, and the amendment's smaller one (twice the optimizer steps).
 BASE_BATCH = 16
+#: The demo's learning rate (``--explore`` candidates may set another; the rule's never do).
+BASE_LR = 1e-3
 STEPS_BATCH = 8
 #: Larger sizes, in order of predicted training cost (relative to the base size: n x epochs, x 1.5 for 12 features).
 SIZE_LADDER: tuple[dict[str, int], ...] = (
@@ -93,8 +95,9 @@ def candidate_key(c: Mapping[str, Any]) -> str:
     """``"n320_e6_f8_group_anatomy"``: one candidate's folder and JSON key (``_b8`` appended when its batch size is
     not :data:`BASE_BATCH`)."""
     batch = int(c.get("batch", BASE_BATCH))
+    lr = float(c.get("lr", BASE_LR))
     return (f"n{c['n']}_e{c['epochs']}_f{c['features']}_{c['norm']}_{c['augment_policy']}"
-            + ("" if batch == BASE_BATCH else f"_b{batch}"))
+            + ("" if batch == BASE_BATCH else f"_b{batch}") + ("" if lr == BASE_LR else f"_lr{lr:g}"))
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:
@@ -177,7 +180,7 @@ def _preset(c: Mapping[str, Any], data_seed: int):
     from dualattn.pipelines.demo import get_preset
 
     return get_preset("3d", n=int(c["n"]), max_epochs=int(c["epochs"]), data_seed=data_seed,
-                      batch_size=int(c.get("batch", BASE_BATCH)),
+                      batch_size=int(c.get("batch", BASE_BATCH)), lr=float(c.get("lr", BASE_LR)),
                       model_kwargs={"features": int(c["features"]), "norm": c["norm"]},
                       augment_policy=c["augment_policy"])
 
@@ -249,6 +252,44 @@ def _data(args: argparse.Namespace, ns: Iterable[int]) -> dict[int, str]:
 
     return {n: str(resolve_dataset("synthetic-brain-3d", cache_dir=Path(args.work) / "data", n=n, size=32,
                                    seed=args.data_seed)) for n in sorted(set(ns))}
+
+
+def parse_candidate(text: str) -> dict[str, Any]:
+    """``"n=320,epochs=8,features=8,norm=batch,augment_policy=lr-flip-affine,lr=0.003"`` -> a candidate dict.
+
+    Example:
+        >>> parse_candidate("n=320,epochs=8,features=8,norm=batch,augment_policy=anatomy,lr=0.003")["lr"]
+        0.003
+    """
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        k = k.strip()
+        if k in ("n", "epochs", "features", "batch"):
+            out[k] = int(v)
+        elif k == "lr":
+            out[k] = float(v)
+        elif k in ("norm", "augment_policy"):
+            out[k] = v.strip()
+        else:
+            raise SystemExit(f"--explore: unknown field {k!r} in {text!r}")
+    missing = {"n", "epochs", "features", "norm", "augment_policy"} - set(out)
+    if missing:
+        raise SystemExit(f"--explore: {text!r} lacks {sorted(missing)}")
+    return out
+
+
+def explore(args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """Screen the ``--explore`` candidates exactly as the rule screens, into their own file; nothing is chosen
+    (``chosen`` stays ``None``): leads for the next study, never the preset."""
+    rows: list[dict[str, Any]] = state.setdefault("runs", [])
+    cands = [parse_candidate(t) for t in args.explore]
+    _train_all(args, cands, rows, state)
+    state.setdefault("candidates", {}).update(
+        {s["key"]: {**s, "stage": "explore"} for s in (_summarize(c, rows, SCREEN_VARIANTS) for c in cands)})
+    state["exploratory"] = True
+    state["chosen"] = None
+    _write(args, state)
 
 
 def screen(args: argparse.Namespace, state: dict[str, Any]) -> None:
@@ -372,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-seed", type=int, default=3, help="the data draw (never the sealed one)")
     p.add_argument("--confirm", action="store_true", help="run step 6 on the screening in --out")
+    p.add_argument("--explore", action="append", default=None, metavar="FIELDS",
+                   help="screen only this candidate (n=..,epochs=..,features=..,norm=..,augment_policy=..[,batch=..]"
+                        "[,lr=..]; repeatable) into --out, choosing nothing: for leads, never the preset")
     args = p.parse_args(argv)
     from dualattn.data.sealed import refuse_sealed
 
@@ -381,8 +425,12 @@ def main(argv: list[str] | None = None) -> None:
         previous = json.loads(Path(args.out).read_text(encoding="utf-8"))
         if previous.get("data_seed") == args.data_seed and "rule" in previous:
             state = {k: previous[k] for k in ("runs", "candidates", "stage_seconds", "ladder_pairs", "chosen",
-                                               "confirmations", "confirmed") if k in previous}
-    if args.confirm:
+                                               "confirmations", "confirmed", "exploratory") if k in previous}
+    if args.explore:
+        if Path(args.out).is_file() and not json.loads(Path(args.out).read_text(encoding="utf-8")).get("exploratory"):
+            raise SystemExit(f"{args.out} holds the rule's screening; --explore writes to a file of its own")
+        explore(args, state)
+    elif args.confirm:
         if not state.get("chosen"):
             raise SystemExit(f"{args.out} holds no screening with a chosen candidate; run without --confirm first")
         confirm(args, state)

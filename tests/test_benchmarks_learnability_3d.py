@@ -145,3 +145,18 @@ def test_ladder_pairs_ignore_the_amendments_batch_8_candidates(l3d):
     assert l3d.ladder_pairs(cands) == [("batch", "anatomy"), ("group", "anatomy")]
     assert l3d.candidate_key(cands[2]) == "n320_e6_f8_instance_anatomy_b8"
     assert l3d.candidate_key(cands[0]) == "n320_e6_f8_batch_anatomy"
+
+
+def test_explore_never_writes_into_the_rules_screening_and_parses_its_fields(l3d, tmp_path):
+    rule_file = tmp_path / "rule.json"
+    rule_file.write_text(json.dumps({"data_seed": 3, "rule": l3d.RULE, "runs": [], "candidates": {}}), encoding="utf-8")
+    with pytest.raises(SystemExit, match="file of its own"):
+        l3d.main(["--out", str(rule_file), "--work", str(tmp_path), "--explore",
+                  "n=16,epochs=1,features=2,norm=batch,augment_policy=none"])
+    with pytest.raises(SystemExit, match="unknown field"):
+        l3d.parse_candidate("n=16,epochs=1,features=2,norm=batch,augment_policy=none,momentum=0.9")
+    with pytest.raises(SystemExit, match="lacks"):
+        l3d.parse_candidate("n=16,epochs=1")
+    c = l3d.parse_candidate("n=16,epochs=1,features=2,norm=batch,augment_policy=none,batch=4,lr=0.003")
+    assert l3d.candidate_key(c) == "n16_e1_f2_batch_none_b4_lr0.003"
+    assert l3d._preset(c, 3).lr == 0.003 and l3d._preset(c, 3).batch_size == 4
