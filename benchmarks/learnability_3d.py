@@ -375,7 +375,8 @@ def _write(args: argparse.Namespace, state: dict[str, Any]) -> None:
     payload = {
         "data_seed": args.data_seed,
         "command": "python benchmarks/learnability_3d.py " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            " ".join(f"--{k.replace('_', '-')}" + ("" if isinstance(x, bool) else f" {x}")
+                     for x in (v if isinstance(v, list) else [v]))
             for k, v in vars(args).items() if v not in (False, None)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                    f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
