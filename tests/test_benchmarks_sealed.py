@@ -154,3 +154,18 @@ def test_design_study_rule_by_hand():
     assert set(got["tied"]) == {"select_predict", "additive"} and got["featured"] == "additive"
     rows["a"]["designs"] = {d: {**v, "balanced_accuracy": 50.0} for d, v in rows["a"]["designs"].items()}
     assert ds.choose(rows)["featured"] == "dual"
+
+
+def test_seed_split_3d_refuses_the_sealed_draw_and_parses_its_cases(tmp_path, monkeypatch):
+    import doctest
+
+    import seed_split_3d
+
+    _no_data(monkeypatch)
+    with pytest.raises(ValueError, match="sealed test draw"):
+        seed_split_3d.main(["--out", str(tmp_path / "s.json"), "--work", str(tmp_path), "--data-seed", SEALED,
+                            "--case", "dual,2,0,0.001"])
+    assert not (tmp_path / "s.json").exists()
+    with pytest.raises(SystemExit, match="variant,init_seed,run_seed,lr"):
+        seed_split_3d.parse_case("dual,2,0")
+    assert doctest.testmod(seed_split_3d).failed == 0
