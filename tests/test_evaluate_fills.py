@@ -149,6 +149,20 @@ def test_road_batched_equals_one_by_one():
         torch.testing.assert_close(batched[i : i + 1], single, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_road_chunk_size_does_not_change_the_fill(dims, monkeypatch):
+    # the chunk size is a speed setting only (cache-sized chunks): each system is solved on its own
+    g = torch.Generator().manual_seed(4)
+    size = (12,) * dims
+    x = torch.randn(6, 3, *size, generator=g)
+    removed = torch.rand(6, 1, *size, generator=g) < torch.linspace(0.1, 0.9, 6).view(6, *([1] * (dims + 1)))
+    monkeypatch.setattr(R, "_CHUNK_ELEMENTS", 1 << 23)
+    whole = road_impute(x, removed, noise_std=0.0)
+    for elements in (1, 2 * 12**dims, 5 * 12**dims):
+        monkeypatch.setattr(R, "_CHUNK_ELEMENTS", elements)
+        assert torch.equal(road_impute(x, removed, noise_std=0.0), whole)
+
+
 def test_road_per_channel_masks():
     g = torch.Generator().manual_seed(10)
     x = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
