@@ -102,12 +102,18 @@ def test_a_tiny_screening_trains_as_the_demo_does_and_writes_its_json(l3d, tmp_p
     monkeypatch.setattr(l3d, "SCREEN_VARIANTS", ("baseline",))
     monkeypatch.setattr(l3d, "SEEDS", (0,))
     monkeypatch.setattr(l3d, "SIZE_LADDER", ())
+    monkeypatch.setattr(l3d, "PRECISE_BN_SIZES", ({"n": 24, "epochs": 1, "features": 2},))
     out = tmp_path / "l.json"
     l3d.main(["--out", str(out), "--work", str(tmp_path / "w"), "--workers", "1", "--data-seed", "5"])
     rep = json.loads(out.read_text())
     assert rep["data_seed"] == 5 and rep["rule"] == l3d.RULE
-    (key, cand), = rep["candidates"].items()
-    assert key == "n24_e1_f2_group_anatomy" and cand["stage"] == "policy" and cand["runs"] == 1
+    assert set(rep["candidates"]) == {"n24_e1_f2_group_anatomy", "n24_e1_f2_batch_lr-flip-affine_pbn64"}
+    key = "n24_e1_f2_group_anatomy"
+    cand = rep["candidates"][key]
+    assert cand["stage"] == "policy" and cand["runs"] == 1
+    # amendment 2 (nothing admissible at 1 epoch): the precise-BN candidate trains with the statistics recomputed
+    pbn = rep["candidates"]["n24_e1_f2_batch_lr-flip-affine_pbn64"]
+    assert pbn["stage"] == "precise_bn" and pbn["precise_bn"] == 64 and pbn["runs"] == 1
     assert cand["cost_s"] > 0 and set(cand["val_balanced_accuracy"]) == {"baseline"}
     run = tmp_path / "w" / key / "runs" / "baseline" / "seed0"
     from dualattn.runs import RunDir
@@ -115,9 +121,11 @@ def test_a_tiny_screening_trains_as_the_demo_does_and_writes_its_json(l3d, tmp_p
     cfg = RunDir(run).config
     assert cfg["augment_policy"] == "anatomy" and cfg["model_kwargs"]["norm"] == "group"  # the demo's own config
     assert cfg["max_epochs"] == 1 and cfg["split_fractions"] == [0.7, 0.15, 0.15]
-    # a second call reuses the finished run (no new row)
+    pbn_run = tmp_path / "w" / "n24_e1_f2_batch_lr-flip-affine_pbn64" / "runs" / "baseline" / "seed0"
+    assert RunDir(pbn_run).config["precise_bn"] == 64
+    # a second call reuses the finished runs (no new row)
     l3d.main(["--out", str(out), "--work", str(tmp_path / "w"), "--workers", "1", "--data-seed", "5"])
-    assert len(json.loads(out.read_text())["runs"]) == 1
+    assert len(json.loads(out.read_text())["runs"]) == 2
 
 
 def test_the_3d_preset_is_the_candidate_the_stored_screening_chose(l3d):
@@ -135,6 +143,7 @@ def test_the_3d_preset_is_the_candidate_the_stored_screening_chose(l3d):
     assert preset.model_kwargs.get("features") == chosen["features"]
     assert preset.model_kwargs.get("norm", "batch") == chosen["norm"]
     assert preset.augment_policy == chosen["augment_policy"]
+    assert preset.precise_bn == chosen.get("precise_bn", 0)
 
 
 def test_ladder_pairs_ignore_the_amendments_batch_8_candidates(l3d):

@@ -47,3 +47,13 @@ def test_every_preset_builds_its_train_config(tmp_path):
         cfg.validate()
         assert cfg.augment_policy == preset.augment_policy, name
         assert cfg.model_kwargs == dict(preset.model_kwargs), name
+        assert cfg.precise_bn == preset.precise_bn, name
+
+
+def test_precise_bn_reaches_the_runs_and_stays_out_of_to_dict_when_off(tmp_path):
+    assert get_preset("3d").precise_bn == 64 and get_preset("3d-full").precise_bn == 64
+    assert get_preset("default").precise_bn == 0 and "precise_bn" not in get_preset("default").to_dict()
+    d = json.loads(json.dumps(get_preset("3d").to_dict()))
+    assert d["precise_bn"] == 64
+    with pytest.raises(ValueError, match="precise_bn=-1 must be an int >= 0"):
+        get_preset("3d", precise_bn=-1)

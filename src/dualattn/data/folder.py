@@ -372,6 +372,11 @@ class FolderDataset:
         return len(self._images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.item(i)
+
+    def item(self, i: int, *, augment: bool = True) -> dict[str, Any]:
+        """Item ``i``; ``augment=False`` reads it as the val/test splits do (no augmentation, no draw counted),
+        e.g. to recompute BatchNorm's statistics on the training images (``TrainConfig.precise_bn``)."""
         import torch
 
         if not -len(self) <= i < len(self):
@@ -379,7 +384,7 @@ class FolderDataset:
         i = i % len(self)
         img, msk, has_mask = self._load(i)
         rng = None
-        if self.augment:
+        if self.augment and augment:
             draw = self._draws.get(i, 0)
             self._draws[i] = draw + 1
             rng = np.random.default_rng([self.seed, self._epoch, i, draw])

@@ -133,6 +133,8 @@ class DemoPreset:
         map_only_methods: methods scored without a classifier (the CPU presets: the raw-channel controls, which
             are there for implicit segmentation: "above every raw channel").
         hiding_fills: the hiding test's fills (``partner``: matched healthy test images; ``road``).
+        precise_bn: ``TrainConfig.precise_bn`` of every run (BatchNorm statistics recomputed on this many
+            un-augmented training images before each validation; 0: off). Absent from :meth:`to_dict` when 0.
     """
 
     name: str
@@ -167,6 +169,7 @@ class DemoPreset:
     hiding_fills: tuple[str, ...] = ("partner",)
     hiding_blocks: str | tuple[str, ...] = ("block3",)
     map_only_methods: tuple[str, ...] = ("raw_channel_",)
+    precise_bn: int = 0
 
     def __post_init__(self) -> None:
         for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps", "ig_steps"):
@@ -188,6 +191,8 @@ class DemoPreset:
         if "norm" in self.model_kwargs and self.model_kwargs["norm"] not in NORMS:
             raise ValueError(f"preset {self.name!r}: model_kwargs norm={self.model_kwargs['norm']!r} must be one of "
                              f"{', '.join(NORMS)}")
+        if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
+            raise ValueError(f"preset {self.name!r}: precise_bn={self.precise_bn!r} must be an int >= 0")
         if self.sanity_images < 0:
             raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
         fr = tuple(float(f) for f in self.split_fractions)
@@ -220,6 +225,8 @@ class DemoPreset:
             out["fills"] = list(self.fills)
         if self.augment_policy == DEFAULT_AUGMENT_POLICY:  # likewise
             out.pop("augment_policy")
+        if self.precise_bn == 0:  # likewise
+            out.pop("precise_bn")
         return out
 
 
@@ -262,25 +269,26 @@ PRESETS: dict[str, DemoPreset] = {
     "3d": DemoPreset(
         name="3d",
         description="3-D: synthetic-brain-3d, 320 volumes of 32^3 (5.5 mm voxels), 3 seeds, 8 epochs, U-Net "
-                    "encoder with 8 base features, BatchNorm, left-right flip and small affine (the best "
-                    "worst-variant val accuracy of benchmarks/learnability_3d.py; no candidate met its target), "
-                    "the variants the claims compare; every method and control under the mean and ROAD fills on "
-                    "16 test volumes, the hiding test at k = 20 only (wall time: docs/demo.md)",
+                    "encoder with 8 base features, BatchNorm with its statistics recomputed on 64 training volumes "
+                    "before every validation (precise_bn), left-right flip and small affine (the candidate "
+                    "benchmarks/learnability_3d.py chose on val), the variants the claims compare; every method "
+                    "and control under the mean and ROAD fills on 16 test volumes, the hiding test at k = 20 only "
+                    "(wall time: docs/demo.md)",
         dataset="synthetic-brain-3d", n=320, image_size=32, model_kwargs={"features": 8}, max_epochs=8,
         batch_size=16, seeds=(0, 1, 2), variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
         n_examples=2, perturbation_steps=4, max_eval_images=16, ig_steps=8, sanity_images=2,
-        fills=("mean", "road"), hiding_ks=(20,),
+        fills=("mean", "road"), hiding_ks=(20,), precise_bn=64,
     ),
     "3d-full": DemoPreset(
         name="3d-full",
         description="3-D for a GPU: synthetic-brain-3d, 1200 volumes of 64^3 (2.75 mm voxels), 5 seeds, 12 epochs, "
-                    "U-Net encoder with 16 base features, the 3d preset's norm and augmentation; every test volume, "
-                    "both protocols with the whole own-model grid, the hiding test at both blocks",
+                    "U-Net encoder with 16 base features, the 3d preset's norm, precise_bn and augmentation; every "
+                    "test volume, both protocols with the whole own-model grid, the hiding test at both blocks",
         dataset="synthetic-brain-3d", n=1200, image_size=64, model_kwargs={"features": 16}, max_epochs=12,
         batch_size=16, seeds=(0, 1, 2, 3, 4), variants=("baseline", "unconstrained", "dual", "exact", "multilevel"),
         n_examples=4, perturbation_steps=10, max_eval_images=None, ig_steps=16, accelerator="auto",
         split_fractions=(0.7, 0.1, 0.2), fills=("mean", "road"), own_model_methods="all", own_model_variants="all",
-        hiding_blocks="all", map_only_methods=(),
+        hiding_blocks="all", map_only_methods=(), precise_bn=64,
     ),
 }
 
@@ -438,6 +446,7 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
         lr=preset.lr,
         augment=preset.augment,
         augment_policy=preset.augment_policy,
+        precise_bn=preset.precise_bn,
         seed=seed,
         split_seed=0,
         split_fractions=tuple(preset.split_fractions),

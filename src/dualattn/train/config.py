@@ -81,6 +81,11 @@ class TrainConfig:
         early_stopping_patience: stop after this many epochs without improvement of the
             ``select_by`` metric (None: never).
         gradient_clip_val: clip the gradient norm to this value (None: no clipping).
+        precise_bn: before every validation, recompute the BatchNorm layers' statistics with the weights fixed
+            (a cumulative average, "precise BN": Wu & Johnson 2021) over this many training images read without
+            augmentation (evenly spaced over the split; all of them when it is larger); 0: off, BatchNorm keeps
+            its running averages (momentum 0.1), which lag the weights when an epoch has few optimizer steps.
+            No effect on models without BatchNorm.
         select_by: the validation metric that picks ``best.safetensors`` (and that early stopping
             watches): ``val_balanced_accuracy`` (highest) or ``val_objective`` (lowest: the mean
             training objective, cross-entropy + the model's penalty, on the validation split). Ties
@@ -130,6 +135,7 @@ class TrainConfig:
     max_epochs: int = 30
     early_stopping_patience: int | None = None
     gradient_clip_val: float | None = None
+    precise_bn: int = 0
     select_by: str = "val_balanced_accuracy"
     # runtime
     seed: int = 0
@@ -188,6 +194,8 @@ class TrainConfig:
             raise bad("plateau_patience", "must be >= 0")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise bad("early_stopping_patience", "must be >= 1 or null")
+        if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
+            raise bad("precise_bn", "must be an int >= 0 (training images; 0: off)")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise bad("gradient_clip_val", "must be > 0 or null")
         if self.select_by not in SELECT_BY:

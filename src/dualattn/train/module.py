@@ -174,9 +174,43 @@ class ClassifierModule(pl.LightningModule):
     # -- validation ----------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
+        if self.config.precise_bn > 0 and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.recompute_batchnorm()
         self._val_preds, self._val_labels = [], []
         self._val_loss = torch.zeros((), device=self.device)
         self._val_penalty = torch.zeros((), device=self.device)
+
+    @torch.no_grad()
+    def recompute_batchnorm(self, batches: list[torch.Tensor] | None = None) -> int:
+        """Replace every BatchNorm layer's running statistics by their cumulative average over ``batches``
+        (default: ``config.precise_bn`` training images without augmentation, from the data module), the
+        weights fixed ("precise BN"). The random streams are left as they were.
+
+        Returns:
+            the number of BatchNorm layers recomputed (0: the model has none; nothing is read).
+        """
+        bns = [m for m in self.model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not bns:
+            return 0
+        if batches is None:
+            dm = self.trainer.datamodule
+            batches = dm.calibration_batches(self.config.precise_bn)
+        modes = {m: m.training for m in self.model.modules()}
+        momenta = [m.momentum for m in bns]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average over the calibration batches
+            self.model.train()
+            for x in batches:
+                self.model(x.to(self.device))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        for m, mode in modes.items():
+            m.training = mode
+        return len(bns)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x, y = batch["image"], batch["label"]
