@@ -419,14 +419,14 @@ def _write(args: argparse.Namespace, state: dict[str, Any]) -> None:
 
 def table(state: Mapping[str, Any]) -> str:
     """The candidates as a Markdown table (val balanced accuracy, mean ± std over seeds; seconds per run)."""
-    lines = ["| n | epochs | features | batch | norm | policy | " + " | ".join(SCREEN_VARIANTS)
+    lines = ["| n | epochs | features | batch | norm | precise BN | policy | " + " | ".join(SCREEN_VARIANTS)
              + " | s/run | admissible |",
-             "|---|---|---|---|---|---|" + "---|" * len(SCREEN_VARIANTS) + "---|---|"]
+             "|---|---|---|---|---|---|---|" + "---|" * len(SCREEN_VARIANTS) + "---|---|"]
     for c in state.get("candidates", {}).values():
         cells = [f"{c['val_balanced_accuracy'][v]['mean']:.1f} ± {c['val_balanced_accuracy'][v]['std']:.1f}"
                  for v in SCREEN_VARIANTS]
         lines.append(f"| {c['n']} | {c['epochs']} | {c['features']} | {c.get('batch', BASE_BATCH)} | {c['norm']} | "
-                     f"{c['augment_policy']} | "
+                     f"{c.get('precise_bn', 0) or 'off'} | {c['augment_policy']} | "
                      + " | ".join(cells) + f" | {c['cost_s']:.0f} | {'yes' if c['admissible'] else 'no'} |")
     return "\n".join(lines)
 

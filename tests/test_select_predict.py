@@ -565,3 +565,112 @@ def test_sanity_benchmark_refuses_the_sealed_draw(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="sealed"):
         bench.main(["--data-seed", str(SEALED_DATA_SEED), "--work", str(tmp_path), "--out", str(tmp_path / "o.json")])
     assert not (tmp_path / "o.json").exists()
+
+
+# -- the bounded-receptive-field selector (selector="local") and dataset statistics --------------------------------
+def _local(spatial_dims: int = 2, *, norm: str = "dataset", seed: int = 0) -> SelectPredictClassifier:
+    torch.manual_seed(seed)
+    m = create_model("unet_encoder", variant=VARIANT, in_channels=2, spatial_dims=spatial_dims, features=2,
+                     budget=0.2, selector="local", selector_norm=norm).eval().double()
+    with torch.no_grad():
+        for mod in m.modules():  # statistics that are not the identity, so nothing is trivially local
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.uniform_(-0.3, 0.3)
+                mod.running_var.uniform_(0.5, 2.0)
+    if norm == "dataset":
+        m.set_input_statistics([torch.randn(4, 2, *(SIZES[spatial_dims],) * spatial_dims, dtype=torch.float64) + 3])
+    return m
+
+
+def test_local_selector_builds_in_2d_and_3d_and_only_on_the_unet_encoder():
+    for dims in (2, 3):
+        m = _local(dims)
+        x = torch.randn(2, 2, *(SIZES[dims],) * dims, dtype=torch.float64)
+        out = m.forward_with_attention(x)
+        assert out.logits.shape == (2, 2) and set(out.mask) == {"block3", "block4"}
+        assert type(m.backbone).__name__ == "LocalUNetEncoder" and m.selector_kind == "local"
+    with pytest.raises(ValueError, match="bounded receptive field"):
+        create_model("resnet18", variant=VARIANT, in_channels=2, selector="local")
+    with pytest.raises(ValueError, match="selector_norm must be one of image, dataset"):
+        create_model("unet_encoder", variant=VARIANT, in_channels=2, features=2, selector_norm="batch")
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_local_selector_with_dataset_statistics_reads_only_each_cells_window(spatial_dims):
+    """A pixel moves the potential of exactly the cells whose window covers it; every other cell's tau changes by
+    the softmax's one common factor, so their order (and the mask among them) cannot change. With per-image
+    z-scoring the same change reaches every cell (the reason for ``selector_norm="dataset"``)."""
+    size = 32  # a window (16 / 20 px) smaller than the image, so that some cells do not cover the pixel
+    rfs = _local(spatial_dims).backbone.receptive_fields()
+    x = torch.randn(1, 2, *(size,) * spatial_dims, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    pixel = (2,) * spatial_dims
+    x2 = x.clone()
+    x2[(0, 1, *pixel)] += 4.0
+    for norm, local in (("dataset", True), ("image", False)):
+        m = _local(spatial_dims, norm=norm)
+        with torch.no_grad():
+            _, ref = m._pass_one(m.selector_input(x))
+            _, got = m._pass_one(m.selector_input(x2))
+        for block in ("block3", "block4"):
+            grid = tuple(ref[block].shape[1:])
+            covering = torch.zeros(grid, dtype=torch.bool)
+            ranges = [rfs[block].cells_covering(p, n_cells=g) for p, g in zip(pixel, grid)]
+            covering[tuple(torch.tensor(list(r)).view([-1 if a == k else 1 for a in range(spatial_dims)])
+                           for k, r in enumerate(ranges))] = True
+            d = (got[block] - ref[block])[0][~covering]
+            assert d.numel() > 0
+            spread = float((d - d[0]).abs().max())
+            if local:
+                assert spread < 1e-12, block
+            else:
+                assert spread > 1e-6, block
+
+
+def test_set_input_statistics_is_the_pixel_mean_and_deviation_and_checks_its_input():
+    m = create_model("unet_encoder", variant=VARIANT, in_channels=2, features=2, selector="local",
+                     selector_norm="dataset")
+    assert not bool(m.input_stats_set)
+    a = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]], [[1.0, 1.0], [1.0, 3.0]]]])  # (1, 2, 2, 2)
+    b = torch.tensor([[[[8.0, 8.0], [8.0, 8.0]], [[3.0, 3.0], [3.0, 3.0]]]])
+    m.set_input_statistics([a, b])
+    # channel 0: 0 2 4 6 8 8 8 8 -> mean 5.5, population variance (0+4+16+36+4*64)/8 - 30.25 = 8.75
+    torch.testing.assert_close(m.input_shift, torch.tensor([5.5, 2.25]))
+    torch.testing.assert_close(m.input_scale, torch.tensor([8.75, 0.9375]).sqrt())
+    assert bool(m.input_stats_set)
+    torch.testing.assert_close(m.selector_input(a)[0, 0, 0, 0], torch.tensor(-5.5 / 8.75 ** 0.5))
+    with pytest.raises(ValueError, match=r"expected images \(B, 2, \*S\)"):
+        m.set_input_statistics([torch.zeros(1, 3, 2, 2)])
+    with pytest.raises(ValueError, match="constant or non-finite channel"):
+        m.set_input_statistics([torch.ones(2, 2, 4, 4)])
+    with pytest.raises(ValueError, match="selector_norm='dataset'"):
+        _model().set_input_statistics([a])
+
+
+def test_local_selector_warm_starts_its_3x3_stages_and_the_predictor_from_a_baseline():
+    torch.manual_seed(1)
+    base = create_model("unet_encoder", variant="baseline", in_channels=2, features=2)
+    m = _local(2).float()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.load_backbone_state(base.state_dict())
+    sd, bsd = m.state_dict(), base.state_dict()
+    for k, v in sd.items():
+        if k.startswith("backbone.stages.block1") or k.startswith("backbone.stages.block2"):
+            assert torch.equal(v, bsd[k]), k  # the 3x3 stages it shares with the plain encoder
+        elif k.startswith("backbone.stages.block3.0.weight"):
+            assert v.shape != bsd[k].shape and torch.equal(v, before[k])  # 1x1: left at initialisation
+    assert torch.equal(sd["predictor.head.weight"] if "predictor.head.weight" in sd else sd["predictor.fc.weight"],
+                       bsd["head.weight"] if "head.weight" in bsd else bsd["fc.weight"])
+    assert torch.equal(m.input_shift, before["input_shift"])  # the statistics are not the run's to give
+
+
+def test_training_sets_the_dataset_statistics_from_the_raw_training_images(blobs, tmp_path):
+    cfg = _cfg(blobs, "max_epochs=1", "select_predict.predictor_epochs=1", "model_kwargs.features=2",
+               "model_kwargs.selector=local", "model_kwargs.selector_norm=dataset")
+    run = fit(cfg, out=tmp_path / "sp_local")
+    model = load_model(run / "best.safetensors")
+    assert model.selector_kind == "local" and bool(model.input_stats_set)
+    train = FolderDataset(blobs, split="train", seed=cfg.split_seed, fractions=tuple(cfg.split_fractions),
+                          normalize=DEPLOYED)
+    x = torch.stack([train[i]["image"] for i in range(len(train))]).double()
+    torch.testing.assert_close(model.input_shift.double(), x.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.input_scale.double(), x.std(dim=(0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)

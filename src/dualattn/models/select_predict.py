@@ -58,7 +58,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +90,12 @@ __all__ = [
 #: The variant name of this design (a variant of every CNN backbone).
 VARIANT = "select_predict"
 #: Selector designs: the gated variant whose pass 1 it is, and its gated blocks (finest first).
-SELECTORS: dict[str, tuple[str, ...]] = {"exact": ("block3", "block4"), "multilevel": ("block2", "block3", "block4")}
+SELECTORS: dict[str, tuple[str, ...]] = {"exact": ("block3", "block4"), "multilevel": ("block2", "block3", "block4"),
+                                          "local": ("block3", "block4")}
+#: how the selector's input is normalized (:class:`SelectPredictClassifier`'s ``selector_norm``)
+SELECTOR_NORMS = ("image", "dataset")
+#: selectors whose stages are the bounded-receptive-field encoder of :mod:`dualattn.models.local` (U-Net encoder only)
+LOCAL_SELECTORS = ("local",)
 #: ``create_model`` options that configure only the selector (its gates, their sharpness term).
 _SELECTOR_OPTIONS = (
     "gate_embed", "gate_scale", "gate_learn_scale", "gate_zero_init", "gate_form", "gate_bias", "entropy_weight",
@@ -267,6 +272,13 @@ def masked_zscore(x: Tensor, visible: Tensor | None = None, *, eps: float = 1e-6
     return out.reshape(x.shape)
 
 
+def _first_conv(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            return m
+    raise ValueError(f"{type(module).__name__} has no convolution")
+
+
 def _channels_last(x: Tensor) -> Tensor:
     """Channels-last for float32 CPU inputs (the layout the gated classifiers use: faster oneDNN convolutions)."""
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() in (4, 5):
@@ -294,10 +306,17 @@ class SelectPredictClassifier(nn.Module):
         entropy_weight, attention_area: the selector's sharpness term (``normalized_entropy`` of its ``mu`` maps;
             in the training objective only).
         img_size: the input size (recorded; the evaluation fits images to it).
+        selector_norm: how the selector's input is normalized: ``"image"`` (z-scored per image and channel: every
+            pixel moves every cell's potential a little) or ``"dataset"`` (one per-channel shift and scale for all
+            images, the training split's mean and standard deviation, set once by training:
+            :meth:`set_input_statistics`): with a bounded-receptive-field selector (``selector="local"``) a
+            cell's potential then reads its window of the input and nothing else.
         config: the ``create_model`` arguments (``model.config``).
     """
 
     variant = VARIANT
+    #: the selector design (:data:`SELECTORS`), set by the factory
+    selector_kind = "exact"
     #: the preprocessing this model takes (``dualattn.runs.RunDir.input_normalization``): raw intensities
     input_normalization = "none"
 
@@ -314,10 +333,13 @@ class SelectPredictClassifier(nn.Module):
         entropy_weight: float = 0.0,
         attention_area: float | None = None,
         img_size: Sequence[int] | None = None,
+        selector_norm: str = "image",
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_number("budget", budget, low=0.0, high=1.0, low_inclusive=False)
+        if selector_norm not in SELECTOR_NORMS:
+            raise ValueError(f"selector_norm must be one of {', '.join(SELECTOR_NORMS)}, got {selector_norm!r}")
         check_number("hidden_value", hidden_value, low=-math.inf)
         check_number("foreground_threshold", foreground_threshold, low=0.0, high=1.0)
         self.backbone = backbone
@@ -336,6 +358,12 @@ class SelectPredictClassifier(nn.Module):
         #: temperature of the straight-through relaxation used in training mode (set by the training loop)
         self.relax_temperature = 1.0
         self._config = copy.deepcopy(config or {})
+        self.selector_norm = selector_norm
+        if selector_norm == "dataset":  # its statistics: identity until set, saved with the weights
+            channels = int(_first_conv(backbone).in_channels)
+            self.register_buffer("input_shift", torch.zeros(channels))
+            self.register_buffer("input_scale", torch.ones(channels))
+            self.register_buffer("input_stats_set", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ public API
     @property
@@ -362,6 +390,45 @@ class SelectPredictClassifier(nn.Module):
         logits = self._predict(x, sel.pixels, sel.soft)
         return SelectionOutput(logits, sel.tau, sel.mu, sel.penalty, sel.mask)
 
+    def selector_input(self, x: Tensor) -> Tensor:
+        """What the selector reads: ``x`` normalized as :attr:`selector_norm` says (class docstring)."""
+        if self.selector_norm == "image":
+            return masked_zscore(x)
+        shape = (1, -1) + (1,) * self.spatial_dims
+        return (x - self.input_shift.to(x.dtype).view(shape)) / self.input_scale.to(x.dtype).view(shape)
+
+    @torch.no_grad()
+    def set_input_statistics(self, batches: Iterable[Tensor]) -> None:
+        """Set the selector's per-channel shift and scale (``selector_norm="dataset"``) to the mean and standard
+        deviation of every pixel of ``batches`` (raw training images ``(B, C, *S)``), accumulated in float64.
+
+        Raises:
+            ValueError: ``selector_norm`` is not ``"dataset"``; no pixel, a channel count other than the model's, or
+                a non-finite or zero deviation.
+        """
+        if self.selector_norm != "dataset":
+            raise ValueError("set_input_statistics is for selector_norm='dataset' "
+                             f"(this model's: {self.selector_norm!r})")
+        total = None
+        n = 0
+        for x in batches:
+            x = x.detach().to(torch.float64)
+            if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.input_shift.numel():
+                raise ValueError(f"expected images (B, {self.input_shift.numel()}, *S), got {tuple(x.shape)}")
+            flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+            part = torch.stack([flat.sum(1), (flat * flat).sum(1)])
+            total = part if total is None else total + part
+            n += flat.shape[1]
+        if total is None or n < 2:
+            raise ValueError("set_input_statistics needs at least two pixels")
+        mean = total[0] / n
+        std = (total[1] / n - mean * mean).clamp_min(0.0).sqrt()
+        if not bool(torch.isfinite(std).all()) or bool((std <= 0).any()):
+            raise ValueError(f"the training images have a constant or non-finite channel (std {std.tolist()})")
+        self.input_shift.copy_(mean.to(self.input_shift.dtype))
+        self.input_scale.copy_(std.to(self.input_scale.dtype))
+        self.input_stats_set.fill_(True)
+
     def mask(self, x: Tensor) -> dict[str, Tensor]:
         """The hard consistent mask, block -> ``(B, *grid)`` bool."""
         return self.select(x).mask
@@ -378,7 +445,7 @@ class SelectPredictClassifier(nn.Module):
         """
         self._check_input(x)
         size = tuple(x.shape[2:])
-        feats, log_taus = self._pass_one(masked_zscore(x))
+        feats, log_taus = self._pass_one(self.selector_input(x))
         blocks = self.attention_blocks
         for fine, coarse in zip(blocks[:-1], blocks[1:]):
             block_factors(tuple(log_taus[fine].shape[1:]), tuple(log_taus[coarse].shape[1:]))
@@ -519,6 +586,13 @@ class SelectPredictClassifier(nn.Module):
                 )
         loadable = {k: v for k, v in sd.items() if k in own}
         bad = [k for k, v in loadable.items() if tuple(v.shape) != tuple(own[k].shape)]
+        if bad and self.selector_kind in LOCAL_SELECTORS:
+            # a bounded-receptive-field selector from a plain run: the stages whose 3x3 convolutions it keeps load,
+            # the 1x1 ones start at their initialisation (and learn by the selector's own objective)
+            logger.info("local selector: %d tensors of the run do not fit (1x1 stages), left at initialisation",
+                        len(bad))
+            loadable = {k: v for k, v in loadable.items() if k not in bad}
+            bad = []
         if bad:
             raise ValueError(
                 "shape mismatch (set model_kwargs.features / gate_embed to the run's): "
@@ -624,10 +698,15 @@ def _build(
     hidden_value: float = 0.0,
     foreground_threshold: float = 0.05,
     img_size: int | Sequence[int] | None = None,
+    selector_norm: str = "image",
     **kw: Any,
 ) -> SelectPredictClassifier:
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; valid: {', '.join(SELECTORS)}")
+    if selector in LOCAL_SELECTORS and backbone_name != "unet_encoder":
+        raise ValueError(f"selector {selector!r} is the U-Net encoder with a bounded receptive field "
+                         f"(dualattn.models.local); backbone {backbone_name!r} has none: use selector='exact'")
+    conv3_stages = kw.pop("conv3_stages", 2)
     if predictor_features is not None and (not isinstance(predictor_features, int) or predictor_features < 1):
         raise ValueError(f"predictor_features must be a positive int or None, got {predictor_features!r}")
     factory = get_entry(backbone_name).factory
@@ -641,10 +720,20 @@ def _build(
     sized = {"img_size": list(img_size)} if img_size is not None else {}
     # the selector: a gated classifier's pass 1 (pool mode drops the stages after the coarsest gate); its head is
     # not kept
-    gated = factory(
-        variant=selector, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
-        exact_mode="pool", **gate_kw, **sized, **kw,
-    )
+    if selector in LOCAL_SELECTORS:
+        # the additive model's encoder and gates: each cell's potential reads a bounded window of the input
+        from .local import additive_unet
+
+        gated = additive_unet(
+            in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
+            features=kw.get("features", 32), norm=kw.get("norm", "batch"), conv3_stages=conv3_stages,
+            blocks=SELECTORS[selector], **gate_kw, **sized,
+        )
+    else:
+        gated = factory(
+            variant=selector, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
+            exact_mode="pool", **gate_kw, **sized, **kw,
+        )
     pred_kw = dict(kw)
     if predictor_features is not None:
         pred_kw["features"] = predictor_features
@@ -652,11 +741,13 @@ def _build(
         variant="baseline", in_channels=in_channels + 1, num_classes=num_classes, spatial_dims=spatial_dims,
         **sized, **pred_kw,
     )
-    return SelectPredictClassifier(
+    model = SelectPredictClassifier(
         backbone=gated.backbone, gates=gated.gates, predictor=predictor, num_classes=num_classes, budget=budget,
         hidden_value=hidden_value, foreground_threshold=foreground_threshold, entropy_weight=entropy_weight,
-        attention_area=attention_area, img_size=img_size, config=config,
+        attention_area=attention_area, img_size=img_size, selector_norm=selector_norm, config=config,
     )
+    model.selector_kind = selector
+    return model
 
 
 def _factory_for(backbone_name: str):  # noqa: ANN202 - a registry factory

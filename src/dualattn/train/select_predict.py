@@ -255,6 +255,19 @@ class SelectPredictModule(ClassifierModule):
             width = sum(int(model.backbone.channels[b]) for b in model.attention_blocks)
             self.selector_head = nn.Linear(width, int(model.num_classes))
 
+    #: training images whose pixels give ``selector_norm="dataset"`` its statistics (evenly spaced, un-augmented)
+    STATISTICS_IMAGES = 512
+
+    def on_fit_start(self) -> None:
+        """A selector normalized by dataset statistics gets them once, from the training split (a resumed or
+        warm-started model that has them keeps them)."""
+        model = self.model
+        if getattr(model, "selector_norm", "image") == "dataset" and not bool(model.input_stats_set):
+            batches = self.trainer.datamodule.calibration_batches(self.STATISTICS_IMAGES)
+            model.set_input_statistics(batches)
+            logger.info("selector input statistics from %d training images: shift %s, scale %s",
+                        sum(int(b.shape[0]) for b in batches), model.input_shift.tolist(), model.input_scale.tolist())
+
     def _phase(self) -> int:
         return self.options.phase(self.epoch_index())
 
