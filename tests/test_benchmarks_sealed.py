@@ -120,7 +120,7 @@ def test_gate_width_check_refuses_the_sealed_draw_and_merges_one_draw(tmp_path, 
                                str(tmp_path / "m.json")])
 
 
-@pytest.mark.parametrize("script", ["select_claims", "design_study"])
+@pytest.mark.parametrize("script", ["select_claims", "design_study", "selector_study"])
 def test_claim_and_design_selection_refuse_the_sealed_draw(tmp_path, monkeypatch, script):
     import importlib
 
