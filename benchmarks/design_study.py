@@ -46,6 +46,9 @@ DESIGNS = tuple(FEATURED_MAP)
 DATASETS = ("synthetic-brain", "synthetic-brain-easy", "synthetic-pet", "br35h")
 #: datasets without lesion masks: no AP, hiding by ROAD imputation (no registered partners)
 NO_MASKS = ("br35h",)
+#: volume datasets: trained and evaluated as the ``3d`` demo preset does (``--datasets synthetic-brain-3d``, an
+#: addendum run after the decision, its own ``--out``)
+VOLUMES = ("synthetic-brain-3d",)
 MARGIN = 3.0
 TIE = 1.0
 
@@ -145,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         base = get_preset("tiny" if args.tiny else "default", dataset=dataset, data_seed=seed,
                           data_options=opts, split_fractions=(0.7, 0.1, 0.2),
                           variants=("baseline", *DESIGNS), seeds=(0,) if args.tiny else seeds)
-        if not args.tiny and dataset != "synthetic-brain":
+        if not args.tiny and dataset in VOLUMES:  # volumes train as the 3d preset does (its size, precise_bn)
+            base = get_preset("3d", dataset=dataset, data_seed=seed, variants=("baseline", *DESIGNS), seeds=seeds)
+        elif not args.tiny and dataset != "synthetic-brain":
             n = {"synthetic-pet": 600, "br35h": 3000}.get(dataset, base.n)
             base = get_preset("default", dataset=dataset, data_seed=seed, data_options=opts, n=n,
                               split_fractions=(0.7, 0.1, 0.2), variants=("baseline", *DESIGNS), seeds=seeds)
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = tuple(FEATURED_MAP.values()) + ("lrp",)
         settings = EvalSettings(
             data=data, methods=methods, split="val", size=base.image_size, perturbation_steps=base.perturbation_steps,
+            max_images=base.max_eval_images, ig_steps=base.ig_steps,
             sanity_images=0, fills=("road",), own_model_methods=("lrp",), own_model_variants="all",
             hiding_ks=(20,), hiding_blocks=("block3",), hiding_fills=("road",) if dataset in NO_MASKS else ("partner",),
             claims=(), protocols=("own_model",),

@@ -100,3 +100,33 @@ def test_a_run_saves_the_statistics_its_weights_give_on_the_calibration_images(b
     for m, (mean, var) in zip(bns, saved):
         torch.testing.assert_close(m.running_mean, mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(m.running_var, var, rtol=1e-5, atol=1e-6)
+
+
+def test_select_predict_recomputes_only_the_learning_parts_each_on_its_own_inputs():
+    """Phase 2: the frozen predictor keeps its statistics (never from the selector's masks); phase 1: the predictor's
+    come from seeded random blob masks (the same every epoch) and the selector's from the images."""
+    from dualattn.models import create_model
+    from dualattn.train.select_predict import SelectPredictModule
+
+    torch.manual_seed(0)
+    model = create_model("unet_encoder", variant="select_predict", in_channels=2, features=2).eval()
+    cfg = TrainConfig(dataset="x", variant="select_predict", precise_bn=8, max_epochs=4)
+    module = SelectPredictModule(model, config=cfg)
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.rand(4, 2, 32, 32, generator=g) * 3 + 1 for _ in range(2)]
+
+    def stats(part):
+        return {k: v.clone() for k, v in part.state_dict().items() if k.endswith("running_mean")}
+
+    pred0, sel0 = stats(model.predictor), stats(model.backbone)
+    module._phase = lambda: 2
+    assert module.recompute_batchnorm(batches) > 0
+    assert all(torch.equal(v, pred0[k]) for k, v in stats(model.predictor).items())
+    assert any(not torch.equal(v, sel0[k]) for k, v in stats(model.backbone).items())
+    module._phase = lambda: 1
+    module.recompute_batchnorm(batches)
+    pred1 = stats(model.predictor)
+    assert any(not torch.equal(v, pred0[k]) for k, v in pred1.items())
+    module.recompute_batchnorm(batches)
+    assert all(torch.equal(v, pred1[k]) for k, v in stats(model.predictor).items())
+    assert not model.training and not any(m.training for m in model.modules())

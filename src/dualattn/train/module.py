@@ -189,7 +189,13 @@ class ClassifierModule(pl.LightningModule):
         Returns:
             the number of BatchNorm layers recomputed (0: the model has none; nothing is read).
         """
-        bns = [m for m in self.model.modules()
+        return self._recompute_bn([self.model], self.model, batches)
+
+    @torch.no_grad()
+    def _recompute_bn(self, parts: list[nn.Module], forward: Any, batches: list[torch.Tensor] | None) -> int:
+        """Recompute the BatchNorm statistics of ``parts`` (put in training mode; every other module keeps its
+        mode) by running ``forward`` on each batch; see :meth:`recompute_batchnorm`."""
+        bns = [m for part in parts for m in part.modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
         if not bns:
             return 0
@@ -199,17 +205,20 @@ class ClassifierModule(pl.LightningModule):
         modes = {m: m.training for m in self.model.modules()}
         momenta = [m.momentum for m in bns]
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative moving average over the calibration batches
-            self.model.train()
-            for x in batches:
-                self.model(x.to(self.device))
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        for m, mode in modes.items():
-            m.training = mode
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for m in bns:
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative moving average over the calibration batches
+                for part in parts:
+                    part.train()
+                for x in batches:
+                    forward(x.to(self.device))
+        finally:
+            for m, momentum in zip(bns, momenta):
+                m.momentum = momentum
+            for m, mode in modes.items():
+                m.training = mode
         return len(bns)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -268,6 +268,31 @@ class SelectPredictModule(ClassifierModule):
             logger.info("selector input statistics from %d training images: shift %s, scale %s",
                         sum(int(b.shape[0]) for b in batches), model.input_shift.tolist(), model.input_scale.tolist())
 
+    @torch.no_grad()
+    def recompute_batchnorm(self, batches: list[Tensor] | None = None) -> int:
+        """Precise BN (``TrainConfig.precise_bn``) for the part(s) that learn in this epoch's phase, each on the
+        inputs it trains on: the selector on the images; in phase 1 the predictor on random blob masks (seeded by
+        the run's seed, the same every epoch). The predictor's statistics never come from the selector's masks
+        (the EVAL-X separation), and a frozen part keeps its statistics."""
+        model = self.model
+        phase = self._phase()
+        count = 0
+        if self._selector_learns(phase):
+            count += self._recompute_bn(model.selector_modules(),
+                                        lambda x: model._pass_one(model.selector_input(x)), batches)
+        if phase == 1:
+            opts = self.options
+            gen = torch.Generator().manual_seed(int(self.config.seed))
+
+            def masked(x: Tensor) -> Tensor:
+                span = opts.budget_high - opts.budget_low
+                budgets = torch.rand(x.shape[0], generator=gen) * span + opts.budget_low
+                cells = random_masks_for(model, x, budgets=budgets, sigma=opts.blob_sigma, generator=gen)
+                return model.predict_masked(x, cells)
+
+            count += self._recompute_bn([model.predictor], masked, batches)
+        return count
+
     def _phase(self) -> int:
         return self.options.phase(self.epoch_index())
 
