@@ -118,7 +118,8 @@ def candidate_key(c: Mapping[str, Any]) -> str:
     pbn = int(c.get("precise_bn", 0))
     return (f"n{c['n']}_e{c['epochs']}_f{c['features']}_{c['norm']}_{c['augment_policy']}"
             + ("" if batch == BASE_BATCH else f"_b{batch}") + ("" if lr == BASE_LR else f"_lr{lr:g}")
-            + ("" if pbn == 0 else f"_pbn{pbn}"))
+            + ("" if pbn == 0 else f"_pbn{pbn}")
+            + ("" if int(c.get("penalty_warmup", 0)) == 0 else f"_pw{int(c['penalty_warmup'])}"))
 
 
 def mean_std(values: Iterable[float]) -> dict[str, float]:
@@ -203,7 +204,8 @@ def _preset(c: Mapping[str, Any], data_seed: int):
     return get_preset("3d", n=int(c["n"]), max_epochs=int(c["epochs"]), data_seed=data_seed,
                       batch_size=int(c.get("batch", BASE_BATCH)), lr=float(c.get("lr", BASE_LR)),
                       model_kwargs={"features": int(c["features"]), "norm": c["norm"]},
-                      augment_policy=c["augment_policy"], precise_bn=int(c.get("precise_bn", 0)))
+                      augment_policy=c["augment_policy"], precise_bn=int(c.get("precise_bn", 0)),
+                      penalty_warmup_epochs=int(c.get("penalty_warmup", 0)))
 
 
 def _job(job: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +288,7 @@ def parse_candidate(text: str) -> dict[str, Any]:
     for part in text.split(","):
         k, _, v = part.partition("=")
         k = k.strip()
-        if k in ("n", "epochs", "features", "batch", "precise_bn"):
+        if k in ("n", "epochs", "features", "batch", "precise_bn", "penalty_warmup"):
             out[k] = int(v)
         elif k == "lr":
             out[k] = float(v)

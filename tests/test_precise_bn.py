@@ -130,3 +130,41 @@ def test_select_predict_recomputes_only_the_learning_parts_each_on_its_own_input
     module.recompute_batchnorm(batches)
     assert all(torch.equal(v, pred1[k]) for k, v in stats(model.predictor).items())
     assert not model.training and not any(m.training for m in model.modules())
+
+
+def test_penalty_warmup_ramps_the_penalty_from_zero_and_validates():
+    module = ClassifierModule(_tiny(), config=TrainConfig(dataset="x", penalty_warmup_epochs=3))
+    got = []
+    for epoch in range(5):
+        module.epoch_index = lambda e=epoch: e
+        got.append(module.penalty_factor())
+    assert got == [0.0, 1 / 3, 2 / 3, 1.0, 1.0]
+    off = ClassifierModule(_tiny(), config=TrainConfig(dataset="x"))
+    off.epoch_index = lambda: 0
+    assert off.penalty_factor() == 1.0
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="penalty_warmup_epochs"):
+            TrainConfig(dataset="x", penalty_warmup_epochs=bad)
+
+
+def test_penalty_warmup_reaches_the_runs_from_a_preset(tmp_path):
+    from dualattn.pipelines import demo
+
+    preset = demo.get_preset("tiny3d", penalty_warmup_epochs=2)
+    assert demo._train_config(preset, data=tmp_path, variant="dual", seed=0, progress=False).penalty_warmup_epochs == 2
+    assert preset.to_dict()["penalty_warmup_epochs"] == 2
+    assert "penalty_warmup_epochs" not in demo.get_preset("tiny3d").to_dict()
+    with pytest.raises(ValueError, match="penalty_warmup_epochs=-1 must be an int >= 0"):
+        demo.get_preset("3d", penalty_warmup_epochs=-1)
+
+
+def test_penalty_warmup_trains_the_first_epoch_on_cross_entropy_alone(blobs, tmp_path):
+    from dualattn.train.callbacks import read_metrics
+
+    cfg = load_config(overrides=[f"dataset={blobs}", "accelerator=cpu", "devices=1", "batch_size=8", "max_epochs=2",
+                                 "model_kwargs.features=4", "variant=dual", "penalty_warmup_epochs=2"])
+    run = fit(cfg, out=tmp_path / "run")
+    rows = read_metrics(run / "metrics.csv")
+    first, second = rows[0], rows[1]
+    assert first["train_penalty"] > 0 and first["train_loss"] == pytest.approx(first["train_ce"], abs=1e-6)
+    assert second["train_loss"] == pytest.approx(second["train_ce"] + 0.5 * second["train_penalty"], rel=1e-5)

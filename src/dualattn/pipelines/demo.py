@@ -135,6 +135,8 @@ class DemoPreset:
         hiding_fills: the hiding test's fills (``partner``: matched healthy test images; ``road``).
         precise_bn: ``TrainConfig.precise_bn`` of every run (BatchNorm statistics recomputed on this many
             un-augmented training images before each validation; 0: off). Absent from :meth:`to_dict` when 0.
+        penalty_warmup_epochs: ``TrainConfig.penalty_warmup_epochs`` of every run (0: off). Absent from
+            :meth:`to_dict` when 0.
     """
 
     name: str
@@ -170,6 +172,7 @@ class DemoPreset:
     hiding_blocks: str | tuple[str, ...] = ("block3",)
     map_only_methods: tuple[str, ...] = ("raw_channel_",)
     precise_bn: int = 0
+    penalty_warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         for key in ("n", "image_size", "max_epochs", "batch_size", "n_examples", "perturbation_steps", "ig_steps"):
@@ -193,6 +196,9 @@ class DemoPreset:
                              f"{', '.join(NORMS)}")
         if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
             raise ValueError(f"preset {self.name!r}: precise_bn={self.precise_bn!r} must be an int >= 0")
+        w = self.penalty_warmup_epochs
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(f"preset {self.name!r}: penalty_warmup_epochs={w!r} must be an int >= 0")
         if self.sanity_images < 0:
             raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
         fr = tuple(float(f) for f in self.split_fractions)
@@ -227,6 +233,8 @@ class DemoPreset:
             out.pop("augment_policy")
         if self.precise_bn == 0:  # likewise
             out.pop("precise_bn")
+        if self.penalty_warmup_epochs == 0:  # likewise
+            out.pop("penalty_warmup_epochs")
         return out
 
 
@@ -447,6 +455,7 @@ def _train_config(preset: DemoPreset, *, data: Path, variant: str, seed: int, pr
         augment=preset.augment,
         augment_policy=preset.augment_policy,
         precise_bn=preset.precise_bn,
+        penalty_warmup_epochs=preset.penalty_warmup_epochs,
         seed=seed,
         split_seed=0,
         split_fractions=tuple(preset.split_fractions),

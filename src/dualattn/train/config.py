@@ -86,6 +86,9 @@ class TrainConfig:
             augmentation (evenly spaced over the split; all of them when it is larger); 0: off, BatchNorm keeps
             its running averages (momentum 0.1), which lag the weights when an epoch has few optimizer steps.
             No effect on models without BatchNorm.
+        penalty_warmup_epochs: the model's penalty (consistency, sharpness) enters the training loss with weight
+            ``epoch / N`` for the first N epochs (0 in the first: cross-entropy alone), then 1; 0: off. The
+            validation objective keeps the full penalty. ``select_predict``'s selector objective is not scaled.
         select_by: the validation metric that picks ``best.safetensors`` (and that early stopping
             watches): ``val_balanced_accuracy`` (highest) or ``val_objective`` (lowest: the mean
             training objective, cross-entropy + the model's penalty, on the validation split). Ties
@@ -136,6 +139,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     gradient_clip_val: float | None = None
     precise_bn: int = 0
+    penalty_warmup_epochs: int = 0
     select_by: str = "val_balanced_accuracy"
     # runtime
     seed: int = 0
@@ -196,6 +200,9 @@ class TrainConfig:
             raise bad("early_stopping_patience", "must be >= 1 or null")
         if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
             raise bad("precise_bn", "must be an int >= 0 (training images; 0: off)")
+        if (isinstance(self.penalty_warmup_epochs, bool) or not isinstance(self.penalty_warmup_epochs, int)
+                or self.penalty_warmup_epochs < 0):
+            raise bad("penalty_warmup_epochs", "must be an int >= 0 (epochs; 0: off)")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise bad("gradient_clip_val", "must be > 0 or null")
         if self.select_by not in SELECT_BY:

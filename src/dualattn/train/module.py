@@ -116,7 +116,7 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch["image"], batch["label"]
         logits, penalty = self._logits_and_penalty(x)
         ce = F.cross_entropy(logits.float(), y)
-        loss = ce + penalty
+        loss = ce + self.penalty_factor() * penalty
         n = float(y.shape[0])
         if self._train_sums is None:
             self._train_sums = torch.zeros(4, device=self.device)
@@ -126,6 +126,14 @@ class ClassifierModule(pl.LightningModule):
             terms = torch.stack([loss.detach() * n, ce.detach() * n, penalty.detach() * n, ce.new_tensor(n)])
             self._train_sums += torch.where(torch.isfinite(terms).all(), terms, torch.zeros_like(terms))
         return loss
+
+    def penalty_factor(self) -> float:
+        """The weight of the model's penalty in this epoch's training loss: ``epoch / penalty_warmup_epochs`` during
+        the warm-up (0 in the first epoch: cross-entropy alone), then 1 (``TrainConfig.penalty_warmup_epochs``)."""
+        warmup = int(self.config.penalty_warmup_epochs)
+        if warmup <= 0:
+            return 1.0
+        return min(1.0, self.epoch_index() / warmup)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # buffers (BatchNorm running statistics) change in the forward pass, before the loss is known
