@@ -116,6 +116,42 @@ def choose(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                       "the own-model AP ratio against LRP)"}
 
 
+def study_setup(dataset: str, *, work: Path, data_seed: int, seeds: tuple[int, ...], variants: tuple[str, ...],
+                tiny: bool = False) -> tuple[Any, Path]:
+    """The study's preset for ``dataset`` (the default demo's training at the dataset's size; volumes as the ``3d``
+    preset; ``tiny``: the tiny preset) and its data draw, generated under ``work/data``: ``(preset, data folder)``."""
+    from dualattn.data import resolve_dataset
+    from dualattn.pipelines.demo import get_preset
+
+    opts = {"slices_per_patient": 1} if dataset.startswith("synthetic-brain") and dataset not in VOLUMES else {}
+    if tiny:
+        base = get_preset("tiny", dataset=dataset, data_seed=data_seed, data_options=opts,
+                          split_fractions=(0.7, 0.1, 0.2), variants=variants, seeds=seeds)
+    elif dataset in VOLUMES:  # volumes train as the 3d preset does (its size, precise_bn)
+        base = get_preset("3d", dataset=dataset, data_seed=data_seed, variants=variants, seeds=seeds)
+    else:
+        n = {"synthetic-pet": 600, "br35h": 3000}.get(dataset, get_preset("default").n)
+        base = get_preset("default", dataset=dataset, data_seed=data_seed, data_options=opts, n=n,
+                          split_fractions=(0.7, 0.1, 0.2), variants=variants, seeds=seeds)
+    data = Path(resolve_dataset(dataset, cache_dir=work / "data", n=base.n, size=base.image_size, seed=data_seed,
+                                options=opts or None))
+    return base, data
+
+
+def val_settings(dataset: str, preset: Any, data: Path, methods: tuple[str, ...]) -> Any:
+    """The study's evaluation: val split, each map on its own model with LRP beside it, ROAD, the hiding test at k =
+    20 on block3 (matched partners; ROAD imputation for data without masks)."""
+    from dualattn.evaluate import EvalSettings
+
+    return EvalSettings(
+        data=data, methods=methods, split="val", size=preset.image_size, perturbation_steps=preset.perturbation_steps,
+        max_images=preset.max_eval_images, ig_steps=preset.ig_steps,
+        sanity_images=0, fills=("road",), own_model_methods=("lrp",), own_model_variants="all",
+        hiding_ks=(20,), hiding_blocks=("block3",), hiding_fills=("road",) if dataset in NO_MASKS else ("partner",),
+        claims=(), protocols=("own_model",),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, required=True)
@@ -130,10 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dualattn._io import atomic_write_json
-    from dualattn.data import resolve_dataset
     from dualattn.data.sealed import refuse_sealed
-    from dualattn.evaluate import EvalSettings, evaluate_runs
-    from dualattn.pipelines.demo import get_preset, train_preset_runs
+    from dualattn.evaluate import evaluate_runs
+    from dualattn.pipelines.demo import train_preset_runs
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,28 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     timing: dict[str, float] = {}
     for dataset in datasets:
         t0 = time.perf_counter()
-        opts = {"slices_per_patient": 1} if dataset.startswith("synthetic-brain") and "3d" not in dataset else {}
-        base = get_preset("tiny" if args.tiny else "default", dataset=dataset, data_seed=seed,
-                          data_options=opts, split_fractions=(0.7, 0.1, 0.2),
-                          variants=("baseline", *DESIGNS), seeds=(0,) if args.tiny else seeds)
-        if not args.tiny and dataset in VOLUMES:  # volumes train as the 3d preset does (its size, precise_bn)
-            base = get_preset("3d", dataset=dataset, data_seed=seed, variants=("baseline", *DESIGNS), seeds=seeds)
-        elif not args.tiny and dataset != "synthetic-brain":
-            n = {"synthetic-pet": 600, "br35h": 3000}.get(dataset, base.n)
-            base = get_preset("default", dataset=dataset, data_seed=seed, data_options=opts, n=n,
-                              split_fractions=(0.7, 0.1, 0.2), variants=("baseline", *DESIGNS), seeds=seeds)
         work = args.work / dataset
-        data = Path(resolve_dataset(dataset, cache_dir=work / "data", n=base.n, size=base.image_size, seed=seed,
-                                    options=opts or None))
+        base, data = study_setup(dataset, work=work, data_seed=seed, seeds=(0,) if args.tiny else seeds,
+                                 variants=("baseline", *DESIGNS), tiny=args.tiny)
         train_preset_runs(base, data=data, out=work)
-        methods = tuple(FEATURED_MAP.values()) + ("lrp",)
-        settings = EvalSettings(
-            data=data, methods=methods, split="val", size=base.image_size, perturbation_steps=base.perturbation_steps,
-            max_images=base.max_eval_images, ig_steps=base.ig_steps,
-            sanity_images=0, fills=("road",), own_model_methods=("lrp",), own_model_variants="all",
-            hiding_ks=(20,), hiding_blocks=("block3",), hiding_fills=("road",) if dataset in NO_MASKS else ("partner",),
-            claims=(), protocols=("own_model",),
-        )
+        settings = val_settings(dataset, base, data, tuple(FEATURED_MAP.values()) + ("lrp",))
         path = evaluate_runs(work / "runs", out=work / "eval-val", settings=settings)
         rows[dataset] = dataset_row(json.loads(Path(path).read_text(encoding="utf-8")), dataset)
         timing[dataset] = round(time.perf_counter() - t0, 1)

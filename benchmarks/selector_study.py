@@ -56,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dualattn._io import atomic_write_json
-    from dualattn.data import resolve_dataset
     from dualattn.data.sealed import refuse_sealed
-    from dualattn.evaluate import EvalSettings, evaluate_runs
+    from dualattn.evaluate import evaluate_runs
     from dualattn.pipelines import demo
-    from dualattn.pipelines.demo import get_preset
     from dualattn.train import fit
 
     if args.threads:
@@ -74,13 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     timing: dict[str, float] = {}
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        opts = {"slices_per_patient": 1} if dataset.startswith("synthetic-brain") and "3d" not in dataset else {}
-        n = {"synthetic-pet": 600, "br35h": 3000}.get(dataset, 640)
-        preset = get_preset("default", dataset=dataset, data_seed=seed, data_options=opts, n=n,
-                            split_fractions=(0.7, 0.1, 0.2), variants=("baseline", "select_predict"), seeds=seeds)
         root = args.work / dataset
-        data = Path(resolve_dataset(dataset, cache_dir=root / "data", n=preset.n, size=preset.image_size, seed=seed,
-                                    options=opts or None))
+        preset, data = design_study.study_setup(dataset, work=root, data_seed=seed, seeds=seeds,
+                                                variants=("baseline", "select_predict"))
         for name in selectors:
             t0 = time.perf_counter()
             work = root if name == "exact" else root / f"selector_{name}"
@@ -93,13 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     cfg = demo._train_config(preset, data=data, variant="select_predict", seed=s, progress=False)
                     cfg.model_kwargs = {**cfg.model_kwargs, **SELECTORS[name]}
                     fit(cfg, out=run, resume=run.is_dir(), init_from=base)
-            settings = EvalSettings(
-                data=data, methods=("select_predict", "lrp"), split="val", size=preset.image_size,
-                perturbation_steps=preset.perturbation_steps, sanity_images=0, fills=("road",),
-                own_model_methods=("lrp",), own_model_variants="all", hiding_ks=(20,), hiding_blocks=("block3",),
-                hiding_fills=("road",) if dataset in design_study.NO_MASKS else ("partner",), claims=(),
-                protocols=("own_model",),
-            )
+            settings = design_study.val_settings(dataset, preset, data, ("select_predict", "lrp"))
             runs = [root / "runs" / "baseline" / f"seed{s}" for s in seeds] + \
                 [work / "runs" / "select_predict" / f"seed{s}" for s in seeds]
             path = evaluate_runs(runs, out=work / f"eval-val-selector-{name}", settings=settings)
