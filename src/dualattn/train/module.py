@@ -84,6 +84,8 @@ class ClassifierModule(pl.LightningModule):
         self._val_loss: torch.Tensor | None = None
         self._val_penalty: torch.Tensor | None = None
         self._buffer_copy: list[torch.Tensor] | None = None
+        #: ``precise_bn``'s training images, read on first use
+        self._calibration: list[torch.Tensor] | None = None
         #: optimizer steps skipped because their gradients were not finite
         self.skipped_steps = 0
 
@@ -208,8 +210,9 @@ class ClassifierModule(pl.LightningModule):
         if not bns:
             return 0
         if batches is None:
-            dm = self.trainer.datamodule
-            batches = dm.calibration_batches(self.config.precise_bn)
+            if self._calibration is None:  # read once per fit, then reused every epoch (and by every part)
+                self._calibration = self.trainer.datamodule.calibration_batches(self.config.precise_bn)
+            batches = self._calibration
         modes = {m: m.training for m in self.model.modules()}
         momenta = [m.momentum for m in bns]
         devices = [self.device] if self.device.type == "cuda" else []
