@@ -31,6 +31,11 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def is_count(value: object) -> bool:
+    """True for an int >= 0 that is not a bool (a count of images, epochs, ...)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
 def check_number(name: str, value: object, *, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
     """Return ``value`` as a float if it is a finite number in ``[low, high]`` (``(low, high]`` when
     ``low_inclusive`` is False), else raise ValueError naming ``name``."""

@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from .._checks import is_count
 from .._env import versions
 from .._io import atomic_write_json
 from ..cards import model_card, write_model_card
@@ -194,11 +195,9 @@ class DemoPreset:
         if "norm" in self.model_kwargs and self.model_kwargs["norm"] not in NORMS:
             raise ValueError(f"preset {self.name!r}: model_kwargs norm={self.model_kwargs['norm']!r} must be one of "
                              f"{', '.join(NORMS)}")
-        if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
-            raise ValueError(f"preset {self.name!r}: precise_bn={self.precise_bn!r} must be an int >= 0")
-        w = self.penalty_warmup_epochs
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
-            raise ValueError(f"preset {self.name!r}: penalty_warmup_epochs={w!r} must be an int >= 0")
+        for key in ("precise_bn", "penalty_warmup_epochs"):
+            if not is_count(getattr(self, key)):
+                raise ValueError(f"preset {self.name!r}: {key}={getattr(self, key)!r} must be an int >= 0")
         if self.sanity_images < 0:
             raise ValueError(f"preset {self.name!r}: sanity_images={self.sanity_images!r} must be >= 0")
         fr = tuple(float(f) for f in self.split_fractions)

@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
+from dualattn._checks import is_count
 from dualattn.data.transforms import AUGMENT_POLICIES, NORMALIZATIONS
 
 __all__ = ["TrainConfig", "load_config", "save_config", "parse_override", "config_keys", "SELECT_BY"]
@@ -198,10 +199,9 @@ class TrainConfig:
             raise bad("plateau_patience", "must be >= 0")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise bad("early_stopping_patience", "must be >= 1 or null")
-        if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
+        if not is_count(self.precise_bn):
             raise bad("precise_bn", "must be an int >= 0 (training images; 0: off)")
-        if (isinstance(self.penalty_warmup_epochs, bool) or not isinstance(self.penalty_warmup_epochs, int)
-                or self.penalty_warmup_epochs < 0):
+        if not is_count(self.penalty_warmup_epochs):
             raise bad("penalty_warmup_epochs", "must be an int >= 0 (epochs; 0: off)")
         if self.gradient_clip_val is not None and not self.gradient_clip_val > 0:
             raise bad("gradient_clip_val", "must be > 0 or null")
