@@ -182,9 +182,19 @@ def receptive_field(layers: Iterable[nn.Module], start: ReceptiveField | None = 
 
 
 # ---------------------------------------------------------------------------- backbone
-def _stage(spatial_dims: int, cin: int, cout: int, *, pool: bool, kernel: int) -> nn.Sequential:
+#: how a stage halves the grid: a 2x max-pool, or a 2x2 convolution of stride 2 (each coarse cell a learned linear
+#: function of its four fine cells: what a patch embedding computes, where a max-pool keeps one of them)
+DOWNSAMPLES: tuple[str, ...] = ("max", "conv")
+
+
+def _stage(spatial_dims: int, cin: int, cout: int, *, pool: bool, kernel: int, downsample: str = "max"
+           ) -> nn.Sequential:
     conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-    layers: list[nn.Module] = [max_pool(spatial_dims, 2, stride=2)] if pool else []
+    layers: list[nn.Module] = []
+    if pool and downsample == "max":
+        layers.append(max_pool(spatial_dims, 2, stride=2))
+    elif pool:
+        layers += [conv(cin, cin, 2, stride=2, bias=False), batch_norm(spatial_dims, cin), relu()]
     for a, b in ((cin, cout), (cout, cout)):
         layers += [conv(a, b, kernel, padding=kernel // 2, bias=False), batch_norm(spatial_dims, b), relu()]
     return nn.Sequential(*layers)
@@ -203,24 +213,31 @@ class LocalUNetEncoder(CNNBackbone):
         spatial_dims: 2 or 3.
         conv3_stages: how many leading stages keep 3x3 convolutions (0 .. depth).
         depth: number of stages.
+        downsample: ``"max"`` (a 2x max-pool before a stage) or ``"conv"`` (a 2x2 convolution of stride 2 with
+            BatchNorm and ReLU): :data:`DOWNSAMPLES`. Either keeps a cell's window on its own pixels when
+            ``conv3_stages`` is 0.
     """
 
     def __init__(self, *, in_channels: int, features: int = 32, spatial_dims: int = 2, conv3_stages: int = 2,
-                 depth: int = 4) -> None:
+                 depth: int = 4, downsample: str = "max") -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
         check_positive_int("features", features)
         check_positive_int("depth", depth)
         if isinstance(conv3_stages, bool) or not isinstance(conv3_stages, int) or not 0 <= conv3_stages <= depth:
             raise ValueError(f"conv3_stages must be an int in [0, {depth}], got {conv3_stages!r}")
+        if downsample not in DOWNSAMPLES:
+            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {downsample!r}")
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.downsample = downsample
         self.conv3_stages = conv3_stages
         self.stem = None
         widths = [features * 2**i for i in range(depth)]
         self.channels = {f"block{i + 1}": w for i, w in enumerate(widths)}
         cins = [in_channels, *widths[:-1]]
         self.stages = nn.ModuleDict({
-            f"block{i + 1}": _stage(spatial_dims, cin, cout, pool=i > 0, kernel=3 if i < conv3_stages else 1)
+            f"block{i + 1}": _stage(spatial_dims, cin, cout, pool=i > 0, kernel=3 if i < conv3_stages else 1,
+                                    downsample=downsample)
             for i, (cin, cout) in enumerate(zip(cins, widths))
         })
         init_weights(self)
@@ -525,13 +542,14 @@ def additive_unet(
     norm: str = "batch",
     conv3_stages: int = 2,
     blocks: Sequence[str] = BLOCK_CHOICES[0],
+    downsample: str = "max",
     config: dict[str, Any] | None = None,
     **kw: Any,
 ) -> AdditiveEvidenceClassifier:
     """Build the additive local-evidence model on the U-Net encoder (module docstring).
 
     ``norm`` must be ``"batch"`` (the other normalizations read every position); ``conv3_stages`` (default 2)
-    sets the receptive field; other options (``gate_*``, ``entropy_weight``, ``attention_area``, ``img_size``)
+    sets the receptive field, ``downsample`` how a stage halves the grid (:data:`DOWNSAMPLES`); other options (``gate_*``, ``entropy_weight``, ``attention_area``, ``img_size``)
     go to :class:`AdditiveEvidenceClassifier`.
     """
     if variant != ADDITIVE_VARIANT:  # pragma: no cover - the registry dispatches by variant
@@ -544,7 +562,7 @@ def additive_unet(
     blocks = tuple(blocks) if isinstance(blocks, (list, tuple)) else blocks
     depth = int(str(blocks[-1])[len("block"):]) if blocks in BLOCK_CHOICES else 4
     backbone = LocalUNetEncoder(in_channels=in_channels, features=features, spatial_dims=spatial_dims,
-                                conv3_stages=conv3_stages, depth=depth)
+                                conv3_stages=conv3_stages, depth=depth, downsample=downsample)
     return AdditiveEvidenceClassifier(backbone=backbone, num_classes=num_classes, blocks=blocks, config=config, **kw)
 
 

@@ -36,6 +36,18 @@ image (it may read everything), the predictor on the visible pixels only. Both a
 per-channel affine map of the input, so an image z-scored per sample upstream gives the same outputs up to
 float rounding -- but not bit for bit, which is why the deployed preprocessing is ``none``.
 
+**The threshold form** (``selector="patch"``, ``selector_norm="dataset"``, ``mask_rule="threshold"``): the selector
+is the U-Net encoder with no 3x3 convolution (:mod:`dualattn.models.local` with ``conv3_stages=0``: 1x1 convolutions
+and 2x max-pools, or 2x2 strided convolutions with ``selector_downsample="conv"``), so a cell of every gated grid
+reads exactly its own pixels; a finest cell is shown iff its own potential exceeds :attr:`threshold` (at most
+``budget`` of all cells, the highest first); no cell shown calls ``empty_class``. Then the mask of an image whose
+cells are each either image ``a``'s or image ``b``'s (the hiding test's composite) is ``M(a)`` on ``a``'s cells and
+``M(b)`` on ``b``'s: if the kept cells hold ``M(a)`` and ``b`` shows no cell elsewhere, the prediction is ``a``'s bit
+for bit -- proven, not sampled (``tests/test_select_predict_threshold.py``). Training calibrates the threshold so
+that at most ``healthy_fpr`` of the healthy training images show a cell
+(:meth:`SelectPredictClassifier.calibrate_threshold`), which bounds how often a healthy partner can change the
+prediction. The price is context: a cell is judged on its 4 px alone.
+
 **Training** (:mod:`dualattn.train.select_predict`: the predictor on random masks, then the selector against
 it): in training mode :meth:`forward_with_attention` passes a straight-through relaxation of the top-k (the value
 is the hard mask; the gradient flows through ``sigmoid((log mu - threshold) / (temperature * spread))``), so the
@@ -91,11 +103,19 @@ __all__ = [
 VARIANT = "select_predict"
 #: Selector designs: the gated variant whose pass 1 it is, and its gated blocks (finest first).
 SELECTORS: dict[str, tuple[str, ...]] = {"exact": ("block3", "block4"), "multilevel": ("block2", "block3", "block4"),
-                                          "local": ("block3", "block4")}
+                                          "local": ("block3", "block4"), "patch": ("block3", "block4")}
 #: how the selector's input is normalized (:class:`SelectPredictClassifier`'s ``selector_norm``)
 SELECTOR_NORMS = ("image", "dataset")
-#: selectors whose stages are the bounded-receptive-field encoder of :mod:`dualattn.models.local` (U-Net encoder only)
-LOCAL_SELECTORS = ("local",)
+#: selectors whose stages are the bounded-receptive-field encoder of :mod:`dualattn.models.local` (U-Net encoder
+#: only), and how many of its leading stages keep 3x3 convolutions: ``"patch"`` has none, so a cell of every gated
+#: grid reads exactly its own pixels (1x1 convolutions and 2x max-pools: its receptive field is the cell)
+LOCAL_SELECTORS: dict[str, int] = {"local": 2, "patch": 0}
+#: how the predictor's image channels are normalized (:class:`SelectPredictClassifier`'s ``predictor_norm``)
+PREDICTOR_NORMS = ("visible", "dataset")
+#: how the hard mask is chosen (:class:`SelectPredictClassifier`'s ``mask_rule``)
+MASK_RULES = ("budget", "threshold")
+#: the probability of the empty-mask class when the threshold rule shows no cell (``mask_rule="threshold"``)
+EMPTY_CONFIDENCE = 0.99
 #: ``create_model`` options that configure only the selector (its gates, their sharpness term).
 _SELECTOR_OPTIONS = (
     "gate_embed", "gate_scale", "gate_learn_scale", "gate_zero_init", "gate_form", "gate_bias", "entropy_weight",
@@ -121,6 +141,8 @@ class Selection(NamedTuple):
         penalty: scalar, ``entropy_weight`` x the selector's sharpness term (0 when off).
         features: the selector's feature maps of the gated blocks, block -> ``(B, C_b, *grid)`` (for a training
             loss of the selector's own; never an input of the predictor).
+        potentials: the gates' unnormalized potentials ``phi`` (``tau = softmax(phi)``), block -> ``(B, *grid)``;
+            the threshold rule shows the finest cells with ``phi > 0``.
     """
 
     tau: dict[str, Tensor]
@@ -133,6 +155,7 @@ class Selection(NamedTuple):
     soft: Tensor | None
     penalty: Tensor
     features: dict[str, Tensor]
+    potentials: dict[str, Tensor]
 
 
 class SelectionOutput(NamedTuple):
@@ -311,6 +334,13 @@ class SelectPredictClassifier(nn.Module):
             images, the training split's mean and standard deviation, set once by training:
             :meth:`set_input_statistics`): with a bounded-receptive-field selector (``selector="local"``) a
             cell's potential then reads its window of the input and nothing else.
+        mask_rule: ``"budget"`` (the top ``budget`` share of the foreground cells by ``mu``) or ``"threshold"``
+            (every finest cell whose own potential exceeds :attr:`threshold`, at most ``budget`` of all cells, the
+            highest first; needs ``selector_norm="dataset"``; module docstring, "The threshold form").
+        empty_class: with ``mask_rule="threshold"``, the class called when no cell is shown (logits
+            :meth:`empty_logits`).
+        predictor_norm: ``"visible"`` (the visible pixels z-scored on themselves) or ``"dataset"`` (the training
+            split's per-channel statistics: a lesion shown alone keeps its brightness).
         config: the ``create_model`` arguments (``model.config``).
     """
 
@@ -334,12 +364,24 @@ class SelectPredictClassifier(nn.Module):
         attention_area: float | None = None,
         img_size: Sequence[int] | None = None,
         selector_norm: str = "image",
+        mask_rule: str = "budget",
+        empty_class: int = 0,
+        predictor_norm: str = "visible",
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_number("budget", budget, low=0.0, high=1.0, low_inclusive=False)
         if selector_norm not in SELECTOR_NORMS:
             raise ValueError(f"selector_norm must be one of {', '.join(SELECTOR_NORMS)}, got {selector_norm!r}")
+        if predictor_norm not in PREDICTOR_NORMS:
+            raise ValueError(f"predictor_norm must be one of {', '.join(PREDICTOR_NORMS)}, got {predictor_norm!r}")
+        if mask_rule not in MASK_RULES:
+            raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
+        if mask_rule == "threshold" and selector_norm != "dataset":
+            raise ValueError("mask_rule='threshold' needs selector_norm='dataset': a per-image z-score lets every "
+                             "pixel move every cell's potential, so a hidden pixel could move a visible cell")
+        if isinstance(empty_class, bool) or not isinstance(empty_class, int) or not 0 <= empty_class < num_classes:
+            raise ValueError(f"empty_class must be a class index in [0, {num_classes}), got {empty_class!r}")
         check_number("hidden_value", hidden_value, low=-math.inf)
         check_number("foreground_threshold", foreground_threshold, low=0.0, high=1.0)
         self.backbone = backbone
@@ -359,7 +401,12 @@ class SelectPredictClassifier(nn.Module):
         self.relax_temperature = 1.0
         self._config = copy.deepcopy(config or {})
         self.selector_norm = selector_norm
-        if selector_norm == "dataset":  # its statistics: identity until set, saved with the weights
+        self.mask_rule = mask_rule
+        self.empty_class = int(empty_class)
+        self.predictor_norm = predictor_norm
+        if mask_rule == "threshold":  # the potential a cell must exceed to be shown (calibrate_threshold sets it)
+            self.register_buffer("threshold", torch.zeros(()))
+        if "dataset" in (selector_norm, predictor_norm):  # the statistics: identity until set, saved with the weights
             channels = int(_first_conv(backbone).in_channels)
             self.register_buffer("input_shift", torch.zeros(channels))
             self.register_buffer("input_scale", torch.ones(channels))
@@ -394,6 +441,15 @@ class SelectPredictClassifier(nn.Module):
         """What the selector reads: ``x`` normalized as :attr:`selector_norm` says (class docstring)."""
         if self.selector_norm == "image":
             return masked_zscore(x)
+        return self._dataset_normalized(x)
+
+    @property
+    def uses_input_statistics(self) -> bool:
+        """Whether a part of the model reads the training split's per-channel statistics
+        (:meth:`set_input_statistics`)."""
+        return "dataset" in (self.selector_norm, self.predictor_norm)
+
+    def _dataset_normalized(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * self.spatial_dims
         return (x - self.input_shift.to(x.dtype).view(shape)) / self.input_scale.to(x.dtype).view(shape)
 
@@ -406,9 +462,9 @@ class SelectPredictClassifier(nn.Module):
             ValueError: ``selector_norm`` is not ``"dataset"``; no pixel, a channel count other than the model's, or
                 a non-finite or zero deviation.
         """
-        if self.selector_norm != "dataset":
-            raise ValueError("set_input_statistics is for selector_norm='dataset' "
-                             f"(this model's: {self.selector_norm!r})")
+        if not self.uses_input_statistics:
+            raise ValueError("set_input_statistics is for selector_norm='dataset' or predictor_norm='dataset' "
+                             f"(this model's: {self.selector_norm!r}, {self.predictor_norm!r})")
         total = None
         n = 0
         for x in batches:
@@ -429,6 +485,52 @@ class SelectPredictClassifier(nn.Module):
         self.input_scale.copy_(std.to(self.input_scale.dtype))
         self.input_stats_set.fill_(True)
 
+    @torch.no_grad()
+    def calibrate_threshold(self, batches: Iterable[tuple[Tensor, Tensor]], *, false_positive_rate: float) -> float:
+        """Set :attr:`threshold` (``mask_rule="threshold"``) so that at most ``false_positive_rate`` of the
+        ``empty_class`` images of ``batches`` show any cell: the ``1 - false_positive_rate`` quantile (the next
+        value up) of their largest finest-grid potential, the selector in eval mode.
+
+        A composite of the hiding test (an image's visible cells kept, every other cell another image's) shows
+        the union of the two images' own visible cells (cell-local potentials), so a healthy partner that shows
+        no cell outside the kept ones cannot change the prediction: the calibrated rate bounds how often a
+        healthy partner can.
+
+        Args:
+            batches: ``(images, labels)`` pairs, raw intensities as the model takes them.
+            false_positive_rate: in [0, 1).
+
+        Returns:
+            the new threshold.
+
+        Raises:
+            ValueError: not the threshold rule, a rate outside [0, 1), or no ``empty_class`` image.
+        """
+        if self.mask_rule != "threshold":
+            raise ValueError(f"calibrate_threshold is for mask_rule='threshold' (this model's: {self.mask_rule!r})")
+        if check_number("false_positive_rate", false_positive_rate, low=0.0, high=1.0) >= 1.0:
+            raise ValueError(f"false_positive_rate must be below 1, got {false_positive_rate!r}")
+        modes = [m.training for m in self.selector_modules()]
+        tops = []
+        try:
+            for m in self.selector_modules():
+                m.eval()
+            for x, y in batches:
+                x = x.to(self.threshold.device)
+                keep = y.reshape(-1).to(x.device) == self.empty_class
+                if bool(keep.any()):
+                    _, phis = self._pass_one(self.selector_input(x[keep]))
+                    tops.append(phis[self.finest_block].flatten(1).amax(1).double())
+        finally:
+            for m, mode in zip(self.selector_modules(), modes):
+                m.train(mode)
+        if not tops:
+            raise ValueError(f"calibrate_threshold needs images of class {self.empty_class} (the empty-mask class)")
+        top = torch.cat(tops)
+        value = torch.quantile(top, 1.0 - float(false_positive_rate), interpolation="higher")
+        self.threshold.fill_(float(value))
+        return float(value)
+
     def mask(self, x: Tensor) -> dict[str, Tensor]:
         """The hard consistent mask, block -> ``(B, *grid)`` bool."""
         return self.select(x).mask
@@ -445,7 +547,9 @@ class SelectPredictClassifier(nn.Module):
         """
         self._check_input(x)
         size = tuple(x.shape[2:])
-        feats, log_taus = self._pass_one(self.selector_input(x))
+        feats, phis = self._pass_one(self.selector_input(x))
+        log_taus = {b: torch.log_softmax(phi.flatten(1), dim=1).reshape(phi.shape).to(feats[b].dtype)
+                    for b, phi in phis.items()}
         blocks = self.attention_blocks
         for fine, coarse in zip(blocks[:-1], blocks[1:]):
             block_factors(tuple(log_taus[fine].shape[1:]), tuple(log_taus[coarse].shape[1:]))
@@ -456,15 +560,25 @@ class SelectPredictClassifier(nn.Module):
         log_mu = dict(zip(blocks, log_mu_list))
         fine = log_mu[blocks[0]]
         grid = tuple(fine.shape[1:])
-        cand = foreground_cells(x, grid, rel_threshold=self.foreground_threshold)
-        kept = budget_count(cand, self.budget)
-        cells = top_cells(fine, cand, kept)
+        if self.mask_rule == "threshold":
+            # each cell by its own potential (no per-image foreground rule: it reads every pixel); at most the
+            # budget's share of all cells, the highest potentials first
+            phi = phis[blocks[0]]
+            cand = torch.ones(phi.shape, dtype=torch.bool, device=phi.device)
+            cells = top_cells(phi, phi.detach() > self.threshold, budget_count(cand, self.budget))
+            kept = cells.flatten(1).sum(1)
+        else:
+            cand = foreground_cells(x, grid, rel_threshold=self.foreground_threshold)
+            kept = budget_count(cand, self.budget)
+            cells = top_cells(fine, cand, kept)
         mask = {blocks[0]: cells}
         for b in blocks[1:]:
             mask[b] = coarsen_mask(cells, tuple(log_mu[b].shape[1:]))
         pixels = cells_to_pixels(cells, size)[:, None]
         soft = None
-        if relaxed:
+        if relaxed and self.mask_rule == "threshold":
+            soft = self._relaxed_threshold(phis[blocks[0]], size, pixels, temperature)
+        elif relaxed:
             soft = self._relaxed(fine, cand, kept, size, pixels, temperature)
         penalty = x.new_zeros(())
         if self.entropy_weight > 0:
@@ -480,6 +594,7 @@ class SelectPredictClassifier(nn.Module):
             soft=soft,
             penalty=penalty,
             features=feats,
+            potentials=phis,
         )
 
     def predict_masked(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -512,10 +627,16 @@ class SelectPredictClassifier(nn.Module):
         return self._predict(x, pixels, None)
 
     def predictor_input(self, x: Tensor, pixels: Tensor, soft: Tensor | None = None) -> Tensor:
-        """The predictor's ``(B, C + 1, *S)`` input: the visible pixels z-scored on themselves, hidden pixels
+        """The predictor's ``(B, C + 1, *S)`` input: the visible pixels z-scored on themselves
+        (``predictor_norm="visible"``) or with the training split's statistics (``"dataset"``), hidden pixels
         ``hidden_value``, and the mask channel. With ``soft`` (straight-through, value equal to ``pixels``) the
         image channels are ``xn * soft + hidden_value * (1 - soft)`` and the mask channel is ``soft``."""
-        xn = masked_zscore(x, pixels)
+        if self.predictor_norm == "dataset":
+            # hidden pixels become 0 before any arithmetic (their values, NaN included, reach no sum), and 0 after
+            zero = torch.zeros((), dtype=x.dtype, device=x.device)
+            xn = torch.where(pixels, self._dataset_normalized(torch.where(pixels, x, zero)), zero)
+        else:
+            xn = masked_zscore(x, pixels)
         if soft is None:
             hidden = torch.full((), self.hidden_value, dtype=xn.dtype, device=xn.device)
             return torch.cat([torch.where(pixels, xn, hidden), pixels.to(xn.dtype)], dim=1)
@@ -559,6 +680,12 @@ class SelectPredictClassifier(nn.Module):
         sd = dict(state_dict)
         if sd and all(k.startswith("model.") for k in sd):
             sd = {k[len("model."):]: v for k, v in sd.items()}
+        if LOCAL_SELECTORS.get(self.selector_kind, 1) == 0:
+            # no 3x3 stage a plain run could give: the selector learns from its initialisation
+            logger.info("%s selector: nothing of the run fits it; it starts at its initialisation", self.selector_kind)
+            if predictor:
+                self._load_predictor(sd)
+            return
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("predictor.")}
         stats = [any(k.startswith("backbone.") and k.endswith(".running_mean") for k in d) for d in (sd, own)]
         if stats[0] != stats[1]:
@@ -589,9 +716,11 @@ class SelectPredictClassifier(nn.Module):
         if bad and self.selector_kind in LOCAL_SELECTORS:
             # a bounded-receptive-field selector from a plain run: the stages whose 3x3 convolutions it keeps load,
             # the 1x1 ones start at their initialisation (and learn by the selector's own objective)
-            logger.info("local selector: %d tensors of the run do not fit (1x1 stages), left at initialisation",
-                        len(bad))
-            loadable = {k: v for k, v in loadable.items() if k not in bad}
+            # (every tensor of such a stage: its BatchNorm belongs to the convolution that did not load)
+            stages = {".".join(k.split(".")[:3]) + "." for k in bad}
+            logger.info("%s selector: %d stages of the run do not fit (1x1 convolutions), left at initialisation",
+                        self.selector_kind, len(stages))
+            loadable = {k: v for k, v in loadable.items() if not any(k.startswith(p) for p in stages)}
             bad = []
         if bad:
             raise ValueError(
@@ -638,21 +767,36 @@ class SelectPredictClassifier(nn.Module):
             )
 
     def _pass_one(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The selector's stages to the coarsest gated block: (features, log tau) of every gated block."""
+        """The selector's stages to the coarsest gated block: (features, potentials ``phi``) of every gated block
+        (``log tau`` is the log-softmax of ``phi`` over the grid)."""
         h = _channels_last(x)
         if getattr(self.backbone, "stem", None) is not None:
             h = self.backbone.stem(h)
         last = self.attention_blocks[-1]
         feats: dict[str, Tensor] = {}
-        log_taus: dict[str, Tensor] = {}
+        phis: dict[str, Tensor] = {}
         for name, stage in self.backbone.stages.items():
             h = stage(h)
             if name in self.gates:
                 feats[name] = h
-                log_taus[name] = self.gates[name].log_attention(h)
+                phis[name] = self.gates[name].potentials(h)
             if name == last:
                 break
-        return feats, log_taus
+        return feats, phis
+
+    def _relaxed_threshold(self, phi: Tensor, size: tuple[int, ...], pixels: Tensor,
+                           temperature: float | None) -> Tensor:
+        """Straight-through threshold mask: value ``pixels``, gradient that of
+        ``sigmoid((phi - threshold) / (t * spread))``
+        (``spread``: the sample's standard deviation of ``phi``, detached)."""
+        t = float(self.relax_temperature if temperature is None else temperature)
+        if not t > 0:
+            raise ValueError(f"temperature must be > 0, got {t!r}")
+        with torch.no_grad():
+            spread = phi.flatten(1).std(1).clamp_min(1e-6).reshape(-1, *([1] * (phi.dim() - 1)))
+        relax = torch.sigmoid((phi - self.threshold) / (t * spread))
+        relax_pix = cells_to_pixels(relax, size)[:, None]
+        return pixels.to(relax_pix.dtype) + (relax_pix - relax_pix.detach())
 
     def _relaxed(self, fine: Tensor, cand: Tensor, kept: Tensor, size: tuple[int, ...], pixels: Tensor,
                  temperature: float | None) -> Tensor:
@@ -681,7 +825,20 @@ class SelectPredictClassifier(nn.Module):
         return hard + (relax_pix - relax_pix.detach())
 
     def _predict(self, x: Tensor, pixels: Tensor, soft: Tensor | None) -> Tensor:
-        return self.predictor(self.predictor_input(x, pixels, soft))
+        logits = self.predictor(self.predictor_input(x, pixels, soft))
+        if self.mask_rule == "threshold":
+            # no cell shown: no finding -- the empty-mask class with probability EMPTY_CONFIDENCE, a constant
+            empty = ~pixels.flatten(1).any(1)
+            logits = torch.where(empty[:, None], self.empty_logits(logits.dtype, logits.device), logits)
+        return logits
+
+    def empty_logits(self, dtype: torch.dtype = torch.float32, device: Any = None) -> Tensor:
+        """The logits of an image whose threshold mask is empty: ``empty_class`` at probability
+        :data:`EMPTY_CONFIDENCE`, the other classes sharing the rest."""
+        out = torch.zeros(self.num_classes, dtype=dtype, device=device)
+        if self.num_classes > 1:
+            out[self.empty_class] = math.log(EMPTY_CONFIDENCE * (self.num_classes - 1) / (1 - EMPTY_CONFIDENCE))
+        return out
 
 
 # ------------------------------------------------------------------------------------------ the factories
@@ -699,6 +856,11 @@ def _build(
     foreground_threshold: float = 0.05,
     img_size: int | Sequence[int] | None = None,
     selector_norm: str = "image",
+    mask_rule: str = "budget",
+    empty_class: int = 0,
+    predictor_norm: str = "visible",
+    selector_features: int | None = None,
+    selector_downsample: str = "max",
     **kw: Any,
 ) -> SelectPredictClassifier:
     if selector not in SELECTORS:
@@ -706,13 +868,27 @@ def _build(
     if selector in LOCAL_SELECTORS and backbone_name != "unet_encoder":
         raise ValueError(f"selector {selector!r} is the U-Net encoder with a bounded receptive field "
                          f"(dualattn.models.local); backbone {backbone_name!r} has none: use selector='exact'")
-    conv3_stages = kw.pop("conv3_stages", 2)
-    if predictor_features is not None and (not isinstance(predictor_features, int) or predictor_features < 1):
-        raise ValueError(f"predictor_features must be a positive int or None, got {predictor_features!r}")
+    conv3_stages = kw.pop("conv3_stages", LOCAL_SELECTORS.get(selector, 2))
+    if selector == "patch" and conv3_stages != 0:
+        raise ValueError(f"selector 'patch' has no 3x3 stage (conv3_stages=0), got conv3_stages={conv3_stages!r}; "
+                         "use selector='local' for 3x3 stages")
+    for key, value in (("predictor_features", predictor_features), ("selector_features", selector_features)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive int or None, got {value!r}")
+    if selector_downsample != "max" and selector not in LOCAL_SELECTORS:
+        raise ValueError(f"selector_downsample is an option of the bounded-receptive-field selectors "
+                         f"({', '.join(LOCAL_SELECTORS)}), not of selector {selector!r}")
+    if selector_features is not None and selector not in LOCAL_SELECTORS:
+        raise ValueError(f"selector_features sets the width of a bounded-receptive-field selector "
+                         f"({', '.join(LOCAL_SELECTORS)}); selector {selector!r} takes the run's width (features)")
     factory = get_entry(backbone_name).factory
     for key in _IGNORED_OPTIONS:
         kw.pop(key, None)
     gate_kw = {k: kw.pop(k) for k in _SELECTOR_OPTIONS if k in kw}
+    if mask_rule == "threshold":
+        # the threshold is the potential's zero: the gate's bias c moves it (softmax maps ignore c)
+        if gate_kw.setdefault("gate_bias", True) is not True:
+            raise ValueError("mask_rule='threshold' needs gate_bias=True (the bias places the threshold)")
     entropy_weight = float(gate_kw.pop("entropy_weight", 0.0))
     attention_area = gate_kw.pop("attention_area", None)
     if isinstance(img_size, int):
@@ -726,8 +902,9 @@ def _build(
 
         gated = additive_unet(
             in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
-            features=kw.get("features", 32), norm=kw.get("norm", "batch"), conv3_stages=conv3_stages,
-            blocks=SELECTORS[selector], **gate_kw, **sized,
+            features=selector_features or kw.get("features", 32), norm=kw.get("norm", "batch"),
+            conv3_stages=conv3_stages, blocks=SELECTORS[selector], downsample=selector_downsample, **gate_kw,
+            **sized,
         )
     else:
         gated = factory(
@@ -744,7 +921,8 @@ def _build(
     model = SelectPredictClassifier(
         backbone=gated.backbone, gates=gated.gates, predictor=predictor, num_classes=num_classes, budget=budget,
         hidden_value=hidden_value, foreground_threshold=foreground_threshold, entropy_weight=entropy_weight,
-        attention_area=attention_area, img_size=img_size, selector_norm=selector_norm, config=config,
+        attention_area=attention_area, img_size=img_size, selector_norm=selector_norm, mask_rule=mask_rule,
+        empty_class=empty_class, predictor_norm=predictor_norm, config=config,
     )
     model.selector_kind = selector
     return model

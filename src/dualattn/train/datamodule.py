@@ -296,10 +296,11 @@ class TrainDataModule(pl.LightningDataModule):
         loader.worker_init = worker_init
         return loader
 
-    def calibration_batches(self, n: int) -> list[torch.Tensor]:
+    def calibration_batches(self, n: int, *, labels: bool = False) -> list[Any]:
         """Image batches (``batch_size`` each) of ``n`` training items evenly spaced over the split, read without
         augmentation (all items when ``n`` >= the split's size), the same on every rank: what
-        ``TrainConfig.precise_bn`` recomputes BatchNorm's statistics on."""
+        ``TrainConfig.precise_bn`` recomputes BatchNorm's statistics on. With ``labels``, ``(images, labels)``
+        pairs (labels ``(B,)`` int64)."""
         ds = self.datasets["train"]
         size = len(ds)  # type: ignore[arg-type]
         if n >= size:
@@ -307,13 +308,18 @@ class TrainDataModule(pl.LightningDataModule):
         else:
             idx = sorted({int(i * size // n) for i in range(n)})
         read = getattr(ds, "item", None)
-        images = [torch.as_tensor((read(i, augment=False) if callable(read) else ds[i])["image"]) for i in idx]
+        items = [read(i, augment=False) if callable(read) else ds[i] for i in idx]
+        images = [torch.as_tensor(it["image"]) for it in items]
         b = self.config.batch_size
         # a last batch of one image has no batch variance: join it to the one before
         cuts = list(range(0, len(images), b))
         if len(cuts) > 1 and len(images) - cuts[-1] == 1:
             cuts.pop()
-        return [torch.stack(images[s : e]) for s, e in zip(cuts, [*cuts[1:], len(images)])]
+        spans = list(zip(cuts, [*cuts[1:], len(images)]))
+        if labels:
+            ys = [torch.as_tensor(it["label"]).reshape(()).long() for it in items]
+            return [(torch.stack(images[s:e]), torch.stack(ys[s:e])) for s, e in spans]
+        return [torch.stack(images[s:e]) for s, e in spans]
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", train=True)

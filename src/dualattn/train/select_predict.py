@@ -57,7 +57,7 @@ from .module import ClassifierModule
 
 __all__ = [
     "SelectPredictModule", "SelectPredictOptions", "evalx_report", "item_batches", "random_blob_masks",
-    "random_masks_for", "select_predict_summary",
+    "random_masks_for", "select_predict_summary", "threshold_mil_loss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,14 @@ class SelectPredictOptions:
             hidden pixels replaced by a healthy image's of the batch, the label kept): it trains the selector to
             keep its mask where the decision is when hidden content changes (the mask-stability gap the guarantee
             leaves open). 0 turns it off.
+        healthy_fpr: with ``mask_rule="threshold"``, before every validation the threshold is set so that at
+            most this share of the training split's healthy images (un-augmented, ``CALIBRATION_IMAGES`` of them,
+            evenly spaced) shows any cell
+            (:meth:`~dualattn.models.select_predict.SelectPredictClassifier.calibrate_threshold`): the rate at which a
+            healthy partner of the hiding test can add a cell. None: the threshold stays where training put it (0).
+        area_weight: in phase 2, weight of the share of pixels the selector shows (straight-through: the value is
+            the hard mask's share, the gradient the relaxation's), a sparsity pressure for ``mask_rule=
+            "threshold"``, whose masks have no fixed size. 0 turns it off.
     """
 
     predictor_epochs: int | None = None
@@ -100,6 +108,8 @@ class SelectPredictOptions:
     selector_aux: float = 1.0
     selector_pretrain: bool = True
     swap_weight: float = 0.0
+    area_weight: float = 0.0
+    healthy_fpr: float | None = None
     max_epochs: int = 30
 
     def __post_init__(self) -> None:
@@ -123,6 +133,10 @@ class SelectPredictOptions:
             raise bad("selector_aux", "must be >= 0")
         if not self.swap_weight >= 0:
             raise bad("swap_weight", "must be >= 0")
+        if not self.area_weight >= 0:
+            raise bad("area_weight", "must be >= 0")
+        if self.healthy_fpr is not None and not 0 <= self.healthy_fpr < 1:
+            raise bad("healthy_fpr", "must be in [0, 1) or null")
         if not isinstance(self.selector_pretrain, bool):
             raise bad("selector_pretrain", "must be true or false")
 
@@ -137,7 +151,7 @@ class SelectPredictOptions:
         if "blob_sigma" in data:
             data["blob_sigma"] = tuple(float(v) for v in data["blob_sigma"])
         for key in ("budget_low", "budget_high", "temperature_start", "temperature_end", "selector_lr",
-                    "selector_aux", "swap_weight"):
+                    "selector_aux", "swap_weight", "area_weight", "healthy_fpr"):
             if data.get(key) is not None:
                 if isinstance(data[key], bool) or not isinstance(data[key], (int, float)):
                     raise ValueError(f"config: select_predict.{key}={data[key]!r} must be a number")
@@ -235,6 +249,25 @@ def random_masks_for(model: nn.Module, x: Tensor, kept: Tensor | None = None, *,
     return random_blob_masks(cand, kept, sigma=sigma, generator=generator)
 
 
+def threshold_mil_loss(phi: Tensor, y: Tensor, empty_class: int = 0) -> Tensor:
+    """Multiple-instance loss of the threshold rule's cells: binary cross-entropy of the largest potential of each
+    image against "a finding" (class other than ``empty_class``): an image with a finding should show at least one
+    cell (``max phi > 0``), one without none (every ``phi < 0``).
+
+    Args:
+        phi: ``(B, *grid)`` the finest gate's potentials.
+        y: ``(B,)`` classes.
+        empty_class: the class of "no finding".
+
+    Example:
+        >>> phi = torch.tensor([[[-2.0, 0.0], [0.0, 3.0]]])
+        >>> round(float(threshold_mil_loss(phi, torch.tensor([1]))), 4)  # softplus(-3)
+        0.0486
+    """
+    top = phi.flatten(1).amax(1).float()
+    return F.binary_cross_entropy_with_logits(top, (y != empty_class).float())
+
+
 # ------------------------------------------------------------------------------------------- the module
 class SelectPredictModule(ClassifierModule):
     """The Lightning module of a ``select_predict`` run: phase 1 then phase 2 (module docstring).
@@ -251,6 +284,7 @@ class SelectPredictModule(ClassifierModule):
         self.options = SelectPredictOptions.from_config(config)
         #: the selector's training-only head (``selector_aux``): linear on the concatenated ``mu``-pooled features
         self.selector_head: nn.Linear | None = None
+        self._threshold_images: list[tuple[Tensor, Tensor]] | None = None
         if self.options.selector_aux > 0:
             width = sum(int(model.backbone.channels[b]) for b in model.attention_blocks)
             self.selector_head = nn.Linear(width, int(model.num_classes))
@@ -262,7 +296,7 @@ class SelectPredictModule(ClassifierModule):
         """A selector normalized by dataset statistics gets them once, from the training split (a resumed or
         warm-started model that has them keeps them)."""
         model = self.model
-        if getattr(model, "selector_norm", "image") == "dataset" and not bool(model.input_stats_set):
+        if getattr(model, "uses_input_statistics", False) and not bool(model.input_stats_set):
             batches = self.trainer.datamodule.calibration_batches(self.STATISTICS_IMAGES)
             model.set_input_statistics(batches)
             logger.info("selector input statistics from %d training images: shift %s, scale %s",
@@ -293,6 +327,22 @@ class SelectPredictModule(ClassifierModule):
             count += self._recompute_bn([model.predictor], masked, batches)
         return count
 
+    #: training images the threshold is calibrated on (``healthy_fpr``; the healthy ones among them count)
+    CALIBRATION_IMAGES = 512
+
+    def on_validation_epoch_start(self) -> None:
+        """Precise BN (the base class), then the threshold's calibration (``healthy_fpr``), so that validation
+        and the saved weights measure the calibrated model."""
+        super().on_validation_epoch_start()
+        fpr = self.options.healthy_fpr
+        if (fpr is not None and getattr(self.model, "mask_rule", "budget") == "threshold"
+                and not self.trainer.sanity_checking and self.trainer.state.fn == "fit"):
+            if self._threshold_images is None:  # read once per fit
+                self._threshold_images = self.trainer.datamodule.calibration_batches(self.CALIBRATION_IMAGES,
+                                                                                     labels=True)
+            value = self.model.calibrate_threshold(self._threshold_images, false_positive_rate=fpr)
+            logger.info("threshold calibrated to %.4g (healthy false-positive rate %.3g)", value, fpr)
+
     def _phase(self) -> int:
         return self.options.phase(self.epoch_index())
 
@@ -314,12 +364,17 @@ class SelectPredictModule(ClassifierModule):
             model.relax_temperature = self.options.temperature(self.epoch_index())
 
     def _selector_loss(self, sel: Any, y: Tensor) -> Tensor:
-        """The selector's own objective: ``selector_aux`` x CE of its pooled head, plus its sharpness term."""
+        """The selector's own objective: ``selector_aux`` x CE of its pooled head, plus its sharpness term; with
+        ``mask_rule="threshold"`` also ``selector_aux`` x :func:`threshold_mil_loss` (what places the threshold:
+        the pooled head's softmax cannot see the potentials' level)."""
         loss = sel.penalty.float()
         if self.selector_head is not None:
             pooled = torch.cat([pool_features(sel.features[b], sel.log_mu[b]) for b in self.model.attention_blocks],
                                dim=1)
             loss = loss + self.options.selector_aux * F.cross_entropy(self.selector_head(pooled).float(), y)
+            if getattr(self.model, "mask_rule", "budget") == "threshold":
+                phi = sel.potentials[self.model.finest_block]
+                loss = loss + self.options.selector_aux * threshold_mil_loss(phi, y, self.model.empty_class)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -363,6 +418,8 @@ class SelectPredictModule(ClassifierModule):
             sel = model.select(x, relaxed=True)
             logits = model.predictor(model.predictor_input(x, sel.pixels, sel.soft))
             penalty = self._selector_loss(sel, y)
+            if self.options.area_weight > 0:
+                penalty = penalty + self.options.area_weight * sel.soft.flatten(1).mean(1).mean().float()
             if self.options.swap_weight > 0:
                 penalty = penalty + self.options.swap_weight * self._swap_loss(x, y, sel.pixels.detach())
         ce = F.cross_entropy(logits.float(), y)
