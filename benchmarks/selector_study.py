@@ -15,9 +15,20 @@ the hiding test at k = 20 on block3 (matched healthy partners; ROAD for br35h). 
 the design study's decision and its first row was read before the others ran, so nothing is chosen from it (the
 recipe keeps ``selector="exact"``); its rows are leads for the next design round.
 
+``patch_threshold`` is the threshold form (docs/models.md, "The threshold form"): a selector whose cells read only
+their own pixels (``selector="patch"``), a cell shown iff its own potential exceeds a threshold calibrated to a
+healthy false-positive rate of 2 % (``healthy_fpr``, the hiding target: the rate bounds how often a healthy partner
+can change a prediction), the predictor on dataset statistics; random masks from 2 % of the foreground. ``--set``
+with ``--tag`` trains a variant of a selector (one option changed; its own runs), for exploratory screens.
+
 Usage::
 
     python benchmarks/selector_study.py --work /tmp/design --out benchmarks/results/selector_study.json
+    python benchmarks/selector_study.py --work /tmp/design --selectors patch_threshold \
+        --datasets synthetic-brain,synthetic-brain-easy,synthetic-pet,br35h \
+        --out benchmarks/results/selector_study_threshold.json
+    python benchmarks/selector_study.py --work /tmp/design --selectors patch_threshold --datasets synthetic-brain \
+        --seeds 0 --set select_predict.healthy_fpr=null --tag fpr_none --out /tmp/screen.json
 """
 
 from __future__ import annotations
@@ -39,7 +50,51 @@ SELECTORS: dict[str, dict[str, str]] = {
     "exact": {},
     "local_image": {"selector": "local", "selector_norm": "image"},
     "local_dataset": {"selector": "local", "selector_norm": "dataset"},
+    "patch_threshold": {"selector": "patch", "selector_norm": "dataset", "mask_rule": "threshold",
+                        "predictor_norm": "dataset"},
 }
+#: selector name -> the select_predict training options it changes (``TrainConfig.select_predict``)
+TRAINING: dict[str, dict[str, float]] = {
+    "patch_threshold": {"budget_low": 0.02, "healthy_fpr": 0.02},
+}
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> None:
+    """``KEY=VALUE`` (YAML value) onto a TrainConfig: ``model_kwargs.NAME``, ``select_predict.NAME`` or a field."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        value = yaml.safe_load(raw)
+        head, _, name = key.partition(".")
+        if head in ("model_kwargs", "select_predict") and name:
+            setattr(cfg, head, {**(getattr(cfg, head) or {}), name: value})
+        elif hasattr(cfg, key):
+            setattr(cfg, key, value)
+        else:
+            raise SystemExit(f"--set {item!r}: no option {key!r}")
+
+
+def baseline_lrp(results: dict[str, Any], dataset: str) -> dict[str, float]:
+    """LRP of the baseline scored on the baseline (the evaluation's own-model cell): AP, SRG on probabilities and
+    hidden flips at block3 -- the best post-hoc map of the baseline the issue compares with."""
+    cell = ((((results.get("own_model") or {}).get("baseline") or {}).get("methods") or {}).get("lrp") or {})
+    block = (cell.get("blocks") or {}).get("block3") or {}
+    tag = "road" if dataset in design_study.NO_MASKS else "swap"
+    return {key: design_study._mean(block.get(metric)) for key, metric in (
+        ("ap", "ap"), ("srg_prob@road", "srg_prob@road"), ("hidden_flips@20", f"hidden_{tag}_flips@20"))}
+
+
+def evalx_means(work: Path, seeds: tuple[int, ...]) -> dict[str, float]:
+    """The runs' val EVAL-X report (``summary.json``), averaged over the seeds (x100 for shares and accuracies)."""
+    reps = [json.loads((work / "runs" / "select_predict" / f"seed{s}" / "summary.json").read_text(encoding="utf-8"))
+            .get("select_predict", {}).get("val", {}) for s in seeds]
+    keys = ("balanced_accuracy_selector", "balanced_accuracy_random", "evalx_gap", "balanced_accuracy_mask_only",
+            "kept_share", "lesion_pixels_shown")
+    return {k: round(100.0 * sum(r[k] for r in reps) / len(reps), 2) for k in keys
+            if reps and all(isinstance(r.get(k), (int, float)) for r in reps)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-seed", type=int, default=1)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option on top of the selector's (model_kwargs.NAME, select_predict.NAME or a "
+                        "TrainConfig field; YAML value); with --tag, repeatable")
+    p.add_argument("--tag", default=None, help="name of the --set variant (its runs: selector_NAME-TAG)")
     args = p.parse_args(argv)
+    if args.overrides and not args.tag:
+        p.error("--set needs --tag (the variant's runs must not mix with the plain selector's)")
 
     import torch
 
@@ -77,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 variants=("baseline", "select_predict"))
         for name in selectors:
             t0 = time.perf_counter()
-            work = root if name == "exact" else root / f"selector_{name}"
+            label = f"{name}-{args.tag}" if args.tag else name
+            work = root if name == "exact" and not args.tag else root / f"selector_{label}"
             for s in seeds:
                 base = root / "runs" / "baseline" / f"seed{s}"
                 if not (base / "summary.json").exists():
@@ -86,20 +148,27 @@ def main(argv: list[str] | None = None) -> int:
                 if not (run / "summary.json").exists():
                     cfg = demo._train_config(preset, data=data, variant="select_predict", seed=s, progress=False)
                     cfg.model_kwargs = {**cfg.model_kwargs, **SELECTORS[name]}
+                    cfg.select_predict = {**(cfg.select_predict or {}), **TRAINING.get(name, {})}
+                    apply_overrides(cfg, args.overrides)
                     fit(cfg, out=run, resume=run.is_dir(), init_from=base)
             settings = design_study.val_settings(dataset, preset, data, ("select_predict", "lrp"))
             runs = [root / "runs" / "baseline" / f"seed{s}" for s in seeds] + \
                 [work / "runs" / "select_predict" / f"seed{s}" for s in seeds]
             path = evaluate_runs(runs, out=work / f"eval-val-selector-{name}", settings=settings)
-            row = design_study.dataset_row(json.loads(Path(path).read_text(encoding="utf-8")), dataset)
-            rows.setdefault(dataset, {})[name] = {"select_predict": row["designs"].get("select_predict"),
-                                                  "baseline_accuracy": row.get("baseline_accuracy")}
-            timing[f"{dataset}/{name}"] = round(time.perf_counter() - t0, 1)
-            print(f"{dataset} {name}: {json.dumps(rows[dataset][name], default=str)[:300]}", flush=True)
+            results = json.loads(Path(path).read_text(encoding="utf-8"))
+            row = design_study.dataset_row(results, dataset)
+            rows.setdefault(dataset, {})[label] = {"select_predict": row["designs"].get("select_predict"),
+                                                   "baseline_accuracy": row.get("baseline_accuracy"),
+                                                   "evalx_val": evalx_means(work, seeds),
+                                                   "baseline_lrp": baseline_lrp(results, dataset)}
+            timing[f"{dataset}/{label}"] = round(time.perf_counter() - t0, 1)
+            print(f"{dataset} {label}: {json.dumps(rows[dataset][label], default=str)[:300]}", flush=True)
             atomic_write_json(args.out, {
                 "command": " ".join(["python benchmarks/selector_study.py", *(argv if argv is not None else sys.argv[1:])]),
                 "exploratory": True, "chosen": None, "data_seed": seed, "split": "val", "seeds": list(seeds),
-                "selectors": {k: SELECTORS[k] for k in selectors}, "rows": rows, "seconds": timing,
+                "selectors": {k: SELECTORS[k] for k in selectors},
+                "training": {k: TRAINING[k] for k in selectors if k in TRAINING}, "overrides": args.overrides,
+                "rows": rows, "seconds": timing,
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
             })
     return 0

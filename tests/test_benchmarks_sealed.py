@@ -120,7 +120,8 @@ def test_gate_width_check_refuses_the_sealed_draw_and_merges_one_draw(tmp_path, 
                                str(tmp_path / "m.json")])
 
 
-@pytest.mark.parametrize("script", ["select_claims", "design_study", "selector_study"])
+@pytest.mark.parametrize("script", ["select_claims", "design_study", "selector_study", "cell_oracle",
+                                    "threshold_curve"])
 def test_claim_and_design_selection_refuse_the_sealed_draw(tmp_path, monkeypatch, script):
     import importlib
 
@@ -169,3 +170,22 @@ def test_seed_split_3d_refuses_the_sealed_draw_and_parses_its_cases(tmp_path, mo
     with pytest.raises(SystemExit, match="variant,init_seed,run_seed,lr"):
         seed_split_3d.parse_case("dual,2,0")
     assert doctest.testmod(seed_split_3d).failed == 0
+
+
+def test_selector_study_sets_one_option_per_variant_and_keeps_its_runs_apart(tmp_path):
+    import selector_study
+
+    from dualattn.train import TrainConfig
+
+    cfg = TrainConfig(model_kwargs={"features": 8}, select_predict={"healthy_fpr": 0.02})
+    selector_study.apply_overrides(cfg, ["select_predict.healthy_fpr=null", "model_kwargs.selector_features=16",
+                                         "max_epochs=20"])
+    assert cfg.select_predict == {"healthy_fpr": None}
+    assert cfg.model_kwargs == {"features": 8, "selector_features": 16} and cfg.max_epochs == 20
+    with pytest.raises(SystemExit, match="no option 'nonsense'"):
+        selector_study.apply_overrides(cfg, ["nonsense=1"])
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        selector_study.apply_overrides(cfg, ["max_epochs"])
+    with pytest.raises(SystemExit):  # --set without --tag: argparse's error
+        selector_study.main(["--work", str(tmp_path), "--out", str(tmp_path / "o.json"), "--set", "max_epochs=2"])
+    assert not (tmp_path / "o.json").exists()
