@@ -45,3 +45,11 @@ def test_every_variant_has_its_guarantee_stated():
 
     for variant in ("baseline", "unconstrained", "dual", "exact", "multilevel", "additive", "select_predict"):
         assert variant in list_variants("unet_encoder") and variant in GUARANTEES
+
+
+def test_a_threshold_form_run_states_its_own_guarantee():
+    summary = {**SUMMARY, "model_config": {**SUMMARY["model_config"], "mask_rule": "threshold"}}
+    card = model_card(summary)
+    assert GUARANTEES["select_predict/threshold"][1] in card and GUARANTEES["select_predict"][2] not in card
+    assert GUARANTEES["select_predict"][1] in model_card({**SUMMARY, "model_config": {
+        **SUMMARY["model_config"], "mask_rule": "budget"}})

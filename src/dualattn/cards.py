@@ -53,6 +53,16 @@ GUARANTEES: dict[str, tuple[str, str, str]] = {
                        "(tests/test_select_predict.py, by hypothesis, through the deployed preprocessing)",
                        "that the mask itself stays put when hidden pixels change (the selector reads the whole "
                        "scan): measured by the hiding test with the mask recomputed"),
+    # the threshold form (model option mask_rule="threshold"): the card of such a run states this instead
+    "select_predict/threshold": (
+        "the hard consistent mask (every cell whose own potential passes the calibrated threshold) and the "
+        "selector's map mu ranked inside it",
+        "with its mask held fixed, the prediction is bit-identical whatever the hidden pixels hold; every cell is "
+        "judged on its own pixels, so a scan whose hidden cells are replaced shows the union of both scans' own "
+        "masks, and the prediction cannot change unless a replacing cell passes the threshold itself "
+        "(tests/test_select_predict_threshold.py)",
+        "that findings are found: a cell sees only its own pixels, and a scan that shows no cell is called "
+        "'no finding' (measured: accuracy, kept-swap flips)"),
 }
 
 _MEASURED = (
@@ -102,7 +112,9 @@ def model_card(summary: Mapping[str, Any], *, results: Mapping[str, Any] | None 
     variant = str(summary.get("variant", "baseline"))
     backbone = str(summary.get("model", "model"))
     seed = summary.get("seed")
-    maps, proven, not_proven = GUARANTEES.get(variant, ("its attention maps", "see docs/models.md", "see docs/models.md"))
+    form = f"{variant}/{(summary.get('model_config') or {}).get('mask_rule')}"
+    maps, proven, not_proven = GUARANTEES.get(form) or GUARANTEES.get(
+        variant, ("its attention maps", "see docs/models.md", "see docs/models.md"))
     lines = [f"# Model card: {variant} ({backbone}), seed {seed}", ""]
     lines += ["## Intended use", "",
               "Research on classifiers that explain themselves and on how to evaluate explanations. It is not a "
