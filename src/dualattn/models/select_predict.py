@@ -142,7 +142,7 @@ class Selection(NamedTuple):
         features: the selector's feature maps of the gated blocks, block -> ``(B, C_b, *grid)`` (for a training
             loss of the selector's own; never an input of the predictor).
         potentials: the gates' unnormalized potentials ``phi`` (``tau = softmax(phi)``), block -> ``(B, *grid)``;
-            the threshold rule shows the finest cells with ``phi > 0``.
+            the threshold rule shows the finest cells with ``phi > threshold``.
     """
 
     tau: dict[str, Tensor]
