@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -53,6 +54,13 @@ SELECTORS: dict[str, dict[str, str]] = {
     "patch_threshold": {"selector": "patch", "selector_norm": "dataset", "mask_rule": "threshold",
                         "predictor_norm": "dataset"},
 }
+def _own_model_claims() -> tuple[Any, ...]:
+    from dualattn.evaluate.claims import ClaimSpec
+
+    return tuple(ClaimSpec(f"own_model:{metric}@block3", "own_model", metric, "block3", "select_predict", "lrp")
+                 for metric in ("ap", "srg_prob@road"))
+
+
 #: selector name -> the select_predict training options it changes (``TrainConfig.select_predict``)
 TRAINING: dict[str, dict[str, float]] = {
     "patch_threshold": {"budget_low": 0.02, "healthy_fpr": 0.02},
@@ -75,6 +83,30 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> None:
             setattr(cfg, key, value)
         else:
             raise SystemExit(f"--set {item!r}: no option {key!r}")
+
+
+def claim_rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The evaluation's records of the ``--intervals`` claims: the map's value, LRP's, their ratio and difference
+    with the intervals (patients and seeds resampled together)."""
+    keys = ("ours_value", "other_value", "ratio", "ci_low", "ci_high", "difference", "diff_ci_low", "diff_ci_high")
+    names = {c.name for c in _own_model_claims()}
+    out: dict[str, dict[str, Any]] = {}
+    for rec in results.get("comparisons") or []:
+        name = f"{rec.get('protocol')}:{rec.get('metric')}@{rec.get('block')}"
+        if rec.get("primary") and name in names and rec.get("ours") == "select_predict":
+            out[name] = {k: rec.get(k) for k in keys}
+    return out
+
+
+def common_row(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The paper's protocol: the selector's map and LRP of the baseline, both scored on the baseline's classifier
+    (AP and SRG on probabilities at block3; reported, not targeted)."""
+    out = {}
+    for name in ("select_predict", "lrp"):
+        block = (((results.get("methods") or {}).get(name) or {}).get("blocks") or {}).get("block3") or {}
+        out[name if name != "lrp" else "lrp (baseline)"] = {
+            key: design_study._mean(block.get(key)) for key in ("ap", "srg_prob@road")}
+    return out
 
 
 def baseline_lrp(results: dict[str, Any], dataset: str) -> dict[str, float]:
@@ -110,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="a training option on top of the selector's (model_kwargs.NAME, select_predict.NAME or a "
                         "TrainConfig field; YAML value); with --tag, repeatable")
     p.add_argument("--tag", default=None, help="name of the --set variant (its runs: selector_NAME-TAG)")
+    p.add_argument("--intervals", action="store_true",
+                   help="also compare the selector's map with LRP of the same model (AP, SRG on probabilities at "
+                        "block3; ratio and difference with intervals that resample patients and seeds) and score "
+                        "both maps on the baseline's classifier too (the paper's protocol)")
     args = p.parse_args(argv)
     if args.overrides and not args.tag:
         p.error("--set needs --tag (the variant's runs must not mix with the plain selector's)")
@@ -152,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                     apply_overrides(cfg, args.overrides)
                     fit(cfg, out=run, resume=run.is_dir(), init_from=base)
             settings = design_study.val_settings(dataset, preset, data, ("select_predict", "lrp"))
+            if args.intervals:
+                settings = dataclasses.replace(settings, claims=_own_model_claims(),
+                                               protocols=("own_model", "common_classifier"))
             runs = [root / "runs" / "baseline" / f"seed{s}" for s in seeds] + \
                 [work / "runs" / "select_predict" / f"seed{s}" for s in seeds]
             path = evaluate_runs(runs, out=work / f"eval-val-selector-{name}", settings=settings)
@@ -160,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.setdefault(dataset, {})[label] = {"select_predict": row["designs"].get("select_predict"),
                                                    "baseline_accuracy": row.get("baseline_accuracy"),
                                                    "evalx_val": evalx_means(work, seeds),
-                                                   "baseline_lrp": baseline_lrp(results, dataset)}
+                                                   "baseline_lrp": baseline_lrp(results, dataset),
+                                                   **({"intervals": claim_rows(results),
+                                                       "common_classifier": common_row(results)}
+                                                      if args.intervals else {})}
             timing[f"{dataset}/{label}"] = round(time.perf_counter() - t0, 1)
             print(f"{dataset} {label}: {json.dumps(rows[dataset][label], default=str)[:300]}", flush=True)
             atomic_write_json(args.out, {
