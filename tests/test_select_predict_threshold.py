@@ -290,3 +290,24 @@ def test_training_calibrates_the_threshold_and_saves_it(tmp_path):
     assert sum(int(y.numel()) for _, y in pairs) == len(dm.datasets["train"])
     # the saved threshold is the calibration of the saved weights on the training split's healthy images
     assert model.calibrate_threshold(pairs, false_positive_rate=0.25) == pytest.approx(saved, abs=1e-6)
+    # `dualattn explain` on one of the scans says what the form showed
+    from dualattn.pipelines.scan import explain_scan
+
+    res = explain_scan(sorted((data / "images").iterdir())[0], run=run)
+    assert res.method == VARIANT and any(n.startswith("threshold form: ") for n in res.notes)
+
+
+def test_explaining_a_scan_says_what_the_threshold_form_showed(tmp_path):
+    from dualattn.pipelines.scan.run import _threshold_form_note
+
+    m = _patch(2).float()
+    x = torch.randn(1, 2, 32, 32) + 3
+    try:
+        with torch.no_grad():
+            m.threshold.fill_(1e9)
+            assert "no cell passed the threshold, so the model calls 'healthy'" in _threshold_form_note(m, x, "healthy")
+            m.threshold.fill_(-1e9)
+            assert _threshold_form_note(m, x, "tumor").startswith("threshold form: 64 of 64 cells shown")
+    finally:
+        _MODELS.clear()
+    assert _threshold_form_note(create_model("unet_encoder", variant=VARIANT, features=2), x[:, :1], "x") is None

@@ -193,6 +193,9 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
     with torch.no_grad():
         probs = torch.softmax(model(x).float(), dim=1)[0]
     pred = int(probs.argmax())
+    note = _threshold_form_note(model, x, class_label(pred, names))
+    if note:
+        notes.append(note)
     tgt = pred if target_index is None else target_index
     hm = explain(model, x, method=method, block=blk, target=torch.tensor([tgt]))
     hm_model = hm.detach().float().cpu().numpy()[0, 0]
@@ -224,6 +227,20 @@ def explain_scan(scan: str | os.PathLike[str], *, run: str | os.PathLike[str], m
         scan=array, heatmap=heatmap.astype(np.float32), heatmap_model=np.asarray(hm_model, dtype=np.float32),
         model_input_shape=model_shape, geometry=geometry, notes=notes, **extra,
     )
+
+
+def _threshold_form_note(model: Any, x: Any, class_name: str) -> str | None:
+    """What a select-then-predict model of the threshold form showed (docs/models.md, "The threshold form")."""
+    if getattr(model, "mask_rule", None) != "threshold":
+        return None
+    with torch.no_grad():
+        cells = model.mask(x)[model.finest_block][0]
+    shown, total = int(cells.sum()), int(cells.numel())
+    if shown == 0:
+        return (f"threshold form: no cell passed the threshold, so the model calls '{class_name}' (no finding) and "
+                "its map singles out nothing")
+    return (f"threshold form: {shown} of {total} cells shown; the prediction rests on them alone (a hidden cell could "
+            "change it only by passing the threshold itself)")
 
 
 def _image_display(array: np.ndarray, heatmap: np.ndarray, geometry: Any, oriented: bool) -> dict[str, Any]:
