@@ -79,7 +79,7 @@ def dataset_row(results: dict[str, Any], dataset: str) -> dict[str, Any]:
             "lrp_hidden_flips@20": _mean(lrp.get(f"hidden_{tag}_flips@20")),
             "ap": ap, "lrp_ap": ap_lrp, "ap_ratio": ap / ap_lrp if ap_lrp and ap_lrp > 0 else math.nan,
             "srg_prob@road": _mean(mine.get("srg_prob@road")), "lrp_srg_prob@road": _mean(lrp.get("srg_prob@road")),
-            "sharpness": _mean(mine.get("sharpness")),
+            "sharpness": _mean(mine.get("sharpness")), "sharpness_fg": _mean(mine.get("sharpness_fg")),
         }
     return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -264,6 +266,40 @@ def test_sharpness():
     assert M.sharpness(u).item() == pytest.approx(1.0)
     assert M.sharpness(spike).item() == pytest.approx(1 / 16)
     assert M.sharpness(half).item() == pytest.approx(0.5)
+
+
+def test_sharpness_in_the_foreground_by_hand():
+    """exp(entropy)/n over the given cells only: a map flat on the tissue scores 1 however much background it
+    leaves out; a spike on one of four tissue cells 1/4; negative maps shifted within the cells."""
+    cells = torch.tensor([[True, True, True, True, False, False, False, False]])
+    flat = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    spike = torch.tensor([[0.0, 3.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0]])
+    assert M.sharpness(flat).item() == pytest.approx(0.5)
+    assert M.sharpness_in(flat, cells).item() == pytest.approx(1.0)
+    assert M.sharpness_in(spike, cells).item() == pytest.approx(0.25)  # the background's 9s do not count
+    # two of four cells at 1, two at 0 after the shift of -1: exp(ln 2) / 4
+    assert M.sharpness_in(torch.tensor([[-1.0, 0.0, 0.0, -1.0, 5.0, 5, 5, 5]]), cells).item() == pytest.approx(0.5)
+    assert M.sharpness_in(torch.zeros(1, 8), cells).item() == pytest.approx(1.0)  # all zero: uniform
+    with pytest.raises(ValueError, match="at least one cell"):
+        M.sharpness_in(flat, torch.zeros(1, 8, dtype=torch.bool))
+
+
+def test_map_scores_report_the_foreground_sharpness_on_the_hiding_tests_cells():
+    from dualattn.evaluate.hiding import candidate_cells, foreground
+    from dualattn.evaluate.scoring import map_scores
+    from dualattn.evaluate.testset import TestSet
+
+    gen = torch.Generator().manual_seed(0)
+    raw = torch.zeros(3, 1, 16, 16)
+    raw[:, :, 4:12, 2:14] = 1.0 + torch.rand(3, 1, 8, 12, generator=gen)  # tissue in the middle
+    maps = torch.rand(3, 1, 4, 4, generator=gen)
+    test = TestSet(images=raw, labels=torch.tensor([0, 1, 0]), masks=torch.zeros(3, 1, 16, 16),
+                   has_mask=torch.zeros(3, dtype=torch.bool), ids=["a", "b", "c"], root=Path("."),
+                   class_names=["no", "yes"], raw_images=raw)
+    cells = candidate_cells(foreground(raw), (4, 4))
+    assert 0 < int(cells[0].sum()) < 16
+    got = map_scores(maps, test)["metrics"]["sharpness_fg"]
+    assert got == pytest.approx(float(M.sharpness_in(maps, cells).mean()))
 
 
 # ------------------------------------------------------------------ 3D and removal masks

@@ -55,6 +55,7 @@ __all__ = [
     "foreground",
     "match_partners",
     "cell_index",
+    "candidate_cells",
     "kept_pixels",
     "lesion_oracle_maps",
     "hiding_test",
@@ -129,6 +130,24 @@ def cell_index(grid: Sequence[int], size: Sequence[int]) -> Tensor:
     return idx
 
 
+def candidate_cells(fg: Tensor, grid: Sequence[int]) -> Tensor:
+    """``(B, prod(grid))`` bool: the map cells at least half of whose pixels are foreground (every cell of an image
+    without any) -- the cells the hiding test ranks and the foreground sharpness is measured on.
+
+    Args:
+        fg: ``(B, 1, *S)`` bool foreground.
+        grid: the map's grid.
+    """
+    b, size = fg.shape[0], tuple(fg.shape[2:])
+    n_cells = math.prod(grid)
+    cid = cell_index(tuple(grid), size).reshape(-1).to(fg.device)
+    pix = fg.reshape(b, -1).double()
+    per_cell = torch.zeros(b, n_cells, dtype=torch.float64, device=fg.device).index_add_(1, cid, pix)
+    area = torch.bincount(cid, minlength=n_cells).double().clamp_min(1.0)
+    cand = per_cell / area >= 0.5
+    return torch.where(cand.any(1, keepdim=True), cand, torch.ones_like(cand))
+
+
 def kept_pixels(maps: Tensor, fg: Tensor, k: float) -> Tensor:
     """``(B, 1, *S)`` bool: the pixels of the top ``k`` % of each map's foreground cells.
 
@@ -143,11 +162,7 @@ def kept_pixels(maps: Tensor, fg: Tensor, k: float) -> Tensor:
     b, grid, size = maps.shape[0], tuple(maps.shape[2:]), tuple(fg.shape[2:])
     n_cells = math.prod(grid)
     cid = cell_index(grid, size).reshape(-1).to(fg.device)
-    pix = fg.reshape(b, -1).double()
-    per_cell = torch.zeros(b, n_cells, dtype=torch.float64, device=fg.device).index_add_(1, cid, pix)
-    area = torch.bincount(cid, minlength=n_cells).double().clamp_min(1.0)
-    cand = per_cell / area >= 0.5
-    cand = torch.where(cand.any(1, keepdim=True), cand, torch.ones_like(cand))
+    cand = candidate_cells(fg, grid)
     values = maps.detach().reshape(b, -1).double()
     score = torch.where(cand, values, torch.full_like(values, -math.inf))
     order = torch.argsort(-score, dim=1, stable=True)

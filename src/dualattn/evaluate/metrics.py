@@ -45,6 +45,7 @@ __all__ = [
     "consistency_kl",
     "spearman_rank_correlation",
     "sharpness",
+    "sharpness_in",
 ]
 
 
@@ -383,3 +384,33 @@ def sharpness(maps: Tensor) -> Tensor:
     p = _to_distribution(x)
     ent = -torch.where(p > 0, p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p)).sum(1)
     return torch.exp(ent) / p.shape[1]
+
+
+def sharpness_in(maps: Tensor, cells: Tensor) -> Tensor:
+    """:func:`sharpness` of each map restricted to its ``cells`` (e.g. the foreground cells): the map made a
+    distribution over those cells only, ``exp(entropy) / n`` with ``n`` their number -- a map that is flat on the
+    tissue scores 1 however much background it leaves out.
+
+    Args:
+        maps: ``(B, ...)`` with ``N`` values per sample.
+        cells: ``(B, N)`` bool, at least one per sample.
+
+    Returns:
+        ``(B,)`` float64 in ``[1/n, 1]``.
+
+    Example:
+        >>> m = torch.tensor([[4.0, 4.0, 0.0, 0.0]])
+        >>> float(sharpness(m)), float(sharpness_in(m, torch.tensor([[True, True, False, False]])))
+        (0.5, 1.0)
+    """
+    x = maps.detach().reshape(maps.shape[0], -1).double()
+    keep = cells.reshape(x.shape).bool()
+    if not bool(keep.any(1).all()):
+        raise ValueError("sharpness_in needs at least one cell per map")
+    x = x - torch.clamp(torch.where(keep, x, torch.full_like(x, math.inf)).min(1, keepdim=True).values, max=0.0)
+    x = torch.where(keep, x, torch.zeros_like(x))
+    total = x.sum(1, keepdim=True)
+    n = keep.sum(1, keepdim=True).double()
+    p = torch.where(total > 0, x / total.clamp_min(1e-300), keep.double() / n)
+    ent = -torch.where(p > 0, p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p)).sum(1)
+    return torch.exp(ent) / n[:, 0]

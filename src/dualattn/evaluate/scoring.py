@@ -93,15 +93,26 @@ def score_maps(
     return out
 
 
+def _foreground_cells(maps: Tensor, test: TestSet) -> Tensor:
+    """``(N, cells)`` bool: the map's cells that are at least half foreground in the raw test images (the hiding
+    test's candidate cells)."""
+    from .hiding import candidate_cells, foreground
+
+    fg = foreground(test.raw_images if test.raw_images is not None else test.images)
+    return candidate_cells(fg, tuple(maps.shape[2:]))
+
+
 def map_scores(maps: Tensor, test: TestSet) -> dict[str, Any]:
-    """What a map scores without a classifier: sharpness, and on the images with a non-empty mask the IoU at
+    """What a map scores without a classifier: sharpness (over the whole grid and over the foreground cells), and
+    on the images with a non-empty mask the IoU at
     each quantile, activation precision, ``ap`` and ``pointing_game`` (x100).
 
     Returns:
         ``{"metrics": {name: value}, "per_image": {name: one value per positive image (x100, NaN where
         undefined)}, "curves": {}, "predictions": {}}``.
     """
-    vals: dict[str, float] = {"sharpness": nanmean(M.sharpness(maps))}
+    vals: dict[str, float] = {"sharpness": nanmean(M.sharpness(maps)),
+                              "sharpness_fg": nanmean(M.sharpness_in(maps, _foreground_cells(maps, test)))}
     per_image: dict[str, list[float]] = {}
     pos = test.positives
     if len(pos):

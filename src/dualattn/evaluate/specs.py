@@ -103,6 +103,10 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("sharpness", "sharpness exp(H)/N",
                    "exp(entropy)/N of the map: 1 uniform, 1/N a single cell (descriptive; n/a for pixel-level "
                    "explainers, whose min-max scaled maps are not distributions)", _N, "diagnostics"),
+        MetricSpec("sharpness_fg", "sharpness in the foreground",
+                   "exp(entropy)/n of the map restricted to its foreground cells (at least half tissue; n of them): "
+                   "1 flat on the tissue, however much background it leaves out (descriptive; n/a for pixel-level "
+                   "explainers)", _N, "diagnostics"),
         MetricSpec("cost_ms", "ms / image",
                    "milliseconds per image to compute the map on this machine", _L, "diagnostics", "pct"),
         MetricSpec("balanced_accuracy", "balanced accuracy ×100",
@@ -169,7 +173,8 @@ for _tag, _words in _HIDING_FILL_WORDS.items():
             METRICS[_name] = MetricSpec(_name, _label, _desc, _dir, "hiding", "pct")
 
 #: Column order of the diagnostics table (the pointing game first, then the map's own properties).
-_DIAGNOSTIC_ORDER = ("pointing_game", "sharpness", "randomization_spearman", "consistency_kl", "cost_ms")
+_DIAGNOSTIC_ORDER = ("pointing_game", "sharpness", "sharpness_fg", "randomization_spearman", "consistency_kl",
+                     "cost_ms")
 
 
 def metric_spec(name: str) -> MetricSpec:

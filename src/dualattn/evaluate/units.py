@@ -400,6 +400,7 @@ def evaluate_unit(unit: Unit, ctx: EvalContext, *, warm_up: bool = False) -> dic
         if pixel_level:
             # min-max scaled pixel attributions are no distribution: their sharpness would say nothing
             vals.pop("sharpness", None)
+            vals.pop("sharpness_fg", None)
         if unit.method in EVAL_REFERENCES:
             # the oracle is made of the masks: its segmentation scores say nothing
             vals = {"cost_ms": costs[block]}
