@@ -109,6 +109,15 @@ def common_row(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def random_row(results: dict[str, Any], dataset: str) -> dict[str, float]:
+    """The ``random`` control's region on the select_predict model (own model, block3): the hiding test's flips
+    when it is kept and when it is swapped instead (the kept-swap target: the map's region >= 2x a random one)."""
+    cell = ((((results.get("own_model") or {}).get("select_predict") or {}).get("methods") or {}).get("random") or {})
+    block = (cell.get("blocks") or {}).get("block3") or {}
+    tag = "road" if dataset in design_study.NO_MASKS else "swap"
+    return {f"{part}_flips@20": design_study._mean(block.get(f"{part}_{tag}_flips@20")) for part in ("hidden", "kept")}
+
+
 def baseline_lrp(results: dict[str, Any], dataset: str) -> dict[str, float]:
     """LRP of the baseline scored on the baseline (the evaluation's own-model cell): AP, SRG on probabilities and
     hidden flips at block3 -- the best post-hoc map of the baseline the issue compares with."""
@@ -187,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                     cfg.select_predict = {**(cfg.select_predict or {}), **TRAINING.get(name, {})}
                     apply_overrides(cfg, args.overrides)
                     fit(cfg, out=run, resume=run.is_dir(), init_from=base)
-            settings = design_study.val_settings(dataset, preset, data, ("select_predict", "lrp"))
+            methods = ("select_predict", "lrp", "random") if args.intervals else ("select_predict", "lrp")
+            settings = design_study.val_settings(dataset, preset, data, methods)
             if args.intervals:
-                settings = dataclasses.replace(settings, claims=_own_model_claims(),
+                settings = dataclasses.replace(settings, claims=_own_model_claims(), own_model_methods=("lrp", "random"),
                                                protocols=("own_model", "common_classifier"))
             runs = [root / "runs" / "baseline" / f"seed{s}" for s in seeds] + \
                 [work / "runs" / "select_predict" / f"seed{s}" for s in seeds]
@@ -201,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "evalx_val": evalx_means(work, seeds),
                                                    "baseline_lrp": baseline_lrp(results, dataset),
                                                    **({"intervals": claim_rows(results),
-                                                       "common_classifier": common_row(results)}
+                                                       "common_classifier": common_row(results),
+                                                       "random_region": random_row(results, dataset)}
                                                       if args.intervals else {})}
             timing[f"{dataset}/{label}"] = round(time.perf_counter() - t0, 1)
             print(f"{dataset} {label}: {json.dumps(rows[dataset][label], default=str)[:300]}", flush=True)

@@ -189,3 +189,32 @@ def test_selector_study_sets_one_option_per_variant_and_keeps_its_runs_apart(tmp
     with pytest.raises(SystemExit):  # --set without --tag: argparse's error
         selector_study.main(["--work", str(tmp_path), "--out", str(tmp_path / "o.json"), "--set", "max_epochs=2"])
     assert not (tmp_path / "o.json").exists()
+
+
+def test_selector_study_reads_its_rows_from_the_evaluation():
+    """The --intervals extras: the claim records of the selector's map against LRP, both maps on the baseline's
+    classifier, and the random control's region on the select_predict model (ROAD tags for data without masks)."""
+    import selector_study
+
+    def cell(**values):
+        return {"blocks": {"block3": {k: {"mean": v} for k, v in values.items()}}}
+
+    results = {
+        "comparisons": [
+            {"primary": True, "protocol": "own_model", "metric": "ap", "block": "block3", "ours": "select_predict",
+             "ratio": 2.0, "ci_low": 1.5, "ci_high": 2.5, "ours_value": 40.0, "other_value": 20.0},
+            {"primary": False, "protocol": "own_model", "metric": "ap", "block": "block3", "ours": "select_predict",
+             "ratio": 9.0},
+            {"primary": True, "protocol": "own_model", "metric": "ap", "block": "block3", "ours": "dual", "ratio": 7.0},
+        ],
+        "methods": {"select_predict": cell(ap=40.0, **{"srg_prob@road": 5.0}), "lrp": cell(ap=30.0)},
+        "own_model": {"select_predict": {"methods": {"random": cell(**{"hidden_road_flips@20": 3.0,
+                                                                        "kept_road_flips@20": 9.0,
+                                                                        "hidden_swap_flips@20": 1.0})}}},
+    }
+    rows = selector_study.claim_rows(results)
+    assert list(rows) == ["own_model:ap@block3"] and rows["own_model:ap@block3"]["ratio"] == 2.0
+    common = selector_study.common_row(results)
+    assert common["select_predict"]["srg_prob@road"] == 5.0 and common["lrp (baseline)"]["ap"] == 30.0
+    assert selector_study.random_row(results, "br35h") == {"hidden_flips@20": 3.0, "kept_flips@20": 9.0}
+    assert selector_study.random_row(results, "synthetic-brain")["hidden_flips@20"] == 1.0
