@@ -98,34 +98,39 @@ def claim_rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def block3(results: dict[str, Any], method: str, variant: str | None = None) -> dict[str, Any]:
+    """The block3 cell of ``method`` in ``results.json``: scored on ``variant``'s own model, or (None) on the
+    baseline's classifier (the paper's protocol)."""
+    table = results.get("methods") if variant is None else ((results.get("own_model") or {}).get(variant) or {}).get(
+        "methods")
+    return ((((table or {}).get(method) or {}).get("blocks") or {}).get("block3")) or {}
+
+
+def _tag(dataset: str) -> str:
+    return "road" if dataset in design_study.NO_MASKS else "swap"
+
+
 def common_row(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The paper's protocol: the selector's map and LRP of the baseline, both scored on the baseline's classifier
     (AP and SRG on probabilities at block3; reported, not targeted)."""
-    out = {}
-    for name in ("select_predict", "lrp"):
-        block = (((results.get("methods") or {}).get(name) or {}).get("blocks") or {}).get("block3") or {}
-        out[name if name != "lrp" else "lrp (baseline)"] = {
-            key: design_study._mean(block.get(key)) for key in ("ap", "srg_prob@road")}
-    return out
+    return {label: {key: design_study._mean(block3(results, name).get(key)) for key in ("ap", "srg_prob@road")}
+            for label, name in (("select_predict", "select_predict"), ("lrp (baseline)", "lrp"))}
 
 
 def random_row(results: dict[str, Any], dataset: str) -> dict[str, float]:
     """The ``random`` control's region on the select_predict model (own model, block3): the hiding test's flips
     when it is kept and when it is swapped instead (the kept-swap target: the map's region >= 2x a random one)."""
-    cell = ((((results.get("own_model") or {}).get("select_predict") or {}).get("methods") or {}).get("random") or {})
-    block = (cell.get("blocks") or {}).get("block3") or {}
-    tag = "road" if dataset in design_study.NO_MASKS else "swap"
-    return {f"{part}_flips@20": design_study._mean(block.get(f"{part}_{tag}_flips@20")) for part in ("hidden", "kept")}
+    cell = block3(results, "random", "select_predict")
+    return {f"{part}_flips@20": design_study._mean(cell.get(f"{part}_{_tag(dataset)}_flips@20"))
+            for part in ("hidden", "kept")}
 
 
 def baseline_lrp(results: dict[str, Any], dataset: str) -> dict[str, float]:
     """LRP of the baseline scored on the baseline (the evaluation's own-model cell): AP, SRG on probabilities and
     hidden flips at block3 -- the best post-hoc map of the baseline the issue compares with."""
-    cell = ((((results.get("own_model") or {}).get("baseline") or {}).get("methods") or {}).get("lrp") or {})
-    block = (cell.get("blocks") or {}).get("block3") or {}
-    tag = "road" if dataset in design_study.NO_MASKS else "swap"
-    return {key: design_study._mean(block.get(metric)) for key, metric in (
-        ("ap", "ap"), ("srg_prob@road", "srg_prob@road"), ("hidden_flips@20", f"hidden_{tag}_flips@20"))}
+    cell = block3(results, "lrp", "baseline")
+    return {key: design_study._mean(cell.get(metric)) for key, metric in (
+        ("ap", "ap"), ("srg_prob@road", "srg_prob@road"), ("hidden_flips@20", f"hidden_{_tag(dataset)}_flips@20"))}
 
 
 def evalx_means(work: Path, seeds: tuple[int, ...]) -> dict[str, float]:
