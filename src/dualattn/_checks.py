@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 __all__ = ["check_feature_map", "check_number", "check_positive_int", "check_spatial_dims"]
 
@@ -34,6 +35,13 @@ def check_positive_int(name: str, value: object) -> int:
 def is_count(value: object) -> bool:
     """True for an int >= 0 that is not a bool (a count of images, epochs, ...)."""
     return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ValueError naming ``name`` and listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def check_number(name: str, value: object, *, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:

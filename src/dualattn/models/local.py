@@ -60,7 +60,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from dualattn._checks import check_number, check_positive_int, check_spatial_dims
+from dualattn._checks import check_choice, check_number, check_positive_int, check_spatial_dims
 from dualattn.attention import GATE_FORMS, AttentionGate
 from dualattn.consistency import project_exact_chain_log, project_exact_log
 from dualattn.grids import block_factors, block_sum, upsample_blocks
@@ -226,8 +226,7 @@ class LocalUNetEncoder(CNNBackbone):
         check_positive_int("depth", depth)
         if isinstance(conv3_stages, bool) or not isinstance(conv3_stages, int) or not 0 <= conv3_stages <= depth:
             raise ValueError(f"conv3_stages must be an int in [0, {depth}], got {conv3_stages!r}")
-        if downsample not in DOWNSAMPLES:
-            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {downsample!r}")
+        check_choice("downsample", downsample, DOWNSAMPLES)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.downsample = downsample
         self.conv3_stages = conv3_stages

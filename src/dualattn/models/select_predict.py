@@ -76,7 +76,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dualattn._checks import check_number
+from dualattn._checks import check_choice, check_number
 from dualattn.consistency import project_exact_chain_log, project_exact_log
 from dualattn.grids import block_factors
 
@@ -371,12 +371,9 @@ class SelectPredictClassifier(nn.Module):
     ) -> None:
         super().__init__()
         check_number("budget", budget, low=0.0, high=1.0, low_inclusive=False)
-        if selector_norm not in SELECTOR_NORMS:
-            raise ValueError(f"selector_norm must be one of {', '.join(SELECTOR_NORMS)}, got {selector_norm!r}")
-        if predictor_norm not in PREDICTOR_NORMS:
-            raise ValueError(f"predictor_norm must be one of {', '.join(PREDICTOR_NORMS)}, got {predictor_norm!r}")
-        if mask_rule not in MASK_RULES:
-            raise ValueError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
+        check_choice("selector_norm", selector_norm, SELECTOR_NORMS)
+        check_choice("predictor_norm", predictor_norm, PREDICTOR_NORMS)
+        check_choice("mask_rule", mask_rule, MASK_RULES)
         if mask_rule == "threshold" and selector_norm != "dataset":
             raise ValueError("mask_rule='threshold' needs selector_norm='dataset': a per-image z-score lets every "
                              "pixel move every cell's potential, so a hidden pixel could move a visible cell")
